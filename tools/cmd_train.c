@@ -1,0 +1,11 @@
+/* carl train: not built yet in this version. */
+#include <stdio.h>
+
+#include "cli.h"
+
+int carl_cmd_train(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  fprintf(stderr, "carl train: not available in this build yet\n");
+  return 2;
+}
