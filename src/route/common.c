@@ -1,5 +1,13 @@
 /* Common routing machinery: scores, top-k with the tie rule, capacity, gate backward, the fused
  * top-k kernel, expert groups and state files (carl/route_util.h). */
+/* Comparisons in these kernels never need to trap: without this GCC keeps the clamps and maxima of
+ * the exp and top-k loops as branches and does not vectorise them. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* 32-byte vectors pass only between static inline helpers */
+#endif
 #include <float.h>
 #include <omp.h>
 #include <stdio.h>
@@ -12,52 +20,95 @@
  * not depend on the thread count. */
 #define CARL__BLK 256
 
-/* ---- scores ---------------------------------------------------------------------------------- */
-float carl_route_score_row(const float *z, int E, int score, float *s) {
-  float m8[8], b8[8], a8[8];
-  for (int j = 0; j < 8; j++) {
-    m8[j] = -FLT_MAX;
-    b8[j] = 0.0f;
-    a8[j] = 0.0f;
-  }
+/* ---- scores ----------------------------------------------------------------------------------- */
+/* Eight-wide vectors through the GCC/clang vector extension (AVX2 in the avx2 clones, two SSE2
+ * halves otherwise, scalar code where there is no SIMD): the same arithmetic as carl_expf lane by
+ * lane, without fused multiply-adds, so every clone gives identical results. */
+typedef float carl__v8 __attribute__((vector_size(32)));
+typedef int32_t carl__v8i __attribute__((vector_size(32)));
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(CARL_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
+#define CARL__CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CARL__CLONES
+#endif
+
+static inline carl__v8 carl__ld(const float *p) {
+  carl__v8 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void carl__st(float *p, carl__v8 v) { memcpy(p, &v, sizeof v); }
+static inline carl__v8 carl__sel(carl__v8i m, carl__v8 a, carl__v8 b) { /* m ? a : b */
+  return (carl__v8)(((carl__v8i)a & m) | ((carl__v8i)b & ~m));
+}
+static inline carl__v8 carl__splat(float x) { return (carl__v8){x, x, x, x, x, x, x, x}; }
+
+static inline carl__v8 carl__exp8(carl__v8 x) {
+  const carl__v8 lo = carl__splat(-87.0f), hi = carl__splat(88.0f);
+  x = carl__sel(x < lo, lo, x);
+  x = carl__sel(x > hi, hi, x);
+  const carl__v8 magic = carl__splat(12582912.0f);
+  carl__v8 n = (x * carl__splat(1.44269504088896341f) + magic) - magic;
+  carl__v8 r = x - n * carl__splat(0.693359375f);
+  r = r - n * carl__splat(-2.12194440e-4f);
+  carl__v8 p = carl__splat(1.9875691500e-4f);
+  p = p * r + carl__splat(1.3981999507e-3f);
+  p = p * r + carl__splat(8.3334519073e-3f);
+  p = p * r + carl__splat(4.1665795894e-2f);
+  p = p * r + carl__splat(1.6666665459e-1f);
+  p = p * r + carl__splat(5.0000001201e-1f);
+  p = p * r * r + r + carl__splat(1.0f);
+  carl__v8i ni = __builtin_convertvector(n, carl__v8i);
+  carl__v8i bits = (ni + 127) << 23;
+  return p * (carl__v8)bits;
+}
+
+CARL__CLONES float carl_route_score_row(const float *z, int E, int score, float *s) {
   int e = 0;
-  for (; e + 8 <= E; e += 8)
-    for (int j = 0; j < 8; j++) {
-      float v = z[e + j];
-      m8[j] = v > m8[j] ? v : m8[j];
-      b8[j] += v * 0.0f; /* NaN iff some value is NaN or infinite */
-    }
-  for (; e < E; e++) {
-    float v = z[e];
-    m8[0] = v > m8[0] ? v : m8[0];
-    b8[0] += v * 0.0f;
+  carl__v8 ma = carl__splat(-FLT_MAX), mb = ma, ba = carl__splat(0), bb = ba;
+  for (; e + 16 <= E; e += 16) {
+    carl__v8 x = carl__ld(z + e), y = carl__ld(z + e + 8);
+    ma = carl__sel(x > ma, x, ma);
+    mb = carl__sel(y > mb, y, mb);
+    ba += x * carl__splat(0.0f); /* NaN iff some value is NaN or infinite */
+    bb += y * carl__splat(0.0f);
   }
-  float mx = m8[0], bad = b8[0];
-  for (int j = 1; j < 8; j++) {
-    mx = m8[j] > mx ? m8[j] : mx;
-    bad += b8[j];
+  float mx = -FLT_MAX, bad = 0;
+  for (int j = 0; j < 8; j++) {
+    mx = ma[j] > mx ? ma[j] : mx;
+    mx = mb[j] > mx ? mb[j] : mx;
+    bad += ba[j] + bb[j];
+  }
+  for (int i = e; i < E; i++) {
+    mx = z[i] > mx ? z[i] : mx;
+    bad += z[i] * 0.0f;
   }
   if (bad != bad) return NAN;
-  /* s = exp(z - max) (softmax numerators), their sum gives logsumexp */
-  e = 0;
-  for (; e + 8 <= E; e += 8)
-    for (int j = 0; j < 8; j++) {
-      float x = carl_expf(z[e + j] - mx);
-      s[e + j] = x;
-      a8[j] += x;
-    }
-  for (; e < E; e++) {
-    float x = carl_expf(z[e] - mx);
-    s[e] = x;
-    a8[0] += x;
+  /* s = exp(z - max) (softmax numerators); their sum gives logsumexp */
+  carl__v8 sa = carl__splat(0), sb = sa, vm = carl__splat(mx);
+  for (e = 0; e + 16 <= E; e += 16) {
+    carl__v8 x = carl__exp8(carl__ld(z + e) - vm), y = carl__exp8(carl__ld(z + e + 8) - vm);
+    carl__st(s + e, x);
+    carl__st(s + e + 8, y);
+    sa += x;
+    sb += y;
   }
-  float sum = ((a8[0] + a8[1]) + (a8[2] + a8[3])) + ((a8[4] + a8[5]) + (a8[6] + a8[7]));
+  carl__v8 sv = sa + sb;
+  float sum = ((sv[0] + sv[1]) + (sv[2] + sv[3])) + ((sv[4] + sv[5]) + (sv[6] + sv[7]));
+  for (int i = e; i < E; i++) {
+    float x = carl_expf(z[i] - mx);
+    s[i] = x;
+    sum += x;
+  }
   float lse = mx + logf(sum);
   if (score == CARL_SCORE_SIGMOID) {
-    for (e = 0; e < E; e++) s[e] = 1.0f / (1.0f + carl_expf(-z[e]));
+    const carl__v8 one = carl__splat(1.0f);
+    for (e = 0; e + 8 <= E; e += 8) carl__st(s + e, one / (one + carl__exp8(-carl__ld(z + e))));
+    for (int i = e; i < E; i++) s[i] = 1.0f / (1.0f + carl_expf(-z[i]));
   } else {
-    float inv = 1.0f / sum;
-    for (e = 0; e < E; e++) s[e] *= inv;
+    const carl__v8 inv = carl__splat(1.0f / sum);
+    for (e = 0; e + 8 <= E; e += 8) carl__st(s + e, carl__ld(s + e) * inv);
+    for (int i = e; i < E; i++) s[i] *= inv[0];
   }
   return lse;
 }
@@ -151,20 +202,106 @@ static inline void carl__topk_push(float x, int32_t i, int k, int *m, int32_t *i
   idx[p] = i;
 }
 
-void carl_topk_row(const float *v, int n, int k, int32_t *idx, float *val) {
-  int m = 0;
-  int i = 0;
-  for (; i < n && m < k; i++) carl__topk_push(v[i], i, k, &m, idx, val);
-  /* blocks of 16: skip a block whose maximum does not beat the current k-th value */
-  for (; i + 16 <= n; i += 16) {
-    float b8[8];
-    for (int j = 0; j < 8; j++) b8[j] = v[i + j] > v[i + 8 + j] ? v[i + j] : v[i + 8 + j];
-    float bm = b8[0];
-    for (int j = 1; j < 8; j++) bm = b8[j] > bm ? b8[j] : bm;
-    if (!(bm > val[k - 1])) continue;
-    for (int j = 0; j < 16; j++) carl__topk_push(v[i + j], i + j, k, &m, idx, val);
+/* Insert (x, i) into the buffer ordered by value descending, then index ascending: the order
+ * of the pushes does not matter. */
+static inline void carl__topk_push_any(float x, int32_t i, int k, int *m, int32_t *idx, float *val) {
+  int p;
+  if (*m == k) {
+    if (!(x > val[k - 1] || (x == val[k - 1] && i < idx[k - 1]))) return;
+    p = k - 1;
+  } else {
+    p = (*m)++;
   }
-  for (; i < n; i++) carl__topk_push(v[i], i, k, &m, idx, val);
+  while (p > 0 && (val[p - 1] < x || (val[p - 1] == x && idx[p - 1] > i))) {
+    val[p] = val[p - 1];
+    idx[p] = idx[p - 1];
+    p--;
+  }
+  val[p] = x;
+  idx[p] = i;
+}
+
+CARL__CLONES void carl_topk_row(const float *v, int n, int k, int32_t *idx, float *val) {
+  int m = 0;
+  if (n % 32 == 0 && n >= 64 && k <= 32) {
+    /* View v as [n/32, 32]: the k-th largest of the 32 column maxima is a lower bound thr of the
+     * k-th largest value (k columns each hold a value >= it), so only columns whose maximum
+     * reaches thr, and in them only values >= thr, can be among the k largest. */
+    const int R = n / 32;
+    carl__v8 c0 = carl__ld(v), c1 = carl__ld(v + 8), c2 = carl__ld(v + 16), c3 = carl__ld(v + 24);
+    for (int r = 1; r < R; r++) {
+      const float *q = v + r * 32;
+      carl__v8 x0 = carl__ld(q), x1 = carl__ld(q + 8), x2 = carl__ld(q + 16), x3 = carl__ld(q + 24);
+      c0 = carl__sel(x0 > c0, x0, c0);
+      c1 = carl__sel(x1 > c1, x1, c1);
+      c2 = carl__sel(x2 > c2, x2, c2);
+      c3 = carl__sel(x3 > c3, x3, c3);
+    }
+    float cm[32];
+    carl__st(cm, c0);
+    carl__st(cm + 8, c1);
+    carl__st(cm + 16, c2);
+    carl__st(cm + 24, c3);
+    /* k-th largest column maximum without branches: rank = number of strictly larger maxima;
+     * thr = the smallest maximum of rank <= k - 1 */
+    carl__v8i r0 = {0}, r1 = {0}, r2 = {0}, r3 = {0};
+    for (int c = 0; c < 32; c++) {
+      carl__v8 b = carl__splat(cm[c]);
+      r0 += b > c0; /* -1 per larger maximum */
+      r1 += b > c1;
+      r2 += b > c2;
+      r3 += b > c3;
+    }
+    const carl__v8i lim = {1 - k, 1 - k, 1 - k, 1 - k, 1 - k, 1 - k, 1 - k, 1 - k};
+    const carl__v8 inf = carl__splat(INFINITY);
+    carl__v8 t0 = carl__sel(r0 >= lim, c0, inf), t1 = carl__sel(r1 >= lim, c1, inf);
+    carl__v8 t2 = carl__sel(r2 >= lim, c2, inf), t3 = carl__sel(r3 >= lim, c3, inf);
+    t0 = carl__sel(t1 < t0, t1, t0);
+    t2 = carl__sel(t3 < t2, t3, t2);
+    t0 = carl__sel(t2 < t0, t2, t0);
+    float tv0 = t0[0];
+    for (int j = 1; j < 8; j++) tv0 = t0[j] < tv0 ? t0[j] : tv0;
+    const float thr = tv0;
+    /* candidate columns as a bit mask, then their values >= thr compacted without branches */
+    const carl__v8 th = carl__splat(thr);
+    carl__v8i q0 = c0 >= th, q1 = c1 >= th, q2 = c2 >= th, q3 = c3 >= th;
+    uint32_t bits = 0;
+    for (int j = 0; j < 8; j++)
+      bits |= ((uint32_t)q0[j] & 1u) << j | ((uint32_t)q1[j] & 1u) << (j + 8) | ((uint32_t)q2[j] & 1u) << (j + 16) |
+              ((uint32_t)q3[j] & 1u) << (j + 24);
+    int32_t cand[256 + 8];
+    int nc = 0;
+    while (bits) {
+      int c = __builtin_ctz(bits);
+      bits &= bits - 1;
+      for (int r = 0; r < R && nc < 256; r++) {
+        int32_t i = r * 32 + c;
+        cand[nc] = i;
+        nc += v[i] >= thr;
+      }
+      if (nc >= 256) break;
+    }
+    if (nc >= 256) { /* many equal values: take every value >= thr in index order */
+      nc = 0;
+      for (int i = 0; i < n; i++)
+        if (v[i] >= thr) carl__topk_push_any(v[i], i, k, &m, idx, val);
+    } else {
+      for (int j = 0; j < nc; j++) carl__topk_push_any(v[cand[j]], cand[j], k, &m, idx, val);
+    }
+  } else {
+    int i = 0;
+    for (; i < n && m < k; i++) carl__topk_push(v[i], i, k, &m, idx, val);
+    /* blocks of 16: skip a block none of whose values beats the current k-th value */
+    for (; i + 16 <= n; i += 16) {
+      carl__v8 th = carl__splat(val[k - 1]);
+      carl__v8i any = (carl__ld(v + i) > th) | (carl__ld(v + i + 8) > th);
+      int hit = 0;
+      for (int j = 0; j < 8; j++) hit |= any[j];
+      if (!hit) continue;
+      for (int j = 0; j < 16; j++) carl__topk_push(v[i + j], i + j, k, &m, idx, val);
+    }
+    for (; i < n; i++) carl__topk_push(v[i], i, k, &m, idx, val);
+  }
   for (; m < k; m++) {
     idx[m] = -1;
     val[m] = -INFINITY;
