@@ -4,7 +4,8 @@
  *
  * usage: bench_route [T ...]      (default: 65536 1048576; E = 256, k = 8)
  * env:   OMP_NUM_THREADS (default here: 2), BENCH_REPEATS (default 5)
- * Prints a Markdown table (medians of the repeats). */
+ * Prints a Markdown table (medians of the repeats): wall-clock time, and CPU time (seconds used by
+ * all threads): on a shared machine the CPU-time ratios are the steadier ones. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,14 @@
 #include "carl/balance.h"
 #include "carl/route.h"
 #include "carl/route_util.h"
+
+#include <time.h>
+
+static double cpu_now(void) { /* CPU seconds of all threads of the process */
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int dcmp(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -85,8 +94,8 @@ int main(int argc, char **argv) {
   topo.link[CARL_LINK_INTRA] = (carl_link_t){160, 3};
   topo.link[CARL_LINK_INTER] = (carl_link_t){50, 10};
   printf("E = %d, k = %d, threads = %d, repeats = %d (medians)\n\n", E, k, omp_get_max_threads(), reps);
-  printf("| router | T | route ms | Mtokens/s | / copy bound | / reference | route+update ms |\n");
-  printf("|---|---|---|---|---|---|---|\n");
+  printf("| router | T | route ms (wall) | Mtokens/s (wall) | / copy bound (wall) | route ms (CPU) | / copy bound (CPU) | / reference (CPU) | route+update ms (wall) |\n");
+  printf("|---|---|---|---|---|---|---|---|---|\n");
   for (int it = 0; it < nT; it++) {
     const int64_t T = Ts[it];
     float *z = malloc((size_t)T * E * sizeof *z), *dst = malloc((size_t)T * E * sizeof *dst);
@@ -107,24 +116,27 @@ int main(int argc, char **argv) {
       double u = carl_rng_uniform64(1, CARL_STREAM_SAMPLE, (uint64_t)t);
       ids[t] = (int32_t)(50000.0 * u * u * u);
     }
-    double tm[64];
+    double tm[64], tc[64];
     par_copy(dst, z, (size_t)T * E); /* first touch */
     for (int r = 0; r < reps; r++) {
-      double t0 = carl_now();
+      double c0 = cpu_now(), t0 = carl_now();
       par_copy(dst, z, (size_t)T * E);
       tm[r] = carl_now() - t0;
+      tc[r] = cpu_now() - c0;
     }
-    double tcopy = median(tm, reps);
-    printf("| copy of the logits (bound) | %lld | %.2f | %.2f | 1.00 | | |\n", (long long)T, tcopy * 1e3, T / tcopy / 1e6);
+    double tcopy = median(tm, reps), ccopy = median(tc, reps);
+    printf("| copy of the logits (bound) | %lld | %.2f | %.2f | 1.00 | %.2f | 1.00 | | |\n", (long long)T, tcopy * 1e3,
+           T / tcopy / 1e6, ccopy * 1e3);
     ref_topk(z, T, E, k, ex, w);
     for (int r = 0; r < reps; r++) {
-      double t0 = carl_now();
+      double c0 = cpu_now(), t0 = carl_now();
       ref_topk(z, T, E, k, ex, w);
       tm[r] = carl_now() - t0;
+      tc[r] = cpu_now() - c0;
     }
-    double tref = median(tm, reps);
-    printf("| reference (sort-based top-k) | %lld | %.2f | %.2f | %.2f | 1.00 | |\n", (long long)T, tref * 1e3, T / tref / 1e6,
-           tcopy / tref);
+    double tref = median(tm, reps), cref = median(tc, reps);
+    printf("| reference (sort-based top-k) | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | 1.00 | |\n", (long long)T, tref * 1e3,
+           T / tref / 1e6, tcopy / tref, cref * 1e3, ccopy / cref);
     const char *const *names = carl_router_names();
     for (int n = 0; names[n]; n++) {
       const char *nm = names[n];
@@ -138,33 +150,34 @@ int main(int argc, char **argv) {
       }
       carl_router_t *rt;
       if (carl_router_create(nm, nset, keys, vals, &rt) != CARL_OK) {
-        printf("| %s | %lld | (not created: %s) | | | | |\n", nm, (long long)T, carl_errmsg());
+        printf("| %s | %lld | (not created: %s) | | | | | | |\n", nm, (long long)T, carl_errmsg());
         continue;
       }
       carl_route_in_t in = {.T = T, .E = E, .logits = z, .token_ids = ids, .topo = &topo, .seed = 1};
       carl_route_out_t out = {.experts = ex, .weights = w};
       carl_status st = carl_router_route(rt, &in, &out); /* warm-up */
       if (st != CARL_OK) {
-        printf("| %s | %lld | (failed: %s) | | | | |\n", nm, (long long)T, carl_errmsg());
+        printf("| %s | %lld | (failed: %s) | | | | | | |\n", nm, (long long)T, carl_errmsg());
         carl_router_free(rt);
         continue;
       }
       double tu[64];
       for (int r = 0; r < reps; r++) {
         in.step = r + 1;
-        double t0 = carl_now();
+        double c0 = cpu_now(), t0 = carl_now();
         carl_router_route(rt, &in, &out);
         double t1 = carl_now();
+        tc[r] = cpu_now() - c0;
         carl_router_update(rt, &in, &out);
         tm[r] = t1 - t0;
         tu[r] = carl_now() - t0;
       }
-      double troute = median(tm, reps), tboth = median(tu, reps);
+      double troute = median(tm, reps), tboth = median(tu, reps), croute = median(tc, reps);
       int stateful = rt->impl->update != NULL;
       char upd[32] = "";
       if (stateful) snprintf(upd, sizeof upd, "%.2f", tboth * 1e3);
-      printf("| %s%s | %lld | %.2f | %.2f | %.2f | %.2f | %s |\n", nm, kk != k ? " (k=1)" : "", (long long)T, troute * 1e3,
-             T / troute / 1e6, tcopy / troute, tref / troute, upd);
+      printf("| %s%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | %.1f | %s |\n", nm, kk != k ? " (k=1)" : "", (long long)T,
+             troute * 1e3, T / troute / 1e6, tcopy / troute, croute * 1e3, ccopy / croute, cref / croute, upd);
       fflush(stdout);
       carl_router_free(rt);
     }
