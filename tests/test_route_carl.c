@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <omp.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -132,6 +133,40 @@ static void test_hier_hand(void **st) {
     assert_float_equal(o.weights[1], cases[i].w1, 1e-6);
     tu_out_free(&o);
     carl_router_free(r);
+  }
+}
+
+/* Replicas: the cost is to the nearest replica. 2 nodes x 1 device, E = 3, k = 1, lambda_c = .1;
+ * token on device 1, s = [.4, .35, .25].
+ *   expert 1 on both devices (table [[0,1],[2,1]]): u = [.4 - .1, .35 - 0, .25] -> expert 1;
+ *     hier, M = 1 (q = 1): node 0 scores max(.3, .25) = .3, node 1 max(.25, .35) = .35 -> expert 1;
+ *   expert 1 on device 0 only (table [[0,1],[2,-1]]): u = [.3, .25, .25] -> expert 0, and hier
+ *     keeps node 0 (.3 > .25) -> expert 0. */
+static void test_replicas_nearest(void **st) {
+  (void)st;
+  const float s[3] = {.4f, .35f, .25f};
+  float z[3];
+  for (int e = 0; e < 3; e++) z[e] = logf(s[e]);
+  int32_t src[1] = {1};
+  carl_topo_t tp = topo(2, 1);
+  int32_t rep[4] = {0, 1, 2, 1}, single[4] = {0, 1, 2, -1};
+  const int32_t *tabs[2] = {rep, single};
+  const int32_t want[2] = {1, 0};
+  for (int p = 0; p < 2; p++) {
+    carl_placement_t pl;
+    assert_int_equal(carl_placement_from_table(&pl, 3, 2, 2, tabs[p]), CARL_OK);
+    carl_route_in_t in = {.T = 1, .E = 3, .logits = z, .src = src, .topo = &tp, .place = &pl};
+    for (int hier = 0; hier < 2; hier++) {
+      carl_router_t *r;
+      assert_int_equal(tu_create("carl", hier ? "k=1 warm=0 M=1" : "k=1 warm=0 hier=0", &r), CARL_OK);
+      tu_out_t o;
+      tu_out_init(&o, 1, 3, 1, 0);
+      assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+      assert_int_equal(o.experts[0], want[p]);
+      tu_out_free(&o);
+      carl_router_free(r);
+    }
+    carl_placement_free(&pl);
   }
 }
 
@@ -455,6 +490,32 @@ static void test_comm_cuts_internode(void **st) {
   free(z);
 }
 
+/* Same decisions and gradients for 1 and 3 threads (hier path, c2r-free). */
+static void test_thread_independence(void **st) {
+  (void)st;
+  enum { T = 3000, E = 16, k = 2 };
+  float *z = malloc(sizeof(float) * T * E);
+  tu_logits(z, T, E, NULL, 1.0, 77);
+  carl_topo_t tp = topo(2, 4);
+  carl_route_in_t in = {.T = T, .E = E, .logits = z, .topo = &tp, .seed = 3};
+  tu_out_t o[2];
+  for (int i = 0; i < 2; i++) {
+    omp_set_num_threads(i ? 3 : 1);
+    carl_router_t *r;
+    assert_int_equal(tu_create("carl", "warm=0 M=1 alpha_E0=0.01 alpha_G0=0.01 jitter=0.01", &r), CARL_OK);
+    tu_out_init(&o[i], T, E, k, 1);
+    assert_int_equal(carl_router_route(r, &in, &o[i].out), CARL_OK);
+    carl_router_free(r);
+  }
+  omp_set_num_threads(2);
+  assert_memory_equal(o[0].experts, o[1].experts, sizeof(int32_t) * T * k);
+  assert_memory_equal(o[0].weights, o[1].weights, sizeof(float) * T * k);
+  assert_memory_equal(o[0].dlogits, o[1].dlogits, sizeof(float) * T * E);
+  tu_out_free(&o[0]);
+  tu_out_free(&o[1]);
+  free(z);
+}
+
 static void test_errors(void **st) {
   (void)st;
   carl_router_t *r;
@@ -499,9 +560,11 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_all_off_is_topk),     cmocka_unit_test(test_comm_hand),
       cmocka_unit_test(test_hier_hand),           cmocka_unit_test(test_hier_all_nodes_is_flat),
+      cmocka_unit_test(test_replicas_nearest),
       cmocka_unit_test(test_warm_start),          cmocka_unit_test(test_adaptive_controller),
       cmocka_unit_test(test_adaptive_router),     cmocka_unit_test(test_total_grad_fd),
-      cmocka_unit_test(test_comm_cuts_internode), cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_comm_cuts_internode), cmocka_unit_test(test_thread_independence),
+      cmocka_unit_test(test_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
