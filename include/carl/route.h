@@ -10,7 +10,7 @@
  *   CARL_TRY(carl_router_update(r, &in, &out));    // then stateful routers update (bias, duals, ...)
  *   carl_router_free(r);
  *
-* Order of the k slots: the router's selection order (compare chosen sets as sets).
+ * Order of the k slots: the router's selection order (compare chosen sets as sets).
  * Every router sees the same inputs and fills the same outputs, so the simulator, the trainer and
  * the executors call one decision path. Options are named numbers (ints and enums as doubles);
  * carl_router_options() lists them with defaults and help, for --help and configs.
