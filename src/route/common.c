@@ -65,8 +65,7 @@ static inline carl__v8 carl__exp8(carl__v8 x) {
 
 /* cols: when not NULL and E is a multiple of 32, receives the maxima of the 32 columns of z
  * viewed as [E/32, 32] (the bound of the fast top-k). */
-static inline __attribute__((always_inline)) float carl__score_row(const float *z, int E, int score, float *s, int need_lse,
-                                                                   carl__v8 *cols) {
+static inline __attribute__((always_inline)) float carl__row_max(const float *z, int E, carl__v8 *cols) {
   int e = 0;
   carl__v8 ma = carl__splat(-FLT_MAX), mb = ma, ba = carl__splat(0), bb = ba;
   if (cols && E % 32 == 0) {
@@ -105,7 +104,14 @@ static inline __attribute__((always_inline)) float carl__score_row(const float *
     mx = z[i] > mx ? z[i] : mx;
     bad += z[i] * 0.0f;
   }
-  if (bad != bad) return NAN;
+  return bad != bad ? NAN : mx;
+}
+
+static inline __attribute__((always_inline)) float carl__score_row(const float *z, int E, int score, float *s, int need_lse,
+                                                                   carl__v8 *cols) {
+  int e;
+  const float mx = carl__row_max(z, E, cols);
+  if (isnan(mx)) return NAN;
   if (score == CARL_SCORE_SIGMOID && !need_lse) {
     const carl__v8 one = carl__splat(1.0f);
     for (e = 0; e + 8 <= E; e += 8) carl__st(s + e, one / (one + carl__exp8(-carl__ld(z + e))));
@@ -573,6 +579,26 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
   float *s = bf->s;
   carl__v8 cols[4] = {{0}};
   const int fast = !x->need_sel && !x->grouped && E % 32 == 0 && E >= 64 && k <= 32;
+  if (fast && !pp && !x->prio && x->c.renorm && x->c.score == CARL_SCORE_SOFTMAX) {
+    /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
+    const float mx = carl__row_max(z, E, cols);
+    if (isnan(mx)) {
+      for (int j = 0; j < k; j++) {
+        ex[j] = -1;
+        w[j] = 0;
+      }
+      return 1;
+    }
+    carl__topk_cols(z, E, k, cols[0], cols[1], cols[2], cols[3], ex, bf->valp);
+    float a = 0;
+    for (int j = 0; j < k; j++) {
+      w[j] = ex[j] >= 0 ? carl_expf(z[ex[j]] - mx) : 0.0f;
+      a += w[j];
+    }
+    const float inv = 1.0f / a;
+    for (int j = 0; j < k; j++) w[j] *= inv;
+    return 0;
+  }
   float lse = carl__score_row(z, E, x->c.score, s, x->need_lse, fast ? cols : NULL);
   if (isnan(lse)) {
     for (int j = 0; j < k; j++) {
