@@ -556,6 +556,7 @@ typedef struct {
   int E, k, G, grouped, need_sel, need_lse, stats;
   const int32_t *goff, *gmem;
   int eqsize;
+  int contig; /* groups are the consecutive blocks [g * eqsize, (g + 1) * eqsize), eqsize % 8 == 0 */
   uint64_t jbase, seed;
   const float *logits;
   int32_t *experts;
@@ -626,7 +627,31 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
     const float *gb = sl->group_bonus ? sl->group_bonus + (size_t)(sl->bonus_row ? sl->bonus_row[t] : 0) * G : NULL;
     const int32_t *goff = x->goff, *gmem = x->gmem;
     float *gs = bf->gs;
-    if (x->eqsize > 0 && pg <= 2) {
+    if (x->contig && pg <= 2) {
+      /* per lane running top-2 over the group's 8-wide chunks, then the 16 lane values */
+      const int n = x->eqsize;
+      for (int g = 0; g < G; g++) {
+        const float *vg = v + (size_t)g * n;
+        carl__v8 a = carl__splat(-INFINITY), b = a;
+        for (int i = 0; i < n; i += 8) {
+          carl__v8 y = carl__ld(vg + i);
+          carl__v8 mn = carl__sel(y < a, y, a);
+          b = carl__sel(mn > b, mn, b);
+          a = carl__sel(y > a, y, a);
+        }
+        float a1 = -INFINITY, b1 = -INFINITY;
+        for (int j = 0; j < 8; j++) {
+          float y = a[j], mn = y < a1 ? y : a1;
+          b1 = mn > b1 ? mn : b1;
+          a1 = y > a1 ? y : a1;
+          y = b[j];
+          mn = y < a1 ? y : a1;
+          b1 = mn > b1 ? mn : b1;
+          a1 = y > a1 ? y : a1;
+        }
+        gs[g] = pg == 2 && n >= 2 ? a1 + b1 : a1;
+      }
+    } else if (x->eqsize > 0 && pg <= 2) {
       /* running top-2 of every group, all groups side by side (independent chains) */
       float *g2 = bf->g2;
       for (int g = 0; g < G; g++) gs[g] = g2[g] = -INFINITY;
@@ -773,7 +798,11 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
   int eqsize = grouped ? goff[1] - goff[0] : 0;
   for (int g = 1; g < G; g++)
     if (goff[g + 1] - goff[g] != eqsize) eqsize = 0;
-  carl__selctx_t x = {.sl = &sl, .c = c, .E = E, .k = k, .G = G, .grouped = grouped, .need_sel = need_sel,
+  int contig = eqsize > 0 && eqsize % 8 == 0;
+  for (int g = 0; g < G && contig; g++)
+    for (int i = 0; i < eqsize; i++)
+      if (gmem[goff[g] + i] != g * eqsize + i) contig = 0;
+  carl__selctx_t x = {.contig = contig, .sl = &sl, .c = c, .E = E, .k = k, .G = G, .grouped = grouped, .need_sel = need_sel,
                       .need_lse = c.z_coef > 0, .stats = stats, .goff = goff, .gmem = gmem, .eqsize = eqsize,
                       .jbase = (uint64_t)in->step * (uint64_t)T, .seed = in->seed, .logits = logits,
                       .experts = experts, .weights = weights, .prio = prio};
