@@ -5,7 +5,8 @@
  * usage: bench_route [T ...]      (default: 65536 1048576; E = 256, k = 8)
  * env:   OMP_NUM_THREADS (default here: 2), BENCH_REPEATS (default 5); a router (or the reference)
  *        whose warm-up call takes more than 2 s is timed once (marked "1 run"); the update of stateful routers is
- *        timed only for T <= 65536. Run with OMP_WAIT_POLICY=passive on a shared machine.
+ *        timed only for T <= 65536; BENCH_ROUTERS=a,b,... limits the routers (the copy bound and
+ *        the reference always run). Run with OMP_WAIT_POLICY=passive on a shared machine.
  * Prints a Markdown table (medians of the repeats): wall-clock time, and CPU time (seconds used by
  * all threads): on a shared machine the CPU-time ratios are the steadier ones. */
 #include <omp.h>
@@ -148,6 +149,14 @@ int main(int argc, char **argv) {
       /* every registered router with its defaults, then topk without losses (no full softmax) */
       const int nolosses = n == nnames;
       const char *nm = nolosses ? "topk" : names[n];
+      const char *only = getenv("BENCH_ROUTERS");
+      if (only) {
+        char pat[64];
+        snprintf(pat, sizeof pat, ",%s%s,", nm, nolosses ? "-nolosses" : "");
+        char list[1024];
+        snprintf(list, sizeof list, ",%s,", only);
+        if (!strstr(list, pat)) continue;
+      }
       int kk = strcmp(nm, "hash") == 0 || strcmp(nm, "switch") == 0 || strcmp(nm, "locmoe") == 0 ? 1 : k;
       const char *keys[6] = {"k"};
       double vals[6] = {kk};
