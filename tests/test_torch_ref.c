@@ -157,8 +157,8 @@ static void test_step_matches_torch(void **s) {
     if (fabs(mine[i] - r64[i]) > 1e-5 * fabs(r64[i]) + 1e-7)
       fail_msg("loss %d: ours %.9g, torch fp64 %.9g", i, mine[i], r64[i]);
   }
-  /* gradients, tensor by tensor: |ours - torch| <= 1e-3 * max|torch over the tensor| + 1e-7 per
-   * element (fp32 sums of a few hundred terms carry ~1e-6 relative error; 1e-3 leaves room for
+  /* gradients, tensor by tensor: |ours - torch| <= 1e-4 * max|torch over the tensor| + 1e-7 per
+   * element (fp32 sums of a few hundred terms carry ~1e-6 relative error; 1e-4 leaves room for
    * different summation orders while any wrong term, typically >= 1e-2 relative, still fails) */
   const float *g = carl_model_grads(m), *t32 = g32.data;
   const double *t64 = g64.data;
@@ -170,7 +170,7 @@ static void test_step_matches_torch(void **s) {
     assert_true(scale > 0 || strstr(t->name, "pos_emb")); /* every tensor gets a gradient */
     for (int64_t j = 0; j < t->numel; j++) {
       int64_t i = t->offset + j;
-      double e32 = fabs(g[i] - t32[i]), e64 = fabs(g[i] - t64[i]), tol = 1e-3 * scale + 1e-7;
+      double e32 = fabs(g[i] - t32[i]), e64 = fabs(g[i] - t64[i]), tol = 1e-4 * scale + 1e-7;
       if (e32 > tol || e64 > tol)
         fail_msg("%s[%lld]: ours %.7g, torch fp32 %.7g, torch fp64 %.7g", t->name, (long long)j, g[i], t32[i], t64[i]);
       if (scale > 0) worst = fmax(worst, e64 / scale);
