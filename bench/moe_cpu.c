@@ -7,7 +7,11 @@
  *
  * FLOPs counted (multiply-add = 2): per (token, slot) row forward 2*d*2f + 2*f*d = 6 d f, backward
  * twice that; router 2 T d E forward, 4 T d E backward. Elementwise work (SwiGLU, gather, combine,
- * softmax/top-k) is not counted but is in the measured time. */
+ * softmax/top-k) is not counted but is in the measured time.
+ *
+ * OpenMP and the pthreads OpenBLAS share the cores: OMP_WAIT_POLICY=passive stops idle OpenMP
+ * threads from spinning while sgemm runs (it raised both rates by 1.2-2x on a 16-core machine);
+ * OPENBLAS_CORETYPE picks the sgemm kernel where OpenBLAS cannot identify a virtual CPU. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -132,6 +136,8 @@ int main(int argc, char **argv) {
   double mhz = cpu_mhz(), peak = threads * mhz * 1e6 * 64.0; /* AVX-512: 2 FMA x 16 fp32 x 2 per cycle */
   printf("bench/moe_cpu: T=%lld d=%d f=%d E=%d k=%d, %d threads, %d repeats (medians)\n", (long long)T, d, f, E, k,
          threads, reps);
+  const char *wp = getenv("OMP_WAIT_POLICY");
+  printf("  OpenBLAS core %s (%s), OMP_WAIT_POLICY=%s\n", openblas_get_corename(), openblas_get_config(), wp ? wp : "(unset)");
   printf("  max expert load %lld of mean %.0f rows\n", (long long)maxload, (double)R / E);
   printf("  MoE layer fwd+bwd : %8.3f s  %7.1f GFLOP/s  (%.2f GFLOP)\n", mm, flop_moe / mm * 1e-9, flop_moe * 1e-9);
   printf("  dense sgemm peer  : %8.3f s  %7.1f GFLOP/s  (%.2f GFLOP, same products, one weight)\n", md,
