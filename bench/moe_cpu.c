@@ -9,8 +9,9 @@
  * twice that; router 2 T d E forward, 4 T d E backward. Elementwise work (SwiGLU, gather, combine,
  * softmax/top-k) is not counted but is in the measured time.
  *
- * OpenMP and the pthreads OpenBLAS share the cores: OMP_WAIT_POLICY=passive stops idle OpenMP
- * threads from spinning while sgemm runs (it raised both rates by 1.2-2x on a 16-core machine);
+ * The layer's products go through carl_sgemm (fixed output tiles, one single-threaded OpenBLAS
+ * sgemm per tile, tiles over OpenMP threads: bitwise the same for any thread count); the peer is
+ * OpenBLAS's own multi-threaded sgemm; the peer's products through carl_sgemm are printed too.
  * OPENBLAS_CORETYPE picks the sgemm kernel where OpenBLAS cannot identify a virtual CPU. */
 #include <cblas.h>
 #include <omp.h>
@@ -54,6 +55,17 @@ static void dense_ffn(int64_t R, int d, int f, const float *x, const float *w13,
   carl_swiglu_bwd(dh, da, h, R, f);
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 2 * f, d, n, 1, dh, 2 * f, x, d, 1, dw13, d);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, 2 * f, 1, dh, 2 * f, w13, d, 0, dx, d);
+}
+
+/* The same nine products through carl_sgemm (fixed tiles, single-threaded OpenBLAS per tile). */
+static void dense_tiled(int64_t R, int d, int f, const float *x, const float *w13, const float *w2, float *h, float *a,
+                        float *y, float *dy, float *da, float *dh, float *dx, float *dw13, float *dw2) {
+  carl_linear_fwd(h, x, w13, R, d, 2 * f);
+  carl_swiglu_fwd(a, h, R, f);
+  carl_linear_fwd(y, a, w2, R, f, d);
+  carl_linear_bwd(da, dw2, dy, a, w2, R, f, d, 0);
+  carl_swiglu_bwd(dh, da, h, R, f);
+  carl_linear_bwd(dx, dw13, dh, x, w13, R, d, 2 * f, 0);
 }
 
 static double cpu_mhz(void) {
@@ -106,7 +118,8 @@ int main(int argc, char **argv) {
   }
   const double flop_experts = 18.0 * (double)R * d * f, flop_router = 6.0 * (double)T * d * E;
   const double flop_moe = flop_experts + flop_router, flop_dense = flop_experts;
-  double *tm = malloc(sizeof(double) * reps), *td = malloc(sizeof(double) * reps), *tr = malloc(sizeof(double) * reps);
+  double *tm = malloc(sizeof(double) * reps), *td = malloc(sizeof(double) * reps), *tr = malloc(sizeof(double) * reps),
+         *tt = malloc(sizeof(double) * reps);
   int64_t maxload = 0;
   for (int it = -1; it < reps; it++) { /* it = -1: warm-up */
     carl_route_in_t in = {.T = T, .E = E};
@@ -117,8 +130,12 @@ int main(int argc, char **argv) {
       return 1;
     }
     double t1 = carl_now();
+    openblas_set_num_threads(threads); /* the peer: OpenBLAS's own threading */
     dense_ffn(R, d, f, xd, w13, w2, hd, ad, yd, dyd, dad, dhd, dxd, dw13, dw2);
     double t2 = carl_now();
+    /* the same dense products through carl_sgemm's fixed tiles (what the layer uses) */
+    dense_tiled(R, d, f, xd, w13, w2, hd, ad, yd, dyd, dad, dhd, dxd, dw13, dw2);
+    double t2b = carl_now();
     /* routing alone (route + loss gradient), for the breakdown */
     carl_route_out_t out = {.experts = A.experts, .weights = A.weights, .dlogits = A.dlogits};
     in.logits = A.logits;
@@ -128,11 +145,12 @@ int main(int argc, char **argv) {
     if (it >= 0) {
       tm[it] = t1 - t0;
       td[it] = t2 - t1;
+      tt[it] = t2b - t2;
       tr[it] = t4 - t3;
     }
     for (int e = 0; e < E; e++) maxload = A.load[e] > maxload ? A.load[e] : maxload;
   }
-  double mm = median(tm, reps), md = median(td, reps), mr = median(tr, reps);
+  double mm = median(tm, reps), md = median(td, reps), mr = median(tr, reps), mt = median(tt, reps);
   double mhz = cpu_mhz(), peak = threads * mhz * 1e6 * 64.0; /* AVX-512: 2 FMA x 16 fp32 x 2 per cycle */
   printf("bench/moe_cpu: T=%lld d=%d f=%d E=%d k=%d, %d threads, %d repeats (medians)\n", (long long)T, d, f, E, k,
          threads, reps);
@@ -142,6 +160,8 @@ int main(int argc, char **argv) {
   printf("  MoE layer fwd+bwd : %8.3f s  %7.1f GFLOP/s  (%.2f GFLOP)\n", mm, flop_moe / mm * 1e-9, flop_moe * 1e-9);
   printf("  dense sgemm peer  : %8.3f s  %7.1f GFLOP/s  (%.2f GFLOP, same products, one weight)\n", md,
          flop_dense / md * 1e-9, flop_dense * 1e-9);
+  printf("  dense, fixed tiles: %8.3f s  %7.1f GFLOP/s  (the peer's products through carl_sgemm)\n", mt,
+         flop_dense / mt * 1e-9);
   printf("  routing alone     : %8.4f s  (%.1f%% of the layer)\n", mr, 100 * mr / mm);
   printf("  ratio MoE / dense : %.3f   (target >= 0.70)\n", (flop_moe / mm) / (flop_dense / md));
   if (mhz > 0)

@@ -231,16 +231,18 @@ static void test_moe_dense(void **s) {
 /* ---- determinism, layout, errors, a few steps --------------------------------------------- */
 static void run_once(int threads, float *loss, float *grads) {
   omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  openblas_set_num_threads(threads); /* the library sets OpenBLAS back to 1 thread itself */
   carl_model_config_t c;
   tiny_config(&c);
-  c.d_model = 32; c.d_ff = 24; c.max_seq = 16; c.vocab = 50; c.n_experts = 8;
+  /* large enough that every kernel takes its parallel path: T d = 512 * 64 >= CARL_OMP_MIN_WORK */
+  c.d_model = 64; c.d_ff = 24; c.max_seq = 128; c.vocab = 128; c.n_experts = 8;
+  assert_true(4 * 128 * 64 >= CARL_OMP_MIN_WORK);
   carl_model_t *m;
   assert_int_equal(carl_model_create(&c, &m), CARL_OK);
-  int32_t tok[4 * 16], tgt[4 * 16];
-  tiny_batch(tok, tgt, 4, 16, c.vocab);
+  static int32_t tok[4 * 128], tgt[4 * 128];
+  tiny_batch(tok, tgt, 4, 128, c.vocab);
   carl_model_loss_t L;
-  assert_int_equal(carl_model_forward(m, tok, tgt, 4, 16, &L), CARL_OK);
+  assert_int_equal(carl_model_forward(m, tok, tgt, 4, 128, &L), CARL_OK);
   carl_model_zero_grad(m);
   assert_int_equal(carl_model_backward(m), CARL_OK);
   *loss = (float)L.total;
@@ -257,7 +259,7 @@ static void test_determinism(void **s) {
   assert_true(l1 == l2);
   carl_model_config_t c;
   tiny_config(&c);
-  c.d_model = 32; c.d_ff = 24; c.max_seq = 16; c.vocab = 50; c.n_experts = 8;
+  c.d_model = 64; c.d_ff = 24; c.max_seq = 128; c.vocab = 128; c.n_experts = 8;
   carl_model_t *m;
   assert_int_equal(carl_model_create(&c, &m), CARL_OK);
   assert_true(carl_model_nparams(m) <= 200000);

@@ -264,8 +264,10 @@ static void test_schedule(void **s) {
 
 static void test_reductions(void **s) {
   (void)s;
-  /* sum of i^2 for i < n is n(n-1)(2n-1)/6; n = 10000 fits exactly in double */
-  int64_t n = 10000;
+  /* sum of i^2 for i < n is n(n-1)(2n-1)/6; n = 100000 (above CARL_OMP_MIN_WORK, so the parallel
+   * path runs): every term and partial sum is an integer below 2^53, exact in double */
+  int64_t n = 100000;
+  assert_true(n >= CARL_OMP_MIN_WORK);
   float *x = malloc(sizeof(float) * n);
   for (int64_t i = 0; i < n; i++) x[i] = (float)i;
   assert_true(carl_sumsq(x, n) == (double)n * (n - 1) * (2 * n - 1) / 6);

@@ -217,7 +217,7 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
     float s = c->init_std;
     const char *dot = strrchr(t->name, '.');
     if (dot && (!strcmp(dot, ".wo") || !strcmp(dot, ".w2") || !strcmp(dot, ".shared_w2"))) s *= resid;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (t->numel >= CARL_OMP_MIN_WORK)
     for (int64_t j = 0; j < t->numel; j++)
       p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(t->offset + j));
   }
@@ -487,7 +487,7 @@ float carl_model_clip_grad(carl_model_t *m, float max_norm) {
   double norm = sqrt(carl_sumsq(m->grads, m->nparams));
   if (max_norm > 0 && norm > max_norm) {
     float s = (float)(max_norm / norm);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m->nparams >= CARL_OMP_MIN_WORK)
     for (int64_t i = 0; i < m->nparams; i++) m->grads[i] *= s;
   }
   return (float)norm;

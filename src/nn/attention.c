@@ -19,7 +19,7 @@ static void carl__transpose(float *dst, const float *base, int S, int d3, int of
 void carl_attention_fwd(float *out, float *att, const float *qkv, int B, int S, int d, int H) {
   const int hd = d / H, d3 = 3 * d;
   const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel
+#pragma omp parallel if ((int64_t)B * H * S * S * hd >= CARL_OMP_MIN_WORK)
   {
     float *Kt = malloc(sizeof(float) * (size_t)hd * (size_t)S); /* [hd, S] */
     CARL_ASSERT(Kt);
@@ -68,7 +68,7 @@ void carl_attention_bwd(float *dqkv, const float *dout, const float *qkv, const 
                         int H) {
   const int hd = d / H, d3 = 3 * d;
   const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel
+#pragma omp parallel if ((int64_t)B * H * S * S * hd >= CARL_OMP_MIN_WORK)
   {
     float *Vt = malloc(sizeof(float) * ((size_t)hd * (size_t)S + (size_t)S)); /* [hd, S] then dp [S] */
     CARL_ASSERT(Vt);
