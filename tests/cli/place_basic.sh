@@ -28,7 +28,7 @@ mkdir "$T/s"
 npy_f64 "$T/s/load.npy" 1,8 10
 npy_f64 "$T/s/traffic.npy" 1,2,8 0 10 0 10 0 10 0 10 10 0 10 0 10 0 10 0
 # co-activation: pairs (0,1) (2,3) (4,5) (6,7)
-python3 - "$T" <<'PY'
+"$PY" - "$T" <<'PY'
 import sys
 E=8
 c=[[0.0]*E for _ in range(E)]

@@ -19,7 +19,7 @@ topo "$T/t22.json" 2 2
 # 8 experts stay: the brute force below checks the plan is minimal over the 2! x 2! relabellings.
 "$CARL" place --stats "$T/s" --topology "$T/t22.json" --algo traffic --out "$T/new.json" --from "$T/old.json" \
   --expert-bytes 100 --state-bytes 600 > "$T/out.txt"
-python3 - "$T" <<'PY'
+"$PY" - "$T" <<'PY'
 import json, sys, itertools
 T = sys.argv[1]
 old = json.load(open(T + '/old.json'))['devices']
