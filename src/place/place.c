@@ -97,6 +97,17 @@ out:
   return st;
 }
 
+double carl__device_cap(double bound, double mean, const double *item_w, int n, int per_device) {
+  double hi = 0, lo = INFINITY;
+  for (int i = 0; i < n; i++) {
+    hi = item_w[i] > hi ? item_w[i] : hi;
+    lo = item_w[i] < lo ? item_w[i] : lo;
+  }
+  double floor_load = n > 0 ? hi + (per_device - 1) * lo : 0; /* the device of the heaviest item */
+  double cap = bound * mean;
+  return floor_load > cap ? bound * floor_load : cap;
+}
+
 /* ---- eplb -------------------------------------------------------------------------------------- */
 /* EPLB may put two replicas of one expert on one GPU (the reference allows it; a placement does
  * not): swap the second copy with an item of another GPU, same node first, whose per-replica load
@@ -332,7 +343,7 @@ static carl_status place_traffic(const carl_topo_t *t, const carl_place_input_t 
    * the hotter of the two and costs the least traffic; (b) swaps that lower the traffic cost and keep
    * both devices under the bound (or no worse than before) */
   if (D > 1) {
-    const double capdev = o->load_bound * total / D;
+    const double capdev = carl__device_cap(o->load_bound, total / D, item_w, R, S);
     for (int phase = 0; phase < 2; phase++)
       for (int it = 0; it < (phase == 0 ? 4 * R : o->refine_passes); it++) {
         int hot = 0;
