@@ -136,7 +136,9 @@ static carl_status eplb_repair(const carl_topo_t *t, int S, const double *w, con
           }
         }
       }
-      if (bd < 0) return carl_fail(CARL_ERR_INVALID, "eplb: expert %d has two replicas on device %d and no swap can separate them", e, d);
+      if (bd < 0)
+        return carl_fail(CARL_ERR_INVALID, "eplb: expert %d has two replicas on device %d and no swap can separate them "
+                         "(EPLB gives replicas by load, uncapped; use fewer replicas)", e, d);
       table[d * S + s] = table[bd * S + bs];
       table[bd * S + bs] = e;
       CARL_DEBUG("eplb: moved a second replica of expert %d from device %d to device %d", e, d, bd);
@@ -457,8 +459,8 @@ carl_status carl_place_compute(const carl_topo_t *t, const carl_place_input_t *i
     return carl_fail(CARL_ERR_INVALID, "replicas: %d but slots %d x %d devices = %d", o->replicas, o->slots, D, o->slots * D);
   int S = o->slots > 0 ? o->slots : o->replicas > 0 ? o->replicas / D : (E + D - 1) / D;
   if ((int64_t)S * D > (int64_t)E * D)
-    return carl_fail(CARL_ERR_INVALID, "replicas: %lld slots would need more than %d replicas of an expert (one per device at most)",
-                     (long long)S * D, D);
+    return carl_fail(CARL_ERR_INVALID, "replicas: %lld physical experts over %d devices would put an expert twice on one device "
+                     "(at most E x D = %lld)", (long long)S * D, D, (long long)E * D);
   const int R = S * D;
   const int baseline = o->algo == CARL_PLACE_CONTIGUOUS || o->algo == CARL_PLACE_ROUNDROBIN;
   if (baseline && S != (E + D - 1) / D)
