@@ -13,7 +13,7 @@
  * replicas has one carrying >= load/c, and c <= R - E + 1); inter-node copies >= sum over nodes n of
  * (traffic of n - the sum of its P*S largest entries) (a node hosts at most P*S distinct experts).
  *
- * usage: bench_place [runs (7)] [tokens (65536)] */
+ * usage: bench_place [runs (7)] [tokens (65536)] [DIR: also save the statistics there, for carl place] */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <time.h>
@@ -81,6 +81,10 @@ int main(int argc, char **argv) {
   }
   carl_place_stats_t st;
   if (carl_place_stats_init(&st, 1, E, NODES, 0.9) || carl_place_stats_add(&st, 0, experts, src, T, K)) {
+    fprintf(stderr, "bench_place: %s\n", carl_errmsg());
+    return 1;
+  }
+  if (argc > 3 && carl_place_stats_save(&st, argv[3])) {
     fprintf(stderr, "bench_place: %s\n", carl_errmsg());
     return 1;
   }
