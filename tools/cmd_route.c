@@ -21,6 +21,7 @@
 typedef struct {
   const char *logits, *source, *tokens, *features, *topology, *placement, *router, *out, *trace;
   const char *mode;
+  const char *state_in, *state_out;
   int steps;
   int hidden, elem_bytes;
   int demo;
@@ -51,6 +52,9 @@ static void route_usage(FILE *f, const char *router) {
           "  --hidden H           hidden size of a token copy (default 4096)\n"
           "  --elem-bytes B       bytes per hidden element (default 2, bf16)\n"
           "  --seed S             seed for jitter and random tables (default 0)\n"
+          "  --state PATH         load the router state (bias, duals, coefficients, c2r table) first\n"
+          "  --save-state PATH    save the router state after the last step (a trace saves\n"
+          "                       DIR/state.bin by default)\n"
           "  --router NAME        router (default topk); one of:");
   for (const char *const *n = carl_router_names(); *n; n++) fprintf(f, " %s", *n);
   fprintf(f, "\n\n");
@@ -122,6 +126,8 @@ static int parse_args(int argc, char **argv, route_args_t *a, char keybuf[][64])
     else if (!strcmp(arg, "--out")) a->out = v;
     else if (!strcmp(arg, "--trace")) a->trace = v;
     else if (!strcmp(arg, "--mode")) a->mode = v;
+    else if (!strcmp(arg, "--state")) a->state_in = v;
+    else if (!strcmp(arg, "--save-state")) a->state_out = v;
     else if (!strcmp(arg, "--steps")) { if (!parse_int(arg, v, 1, 1 << 30, &a->steps)) return 2; }
     else if (!strcmp(arg, "--hidden")) { if (!parse_int(arg, v, 1, 1 << 20, &a->hidden)) return 2; }
     else if (!strcmp(arg, "--elem-bytes")) { if (!parse_int(arg, v, 1, 8, &a->elem_bytes)) return 2; }
@@ -518,6 +524,10 @@ int carl_cmd_route(int argc, char **argv) {
   const char *outdir = a.out ? a.out : "out/route-demo";
   if ((st = make_dir(outdir)) != CARL_OK) return carl_cli_error("route", st);
   if ((st = carl_router_create(a.router, a.nset, a.keys, a.vals, &r)) != CARL_OK) return carl_cli_error("route", st);
+  if (a.state_in && (st = carl_router_load(r, a.state_in)) != CARL_OK) {
+    carl_router_free(r);
+    return carl_cli_error("route", st);
+  }
 
   int E = -1;
   step_summary_t total = {0};
@@ -578,11 +588,11 @@ int carl_cmd_route(int argc, char **argv) {
     for (size_t i = 0; i < sizeof total / sizeof(double); i++) tv[i] += sv[i] / nsteps;
     step_inputs_free(&in);
   }
-  if (a.trace) {
-    print_summary_row(stdout, -1, "mean", &total);
-    char rp[4096];
-    snprintf(rp, sizeof rp, "%s/state.bin", outdir);
-    if (r->impl->save && (st = carl_router_save(r, rp)) != CARL_OK) goto fail;
+  char rp[4096];
+  if (a.trace) print_summary_row(stdout, -1, "mean", &total);
+  if (a.state_out || (a.trace && r->impl->save)) {
+    if ((st = join_path(rp, sizeof rp, outdir, "state.bin")) != CARL_OK) goto fail;
+    if ((st = carl_router_save(r, a.state_out ? a.state_out : rp)) != CARL_OK) goto fail;
   }
   fprintf(stderr, "carl route: wrote %s/%s\n", outdir, a.trace ? "step_*/{experts,weights}.npy, report.json, summary.csv"
                                                                 : "experts.npy, weights.npy, report.json");

@@ -41,3 +41,27 @@ for s in (0, 29):
     assert r["step"] == s and r["router"] == "lossfree"
 print("route_trace: ok, MaxVio %.3f -> %.3f" % (mv[0], mv[-1]))
 PY
+# Resume: steps 0..14 with --save-state, then steps 15..29 (renumbered 0..14) from --state, give
+# bitwise the experts and weights of the uninterrupted run.
+mkdir -p "$tmp/a" "$tmp/b"
+for s in $(seq 0 14); do
+  cp "$tmp/trace/logits_$(printf %05d $s).npy" "$tmp/a/"
+  cp "$tmp/trace/logits_$(printf %05d $((s + 15))).npy" "$tmp/b/logits_$(printf %05d $s).npy"
+done
+"$carl" route --trace "$tmp/a" --topology configs/topologies/test-2x2.json --router lossfree --k 2 --u 0.05 \
+  --save-state "$tmp/state.bin" --out "$tmp/outa" >/dev/null 2>&1
+"$carl" route --trace "$tmp/b" --topology configs/topologies/test-2x2.json --router lossfree --k 2 --u 0.05 \
+  --state "$tmp/state.bin" --out "$tmp/outb" >/dev/null 2>&1
+for s in $(seq 0 14); do
+  for f in experts.npy weights.npy; do
+    cmp -s "$tmp/out/step_$(printf %05d $((s + 15)))/$f" "$tmp/outb/step_$(printf %05d $s)/$f" ||
+      { echo "resumed step $s: $f differs from the uninterrupted run"; exit 1; }
+  done
+done
+# a state of another router is refused with a clear error
+if "$carl" route --trace "$tmp/b" --topology configs/topologies/test-2x2.json --router bip --k 2 \
+     --state "$tmp/state.bin" --out "$tmp/outc" 2>"$tmp/err" >/dev/null; then
+  echo "bip accepted a lossfree state"; exit 1
+fi
+grep -q "state.bin" "$tmp/err" || { echo "error does not name the state file: $(cat "$tmp/err")"; exit 1; }
+echo "route_trace: resume ok"
