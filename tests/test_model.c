@@ -412,6 +412,8 @@ static void test_every_router(void **s) {
     snprintf(c.router, sizeof c.router, "%s", names[ri]);
     /* topk with capacity C = ceil(1.0 * 12 * 2 / 4) = 6: overflow is dropped, gradients still hold */
     if (!strcmp(names[ri], "topk")) carl_model_config_set_router_opt(&c, "capacity_factor", 1.0);
+    /* c2r needs a collaboration table: profile=1 routes as topk while building it */
+    if (!strcmp(names[ri], "c2r")) carl_model_config_set_router_opt(&c, "profile", 1);
     carl_model_t *m;
     carl_status st = carl_model_create(&c, &m);
     if (st != CARL_OK) { /* a router that needs k = 1 */
