@@ -14,8 +14,8 @@
  * Determinism: float sums run in a fixed order that does not depend on the OpenMP thread count.
  * Matrix products go through carl_sgemm, which cuts the output into fixed tiles, runs one
  * single-threaded OpenBLAS sgemm per tile and spreads the tiles over OpenMP threads (OpenBLAS's own
- * threading changes the bits with the thread count). Side effect: every product sets OpenBLAS to
- * one thread for the process (openblas_set_num_threads(1)); parallelism comes from OpenMP.
+ * threading changes the bits with the thread count). OpenBLAS is set to one thread for the
+ * duration of each product and the caller's setting restored; parallelism comes from OpenMP.
  * Nothing here allocates except where stated; nothing prints.
  */
 #ifndef CARL_NN_H
