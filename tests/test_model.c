@@ -231,7 +231,7 @@ static void test_moe_dense(void **s) {
 /* ---- determinism, layout, errors, a few steps --------------------------------------------- */
 static void run_once(int threads, float *loss, float *grads) {
   omp_set_num_threads(threads);
-  openblas_set_num_threads(threads); /* the library sets OpenBLAS back to 1 thread itself */
+  openblas_set_num_threads(threads); /* the library runs OpenBLAS single-threaded inside its products anyway */
   carl_model_config_t c;
   tiny_config(&c);
   /* large enough that every kernel takes its parallel path: T d = 512 * 64 >= CARL_OMP_MIN_WORK */
