@@ -70,9 +70,9 @@ void carl_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
 /* qkv [B, S, 3d] (q | k | v, head h at columns h*hd.. of each third, hd = d / H);
  * out [B, S, d]; att [B, H, S, S] softmax probabilities (row i uses columns 0..i; the rest 0). */
 void carl_attention_fwd(float *out, float *att, const float *qkv, int B, int S, int d, int H);
-/* dqkv [B, S, 3d] overwritten. */
-void carl_attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int S, int d,
-                        int H);
+/* dqkv [B, S, 3d] overwritten; scratch [B, H, S, S] caller storage. */
+void carl_attention_bwd(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att, int B,
+                        int S, int d, int H);
 
 /* ---- SwiGLU: a = silu(h[:, :f]) * h[:, f:] --------------------------------------------------- */
 /* h [N, 2f]; a [N, f]. */
