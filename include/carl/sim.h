@@ -128,11 +128,11 @@ typedef struct {
   double entropy;                             /* mean_t -sum_e s log s (nats) */
 } carl_sim_metrics_t;
 
-/* Loads count routed (token, expert) pairs; a device's load is that of the replicas it serves
- * (carl_plan_replica), a node's the sum of its devices. Dropped slots (-1) count in drop_rate. */
-carl_status carl_sim_metrics(const carl_topo_t *topo, const carl_placement_t *pl, int64_t T, int E, int k,
-                             const float *z /* [T, E] */, const int32_t *experts /* [T, k] */,
-                             const int32_t *src /* [T] */, carl_sim_metrics_t *m);
+/* Loads count kept (token, expert) pairs; a device's load is that of its slots (an expert with
+ * replicas spreads its load equally over them), a node's the sum of its devices. score: 0 softmax,
+ * 1 sigmoid (the router's score function, for retained mass, Jaccard and entropy). */
+carl_status carl_sim_metrics(const carl_topo_t *topo, const carl_placement_t *pl, int64_t T, int E, int k, int score,
+                             const float *z /* [T, E] */, const int32_t *experts /* [T, k] */, carl_sim_metrics_t *m);
 
 /* ---- experiment config ----------------------------------------------------------------------- */
 #define CARL_SIM_MAX_OPTS 32

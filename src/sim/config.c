@@ -15,6 +15,13 @@ static char *dupstr(const char *s) {
   return p;
 }
 
+/* labels end up in CSV fields, Markdown cells and gnuplot strings: keep them plain */
+static carl_status check_label(const char *ctx, const char *label) {
+  if (!label[0] || strpbrk(label, ",\"'|\n\r\\/"))
+    return carl_fail(CARL_ERR_INVALID, "%s: label '%s' must be non-empty without , \" ' | / \\ or newlines", ctx, label);
+  return CARL_OK;
+}
+
 /* ---- typed field readers: every error names the field ---------------------------------------- */
 static carl_status get_num(const cJSON *obj, const char *ctx, const char *key, double lo, double hi, double *out) {
   const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -79,7 +86,7 @@ static void defaults(carl_sim_config_t *c) {
   c->E = 64;
   c->lr = 0.1;
   c->token_bytes = 4096 * 2;                  /* hidden 4096, bf16 */
-  c->expert_bytes = 3.0 * 4096 * 1408 * 2 * 4; /* SwiGLU expert (3 d x f bf16) + fp32 master + Adam: ~8x */
+  c->expert_bytes = 3.0 * 4096 * 1408 * 14;    /* SwiGLU expert, 3 d f parameters x 14 bytes (bf16 + fp32 master + Adam m, v) */
   c->plan_mode = CARL_PLAN_FLAT;
   c->place_ema = 0.9;
   c->summary_from = 0;
@@ -126,6 +133,7 @@ static carl_status parse_router(const cJSON *it, int i, carl_sim_router_t *r) {
     return carl_fail(CARL_ERR_INVALID, "%s: must be a router name or an object {\"name\":..,\"opts\":{..}}", ctx);
   }
   if (!r->name || !r->label) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", ctx);
+  CARL_TRY(check_label(ctx, r->label));
   if (!carl_router_find(r->name)) {
     char list[512] = "";
     const char *const *names = carl_router_names();
@@ -170,7 +178,7 @@ static carl_status parse_topo(const cJSON *it, int i, const char *base_dir, carl
     return carl_fail(CARL_ERR_INVALID, "%s: must be a topology file path or a topology object", ctx);
   }
   if (!t->name[0]) snprintf(t->name, sizeof t->name, "%dx%d", t->nodes, t->devices_per_node);
-  return CARL_OK;
+  return check_label(ctx, t->name);
 }
 
 /* trace directory: layer_<l>.npy float32 [N, E] for every layer, optional src.npy [N] int32/int64 */
@@ -340,13 +348,27 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
       s->trace_dir = dupstr(path);
       const cJSON *lb = cJSON_GetObjectItemCaseSensitive(it, "label");
       if (lb && !cJSON_IsString(lb)) return carl_fail(CARL_ERR_INVALID, "%s.label: must be a string", ctx);
-      const char *b = strrchr(tr->valuestring, '/');
-      s->label = dupstr(lb ? lb->valuestring : (b && b[1] ? b + 1 : tr->valuestring));
+      char base[256];
+      snprintf(base, sizeof base, "%s", tr->valuestring);
+      size_t bl = strlen(base);
+      while (bl > 1 && base[bl - 1] == '/') base[--bl] = '\0';
+      const char *b = strrchr(base, '/');
+      s->label = dupstr(lb ? lb->valuestring : (b ? b + 1 : base));
+      if (!s->label) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", ctx);
+      CARL_TRY(check_label(ctx, s->label));
       CARL_TRY(check_trace(c, ctx, path));
     } else {
       return carl_fail(CARL_ERR_INVALID, "%s: must be a scenario name or {\"trace\": \"dir\"}", ctx);
     }
   }
+  for (int a = 0; a < c->ntopo; a++)
+    for (int b = 0; b < a; b++)
+      if (!strcmp(c->topos[a].name, c->topos[b].name))
+        return carl_fail(CARL_ERR_INVALID, "topologies[%d]: name '%s' is used twice", a, c->topos[a].name);
+  for (int a = 0; a < c->nscen; a++)
+    for (int b = 0; b < a; b++)
+      if (!strcmp(c->scens[a].label, c->scens[b].label))
+        return carl_fail(CARL_ERR_INVALID, "scenarios[%d]: '%s' appears twice", a, c->scens[a].label);
   /* every topology must fit the experts (contiguous placement needs E >= 1 per device or replicas) */
   for (int t = 0; t < c->ntopo; t++)
     if (c->topos[t].devices > c->E)

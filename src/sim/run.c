@@ -108,12 +108,14 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
     st = carl_fail(CARL_ERR_NOMEM, "sim: out of memory");
     goto done;
   }
-  int k = 1;
+  int k = 1, score = 0;
   for (int l = 0; l < L; l++) {
     st = carl_router_create(rc->name, rc->nopt, (const char *const *)rc->keys, rc->vals, &rt[l]);
     if (st != CARL_OK) goto done;
     double kv = carl_router_get(rt[l], "k");
     if (isfinite(kv) && kv >= 1) k = (int)kv;
+    double sv = carl_router_get(rt[l], "score");
+    if (isfinite(sv)) score = (int)sv;
     st = carl_placement_contiguous(&pl[l], E, D);
     if (st != CARL_OK) goto done;
     if (sc->scenario >= 0) {
@@ -189,7 +191,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       st = carl_router_update(rt[l], &in, &ro);
       if (st != CARL_OK) goto done;
       carl_sim_metrics_t m;
-      st = carl_sim_metrics(topo, &pl[l], T, E, k, z, experts, srcp, &m);
+      st = carl_sim_metrics(topo, &pl[l], T, E, k, score, z, experts, &m);
       if (st != CARL_OK) goto done;
       carl_cost_reset(&cost);
       st = carl_plan_cost(topo, &pl[l], experts, srcp, T, k, (size_t)cfg->token_bytes, (carl_plan_mode)cfg->plan_mode,
