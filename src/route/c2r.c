@@ -92,6 +92,7 @@ typedef struct {
 } c2r_state;
 
 static const carl_opt_t c2r_opts[] = {
+    {"renorm", 0, "0: gate weights are the raw scores s (the C2R reference code); 1: renormalised"},
     {"Tc", 5, "collaborators per expert that the other k-1 experts are chosen from (k-1 <= Tc <= E-1)"},
     {"profile", 0, "1: accumulate co-activation counts in update(); without a table route as topk"},
 };
