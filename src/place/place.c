@@ -194,13 +194,16 @@ static carl_status place_traffic(const carl_topo_t *t, const carl_place_input_t 
   pair_t *pairs = malloc((size_t)E * N * sizeof *pairs);
   int32_t *dev = malloc((size_t)P * S * sizeof *dev), *sub_e = malloc((size_t)P * S * sizeof *sub_e);
   double *sub_w = malloc((size_t)P * S * sizeof *sub_w);
+  int32_t *item_d = NULL, *subi = NULL; /* [R] device of each item; [P*S] scratch */
+  double *dload = NULL;                 /* [D] */
+  unsigned char *ondev = NULL;          /* [E, D] */
+  double total = 0;
   if (!cnt || !on || !item_e || !item_n || !item_w || !cn || !costE || !nload || !nroom || !placed || !pairs || !dev ||
       !sub_e || !sub_w) {
     st = carl_fail(CARL_ERR_NOMEM, "traffic: out of memory");
     goto out;
   }
   carl__replica_counts(w, E, R, D, cnt);
-  double total = 0;
   for (int e = 0; e < E; e++) total += w[e];
   const double cap = o->load_bound * total / D * P; /* node load bound */
   const double c_intra = P > 1 ? carl_topo_cost(t, 0, 1) * (P - 1) / P : 0.0;
@@ -304,22 +307,104 @@ static carl_status place_traffic(const carl_topo_t *t, const carl_place_input_t 
       if (!improved) break;
     }
   /* 4. inside each node: balance the node's items over its devices */
+  item_d = malloc((size_t)R * sizeof *item_d);
+  dload = calloc((size_t)D, sizeof *dload);
+  ondev = calloc((size_t)E * D, 1);
+  subi = malloc((size_t)P * S * sizeof *subi);
+  if (!item_d || !dload || !ondev || !subi) {
+    st = carl_fail(CARL_ERR_NOMEM, "traffic: out of memory");
+    goto out;
+  }
   for (int n = 0; n < N; n++) {
     int m = 0;
     for (int i = 0; i < R; i++)
-      if (item_n[i] == n) { sub_e[m] = item_e[i]; sub_w[m] = item_w[i]; m++; }
+      if (item_n[i] == n) { sub_e[m] = item_e[i]; sub_w[m] = item_w[i]; subi[m] = i; m++; }
     CARL_ASSERT(m == P * S);
     if ((st = carl__pack_devices(sub_e, sub_w, m, P, S, 4 * o->refine_passes, dev)) != CARL_OK) goto out;
-    int32_t *used = nroom; /* reuse as a per-device counter */
-    for (int d = 0; d < P; d++) used[d] = 0;
     for (int q = 0; q < m; q++) {
-      int d = n * P + dev[q];
-      table[(size_t)d * S + used[dev[q]]++] = sub_e[q];
+      int i = subi[q], d = n * P + dev[q];
+      item_d[i] = d;
+      dload[d] += item_w[i];
+      ondev[(size_t)item_e[i] * D + d] = 1;
     }
+  }
+  /* 5. device level: (a) while a device is over the bound, the swap with another device that lowers
+   * the hotter of the two and costs the least traffic; (b) swaps that lower the traffic cost and keep
+   * both devices under the bound (or no worse than before) */
+  if (D > 1) {
+    const double capdev = o->load_bound * total / D;
+    for (int phase = 0; phase < 2; phase++)
+      for (int it = 0; it < (phase == 0 ? 4 * R : o->refine_passes); it++) {
+        int hot = 0;
+        for (int d = 1; d < D; d++) if (dload[d] > dload[hot]) hot = d;
+        if (phase == 0 && dload[hot] <= capdev) break;
+        int bi = -1, bj = -1, improved = 0;
+        double bdelta = INFINITY, bmax = INFINITY;
+        for (int i = 0; i < R; i++) {
+          if (phase == 0 && item_d[i] != hot) continue;
+          for (int j = phase == 0 ? 0 : i + 1; j < R; j++) {
+            int a = item_d[i], b = item_d[j], e = item_e[i], f = item_e[j];
+            if (a == b || e == f || ondev[(size_t)e * D + b] || ondev[(size_t)f * D + a]) continue;
+            int na = a / P, nb = b / P;
+            if (phase == 1 && na == nb) continue;
+            double la = dload[a] - item_w[i] + item_w[j], lb = dload[b] - item_w[j] + item_w[i];
+            double oldmax = dload[a] > dload[b] ? dload[a] : dload[b], newmax = la > lb ? la : lb;
+            if (phase == 0 && newmax >= dload[hot] * (1 - 1e-12)) continue;
+            if (phase == 1 && newmax > capdev && newmax > oldmax) continue;
+            double delta = 0;
+            if (na != nb) {
+              if (cnt[e] == 1 && cnt[f] == 1) {
+                delta = costE[(size_t)e * N + nb] + costE[(size_t)f * N + na] - costE[(size_t)e * N + na] - costE[(size_t)f * N + nb];
+              } else {
+                double before = expert_cost(A, cn, on + (size_t)e * N, E, N, e) + expert_cost(A, cn, on + (size_t)f * N, E, N, f);
+                on[(size_t)e * N + na]--; on[(size_t)e * N + nb]++; on[(size_t)f * N + nb]--; on[(size_t)f * N + na]++;
+                delta = expert_cost(A, cn, on + (size_t)e * N, E, N, e) + expert_cost(A, cn, on + (size_t)f * N, E, N, f) - before;
+                on[(size_t)e * N + na]++; on[(size_t)e * N + nb]--; on[(size_t)f * N + nb]++; on[(size_t)f * N + na]--;
+              }
+            }
+            if (phase == 1) {
+              if (delta >= -1e-9) continue;
+              bi = i; bj = j; /* first improvement */
+            } else if (delta < bdelta - 1e-12 || (delta <= bdelta + 1e-12 && newmax < bmax)) {
+              bi = i; bj = j; bdelta = delta; bmax = newmax;
+              continue;
+            } else {
+              continue;
+            }
+            /* apply (phase 1, inside the loop) */
+            int ea = e, fb = f;
+            on[(size_t)ea * N + na]--; on[(size_t)ea * N + nb]++; on[(size_t)fb * N + nb]--; on[(size_t)fb * N + na]++;
+            ondev[(size_t)ea * D + a] = 0; ondev[(size_t)ea * D + b] = 1; ondev[(size_t)fb * D + b] = 0; ondev[(size_t)fb * D + a] = 1;
+            item_d[i] = b; item_d[j] = a; item_n[i] = nb; item_n[j] = na;
+            dload[a] = la; dload[b] = lb;
+            improved = 1;
+          }
+        }
+        if (phase == 1) {
+          if (!improved) break;
+          continue;
+        }
+        if (bi < 0) break;
+        int a = item_d[bi], b = item_d[bj], e = item_e[bi], f = item_e[bj], na = a / P, nb = b / P;
+        on[(size_t)e * N + na]--; on[(size_t)e * N + nb]++; on[(size_t)f * N + nb]--; on[(size_t)f * N + na]++;
+        ondev[(size_t)e * D + a] = 0; ondev[(size_t)e * D + b] = 1; ondev[(size_t)f * D + b] = 0; ondev[(size_t)f * D + a] = 1;
+        item_d[bi] = b; item_d[bj] = a; item_n[bi] = nb; item_n[bj] = na;
+        dload[a] += item_w[bj] - item_w[bi];
+        dload[b] += item_w[bi] - item_w[bj];
+      }
+  }
+  {
+    int32_t *used = calloc((size_t)D, sizeof *used);
+    if (!used) {
+      st = carl_fail(CARL_ERR_NOMEM, "traffic: out of memory");
+      goto out;
+    }
+    for (int i = 0; i < R; i++) table[(size_t)item_d[i] * S + used[item_d[i]]++] = item_e[i];
+    free(used);
   }
 out:
   free(cnt); free(on); free(item_e); free(item_n); free(item_w); free(cn); free(costE); free(nload); free(nroom);
-  free(placed); free(pairs); free(dev); free(sub_e); free(sub_w);
+  free(placed); free(pairs); free(dev); free(sub_e); free(sub_w); free(item_d); free(dload); free(ondev); free(subi);
   return st;
 }
 
