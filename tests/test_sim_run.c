@@ -16,6 +16,7 @@
 #endif
 
 #include "carl/array.h"
+#include "carl/balance.h"
 #include "carl/sim.h"
 #include "sim/sim_internal.h"
 
@@ -115,29 +116,51 @@ static void test_metrics_hand(void **s) {
   }
   assert_true(fabs(m.retained - ret / 4) < 1e-6);
   assert_true(fabs(m.jaccard - jac / 4) < 1e-12);
+  /* the balance module's definitions agree */
+  double r2, j2, h2;
+  assert_int_equal(carl_retained_mass(z, 4, 4, 0, ex, 2, &r2), CARL_OK);
+  assert_int_equal(carl_topk_jaccard(z, 4, 4, 0, ex, 2, &j2), CARL_OK);
+  assert_int_equal(carl_routing_entropy(z, 4, 4, 0, NULL, 2, &h2, NULL), CARL_OK);
+  assert_true(fabs(m.retained - r2) < 1e-12 && fabs(m.jaccard - j2) < 1e-12 && fabs(m.entropy - h2) < 1e-9);
   /* by hand: Jaccards 1, 1/3, 1/2, 1 */
   assert_true(fabs(m.jaccard - (1 + 1.0 / 3 + 0.5 + 1) / 4) < 1e-12);
   carl_placement_free(&pl);
 }
 
-/* Migration on 2 nodes x 2 devices, one expert per device, 1 GB per expert:
- * swapping experts 0 and 2 crosses nodes: each of devices 0 and 2 sends and receives 1 GB at
- * 50 GB/s + 10 us = 0.02001 s; swapping 0 and 1 stays inside node 0: 1 GB/160 GB/s + 3 us. */
-static void test_migration_hand(void **s) {
+/* Placement refresh on 2 nodes x 2 devices, one expert per device (contiguous: 0,1 on node 0 and
+ * 2,3 on node 1). Tokens of node 0 choose experts 2 and 3, tokens of node 1 choose 0 and 1: the
+ * placement that keeps all traffic inside nodes puts {2,3} on node 0 and {0,1} on node 1. Every
+ * expert changes node: each device sends one copy and receives one over inter: with 1 GB per
+ * expert at 50 GB/s the migration takes 1e9 / 50e9 = 0.02 s. */
+static void test_refresh_hand(void **s) {
   (void)s;
   carl_topo_t topo;
   assert_int_equal(carl_topo_make(&topo, 2, 2, 160, 3, 50, 10), CARL_OK);
-  carl_placement_t old, a, b;
+  carl_placement_t old, np;
   assert_int_equal(carl_placement_contiguous(&old, 4, 4), CARL_OK);
-  const int32_t ta[4] = {2, 1, 0, 3}, tb[4] = {1, 0, 2, 3};
-  assert_int_equal(carl_placement_from_table(&a, 4, 4, 1, ta), CARL_OK);
-  assert_int_equal(carl_placement_from_table(&b, 4, 4, 1, tb), CARL_OK);
-  assert_true(fabs(carl__sim_migration_s(&topo, &old, &a, 1e9) - (1e9 / 50e9 + 10e-6)) < 1e-12);
-  assert_true(fabs(carl__sim_migration_s(&topo, &old, &b, 1e9) - (1e9 / 160e9 + 3e-6)) < 1e-12);
-  assert_true(carl__sim_migration_s(&topo, &old, &old, 1e9) == 0);
+  carl_place_stats_t st;
+  assert_int_equal(carl_place_stats_init(&st, 1, 4, 2, 0.5), CARL_OK);
+  const int32_t ex[8] = {2, 3, 2, 3, 0, 1, 0, 1};
+  const int32_t node[4] = {0, 0, 1, 1};
+  assert_int_equal(carl_place_stats_add(&st, 0, ex, node, 4, 2), CARL_OK);
+  double mig = -1;
+  assert_int_equal(carl__sim_refresh(&topo, &old, &st, 0, 1e9, &np, &mig), CARL_OK);
+  for (int e = 0; e < 4; e++) {
+    int dev = np.home[e];
+    assert_int_equal(carl_topo_node(&topo, dev), e >= 2 ? 0 : 1);
+  }
+  assert_true(fabs(mig - 1e9 / 50e9) < 1e-9);
+  carl_placement_free(&np);
+  /* the same statistics again from the refreshed placement: nothing moves, no time */
+  carl_placement_t np2;
+  carl_placement_t cur;
+  assert_int_equal(carl__sim_refresh(&topo, &old, &st, 0, 1e9, &cur, &mig), CARL_OK);
+  assert_int_equal(carl__sim_refresh(&topo, &cur, &st, 0, 1e9, &np2, &mig), CARL_OK);
+  assert_true(mig == 0);
+  carl_placement_free(&cur);
+  carl_placement_free(&np2);
   carl_placement_free(&old);
-  carl_placement_free(&a);
-  carl_placement_free(&b);
+  carl_place_stats_free(&st);
 }
 
 static char tmpdir[256];
@@ -250,7 +273,7 @@ int main(void) {
   mkdir(tmpdir, 0755);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_errors), cmocka_unit_test(test_metrics_hand),
-      cmocka_unit_test(test_migration_hand), cmocka_unit_test(test_trace_replay),
+      cmocka_unit_test(test_refresh_hand), cmocka_unit_test(test_trace_replay),
       cmocka_unit_test(test_determinism_threads),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

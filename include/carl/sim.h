@@ -161,6 +161,7 @@ typedef struct {
   int plan_mode;            /* carl_plan_mode */
   double place_ema;         /* EMA factor of the traffic statistics for placement refresh */
   int64_t summary_from;     /* summary averages steps >= this */
+  int c2r_profile;          /* c2r: steps of profiling (routing as topk) before its table is built */
   int csv_every;            /* per-step CSV: one row every n steps */
   carl_workload_cfg_t work; /* workload knobs (scenario, E, d, D, layers, steps, seed set per cell) */
   int nrouter, ntopo, nscen, nseed;

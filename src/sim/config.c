@@ -84,13 +84,14 @@ static void defaults(carl_sim_config_t *c) {
   c->layers = 1;
   c->d = 64;
   c->E = 64;
-  c->lr = 0.1;
+  c->lr = 0.5;
   c->token_bytes = 4096 * 2;                  /* hidden 4096, bf16 */
   c->expert_bytes = 3.0 * 4096 * 1408 * 14;    /* SwiGLU expert, 3 d f parameters x 14 bytes (bf16 + fp32 master + Adam m, v) */
   c->plan_mode = CARL_PLAN_FLAT;
   c->place_ema = 0.9;
   c->summary_from = 0;
   c->csv_every = 1;
+  c->c2r_profile = 50;
   carl_workload_defaults(&c->work);
 }
 
@@ -242,7 +243,7 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
   static const char *const top[] = {"name",        "steps",     "tokens",    "layers",     "d",
                                     "experts",     "lr",        "token_bytes", "expert_bytes", "plan",
                                     "place_ema",   "summary_from", "csv_every", "workload",   "routers",
-                                    "topologies",  "scenarios", "seeds",     "comment",    NULL};
+                                    "topologies",  "scenarios", "seeds",     "comment",    "c2r_profile", NULL};
   CARL_TRY(check_keys(root, "", top));
   const cJSON *nm = cJSON_GetObjectItemCaseSensitive(root, "name");
   if (nm && !cJSON_IsString(nm)) return carl_fail(CARL_ERR_INVALID, "name: must be a string");
@@ -258,6 +259,7 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
   CARL_TRY(get_num(root, "", "place_ema", 0, 1, &c->place_ema));
   CARL_TRY(get_int(root, "", "summary_from", 0, 1e9, &c->summary_from));
   CARL_TRY(get_i32(root, "", "csv_every", 1, 1e9, &c->csv_every));
+  CARL_TRY(get_i32(root, "", "c2r_profile", 1, 1e9, &c->c2r_profile));
   if (c->summary_from >= c->steps)
     return carl_fail(CARL_ERR_INVALID, "summary_from: %lld must be below steps (%lld)", (long long)c->summary_from,
                      (long long)c->steps);

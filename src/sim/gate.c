@@ -36,23 +36,42 @@ void carl_gate_sgd(carl_gate_t *g, const float *x, int64_t T, const float *dz, f
 }
 
 double carl_sim_kl_grad(int64_t T, int E, const float *z, const int32_t *cluster, const float *probs, float *dz) {
+  /* KL(p || s) = sum_e p_e log p_e - sum_e p_e (z_e - lse): the first term per token from its topic
+   * (computed on first use), the second from the logits; exp in single precision. */
   double loss = 0;
   const float invT = 1.0f / (float)T;
+  int32_t C = 0;
+  for (int64_t t = 0; t < T; t++) C = cluster[t] + 1 > C ? cluster[t] + 1 : C;
+  float *ex = malloc((size_t)E * sizeof(float));
+  double *plogp = malloc((size_t)C * sizeof(double)); /* sum_e p log p of each topic */
+  CARL_ASSERT(ex && plogp);
+  for (int32_t c = 0; c < C; c++) {
+    double a = 0;
+    for (int e = 0; e < E; e++)
+      if (probs[(size_t)c * E + e] > 0) a += (double)probs[(size_t)c * E + e] * log((double)probs[(size_t)c * E + e]);
+    plogp[c] = a;
+  }
   for (int64_t t = 0; t < T; t++) {
     const float *zt = z + (size_t)t * E;
     const float *p = probs + (size_t)cluster[t] * E;
     float *g = dz + (size_t)t * E;
-    double mx = -INFINITY, sum = 0;
-    for (int e = 0; e < E; e++)
-      if (zt[e] > mx) mx = zt[e];
-    for (int e = 0; e < E; e++) sum += exp((double)zt[e] - mx);
-    double lse = mx + log(sum), kl = 0;
+    float mx = zt[0];
+    for (int e = 1; e < E; e++) mx = zt[e] > mx ? zt[e] : mx;
+    float sum = 0;
     for (int e = 0; e < E; e++) {
-      double ls = (double)zt[e] - lse;
-      if (p[e] > 0) kl += (double)p[e] * (log((double)p[e]) - ls);
-      g[e] += (float)(exp(ls) - (double)p[e]) * invT;
+      ex[e] = expf(zt[e] - mx);
+      sum += ex[e];
     }
-    loss += kl;
+    const float inv = 1.0f / sum;
+    const double lse = (double)mx + log((double)sum);
+    double pz = 0;
+    for (int e = 0; e < E; e++) {
+      pz += (double)p[e] * zt[e];
+      g[e] += (ex[e] * inv - p[e]) * invT;
+    }
+    loss += plogp[cluster[t]] - pz + lse; /* sum_e p_e = 1 */
   }
+  free(ex);
+  free(plogp);
   return loss / (double)T;
 }

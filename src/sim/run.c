@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cblas.h>
 #ifdef _OPENMP
@@ -91,7 +92,9 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   carl_router_t **rt = calloc((size_t)L, sizeof *rt);
   carl_gate_t *gate = calloc((size_t)L, sizeof *gate);
   carl_placement_t *pl = calloc((size_t)L, sizeof *pl);
-  double *traffic = calloc((size_t)L * N * E, sizeof(double)); /* EMA of tokens node n -> expert e */
+  carl_place_stats_t pstats;
+  memset(&pstats, 0, sizeof pstats);
+  int have_pstats = 0;
   carl_workload_t wl;
   memset(&wl, 0, sizeof wl);
   trace_t tr;
@@ -101,16 +104,31 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   int have_cost = 0;
   int32_t *cluster = NULL, *src = NULL, *tok = NULL, *experts = NULL;
   float *x = NULL, *z = NULL, *dz = NULL, *weights = NULL, *probs = NULL;
-  double *step_traffic = NULL;
+  int32_t *src_node = NULL;
   out->nrow = steps;
   out->rows = calloc((size_t)steps * CARL_SIM_NCOL, sizeof(double));
-  if (!rt || !gate || !pl || !traffic || !out->rows) {
+  if (!rt || !gate || !pl || !out->rows) {
     st = carl_fail(CARL_ERR_NOMEM, "sim: out of memory");
     goto done;
   }
   int k = 1, score = 0;
+  /* c2r needs a collaboration table: it routes as topk while profiling its own decisions for the
+   * first c2r_profile steps, then builds the table from the counts (save + load of its state). */
+  const char *keys[CARL_SIM_MAX_OPTS + 1];
+  double vals[CARL_SIM_MAX_OPTS + 1];
+  int nopt = rc->nopt, c2r_profile = 0;
+  for (int i = 0; i < nopt; i++) keys[i] = rc->keys[i], vals[i] = rc->vals[i];
+  if (!strcmp(rc->name, "c2r")) {
+    int given = 0;
+    for (int i = 0; i < nopt; i++) given |= !strcmp(keys[i], "profile");
+    if (!given) {
+      keys[nopt] = "profile";
+      vals[nopt++] = 1;
+      c2r_profile = cfg->c2r_profile;
+    }
+  }
   for (int l = 0; l < L; l++) {
-    st = carl_router_create(rc->name, rc->nopt, (const char *const *)rc->keys, rc->vals, &rt[l]);
+    st = carl_router_create(rc->name, nopt, keys, vals, &rt[l]);
     if (st != CARL_OK) goto done;
     double kv = carl_router_get(rt[l], "k");
     if (isfinite(kv) && kv >= 1) k = (int)kv;
@@ -150,12 +168,17 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   z = malloc((size_t)T * E * sizeof(float));
   dz = malloc((size_t)T * E * sizeof(float));
   probs = malloc((size_t)C * E * sizeof(float));
-  step_traffic = malloc((size_t)N * E * sizeof(double));
-  if (!cluster || !src || !tok || !experts || !weights || !x || !z || !dz || !probs || !step_traffic) {
+  src_node = malloc((size_t)T * sizeof(int32_t));
+  if (!cluster || !src || !tok || !experts || !weights || !x || !z || !dz || !probs || !src_node) {
     st = carl_fail(CARL_ERR_NOMEM, "sim: out of memory (T = %lld, E = %d)", (long long)T, E);
     goto done;
   }
   const int64_t nwin = sc->scenario >= 0 ? 0 : tr.N / T;
+  if (rc->refresh_every > 0) {
+    st = carl_place_stats_init(&pstats, L, E, N, cfg->place_ema);
+    if (st != CARL_OK) goto done;
+    have_pstats = 1;
+  }
 
   for (int64_t step = 0; step < steps; step++) {
     double *row = out->rows + (size_t)step * CARL_SIM_NCOL;
@@ -215,17 +238,22 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
         carl_gate_sgd(&gate[l], x, T, dz, (float)cfg->lr);
       }
       if (rc->refresh_every > 0) {
-        /* source-node x expert token counts of this step, folded into the EMA */
-        memset(step_traffic, 0, (size_t)N * E * sizeof(double));
-        for (int64_t t = 0; t < T; t++) {
-          int n = carl_topo_node(topo, srcp[t]);
-          for (int j = 0; j < k; j++) {
-            int e = experts[(size_t)t * k + j];
-            if (e >= 0) step_traffic[(size_t)n * E + e] += 1;
-          }
-        }
-        double *A = traffic + (size_t)l * N * E, b = cfg->place_ema;
-        for (size_t i = 0; i < (size_t)N * E; i++) A[i] = step == 0 ? step_traffic[i] : b * A[i] + (1 - b) * step_traffic[i];
+        /* source-node x expert traffic, expert loads (EMA) for the placement refresh */
+        for (int64_t t = 0; t < T; t++) src_node[t] = carl_topo_node(topo, srcp[t]);
+        st = carl_place_stats_add(&pstats, l, experts, src_node, T, k);
+        if (st != CARL_OK) goto done;
+      }
+    }
+    if (c2r_profile > 0 && step + 1 == c2r_profile) {
+      const char *tmp = getenv("TMPDIR");
+      for (int l = 0; l < L; l++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/carl_sim_c2r_%ld_%d_%d_%d_%d_%d.npy", tmp && tmp[0] ? tmp : "/tmp", (long)getpid(),
+                 ri, ti, si, seedi, l);
+        st = carl_router_save(rt[l], path);
+        if (st == CARL_OK) st = carl_router_load(rt[l], path);
+        remove(path);
+        if (st != CARL_OK) goto done;
       }
     }
     double migrate = 0;
@@ -233,7 +261,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       for (int l = 0; l < L; l++) {
         carl_placement_t np;
         double mig_s = 0;
-        st = carl__sim_refresh(topo, &pl[l], traffic + (size_t)l * N * E, cfg->expert_bytes, &np, &mig_s);
+        st = carl__sim_refresh(topo, &pl[l], &pstats, l, cfg->expert_bytes, &np, &mig_s);
         if (st != CARL_OK) goto done;
         carl_placement_free(&pl[l]);
         pl[l] = np;
@@ -280,12 +308,12 @@ done:
   free(rt);
   free(gate);
   free(pl);
-  free(traffic);
+  if (have_pstats) carl_place_stats_free(&pstats);
   if (have_cost) carl_cost_free(&cost);
   carl_workload_free(&wl);
   trace_free(&tr, L);
   free(cluster); free(src); free(tok); free(experts); free(weights);
-  free(x); free(z); free(dz); free(probs); free(step_traffic);
+  free(x); free(z); free(dz); free(probs); free(src_node);
   out->wall_s = carl_now() - t0;
   return st;
 }
