@@ -156,6 +156,7 @@ typedef struct {
   int64_t steps, tokens;    /* steps per run, tokens per step */
   int layers, d, E;         /* MoE layers, router width, experts */
   double lr;                /* gate SGD learning rate */
+  double task_weight;       /* weight of the task (KL) term against the router's balancing losses */
   double token_bytes;       /* bytes of one hidden vector */
   double expert_bytes;      /* bytes moved when an expert migrates (weights + optimizer state) */
   int plan_mode;            /* carl_plan_mode */

@@ -234,7 +234,15 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       msum.entropy += m.entropy;
       if (sc->scenario >= 0) {
         /* task term, then one SGD step on the gate (balancing gradients are already in dz) */
-        kl += carl_sim_kl_grad(T, E, z, cluster, probs, dz);
+        if (cfg->task_weight != 1.0) {
+          /* dz holds the router's loss gradients; add task_weight x the task gradient */
+          const float inv = (float)(1.0 / cfg->task_weight);
+          for (size_t i = 0; i < (size_t)T * E; i++) dz[i] *= inv;
+          kl += carl_sim_kl_grad(T, E, z, cluster, probs, dz);
+          for (size_t i = 0; i < (size_t)T * E; i++) dz[i] *= (float)cfg->task_weight;
+        } else {
+          kl += carl_sim_kl_grad(T, E, z, cluster, probs, dz);
+        }
         carl_gate_sgd(&gate[l], x, T, dz, (float)cfg->lr);
       }
       if (rc->refresh_every > 0) {
