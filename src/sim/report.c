@@ -187,8 +187,11 @@ static void gp_script(sbuf_t *b, const carl_sim_config_t *cfg, const char *dir) 
                 {CARL_SIM_SKEW_DEVICE, "device load max/mean", 1},  {CARL_SIM_SKEW_NODE, "node load max/mean", 1},
                 {CARL_SIM_RETAINED, "retained mass", 1},            {CARL_SIM_JACCARD, "Jaccard with top-k", 1},
                 {CARL_SIM_DROP_RATE, "drop rate", 1}};
+  /* the first router (the method under study) black and thick, the others from a 12-colour palette */
+  static const char *const colors[12] = {"#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
+                                         "#42d4f4", "#f032e6", "#9a6324", "#808000", "#469990", "#a9a9a9"};
   sb_printf(b, "# gnuplot script written by carl sim: gnuplot %s/plots.gp\n", dir);
-  sb_printf(b, "set datafile separator ','\nset terminal pngcairo size 1800,1350 font ',10' noenhanced\n");
+  sb_printf(b, "set datafile separator ','\nset terminal pngcairo size 1500,1100 font ',9' noenhanced\n");
   sb_printf(b, "set key outside right top vertical\nset grid\nset xlabel 'step'\n");
   for (int t = 0; t < cfg->ntopo; t++)
     for (int s = 0; s < cfg->nscen; s++) {
@@ -205,9 +208,10 @@ static void gp_script(sbuf_t *b, const carl_sim_config_t *cfg, const char *dir) 
         for (int r = 0; r < cfg->nrouter; r++)
           sb_printf(b,
                     "%s'%s/steps.csv' every ::1 using (strcol(1) eq '%s' && strcol(2) eq '%s' && strcol(3) eq '%s' && $4 == "
-                    "%llu ? $5 : NaN):(column(%d) * %g) with lines lw 1.5 title '%s'",
+                    "%llu ? $5 : NaN):(column(%d) * %g) with lines lc rgb '%s' dt %d lw %s title '%s'",
                     r ? ", " : "", dir, cfg->routers[r].label, cfg->topos[t].name, cfg->scens[s].label,
-                    (unsigned long long)cfg->seeds[0], 6 + panels[q].col, panels[q].scale, cfg->routers[r].label);
+                    (unsigned long long)cfg->seeds[0], 6 + panels[q].col, panels[q].scale, colors[r % 12],
+                    1 + (r / 12) % 4, r == 0 ? "2.5" : "1.2", cfg->routers[r].label);
         sb_printf(b, "\n");
       }
       sb_printf(b, "unset multiplot\n");
