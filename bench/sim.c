@@ -1,8 +1,10 @@
 /* bench/sim: simulator throughput in tokens x layers x steps per second.
  *
  * One grid cell (the carl router, or another given as argv[1]) on 8 nodes x 8 devices (D = 64),
- * d = 64, for E = 64 and 256 and T = 2048, 4096, 8192, 16384 tokens per step. Each size runs
- * `reps` times (default 5) and the median is quoted. A least-squares fit time/step = a + b T over
+ * d = 64, for E = 64 and 256 and T = 2048, 4096, 8192, 16384 tokens per step. The time of a step
+ * is (time of a 6-step run - time of a 2-step run) / 4, so that set-up (workload
+ * tables, router creation) is not counted; each run repeats `reps` times (default 5) and the
+ * medians are used. A least-squares fit time/step = a + b T over
  * the four sizes shows whether the cost grows linearly with T (R^2, and the per-token cost b
  * against the mean per-token cost).
  *
@@ -33,8 +35,7 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* seconds per simulated step of one cell */
-static double time_cell(const char *router, int E, int64_t T, int steps, int reps, double *spread) {
+static double time_run(const char *router, int E, int64_t T, int steps, int reps) {
   char json[2048];
   snprintf(json, sizeof json,
            "{\"name\":\"bench\",\"steps\":%d,\"tokens\":%lld,\"layers\":1,\"d\":64,\"experts\":%d,"
@@ -56,13 +57,17 @@ static double time_cell(const char *router, int E, int64_t T, int steps, int rep
       fprintf(stderr, "bench_sim: %s\n", carl_errmsg());
       exit(1);
     }
-    t[r] = (carl_now() - t0) / steps;
+    t[r] = carl_now() - t0;
     free(run.rows);
   }
   carl_sim_config_free(&cfg);
-  double m = median(t, reps);
-  *spread = (t[reps - 1] - t[0]) / m; /* t sorted by median() */
-  return m;
+  return median(t, reps);
+}
+
+/* seconds per simulated step: difference of two run lengths */
+static double time_step(const char *router, int E, int64_t T, int reps) {
+  const int s1 = 2, s2 = 6;
+  return (time_run(router, E, T, s2, reps) - time_run(router, E, T, s1, reps)) / (s2 - s1);
 }
 
 static double sgemm_rate(int64_t T, int d, int E) {
@@ -100,27 +105,25 @@ int main(int argc, char **argv) {
   int reps = argc > 2 ? atoi(argv[2]) : 5;
   if (reps < 1 || reps > 64) reps = 5;
   openblas_set_num_threads(1);
-  const int steps = 8;
   const int64_t Ts[4] = {2048, 4096, 8192, 16384};
   const int Es[2] = {64, 256};
   double bw = memcpy_bw();
-  printf("bench_sim: router %s vs peer topk, 1 thread, 8x8 topology (D = 64), d = 64, k = 2, %d steps x %d reps, "
-         "medians\n", router, steps, reps);
+  printf("bench_sim: router %s vs peer topk, 1 thread, 8x8 topology (D = 64), d = 64, k = 2, step time = (6-step run "
+         "- 2-step run)/4, medians of %d reps\n", router, reps);
   printf("memcpy bandwidth %.2f GB/s (read + write)\n\n", bw / 1e9);
-  printf("| E | T | %s tok*layer*step/s | spread | topk (peer) tok/s | %s/peer | limit tok/s | limit/%s |\n", router,
-         router, router);
-  printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  printf("| E | T | %s tok*layer*step/s | topk (peer) tok/s | %s/peer | limit tok/s | %s/limit |\n", router, router,
+         router);
+  printf("|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int ei = 0; ei < 2; ei++) {
     int E = Es[ei];
     double ts[4];
     for (int i = 0; i < 4; i++) {
-      double sp, sp2;
-      ts[i] = time_cell(router, E, Ts[i], steps, reps, &sp);
-      double tp = time_cell("topk", E, Ts[i], steps, reps, &sp2);
+      ts[i] = time_step(router, E, Ts[i], reps);
+      double tp = time_step("topk", E, Ts[i], reps);
       double flops = sgemm_rate(Ts[i], 64, E);
       double lim = 4.0 * Ts[i] * 64 * E / flops + 8.0 * Ts[i] * E / bw;
-      printf("| %d | %lld | %.4g | %.0f%% | %.4g | %.2f | %.4g | %.1f |\n", E, (long long)Ts[i], Ts[i] / ts[i], 100 * sp,
-             Ts[i] / tp, tp / ts[i], Ts[i] / lim, ts[i] / lim);
+      printf("| %d | %lld | %.4g | %.4g | %.2f | %.4g | %.3f |\n", E, (long long)Ts[i], Ts[i] / ts[i], Ts[i] / tp,
+             tp / ts[i], Ts[i] / lim, lim / ts[i]);
     }
     /* least squares t = a + b T */
     double mx = 0, my = 0, sxx = 0, sxy = 0, syy = 0;
