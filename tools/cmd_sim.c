@@ -12,7 +12,7 @@
 
 static void sim_usage(FILE *f) {
   fprintf(f,
-          "usage: carl sim [--config FILE] [--out DIR] [--threads N] [--no-plots] [--quiet]\n\n"
+          "usage: carl sim [--config FILE] [--out DIR] [--threads N] [--no-plots] [--replot] [--quiet]\n\n"
           "Runs every router x topology x scenario x seed of the config: a linear gate per layer trained\n"
           "by SGD on a teacher (KL) task plus the router's balancing terms, routed, costed on the topology.\n"
           "With no --config, runs the default study (4 routers, 2 scenarios, 2x8 topology) and prints\n"
@@ -23,6 +23,7 @@ static void sim_usage(FILE *f) {
           "  --threads N    runs in parallel (default OMP_NUM_THREADS or all cores); the output does not\n"
           "                 depend on it\n"
           "  --no-plots     do not run gnuplot\n"
+          "  --replot       run nothing: rewrite DIR/plots.gp for the config and redraw from DIR/steps.csv\n"
           "  --quiet        no progress bar, no table on stdout\n");
 }
 
@@ -44,9 +45,24 @@ static void progress(void *ctx, int done, int total) {
   fflush(stderr);
 }
 
+/* gnuplot DIR/plots.gp when gnuplot is installed; 1 when the plots were drawn */
+static int run_gnuplot(const char *outdir, int quiet) {
+  if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    if (!quiet) fprintf(stderr, "carl sim: gnuplot not found: no PNG plots (run `gnuplot %s/plots.gp` later)\n", outdir);
+    return 0;
+  }
+  char cmd[8300];
+  snprintf(cmd, sizeof cmd, "gnuplot '%s/plots.gp' 2>/dev/null", outdir);
+  if (strchr(outdir, '\'') || system(cmd) != 0) {
+    fprintf(stderr, "carl sim: gnuplot failed on %s/plots.gp (the CSV files are complete)\n", outdir);
+    return 0;
+  }
+  return 1;
+}
+
 int carl_cmd_sim(int argc, char **argv) {
   const char *config = NULL, *out = NULL;
-  int threads = 0, plots = 1, quiet = 0;
+  int threads = 0, plots = 1, quiet = 0, replot = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -66,6 +82,8 @@ int carl_cmd_sim(int argc, char **argv) {
       threads = (int)v;
     } else if (!strcmp(a, "--no-plots")) {
       plots = 0;
+    } else if (!strcmp(a, "--replot")) {
+      replot = 1;
     } else if (!strcmp(a, "--quiet")) {
       quiet = 1;
     } else {
@@ -85,6 +103,12 @@ int carl_cmd_sim(int argc, char **argv) {
     snprintf(outdir, sizeof outdir, "%s", out);
   else
     snprintf(outdir, sizeof outdir, "results/%s", cfg.name);
+  if (replot) {
+    st = carl_sim_write_plot_script(&cfg, outdir);
+    carl_sim_config_free(&cfg);
+    if (st != CARL_OK) return carl_cli_error("sim", st);
+    return run_gnuplot(outdir, quiet) ? 0 : 1;
+  }
   int nrun = cfg.nrouter * cfg.ntopo * cfg.nscen * cfg.nseed;
   if (!quiet)
     fprintf(stderr, "carl sim: %s: %d routers x %d topologies x %d scenarios x %d seeds = %d runs of %lld steps -> %s\n",
@@ -102,16 +126,7 @@ int carl_cmd_sim(int argc, char **argv) {
     carl_sim_config_free(&cfg);
     return carl_cli_error("sim", st);
   }
-  if (plots) {
-    if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
-      char cmd[8300];
-      snprintf(cmd, sizeof cmd, "gnuplot '%s/plots.gp'", outdir);
-      if (strchr(outdir, '\'') || system(cmd) != 0)
-        fprintf(stderr, "carl sim: gnuplot failed on %s/plots.gp (the CSV files are complete)\n", outdir);
-    } else if (!quiet) {
-      fprintf(stderr, "carl sim: gnuplot not found: no PNG plots (run `gnuplot %s/plots.gp` later)\n", outdir);
-    }
-  }
+  if (plots) run_gnuplot(outdir, quiet);
   if (!quiet) {
     char *md = NULL;
     if (carl_sim_table_md(&cfg, &res, &md) == CARL_OK) {

@@ -148,7 +148,9 @@ typedef struct {
 typedef struct {
   char *label;         /* scenario name, or the trace directory's base name */
   int scenario;        /* carl_scenario, or -1 for a trace */
-  char *trace_dir;     /* trace: directory with layer_<l>.npy [N, E] (float32) and src.npy [N] */
+  char *trace_dir;     /* trace: directory with layer_<l>.npy [N, E] (float32), optional src.npy and
+                          tokens.npy [N] (int32/int64) */
+  int has_tokens;      /* trace: tokens.npy present */
 } carl_sim_scen_t;
 
 typedef struct {
@@ -218,6 +220,8 @@ void carl_sim_result_free(carl_sim_result_t *res);
 /* Writes dir/steps.csv, dir/summary.csv, dir/summary.md and dir/plots.gp (gnuplot script that
  * writes the PNG plots when run with `gnuplot dir/plots.gp`). Creates dir if needed. */
 carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir);
+/* Only dir/plots.gp (to redraw the plots of an existing dir/steps.csv). */
+carl_status carl_sim_write_plot_script(const carl_sim_config_t *cfg, const char *dir);
 /* The Markdown comparison table (routers x key metrics, mean over scenarios and seeds, one table per
  * topology) into a malloc'ed string (caller frees). */
 carl_status carl_sim_table_md(const carl_sim_config_t *cfg, const carl_sim_result_t *res, char **out);

@@ -1,6 +1,7 @@
 /* Experiment configs for the simulator: parsing and every check done before any work starts. */
 #include <cJSON.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,33 @@ static carl_status parse_topo(const cJSON *it, int i, const char *base_dir, carl
   return check_label(ctx, t->name);
 }
 
+/* optional tokens.npy: int32/int64 [N] vocabulary ids (non-negative) */
+static carl_status check_tokens(const char *ctx, const char *dir, int64_t N) {
+  char path[4096];
+  if ((size_t)snprintf(path, sizeof path, "%s/tokens.npy", dir) >= sizeof path)
+    return carl_fail(CARL_ERR_INVALID, "%s: path too long", ctx);
+  FILE *f = fopen(path, "rb");
+  if (!f) return CARL_OK;
+  fclose(f);
+  carl_array_t a;
+  carl_status st = carl_npy_read(path, &a);
+  if (st != CARL_OK) return carl_errctx(st, "%s", ctx);
+  if (a.ndim != 1 || a.shape[0] != N || (a.dtype != CARL_I32 && a.dtype != CARL_I64)) {
+    carl_array_free(&a);
+    return carl_fail(CARL_ERR_SHAPE, "%s: %s must be int32 or int64 of shape [%lld]", ctx, path, (long long)N);
+  }
+  for (int64_t t = 0; t < N; t++) {
+    int64_t v = a.dtype == CARL_I32 ? ((int32_t *)a.data)[t] : ((int64_t *)a.data)[t];
+    if (v < 0 || v > INT32_MAX) {
+      carl_array_free(&a);
+      return carl_fail(CARL_ERR_INVALID, "%s: %s: token %lld has id %lld (must be in [0, 2^31))", ctx, path, (long long)t,
+                       (long long)v);
+    }
+  }
+  carl_array_free(&a);
+  return CARL_OK;
+}
+
 /* trace directory: layer_<l>.npy float32 [N, E] for every layer, optional src.npy [N] int32/int64 */
 static carl_status check_trace(const carl_sim_config_t *c, const char *ctx, const char *dir) {
   int64_t N = -1;
@@ -211,7 +239,7 @@ static carl_status check_trace(const carl_sim_config_t *c, const char *ctx, cons
   if ((size_t)snprintf(path, sizeof path, "%s/src.npy", dir) >= sizeof path)
     return carl_fail(CARL_ERR_INVALID, "path too long: %s", dir);
   FILE *f = fopen(path, "rb");
-  if (!f) return CARL_OK; /* no sources: tokens spread evenly */
+  if (!f) return check_tokens(ctx, dir, N); /* no sources: tokens spread evenly */
   fclose(f);
   carl_array_t a;
   carl_status st = carl_npy_read(path, &a);
@@ -236,7 +264,7 @@ static carl_status check_trace(const carl_sim_config_t *c, const char *ctx, cons
     if (mx >= c->topos[i].devices)
       return carl_fail(CARL_ERR_SHAPE, "%s: %s names device %lld but topology '%s' has %d devices", ctx, path,
                        (long long)mx, c->topos[i].name, c->topos[i].devices);
-  return CARL_OK;
+  return check_tokens(ctx, dir, N);
 }
 
 static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_config_t *c) {
@@ -361,6 +389,15 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
       if (!s->label) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", ctx);
       CARL_TRY(check_label(ctx, s->label));
       CARL_TRY(check_trace(c, ctx, path));
+      char tpath[4200];
+      snprintf(tpath, sizeof tpath, "%s/tokens.npy", path);
+      FILE *tf = fopen(tpath, "rb");
+      s->has_tokens = tf != NULL;
+      if (tf) fclose(tf);
+      for (int r = 0; r < c->nrouter; r++)
+        if (!s->has_tokens && !strcmp(c->routers[r].name, "hash"))
+          return carl_fail(CARL_ERR_INVALID, "%s: routers[%d] (%s) routes by token id but the trace has no tokens.npy", ctx,
+                           r, c->routers[r].label);
     } else {
       return carl_fail(CARL_ERR_INVALID, "%s: must be a scenario name or {\"trace\": \"dir\"}", ctx);
     }

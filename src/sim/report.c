@@ -252,3 +252,10 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
   CARL_TRY(sb_write(&b, dir, "plots.gp"));
   return CARL_OK;
 }
+
+carl_status carl_sim_write_plot_script(const carl_sim_config_t *cfg, const char *dir) {
+  CARL_TRY(mkdirs(dir));
+  sbuf_t b = {0};
+  gp_script(&b, cfg, dir);
+  return sb_write(&b, dir, "plots.gp");
+}

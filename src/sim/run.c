@@ -27,6 +27,7 @@ typedef struct {
   int64_t N;        /* tokens in the trace */
   float **logits;   /* [layers][N, E] */
   int32_t *src;     /* [N] or NULL */
+  int32_t *tok;     /* [N] token ids or NULL */
 } trace_t;
 
 static void trace_free(trace_t *tr, int layers) {
@@ -34,6 +35,7 @@ static void trace_free(trace_t *tr, int layers) {
     for (int l = 0; l < layers; l++) free(tr->logits[l]);
   free(tr->logits);
   free(tr->src);
+  free(tr->tok);
   memset(tr, 0, sizeof *tr);
 }
 
@@ -54,21 +56,25 @@ static carl_status trace_load(const char *dir, int layers, int E, trace_t *tr) {
     tr->N = a.shape[0];
     tr->logits[l] = a.data;
   }
-  char path[4096];
-  if ((size_t)snprintf(path, sizeof path, "%s/src.npy", dir) >= sizeof path)
-    return carl_fail(CARL_ERR_INVALID, "path too long: %s", dir);
-  FILE *f = fopen(path, "rb");
-  if (f) {
+  /* optional per-token int arrays: src.npy (devices), tokens.npy (vocabulary ids, for hash) */
+  static const char *const names[2] = {"src.npy", "tokens.npy"};
+  int32_t **dst[2] = {&tr->src, &tr->tok};
+  for (int i = 0; i < 2; i++) {
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= sizeof path)
+      return carl_fail(CARL_ERR_INVALID, "path too long: %s", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) continue;
     fclose(f);
     carl_array_t a;
     CARL_TRY(carl_npy_read(path, &a));
-    tr->src = malloc((size_t)tr->N * sizeof(int32_t));
-    if (!tr->src || a.ndim != 1 || a.shape[0] != tr->N) {
+    *dst[i] = malloc((size_t)tr->N * sizeof(int32_t));
+    if (!*dst[i] || a.ndim != 1 || a.shape[0] != tr->N || (a.dtype != CARL_I32 && a.dtype != CARL_I64)) {
       carl_array_free(&a);
       return carl_fail(CARL_ERR_SHAPE, "%s: changed since the config was checked", path);
     }
     for (int64_t t = 0; t < tr->N; t++)
-      tr->src[t] = a.dtype == CARL_I32 ? ((int32_t *)a.data)[t] : (int32_t)((int64_t *)a.data)[t];
+      (*dst[i])[t] = a.dtype == CARL_I32 ? ((int32_t *)a.data)[t] : (int32_t)((int64_t *)a.data)[t];
     carl_array_free(&a);
   }
   return CARL_OK;
@@ -187,6 +193,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       carl_workload_tokens(&wl, step, T, cluster, src, tok);
     } else {
       int64_t off = (step % nwin) * T;
+      if (tr.tok) memcpy(tok, tr.tok + off, (size_t)T * sizeof(int32_t));
       if (tr.src)
         memcpy(src, tr.src + off, (size_t)T * sizeof(int32_t));
       else
@@ -205,7 +212,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
         memcpy(z, tr.logits[l] + (size_t)(step % nwin) * T * E, (size_t)T * E * sizeof(float));
       }
       memset(dz, 0, (size_t)T * E * sizeof(float));
-      carl_route_in_t in = {.T = T, .E = E, .logits = z, .src = srcp, .token_ids = sc->scenario >= 0 ? tok : NULL,
+      carl_route_in_t in = {.T = T, .E = E, .logits = z, .src = srcp, .token_ids = (sc->scenario >= 0 || tr.tok) ? tok : NULL,
                             .x = sc->scenario >= 0 ? x : NULL, .d = sc->scenario >= 0 ? d : 0, .topo = topo,
                             .place = &pl[l], .step = step, .seed = seed + 7919u * (uint64_t)l};
       carl_route_out_t ro = {.experts = experts, .weights = weights, .dlogits = dz};

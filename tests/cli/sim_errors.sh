@@ -51,6 +51,10 @@ for name, E, dev in (("trace_e", 6, 1), ("trace_dev", 8, 4), ("trace_ok", 8, 1))
     np.save(os.path.join(d, name, "layer_0.npy"), np.zeros((256, E), np.float32))
     src = np.zeros(256, np.int32); src[-1] = dev
     np.save(os.path.join(d, name, "src.npy"), src)
+os.makedirs(os.path.join(d, "trace_tok"))
+np.save(os.path.join(d, "trace_tok", "layer_0.npy"), np.zeros((256, 8), np.float32))
+tok = np.arange(256, dtype=np.int64); tok[7] = -3
+np.save(os.path.join(d, "trace_tok", "tokens.npy"), tok)
 os.makedirs(os.path.join(d, "trace_layers"))
 np.save(os.path.join(d, "trace_layers", "layer_0.npy"), np.zeros((256, 8), np.float32))
 PY
@@ -60,6 +64,10 @@ PY
     '{"experts":8,"tokens":64,"routers":["topk"],"topologies":['"$topo"'],"scenarios":[{"trace":"'"$tmp"'/trace_dev"}],"seeds":[1]}'
   check trace_short 'fewer than one step' \
     '{"experts":8,"tokens":512,"routers":["topk"],"topologies":['"$topo"'],"scenarios":[{"trace":"'"$tmp"'/trace_ok"}],"seeds":[1]}'
+  check trace_tokens 'token 7 has id -3' \
+    '{"experts":8,"tokens":64,"routers":["hash"],"topologies":['"$topo"'],"scenarios":[{"trace":"'"$tmp"'/trace_tok"}],"seeds":[1]}'
+  check trace_hash 'routes by token id but the trace has no tokens.npy' \
+    '{"experts":8,"tokens":64,"routers":["topk","hash"],"topologies":['"$topo"'],"scenarios":[{"trace":"'"$tmp"'/trace_ok"}],"seeds":[1]}'
   check trace_layer 'layer_1.npy' \
     '{"experts":8,"tokens":64,"layers":2,"routers":["topk"],"topologies":['"$topo"'],"scenarios":[{"trace":"'"$tmp"'/trace_layers"}],"seeds":[1]}'
 else
