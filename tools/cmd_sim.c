@@ -104,7 +104,7 @@ int carl_cmd_sim(int argc, char **argv) {
   else
     snprintf(outdir, sizeof outdir, "results/%s", cfg.name);
   if (replot) {
-    st = carl_sim_write_plot_script(&cfg, outdir);
+    st = carl_sim_replot(&cfg, outdir);
     carl_sim_config_free(&cfg);
     if (st != CARL_OK) return carl_cli_error("sim", st);
     return run_gnuplot(outdir, quiet) ? 0 : 1;
@@ -133,7 +133,7 @@ int carl_cmd_sim(int argc, char **argv) {
       printf("%s", md);
       free(md);
     }
-    fprintf(stderr, "carl sim: wrote %s/{steps.csv,summary.csv,summary.md,plots.gp}%s in %.1f s\n", outdir,
+    fprintf(stderr, "carl sim: wrote %s/{steps.csv,summary.csv,summary.md,plots.dat,plots.gp}%s in %.1f s\n", outdir,
             plots ? " and PNG plots" : "", carl_now() - pr.t0);
   }
   carl_sim_result_free(&res);

@@ -217,11 +217,12 @@ carl_status carl_sim_run(const carl_sim_config_t *cfg, carl_sim_progress_fn prog
 void carl_sim_result_free(carl_sim_result_t *res);
 
 /* ---- reports --------------------------------------------------------------------------------- */
-/* Writes dir/steps.csv, dir/summary.csv, dir/summary.md and dir/plots.gp (gnuplot script that
- * writes the PNG plots when run with `gnuplot dir/plots.gp`). Creates dir if needed. */
+/* Writes dir/steps.csv, dir/summary.csv, dir/summary.md, dir/plots.dat (first seed, gnuplot blocks)
+ * and dir/plots.gp (gnuplot script that writes the PNG plots when run with `gnuplot dir/plots.gp`).
+ * Creates dir if needed. */
 carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir);
-/* Only dir/plots.gp (to redraw the plots of an existing dir/steps.csv). */
-carl_status carl_sim_write_plot_script(const carl_sim_config_t *cfg, const char *dir);
+/* Rewrite dir/plots.dat and dir/plots.gp from an existing dir/steps.csv of this config (to redraw). */
+carl_status carl_sim_replot(const carl_sim_config_t *cfg, const char *dir);
 /* The Markdown comparison table (routers x key metrics, mean over scenarios and seeds, one table per
  * topology) into a malloc'ed string (caller frees). */
 carl_status carl_sim_table_md(const carl_sim_config_t *cfg, const carl_sim_result_t *res, char **out);

@@ -191,7 +191,7 @@ static void gp_script(sbuf_t *b, const carl_sim_config_t *cfg, const char *dir) 
   static const char *const colors[12] = {"#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
                                          "#42d4f4", "#f032e6", "#9a6324", "#808000", "#469990", "#a9a9a9"};
   sb_printf(b, "# gnuplot script written by carl sim: gnuplot %s/plots.gp\n", dir);
-  sb_printf(b, "set datafile separator ','\nset terminal pngcairo size 1500,1100 font ',9' noenhanced\n");
+  sb_printf(b, "set terminal pngcairo size 1500,1100 font ',9' noenhanced\n");
   sb_printf(b, "set key outside right top vertical\nset grid\nset xlabel 'step'\n");
   for (int t = 0; t < cfg->ntopo; t++)
     for (int s = 0; s < cfg->nscen; s++) {
@@ -206,16 +206,35 @@ static void gp_script(sbuf_t *b, const carl_sim_config_t *cfg, const char *dir) 
           sb_printf(b, "set key off\n");
         sb_printf(b, "plot ");
         for (int r = 0; r < cfg->nrouter; r++)
-          sb_printf(b,
-                    "%s'%s/steps.csv' every ::1 using (strcol(1) eq '%s' && strcol(2) eq '%s' && strcol(3) eq '%s' && $4 == "
-                    "%llu ? $5 : NaN):(column(%d) * %g) with lines lc rgb '%s' dt %d lw %s title '%s'",
-                    r ? ", " : "", dir, cfg->routers[r].label, cfg->topos[t].name, cfg->scens[s].label,
-                    (unsigned long long)cfg->seeds[0], 6 + panels[q].col, panels[q].scale, colors[r % 12],
-                    1 + (r / 12) % 4, r == 0 ? "2.5" : "1.2", cfg->routers[r].label);
+          sb_printf(b, "%s'%s/plots.dat' index %d using 1:(column(%d) * %g) with lines lc rgb '%s' dt %d lw %s title '%s'",
+                    r ? ", " : "", dir, (t * cfg->nscen + s) * cfg->nrouter + r, 2 + panels[q].col, panels[q].scale,
+                    colors[r % 12], 1 + (r / 12) % 4, r == 0 ? "2.5" : "1.2", cfg->routers[r].label);
         sb_printf(b, "\n");
       }
       sb_printf(b, "unset multiplot\n");
     }
+}
+
+/* dir/plots.dat: one gnuplot data block per (topology, scenario, router) of the first seed, in that
+ * order, rows as in steps.csv: "step value..." */
+static void gp_data(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res) {
+  for (int t = 0; t < cfg->ntopo; t++)
+    for (int s = 0; s < cfg->nscen; s++)
+      for (int r = 0; r < cfg->nrouter; r++) {
+        sb_printf(b, "# %s %s %s seed %llu\n", cfg->routers[r].label, cfg->topos[t].name, cfg->scens[s].label,
+                  (unsigned long long)cfg->seeds[0]);
+        for (int i = 0; i < res->nrun; i++) {
+          const carl_sim_run_t *ru = &res->runs[i];
+          if (ru->router != r || ru->topo != t || ru->scen != s || ru->seed != 0 || !ru->rows) continue;
+          for (int64_t step = 0; step < ru->nrow; step++) {
+            if (step % cfg->csv_every != 0 && step != ru->nrow - 1) continue;
+            sb_printf(b, "%lld", (long long)step);
+            for (int c = 0; c < CARL_SIM_NCOL; c++) sb_printf(b, " %.9g", ru->rows[(size_t)step * CARL_SIM_NCOL + c]);
+            sb_printf(b, "\n");
+          }
+        }
+        sb_printf(b, "\n\n");
+      }
 }
 
 carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir) {
@@ -248,14 +267,89 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
   md_tables(&b, cfg, res);
   md_per_scenario(&b, cfg, res);
   CARL_TRY(sb_write(&b, dir, "summary.md"));
+  gp_data(&b, cfg, res);
+  CARL_TRY(sb_write(&b, dir, "plots.dat"));
   gp_script(&b, cfg, dir);
   CARL_TRY(sb_write(&b, dir, "plots.gp"));
   return CARL_OK;
 }
 
-carl_status carl_sim_write_plot_script(const carl_sim_config_t *cfg, const char *dir) {
-  CARL_TRY(mkdirs(dir));
-  sbuf_t b = {0};
-  gp_script(&b, cfg, dir);
-  return sb_write(&b, dir, "plots.gp");
+static int find_label(const char *f, size_t n, int count, const char *(*get)(const carl_sim_config_t *, int),
+                      const carl_sim_config_t *cfg) {
+  for (int i = 0; i < count; i++) {
+    const char *l = get(cfg, i);
+    if (strlen(l) == n && !strncmp(l, f, n)) return i;
+  }
+  return -1;
+}
+static const char *router_label(const carl_sim_config_t *c, int i) { return c->routers[i].label; }
+static const char *topo_label(const carl_sim_config_t *c, int i) { return c->topos[i].name; }
+static const char *scen_label(const carl_sim_config_t *c, int i) { return c->scens[i].label; }
+
+carl_status carl_sim_replot(const carl_sim_config_t *cfg, const char *dir) {
+  char path[4096];
+  if ((size_t)snprintf(path, sizeof path, "%s/steps.csv", dir) >= sizeof path)
+    return carl_fail(CARL_ERR_INVALID, "%s: path too long", dir);
+  char *txt = NULL;
+  size_t len = 0;
+  CARL_TRY(carl_read_file(path, &txt, &len));
+  carl_sim_result_t res = {0};
+  const int n = cfg->nrouter * cfg->ntopo * cfg->nscen;
+  res.runs = calloc((size_t)n, sizeof *res.runs);
+  carl_status st = res.runs ? CARL_OK : carl_fail(CARL_ERR_NOMEM, "replot: out of memory");
+  res.nrun = res.runs ? n : 0;
+  for (int i = 0; i < res.nrun && st == CARL_OK; i++) {
+    carl_sim_run_t *ru = &res.runs[i];
+    ru->router = i % cfg->nrouter;
+    ru->scen = (i / cfg->nrouter) % cfg->nscen;
+    ru->topo = i / (cfg->nrouter * cfg->nscen);
+    ru->nrow = cfg->steps;
+    ru->rows = malloc((size_t)cfg->steps * CARL_SIM_NCOL * sizeof(double));
+    if (!ru->rows) st = carl_fail(CARL_ERR_NOMEM, "replot: out of memory");
+    for (int64_t j = 0; ru->rows && j < cfg->steps * CARL_SIM_NCOL; j++) ru->rows[j] = NAN;
+  }
+  /* rows: router,topology,scenario,seed,step,values... (the header and other seeds are skipped) */
+  int64_t line = 0;
+  for (char *p = txt; st == CARL_OK && p && *p; line++) {
+    char *end = strchr(p, '\n');
+    if (end) *end = '\0';
+    if (line > 0 && *p) {
+      const char *f[3];
+      size_t fl[3];
+      char *q = p;
+      for (int k = 0; k < 3; k++) {
+        f[k] = q;
+        char *c = strchr(q, ',');
+        fl[k] = c ? (size_t)(c - q) : strlen(q);
+        q = c ? c + 1 : q + strlen(q);
+      }
+      int r = find_label(f[0], fl[0], cfg->nrouter, router_label, cfg);
+      int t = find_label(f[1], fl[1], cfg->ntopo, topo_label, cfg);
+      int sc = find_label(f[2], fl[2], cfg->nscen, scen_label, cfg);
+      char *e2;
+      unsigned long long seed = strtoull(q, &e2, 10);
+      long long step = *e2 == ',' ? strtoll(e2 + 1, &e2, 10) : -1;
+      if (r < 0 || t < 0 || sc < 0 || step < 0 || step >= cfg->steps || *e2 != ',') {
+        st = carl_fail(CARL_ERR_PARSE, "%s: line %lld does not belong to this config", path, (long long)line + 1);
+        break;
+      }
+      if (seed == cfg->seeds[0]) {
+        double *row = res.runs[(t * cfg->nscen + sc) * cfg->nrouter + r].rows + (size_t)step * CARL_SIM_NCOL;
+        for (int c = 0; c < CARL_SIM_NCOL && *e2 == ','; c++) row[c] = strtod(e2 + 1, &e2);
+      }
+    }
+    p = end ? end + 1 : NULL;
+  }
+  free(txt);
+  if (st == CARL_OK) {
+    sbuf_t b = {0};
+    gp_data(&b, cfg, &res);
+    st = sb_write(&b, dir, "plots.dat");
+    if (st == CARL_OK) {
+      gp_script(&b, cfg, dir);
+      st = sb_write(&b, dir, "plots.gp");
+    }
+  }
+  carl_sim_result_free(&res);
+  return st;
 }
