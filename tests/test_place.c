@@ -253,6 +253,42 @@ static void test_traffic_known(void **s) {
   carl_placement_free(&p);
 }
 
+/* Rack topology (test-rack-4x2: per-device bandwidths intra 200, rack 100/2, inter 50/2 GB/s, so
+ * costs intra 25/200 = 0.125, rack 25/50 = 0.5, inter 1). Contiguous, 8 experts, expert e on device e.
+ * Node 0 sends 10 copies each to experts 1 (own node), 2 (node 1, same rack), 4 (node 2, other rack).
+ * token_bytes 1, so 2 bytes per copy: self 5*2, intra 5*2, rack 10*2, inter 10*2; copies leaving the
+ * node 20; cost 10*0.5 + 10*1 + 5*0.125 = 15.625. Then a traffic placement where each node uses its own
+ * two experts keeps everything in the node. */
+static void test_rack_eval(void **s) {
+  (void)s;
+  carl_topo_t t;
+  assert_int_equal(carl_topo_load("configs/topologies/test-rack-4x2.json", &t), CARL_OK);
+  double w[8], A[32] = {0};
+  for (int e = 0; e < 8; e++) w[e] = 10;
+  A[1] = A[2] = A[4] = 10;
+  carl_place_input_t in = {8, 4, w, A, NULL};
+  carl_placement_t p;
+  assert_int_equal(carl_placement_contiguous(&p, 8, 8), CARL_OK);
+  carl_place_eval_t ev;
+  assert_int_equal(carl_place_evaluate(&t, &in, &p, 1, &ev), CARL_OK);
+  assert_true(fabs(ev.bytes[CARL_LINK_SELF] - 10) < 1e-12 && fabs(ev.bytes[CARL_LINK_INTRA] - 10) < 1e-12);
+  assert_true(fabs(ev.bytes[CARL_LINK_RACK] - 20) < 1e-12 && fabs(ev.bytes[CARL_LINK_INTER] - 20) < 1e-12);
+  assert_true(fabs(ev.inter_copies - 20) < 1e-12);
+  assert_true(fabs(ev.traffic_cost - 15.625) < 1e-12);
+  carl_placement_free(&p);
+  /* node n uses experts 7-2n and 6-2n only (the reverse of contiguous) */
+  memset(A, 0, sizeof A);
+  for (int n = 0; n < 4; n++) A[n * 8 + 7 - 2 * n] = A[n * 8 + 6 - 2 * n] = 10;
+  carl_place_opts_t o;
+  carl_place_opts_default(&o);
+  o.algo = CARL_PLACE_TRAFFIC;
+  assert_int_equal(carl_place_compute(&t, &in, &o, &p), CARL_OK);
+  assert_int_equal(carl_place_evaluate(&t, &in, &p, 1, &ev), CARL_OK);
+  assert_true(ev.inter_copies == 0);
+  for (int e = 0; e < 8; e++) assert_int_equal(p.home[e] / 2, (7 - e) / 2);
+  carl_placement_free(&p);
+}
+
 /* Pairs (0,5) (1,6) (2,7) (3,4) always fire together: the optimum puts each pair on one device. */
 static void test_coact_known(void **s) {
   (void)s;
@@ -518,7 +554,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_stats_ema),     cmocka_unit_test(test_stats_merge),   cmocka_unit_test(test_stats_files),
       cmocka_unit_test(test_eplb_readme),   cmocka_unit_test(test_eplb_parts),    cmocka_unit_test(test_traffic_known),
-      cmocka_unit_test(test_coact_known),   cmocka_unit_test(test_all_valid),     cmocka_unit_test(test_migrate_hand),
+      cmocka_unit_test(test_coact_known),   cmocka_unit_test(test_rack_eval),   cmocka_unit_test(test_all_valid),     cmocka_unit_test(test_migrate_hand),
       cmocka_unit_test(test_migrate_brute), cmocka_unit_test(test_bad_inputs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -170,6 +170,74 @@ static void test_replicas_nearest(void **st) {
   }
 }
 
+/* Hierarchical selection with experts replicated across nodes (the router's own path) against a
+ * brute-force reference written here: 2 nodes x 2 devices, slots [[0,1,6],[2,3,-],[4,5,1],[6,7,-]]
+ * (experts 1 and 6 on both nodes), k = 2, M = 1 (q = 2), lambda_c = .2, lambda_loc = .05.
+ * Node score of n: top-2 of s - .2 c^(src, replica of e in n) + .05 [n = own node]; then TopK of
+ * s - .2 min over kept nodes' replicas. Sets compared. */
+static void test_replicas_hier_reference(void **st) {
+  (void)st;
+  enum { T = 300, E = 8, k = 2, D = 4, S = 3 };
+  int32_t tab[D * S] = {0, 1, 6, 2, 3, -1, 4, 5, 1, 6, 7, -1};
+  carl_placement_t pl;
+  assert_int_equal(carl_placement_from_table(&pl, E, D, S, tab), CARL_OK);
+  carl_topo_t tp = topo(2, 2);
+  float *z = malloc(sizeof(float) * T * E);
+  tu_logits(z, T, E, NULL, 1.0, 88);
+  int32_t src[T];
+  for (int t = 0; t < T; t++) src[t] = (t * 3) % D;
+  carl_router_t *r;
+  assert_int_equal(tu_create("carl", "warm=0 M=1 lambda_c=0.2 lambda_loc=0.05", &r), CARL_OK);
+  tu_out_t o;
+  tu_out_init(&o, T, E, k, 0);
+  carl_route_in_t in = {.T = T, .E = E, .logits = z, .src = src, .topo = &tp, .place = &pl};
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  for (int t = 0; t < T; t++) {
+    double s[E], cn[2][E];
+    tu_scores(z + t * E, E, 0, s);
+    int a = src[t];
+    for (int n = 0; n < 2; n++)
+      for (int e = 0; e < E; e++) {
+        cn[n][e] = INFINITY;
+        for (int d = 2 * n; d < 2 * n + 2; d++)
+          for (int j = 0; j < S; j++)
+            if (tab[d * S + j] == e) {
+              double c = d == a ? 0 : (d / 2 == a / 2 ? 50.0 / 160 : 1);
+              if (c < cn[n][e]) cn[n][e] = c;
+            }
+      }
+    double score[2];
+    for (int n = 0; n < 2; n++) {
+      double b1 = -INFINITY, b2 = -INFINITY; /* the two largest utilities on node n */
+      for (int e = 0; e < E; e++) {
+        if (!isfinite(cn[n][e])) continue;
+        double v = s[e] - 0.2 * cn[n][e];
+        if (v > b1) {
+          b2 = b1;
+          b1 = v;
+        } else if (v > b2) {
+          b2 = v;
+        }
+      }
+      score[n] = b1 + b2 + (n == a / 2 ? 0.05 : 0);
+    }
+    int keep = score[1] > score[0] ? 1 : 0;
+    double u[E];
+    for (int e = 0; e < E; e++) u[e] = isfinite(cn[keep][e]) ? s[e] - 0.2 * cn[keep][e] : -INFINITY;
+    int32_t want[2];
+    tu_topk(u, E, 2, want);
+    int32_t got[2] = {o.experts[t * k], o.experts[t * k + 1]};
+    assert_true(o.weights[t * k] >= o.weights[t * k + 1]);
+    if (got[0] > got[1]) { int32_t x = got[0]; got[0] = got[1]; got[1] = x; }
+    if (want[0] > want[1]) { int32_t x = want[0]; want[0] = want[1]; want[1] = x; }
+    assert_memory_equal(got, want, sizeof got);
+  }
+  tu_out_free(&o);
+  carl_router_free(r);
+  carl_placement_free(&pl);
+  free(z);
+}
+
 /* hier with M = N (every node kept) and the default M = min(N, k) = N selects the same sets as the
  * flat path (comm on), on random logits; the flat path lists slots by gate as well. */
 static void test_hier_all_nodes_is_flat(void **st) {
@@ -543,7 +611,9 @@ static void test_errors(void **st) {
   assert_int_equal(tu_create("carl", "M=1 warm=0", &r), CARL_OK);
   assert_int_equal(carl_router_route(r, &in, &o.out), CARL_ERR_INVALID);
   assert_non_null(strstr(carl_errmsg(), "fewer than k=2"));
+  carl_router_free(r);
   /* src outside the topology, non-finite logits, missing logits */
+  assert_int_equal(tu_create("carl", "hier=0 warm=0", &r), CARL_OK);
   int32_t bad[2] = {0, 9};
   in.src = bad;
   assert_int_equal(carl_router_route(r, &in, &o.out), CARL_ERR_INVALID);
@@ -560,7 +630,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_all_off_is_topk),     cmocka_unit_test(test_comm_hand),
       cmocka_unit_test(test_hier_hand),           cmocka_unit_test(test_hier_all_nodes_is_flat),
-      cmocka_unit_test(test_replicas_nearest),
+      cmocka_unit_test(test_replicas_nearest),    cmocka_unit_test(test_replicas_hier_reference),
       cmocka_unit_test(test_warm_start),          cmocka_unit_test(test_adaptive_controller),
       cmocka_unit_test(test_adaptive_router),     cmocka_unit_test(test_total_grad_fd),
       cmocka_unit_test(test_comm_cuts_internode), cmocka_unit_test(test_thread_independence),

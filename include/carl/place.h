@@ -27,7 +27,8 @@
  *   coact[l, i, j]   EMA of the number of tokens that chose both i and j (i != j; symmetric, diagonal 0).
  *   Each is x <- decay * x + (1 - decay) * batch, except the first batch of a layer, which sets x =
  *   batch (no start-up bias). Merging ranks that saw parts of the same batches is an element-wise
- *   sum (the update is linear), done by carl_place_stats_merge.
+ *   sum (the update is linear), done by carl_place_stats_merge; across MPI ranks the same merge is an
+ *   MPI_Allreduce(MPI_SUM) of load, traffic and coact (each one contiguous float64 array).
  *
  * Ownership: carl_place_stats_t owns its arrays (init/free); carl_place_input_t only points at
  * arrays owned by someone else; carl_place_compute fills a fresh carl_placement_t the caller frees

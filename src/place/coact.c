@@ -1,5 +1,5 @@
 /* Co-activation placement (C2R groups): a METIS k-way partition of the co-activation graph into D
- * parts (vertex weights: count and load; edge weight C[i][j] + C[j][i]), a deterministic repair to
+ * parts (vertex weight: load; edge weight C[i][j] + C[j][i]), a deterministic repair to
  * exactly the slots of each device, a load bound, swap refinement, then replicas. */
 #include <math.h>
 #include <stdlib.h>
@@ -12,57 +12,61 @@
 #include "carl/place.h"
 #include "place_internal.h"
 
-#define CARL__COACT_STARTS 4 /* METIS seeds tried */
+#define CARL__COACT_STARTS 1 /* METIS seeds tried (then one greedy start) */
+#define CARL__COACT_TOPT 16 /* partners per expert kept in the METIS graph */
 
 #ifdef CARL_WITH_METIS
-/* METIS partition into D parts; part: [E]. */
+/* METIS partition into D parts; part: [E]. The graph keeps, for each expert, its CARL__COACT_TOPT
+ * strongest partners (the union of both directions, so it stays symmetric), as C2R's top-T lists:
+ * METIS on the dense graph costs ~100x more and the swap refinement below sees every edge anyway.
+ * Vertex weight: per-replica load (METIS balances it approximately; the repair then makes the
+ * counts exact). */
 static carl_status metis_partition(const double *W, const double *wr, int E, int D, uint64_t seed, int32_t *part) {
   double wmax = 0, lmax = 0;
-  size_t nnz = 0;
-  for (size_t i = 0; i < (size_t)E * E; i++) {
-    if (W[i] > wmax) wmax = W[i];
-    nnz += W[i] > 0;
-  }
+  for (size_t i = 0; i < (size_t)E * E; i++) wmax = W[i] > wmax ? W[i] : wmax;
   for (int e = 0; e < E; e++) lmax = wr[e] > lmax ? wr[e] : lmax;
-  idx_t *xadj = malloc(((size_t)E + 1) * sizeof *xadj), *adj = malloc((nnz + 1) * sizeof *adj);
-  idx_t *adjw = malloc((nnz + 1) * sizeof *adjw), *vw = malloc(2 * (size_t)E * sizeof *vw), *pt = malloc((size_t)E * sizeof *pt);
+  unsigned char *keep = calloc((size_t)E * E, 1);
+  int32_t *order = malloc((size_t)E * sizeof *order);
+  idx_t *xadj = malloc(((size_t)E + 1) * sizeof *xadj), *adj = malloc((size_t)E * E * sizeof *adj);
+  idx_t *adjw = malloc((size_t)E * E * sizeof *adjw), *vw = malloc((size_t)E * sizeof *vw), *pt = malloc((size_t)E * sizeof *pt);
   carl_status st = CARL_OK;
-  if (!xadj || !adj || !adjw || !vw || !pt) {
+  if (!keep || !order || !xadj || !adj || !adjw || !vw || !pt) {
     st = carl_fail(CARL_ERR_NOMEM, "coactivation: out of memory");
     goto out;
+  }
+  for (int i = 0; i < E; i++) {
+    if ((st = carl__sort_desc(W + (size_t)i * E, E, order)) != CARL_OK) goto out;
+    for (int q = 0; q < E && q < CARL__COACT_TOPT; q++) {
+      int j = order[q];
+      if (j == i || W[(size_t)i * E + j] <= 0) continue;
+      keep[(size_t)i * E + j] = keep[(size_t)j * E + i] = 1;
+    }
   }
   size_t q = 0;
   xadj[0] = 0;
   for (int i = 0; i < E; i++) {
     for (int j = 0; j < E; j++) {
-      double x = W[(size_t)i * E + j];
-      if (x <= 0) continue;
+      if (!keep[(size_t)i * E + j]) continue;
       adj[q] = j;
-      adjw[q] = 1 + (idx_t)llround(x / wmax * 1000.0); /* integer weights, sum < 2^31 for E <= 1400 */
+      adjw[q] = 1 + (idx_t)llround(W[(size_t)i * E + j] / wmax * 1000.0);
       q++;
     }
     xadj[i + 1] = (idx_t)q;
-    vw[2 * i] = 1;
-    vw[2 * i + 1] = lmax > 0 ? 1 + (idx_t)llround(wr[i] / lmax * 1000.0) : 1;
+    vw[i] = lmax > 0 ? 1 + (idx_t)llround(wr[i] / lmax * 1000.0) : 1;
   }
   idx_t options[METIS_NOPTIONS];
   METIS_SetDefaultOptions(options);
   options[METIS_OPTION_SEED] = (idx_t)(seed & 0x7fffffff);
   options[METIS_OPTION_NUMBERING] = 0;
-  idx_t nv = E, ncon = 2, np = D, obj = 0;
+  idx_t nv = E, ncon = 1, np = D, obj = 0;
   int r = METIS_PartGraphKway(&nv, &ncon, xadj, adj, vw, NULL, adjw, &np, NULL, NULL, options, &obj, pt);
-  if (r != METIS_OK) { /* the count constraint alone */
-    ncon = 1;
-    for (int i = 0; i < E; i++) vw[i] = 1;
-    r = METIS_PartGraphKway(&nv, &ncon, xadj, adj, vw, NULL, adjw, &np, NULL, NULL, options, &obj, pt);
-  }
   if (r != METIS_OK) {
     st = carl_fail(CARL_ERR_STATE, "coactivation: METIS_PartGraphKway failed (status %d) for %d experts into %d parts", r, E, D);
     goto out;
   }
   for (int i = 0; i < E; i++) part[i] = (int32_t)pt[i];
 out:
-  free(xadj); free(adj); free(adjw); free(vw); free(pt);
+  free(keep); free(order); free(xadj); free(adj); free(adjw); free(vw); free(pt);
   return st;
 }
 #endif
@@ -92,8 +96,8 @@ carl_status carl__place_coact(const carl_topo_t *t, const carl_place_input_t *in
   carl__replica_counts(w, E, R, D, cnt);
   double total = 0;
   for (int e = 0; e < E; e++) { wr[e] = w[e] / cnt[e]; total += w[e]; }
-  const double cap = o->load_bound * total / D;
   for (int d = 0; d < D; d++) capd[d] = E / D + (d < E % D);
+  const double cap = carl__device_cap(o->load_bound, total / D, wr, E, E / D > 0 ? E / D : 1);
   /* 1-3 from several METIS seeds (seed, seed+1, ...); the best result is kept: under the bound
    * first, then the most intra-device weight, then the earliest start */
   const int starts = (D >= E || D == 1) ? 1 : CARL__COACT_STARTS + 1; /* the last start is greedy */

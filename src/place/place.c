@@ -97,6 +97,17 @@ out:
   return st;
 }
 
+double carl__device_cap(double bound, double mean, const double *item_w, int n, int per_device) {
+  double hi = 0, lo = INFINITY;
+  for (int i = 0; i < n; i++) {
+    hi = item_w[i] > hi ? item_w[i] : hi;
+    lo = item_w[i] < lo ? item_w[i] : lo;
+  }
+  double floor_load = n > 0 ? hi + (per_device - 1) * lo : 0; /* the device of the heaviest item */
+  double cap = bound * mean;
+  return floor_load > cap ? bound * floor_load : cap;
+}
+
 /* ---- eplb -------------------------------------------------------------------------------------- */
 /* EPLB may put two replicas of one expert on one GPU (the reference allows it; a placement does
  * not): swap the second copy with an item of another GPU, same node first, whose per-replica load
@@ -125,7 +136,9 @@ static carl_status eplb_repair(const carl_topo_t *t, int S, const double *w, con
           }
         }
       }
-      if (bd < 0) return carl_fail(CARL_ERR_INVALID, "eplb: expert %d has two replicas on device %d and no swap can separate them", e, d);
+      if (bd < 0)
+        return carl_fail(CARL_ERR_INVALID, "eplb: expert %d has two replicas on device %d and no swap can separate them "
+                         "(EPLB gives replicas by load, uncapped; use fewer replicas)", e, d);
       table[d * S + s] = table[bd * S + bs];
       table[bd * S + bs] = e;
       CARL_DEBUG("eplb: moved a second replica of expert %d from device %d to device %d", e, d, bd);
@@ -332,7 +345,7 @@ static carl_status place_traffic(const carl_topo_t *t, const carl_place_input_t 
    * the hotter of the two and costs the least traffic; (b) swaps that lower the traffic cost and keep
    * both devices under the bound (or no worse than before) */
   if (D > 1) {
-    const double capdev = o->load_bound * total / D;
+    const double capdev = carl__device_cap(o->load_bound, total / D, item_w, R, S);
     for (int phase = 0; phase < 2; phase++)
       for (int it = 0; it < (phase == 0 ? 4 * R : o->refine_passes); it++) {
         int hot = 0;
@@ -446,8 +459,8 @@ carl_status carl_place_compute(const carl_topo_t *t, const carl_place_input_t *i
     return carl_fail(CARL_ERR_INVALID, "replicas: %d but slots %d x %d devices = %d", o->replicas, o->slots, D, o->slots * D);
   int S = o->slots > 0 ? o->slots : o->replicas > 0 ? o->replicas / D : (E + D - 1) / D;
   if ((int64_t)S * D > (int64_t)E * D)
-    return carl_fail(CARL_ERR_INVALID, "replicas: %lld slots would need more than %d replicas of an expert (one per device at most)",
-                     (long long)S * D, D);
+    return carl_fail(CARL_ERR_INVALID, "replicas: %lld physical experts over %d devices would put an expert twice on one device "
+                     "(at most E x D = %lld)", (long long)S * D, D, (long long)E * D);
   const int R = S * D;
   const int baseline = o->algo == CARL_PLACE_CONTIGUOUS || o->algo == CARL_PLACE_ROUNDROBIN;
   if (baseline && S != (E + D - 1) / D)

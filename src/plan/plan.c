@@ -22,7 +22,7 @@
 #include "plan/plan_internal.h"
 
 #define PLAN_MAX_K 1024
-#define PLAN_BLOCK 1024 /* tokens validated at a time by the mask kernels */
+#define PLAN_BLOCK 256 /* tokens validated at a time by the mask kernels */
 
 int carl__plan_simd = -1;
 
@@ -311,9 +311,8 @@ static inline int plan_src(const plan_ctx *x, int64_t i) {
 /* flat [D, D] and (hierarchical) any [D, N] from tokens [t0, t1). Returns nonzero (and stops) at
  * the first block with invalid input. */
 static int plan_mask_scalar(const plan_ctx *x, const plan_masks *mk, int64_t t0, int64_t t1, int64_t *flat,
-                            int64_t *any, int64_t *copies) {
+                            int64_t *any) {
   const int D = x->D, N = x->t->nodes, hier = x->mode == CARL_PLAN_HIER;
-  int64_t nc = 0;
   for (int64_t b0 = t0; b0 < t1; b0 += PLAN_BLOCK) {
     int64_t b1 = b0 + PLAN_BLOCK < t1 ? b0 + PLAN_BLOCK : t1;
     if (plan_block_bad(x, b0, b1)) return 1;
@@ -321,7 +320,6 @@ static int plan_mask_scalar(const plan_ctx *x, const plan_masks *mk, int64_t t0,
       const int a = plan_src(x, i);
       const int32_t *ex = x->experts + i * x->k;
       uint64_t m = plan_or(mk->devbit1, ex, x->k);
-      nc += __builtin_popcountll(m);
       for (int64_t *r = flat + (size_t)a * D; m; m &= m - 1) r[__builtin_ctzll(m)]++;
       if (hier) {
         uint64_t nm = plan_or(mk->nodebit1, ex, x->k);
@@ -329,7 +327,6 @@ static int plan_mask_scalar(const plan_ctx *x, const plan_masks *mk, int64_t t0,
       }
     }
   }
-  *copies += nc;
   return 0;
 }
 
@@ -380,18 +377,16 @@ PLAN_AVX512 static void plan_flush_held512(plan_acc512 *s) {
 
 /* Tokens [b0, b1), instantiated with constant k and mode. movm gives 0xFF (= -1) in each selected
  * byte: subtracting it adds 1. Node bits: lane n of the 8 node masks tested against m. */
-PLAN_AVX512 static inline __attribute__((always_inline)) int64_t plan_tokens512(const plan_ctx *x,
+PLAN_AVX512 static inline __attribute__((always_inline)) void plan_tokens512(const plan_ctx *x,
                                                                                  const plan_masks *mk, int64_t b0,
                                                                                  int64_t b1, plan_acc512 *s, int k,
                                                                                  int hier) {
   const __m512i nodes = _mm512_loadu_si512((const void *)mk->nodemask); /* nodes 0..7 */
   const int wide = s->N > 8;
-  int64_t nc = 0;
   for (int64_t i = b0; i < b1; i++) {
     const int a = plan_src(x, i);
     const int32_t *ex = x->experts + i * k;
     const uint64_t m = plan_or(mk->devbit1, ex, k);
-    nc += __builtin_popcountll(m);
     if (a != s->a) plan_switch512(s, a);
     s->vf = _mm512_sub_epi8(s->vf, _mm512_movm_epi8(m));
     if (hier) {
@@ -404,11 +399,10 @@ PLAN_AVX512 static inline __attribute__((always_inline)) int64_t plan_tokens512(
     }
     if (++s->n == 255) plan_flush_held512(s);
   }
-  return nc;
 }
 
 PLAN_AVX512 static int plan_mask_avx512(const plan_ctx *x, const plan_masks *mk, int64_t t0, int64_t t1,
-                                        int64_t *flat, int64_t *any, int64_t *copies) {
+                                        int64_t *flat, int64_t *any) {
   const int D = x->D, R = 2 * D;
   plan_acc512 s = {.flat = flat, .any = any, .D = D, .N = x->t->nodes, .a = 0};
   s.acc = aligned_alloc(64, (size_t)R * sizeof *s.acc);
@@ -416,11 +410,10 @@ PLAN_AVX512 static int plan_mask_avx512(const plan_ctx *x, const plan_masks *mk,
   if (!s.acc || !s.fill) {
     free(s.acc);
     free(s.fill);
-    return plan_mask_scalar(x, mk, t0, t1, flat, any, copies);
+    return plan_mask_scalar(x, mk, t0, t1, flat, any);
   }
   for (int r = 0; r < R; r++) s.acc[r] = _mm512_setzero_si512();
   s.vf = s.va = _mm512_setzero_si512();
-  int64_t nc = 0;
   int bad = 0;
   const int hier = x->mode == CARL_PLAN_HIER;
   for (int64_t b0 = t0; b0 < t1; b0 += PLAN_BLOCK) {
@@ -429,17 +422,18 @@ PLAN_AVX512 static int plan_mask_avx512(const plan_ctx *x, const plan_masks *mk,
       bad = 1;
       break;
     }
-    if (x->k == 8)
-      nc += hier ? plan_tokens512(x, mk, b0, b1, &s, 8, 1) : plan_tokens512(x, mk, b0, b1, &s, 8, 0);
+    if (x->k == 8 && hier)
+      plan_tokens512(x, mk, b0, b1, &s, 8, 1);
+    else if (x->k == 8)
+      plan_tokens512(x, mk, b0, b1, &s, 8, 0);
     else
-      nc += hier ? plan_tokens512(x, mk, b0, b1, &s, x->k, 1) : plan_tokens512(x, mk, b0, b1, &s, x->k, 0);
+      plan_tokens512(x, mk, b0, b1, &s, x->k, hier);
   }
   s.acc[s.a] = s.vf;
   s.acc[D + s.a] = s.va;
   for (int r = 0; r < R; r++) plan_flush512(&s, r);
   free(s.acc);
   free(s.fill);
-  *copies += nc;
   return bad;
 }
 #endif
@@ -564,33 +558,45 @@ carl_status carl_plan_cost(const carl_topo_t *t, const carl_placement_t *p, cons
   plan_ctx x = {t, p, experts, src, single, T, k, D, P, p->E, mode};
   int64_t copies = 0, bad_e = INT64_MAX, bad_s = INT64_MAX;
   int bad = 0;
+  int64_t nchunk = nth == 1 ? 1 : T / 8192;
+  if (nchunk > 32 * (int64_t)nth) nchunk = 32 * (int64_t)nth;
+  if (nchunk < 1) nchunk = 1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nth) reduction(+ : copies) reduction(min : bad_e, bad_s) reduction(| : bad)
 #endif
   {
-    int id = 0, n = 1;
+    int id = 0;
 #ifdef _OPENMP
     id = omp_get_thread_num();
-    n = omp_get_num_threads();
 #endif
-    int64_t t0 = T * id / n, t1 = T * (id + 1) / n;
     int64_t *mine = cnt + per_thread * (size_t)id;
-    if (use_masks) {
-      int64_t *flat = mine + DD, *any = flat + DD;
-#ifdef PLAN_HAVE_AVX512
-      if (use_avx512)
-        bad |= plan_mask_avx512(&x, mk, t0, t1, flat, any, &copies);
-      else
+    int64_t *flat = use_masks ? mine + DD : NULL, *any = use_masks ? mine + 2 * DD : NULL;
+    /* chunks handed out as threads free up: on a shared machine a descheduled thread then delays
+     * the step by one chunk, not by half of it */
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
 #endif
-        bad |= plan_mask_scalar(&x, mk, t0, t1, flat, any, &copies);
+    for (int64_t ch = 0; ch < nchunk; ch++) {
+      const int64_t t0 = T * ch / nchunk, t1 = T * (ch + 1) / nchunk;
+      if (use_masks) {
+#ifdef PLAN_HAVE_AVX512
+        if (use_avx512)
+          bad |= plan_mask_avx512(&x, mk, t0, t1, flat, any);
+        else
+#endif
+          bad |= plan_mask_scalar(&x, mk, t0, t1, flat, any);
+      } else if (D <= 64) {
+        copies += plan_count_small(&x, t0, t1, mine, &bad_e, &bad_s);
+      } else {
+        copies += plan_count_large(&x, t0, t1, mine, &bad_e, &bad_s);
+      }
+    }
+    if (use_masks) {
+      for (size_t i = 0; i < DD; i++) copies += flat[i]; /* (token, device) pairs */
       if (mode == CARL_PLAN_HIER)
         plan_fold_hier(t, flat, any, mine);
       else
         for (size_t i = 0; i < DD; i++) mine[i] += flat[i];
-    } else if (D <= 64) {
-      copies += plan_count_small(&x, t0, t1, mine, &bad_e, &bad_s);
-    } else {
-      copies += plan_count_large(&x, t0, t1, mine, &bad_e, &bad_s);
     }
   }
   free(single);
