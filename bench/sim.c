@@ -14,16 +14,26 @@
  *   - limit: the gate's two GEMMs (forward and weight gradient, 4 T d E flops) at the sgemm rate
  *     measured here, plus one read of logits and one write of their gradient (8 T E bytes) at the
  *     memcpy bandwidth measured here: a step cannot be faster than that.
- * Single thread (the simulator runs each cell on one thread; cells run in parallel).
+ * Single thread (OpenMP and BLAS set to 1: the simulator runs each cell on one thread, cells in
+ * parallel). Times are process CPU time (CLOCK_PROCESS_CPUTIME_ID), which a shared, loaded machine
+ * disturbs far less than wall time; wall-time medians are printed beside them.
  *
  * usage: bench_sim [router] [reps]
  */
 #include <cblas.h>
+#include <omp.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "carl/sim.h"
+
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -35,7 +45,7 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static double time_run(const char *router, int E, int64_t T, int steps, int reps) {
+static double time_run(const char *router, int E, int64_t T, int steps, int reps, double *wall) {
   char json[2048];
   snprintf(json, sizeof json,
            "{\"name\":\"bench\",\"steps\":%d,\"tokens\":%lld,\"layers\":1,\"d\":64,\"experts\":%d,"
@@ -49,25 +59,30 @@ static double time_run(const char *router, int E, int64_t T, int steps, int reps
     fprintf(stderr, "bench_sim: %s\n", carl_errmsg());
     exit(1);
   }
-  double t[64];
+  double t[64], w[64];
   for (int r = 0; r < reps; r++) {
     carl_sim_run_t run;
-    double t0 = carl_now();
+    double c0 = cpu_now(), t0 = carl_now();
     if (carl_sim_run_cell(&cfg, 0, 0, 0, 0, &run) != CARL_OK) {
       fprintf(stderr, "bench_sim: %s\n", carl_errmsg());
       exit(1);
     }
-    t[r] = carl_now() - t0;
+    t[r] = cpu_now() - c0;
+    w[r] = carl_now() - t0;
     free(run.rows);
   }
   carl_sim_config_free(&cfg);
+  *wall = median(w, reps);
   return median(t, reps);
 }
 
 /* seconds per simulated step: difference of two run lengths */
-static double time_step(const char *router, int E, int64_t T, int reps) {
+static double time_step(const char *router, int E, int64_t T, int reps, double *wall) {
   const int s1 = 2, s2 = 6;
-  return (time_run(router, E, T, s2, reps) - time_run(router, E, T, s1, reps)) / (s2 - s1);
+  double w1, w2;
+  double c = (time_run(router, E, T, s2, reps, &w2) - time_run(router, E, T, s1, reps, &w1)) / (s2 - s1);
+  *wall = (w2 - w1) / (s2 - s1);
+  return c;
 }
 
 static double sgemm_rate(int64_t T, int d, int E) {
@@ -105,25 +120,27 @@ int main(int argc, char **argv) {
   int reps = argc > 2 ? atoi(argv[2]) : 5;
   if (reps < 1 || reps > 64) reps = 5;
   openblas_set_num_threads(1);
+  omp_set_num_threads(1);
   const int64_t Ts[4] = {2048, 4096, 8192, 16384};
   const int Es[2] = {64, 256};
   double bw = memcpy_bw();
   printf("bench_sim: router %s vs peer topk, 1 thread, 8x8 topology (D = 64), d = 64, k = 2, step time = (6-step run "
-         "- 2-step run)/4, medians of %d reps\n", router, reps);
+         "- 2-step run)/4, medians of %d reps, CPU time (wall time beside)\n", router, reps);
   printf("memcpy bandwidth %.2f GB/s (read + write)\n\n", bw / 1e9);
-  printf("| E | T | %s tok*layer*step/s | topk (peer) tok/s | %s/peer | limit tok/s | %s/limit |\n", router, router,
-         router);
-  printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+  printf("| E | T | %s tok*layer*step per CPU-s | (per wall-s) | topk (peer) per CPU-s | %s/peer | limit | %s/limit |\n",
+         router, router, router);
+  printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int ei = 0; ei < 2; ei++) {
     int E = Es[ei];
     double ts[4];
     for (int i = 0; i < 4; i++) {
-      ts[i] = time_step(router, E, Ts[i], reps);
-      double tp = time_step("topk", E, Ts[i], reps);
+      double wall, wallp;
+      ts[i] = time_step(router, E, Ts[i], reps, &wall);
+      double tp = time_step("topk", E, Ts[i], reps, &wallp);
       double flops = sgemm_rate(Ts[i], 64, E);
       double lim = 4.0 * Ts[i] * 64 * E / flops + 8.0 * Ts[i] * E / bw;
-      printf("| %d | %lld | %.4g | %.4g | %.2f | %.4g | %.3f |\n", E, (long long)Ts[i], Ts[i] / ts[i], Ts[i] / tp,
-             tp / ts[i], Ts[i] / lim, lim / ts[i]);
+      printf("| %d | %lld | %.4g | %.4g | %.4g | %.2f | %.4g | %.3f |\n", E, (long long)Ts[i], Ts[i] / ts[i], Ts[i] / wall,
+             Ts[i] / tp, tp / ts[i], Ts[i] / lim, lim / ts[i]);
     }
     /* least squares t = a + b T */
     double mx = 0, my = 0, sxx = 0, sxy = 0, syy = 0;
