@@ -1,0 +1,177 @@
+/* carl/model.h: a GPT-style decoder with Mixture-of-Experts feed-forward layers, fp32 on the CPU.
+ *
+ * Usage:
+ *   carl_model_config_t cfg;
+ *   carl_model_config_default(&cfg);                 // then set vocab, d_model, n_experts, router, ...
+ *   carl_model_t *m;
+ *   CARL_TRY(carl_model_create(&cfg, &m));           // parameters initialised from cfg.seed (Philox)
+ *   carl_adamw_cfg_t opt = carl_adamw_default();
+ *   for (int64_t step = 0; step < steps; step++) {
+ *     carl_model_set_step(m, step);
+ *     carl_model_loss_t L;
+ *     CARL_TRY(carl_model_forward(m, tokens, targets, B, S, &L));   // tokens, targets: [B, S]
+ *     carl_model_zero_grad(m);
+ *     CARL_TRY(carl_model_backward(m));              // grads of L.total (CE + router losses)
+ *     CARL_TRY(carl_model_router_update(m));         // stateful routers (bias, duals) move on
+ *     float norm = carl_model_clip_grad(m, 1.0f);
+ *     CARL_TRY(carl_model_adamw_step(m, &opt, carl_lr_cosine(step, warmup, steps, 3e-4f, 3e-5f)));
+ *   }
+ *   for (int i = 0; i < carl_model_ntensors(m); i++) {     // save by name (safetensors)
+ *     const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+ *     write(ti->name, ti->shape, ti->ndim, carl_model_params(m) + ti->offset);
+ *   }
+ *   carl_model_free(m);
+ *
+ * Architecture (docs/model.md): token + learned position embeddings; n_layers blocks of
+ *   h = h + Attn(RMSNorm(h));  h = h + MoE(RMSNorm(h));
+ * final RMSNorm; output head tied to the token embedding. Attention is causal multi-head without
+ * biases. The MoE layer routes through the router registry (carl/route.h): router logits
+ * z = x W_r^T, carl_router_route picks k experts and gate weights per token; every expert is a
+ * SwiGLU FFN; an optional shared expert (width d_shared) sees every token. The loss is the mean
+ * next-token cross-entropy over targets >= 0 plus the router losses of every layer (coefficients
+ * as configured in the router options); both enter the gradient.
+ *
+ * Parameters live in one contiguous float buffer; carl_model_tensor() lists (name, shape, offset).
+ * Linear weights are stored [out, in] (PyTorch nn.Linear layout): y = x W^T.
+ *   tok_emb                  [V, d]       (also the output head)
+ *   pos_emb                  [S_max, d]
+ *   layers.<l>.attn_norm     [d]
+ *   layers.<l>.attn.wqkv     [3d, d]      rows: q (d), k (d), v (d); head h uses columns h*hd..
+ *   layers.<l>.attn.wo       [d, d]
+ *   layers.<l>.moe_norm      [d]
+ *   layers.<l>.moe.router    [E, d]
+ *   layers.<l>.moe.w13       [E, 2f, d]   per expert rows 0..f-1 gate (silu), f..2f-1 up
+ *   layers.<l>.moe.w2        [E, d, f]
+ *   layers.<l>.moe.shared_w13 [2fs, d]    only when d_shared > 0
+ *   layers.<l>.moe.shared_w2  [d, fs]
+ *   final_norm               [d]
+ *
+ * Ownership: carl_model_t owns parameters, gradients, optimizer moments, activations, routers.
+ * Pointers returned by accessors are valid until the next forward (activations) or until
+ * carl_model_free (parameters, gradients). The topology and placement given to
+ * carl_model_set_topology are borrowed and must outlive the model's use of them.
+ * Determinism: the same config, seed and inputs give bitwise the same results for any OpenMP
+ * thread count (fixed-order reductions, no atomics in float sums).
+ */
+#ifndef CARL_MODEL_H
+#define CARL_MODEL_H
+
+#include "carl/nn.h"
+#include "carl/plan.h"
+#include "carl/route.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CARL_MODEL_MAX_ROUTER_OPTS 16
+
+typedef struct {
+  int vocab;        /* V */
+  int max_seq;      /* S_max: rows of pos_emb; forward takes S <= S_max */
+  int d_model;      /* d */
+  int n_layers;     /* L */
+  int n_heads;      /* H; d % H == 0 */
+  int d_ff;         /* f: hidden width of each expert */
+  int n_experts;    /* E */
+  int top_k;        /* k: passed to the router as option "k" unless the options set it */
+  int d_shared;     /* fs: hidden width of the shared expert; 0 = none */
+  float init_std;   /* N(0, init_std) for matrices; wo and w2 are scaled by 1/sqrt(2L) */
+  float norm_eps;   /* RMSNorm epsilon */
+  uint64_t seed;    /* parameter init and router seed */
+  char router[32];  /* router registry name ("topk", "carl", ...) */
+  int n_router_opts;
+  char router_keys[CARL_MODEL_MAX_ROUTER_OPTS][32];
+  double router_vals[CARL_MODEL_MAX_ROUTER_OPTS];
+} carl_model_config_t;
+
+/* A small default (V 256, S 128, d 128, L 2, H 4, f 256, E 8, k 2, no shared, topk router). */
+void carl_model_config_default(carl_model_config_t *c);
+/* Error naming the field when a size is out of range or inconsistent. */
+carl_status carl_model_config_check(const carl_model_config_t *c);
+/* Add (or replace) a router option; error when the table is full. */
+carl_status carl_model_config_set_router_opt(carl_model_config_t *c, const char *key, double val);
+
+typedef struct {
+  char name[48];
+  int ndim;
+  int64_t shape[3];
+  int64_t offset; /* in floats from the start of carl_model_params() */
+  int64_t numel;
+  int decay;      /* 1: matrices (AdamW weight decay applies), 0: norm weights, position embedding */
+} carl_tensor_info_t;
+
+typedef struct carl_model carl_model_t;
+
+carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out);
+void carl_model_free(carl_model_t *m);
+const carl_model_config_t *carl_model_config(const carl_model_t *m);
+
+int carl_model_ntensors(const carl_model_t *m);
+const carl_tensor_info_t *carl_model_tensor(const carl_model_t *m, int i);
+/* Index of the tensor called name, or -1. */
+int carl_model_find_tensor(const carl_model_t *m, const char *name);
+int64_t carl_model_nparams(const carl_model_t *m);
+float *carl_model_params(carl_model_t *m); /* [nparams] */
+float *carl_model_grads(carl_model_t *m);  /* [nparams] */
+/* AdamW first and second moments [nparams] each and the step count (for checkpoints). */
+float *carl_model_adam_m(carl_model_t *m);
+float *carl_model_adam_v(carl_model_t *m);
+int64_t *carl_model_adam_t(carl_model_t *m);
+
+/* Topology and placement for the routers and for the dispatch-cost accounting (borrowed; NULL:
+ * one device, no dispatch cost). Tokens of a step are split evenly over the devices in order. */
+carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place);
+/* Training step passed to the routers (schedules, warm start, jitter stream). */
+void carl_model_set_step(carl_model_t *m, int64_t step);
+/* The router of layer l (for save/load of its state). */
+carl_router_t *carl_model_router(carl_model_t *m, int layer);
+
+typedef struct {
+  double ce;     /* mean cross-entropy over targets >= 0 (0 when targets is NULL) */
+  double router; /* sum over layers of the routers' loss_total */
+  double total;  /* ce + router: the quantity carl_model_backward differentiates */
+  int64_t ntargets;
+} carl_model_loss_t;
+
+/* tokens, targets: [B, S] ids in [0, V); targets < 0 are ignored; targets may be NULL (no loss,
+ * no backward: for sampling). S <= max_seq. */
+carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+                               carl_model_loss_t *loss);
+/* Logits of the last forward: [B, S, V]. */
+const float *carl_model_logits(const carl_model_t *m);
+void carl_model_zero_grad(carl_model_t *m);
+/* Adds d(loss.total)/d(params) of the last forward (with targets) into the gradients. */
+carl_status carl_model_backward(carl_model_t *m);
+/* Let stateful routers update from the last forward's routing (call once per training step). */
+carl_status carl_model_router_update(carl_model_t *m);
+
+/* Global L2 norm of the gradients (fixed-order sum in double); scales them to max_norm when the
+ * norm is larger (max_norm <= 0: no clipping). Returns the norm before clipping. */
+float carl_model_clip_grad(carl_model_t *m, float max_norm);
+/* One AdamW step on every tensor; weight decay only on tensors with decay == 1. */
+carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, float lr);
+
+/* Routing of layer l in the last forward. Pointers into the model (valid until the next forward). */
+typedef struct {
+  int64_t T;              /* tokens = B * S */
+  int E, k;
+  const float *logits;    /* [T, E] router logits */
+  const int32_t *experts; /* [T, k] chosen experts, -1 dropped */
+  const float *weights;   /* [T, k] gate weights */
+  const int64_t *load;    /* [E] (token, slot) pairs sent to each expert */
+  int64_t dropped;        /* (token, slot) pairs dropped by capacity */
+  int nloss;
+  carl_loss_t loss[CARL_MAX_LOSSES];
+  double loss_total;
+  /* simulated dispatch of this layer (zero when no topology is set): */
+  double bytes[CARL_NLINK]; /* dispatch + combine bytes per link class, token = d floats */
+  double inter_fraction;
+  double a2a_s;
+} carl_moe_stats_t;
+carl_status carl_model_layer_stats(const carl_model_t *m, int layer, carl_moe_stats_t *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
