@@ -7,7 +7,7 @@
  *   double c = carl_topo_cost(&topo, a, b);       // normalised copy cost, ALGORITHMS.md section 1
  *
  *   carl_placement_t pl;
- *   CARL_TRY(carl_placement_contiguous(&pl, E, topo.devices, 1));
+ *   CARL_TRY(carl_placement_contiguous(&pl, E, topo.devices));
  *   // or carl_placement_load("p.json", &topo, E, &pl)
  *   carl_placement_free(&pl);
  *
@@ -15,7 +15,12 @@
  *   "links":{"intra":{"GBps":160,"latency_us":3},"inter":{"GBps":50,"latency_us":10},
  *            "rack":{"GBps":..,"latency_us":..}},            (optional level)
  *   "nodes_per_rack": 4,                                        (with "rack")
- *   "nics_per_node": 8}                                         (optional; default one per device)
+ *   "nics_per_node": 8,                                         (optional; default one per device)
+ *   "name": "h800-2x8", "comment": "..."}                       (optional)
+ * Bandwidths are per device and per direction, in GB/s (1e9 bytes/s); latencies in microseconds.
+ * With nics_per_node, links.inter.GBps (and links.rack.GBps) is the bandwidth of ONE NIC and a
+ * device gets GBps * nics_per_node / devices_per_node: that is what link[INTER/RACK].GBps holds.
+ * Unknown keys are errors. Format and error list: docs/topologies.md.
  * Ownership: carl_topo_t is plain data (no heap). carl_placement_t owns its arrays.
  */
 #ifndef CARL_TOPO_H
@@ -73,11 +78,16 @@ typedef struct {
   int32_t *home;       /* [E] first replica's device (the device of e when there are no replicas) */
 } carl_placement_t;
 
+/* (Re)build rep_off/rep_dev/home from slot_expert (after editing the table): checks ids in
+ * [-1, E), no expert twice on one device, every expert on some device. */
+carl_status carl_placement_index(carl_placement_t *p);
 /* Contiguous: expert e on device e*D/E (slots = ceil(E/D)); each expert once. */
 carl_status carl_placement_contiguous(carl_placement_t *p, int E, int D);
 /* Build from a [D, slots] table (copied); checks every expert 0..E-1 appears and ids are in range. */
 carl_status carl_placement_from_table(carl_placement_t *p, int E, int D, int slots, const int32_t *table);
-/* JSON: {"experts":E,"devices":[[e,e,..],[..],..]} (one list per device); errors name the field. */
+/* JSON: {"experts":E,"devices":[[e,e,..],[..],..]} (one list per device, all of the same length,
+ * -1 = empty slot); errors name the field. The number of lists must equal t->devices (t may be
+ * NULL: no check). E > 0 must equal "experts"; E = 0 takes E from the file. save writes this format. */
 carl_status carl_placement_parse(const char *json, size_t len, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_load(const char *path, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_save(const char *path, const carl_placement_t *p);
