@@ -83,6 +83,17 @@ struct carl_router {
   const carl_opt_t *opt_def[64]; /* common options first, then impl->opts */
   double opt[64];                /* current values, same order */
   void *state;                   /* owned by the implementation */
+  /* Filled by the common kernels during route (carl/route_util.h), read by the registry for the
+   * common losses; the registry owns psum. */
+  double *psum;  /* [psum_cap] sum over tokens of p[t, e] in the last route, valid when have_psum */
+  int psum_cap;
+  int have_psum;
+  double zsum;   /* sum over tokens of logsumexp(z_t)^2 in the last route, valid when have_zsum */
+  int have_zsum;
+  /* Set by a router's init to replace the default gate backward (NULL: gates are s at the chosen
+   * experts, renormalised when the renorm option is set; carl_route_gate_backward). */
+  carl_status (*backward)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out,
+                          const float *dweights /* [T, k] */, float *dlogits /* [T, E] */);
 };
 
 /* ---- user side ------------------------------------------------------------------------------- */

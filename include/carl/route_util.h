@@ -1,0 +1,171 @@
+/* carl/route_util.h: the machinery every router shares (ALGORITHMS.md section 2).
+ *
+ * Usage (inside a router implementation, src/route/<family>.c):
+ *   static carl_status my_init(carl_router_t *r) {
+ *     int M;
+ *     CARL_TRY(carl_router_opt_int(r, "M", 1, 4096, &M));      // error names "M" and its range
+ *     ...
+ *   }
+ *   static carl_status my_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+ *     carl_route_common_t c;
+ *     carl_route_common(r, &c);                                  // k, capacity_factor, score, ...
+ *     // selection on s + bias[row(t)], gates from s, capacity, P_e and z statistics for the losses:
+ *     return carl_route_topk_biased(r, in, out, bias, nbias_rows, bias_row);
+ *   }
+ *
+ * Contract between the registry and a router's route():
+ *   - the registry has already checked in (T >= 1, E >= 1, 1 <= k <= E, logits present), zeroed
+ *     out->dlogits (when not NULL) and reset out->nloss/loss_total/dropped/capacity;
+ *   - route() fills out->experts/weights, ADDS its own loss gradients to out->dlogits and appends its
+ *     losses with carl_route_add_loss(); it reports non-finite logits with CARL_ERR_NUMERIC naming
+ *     the token (the scoring helpers here do that);
+ *   - after route() the registry adds the common losses (z-loss, Switch aux loss) from out->experts;
+ *     when the router used carl_route_topk_biased() or carl_route_scores(), the statistics they
+ *     left in r->psum / r->zsum are reused, otherwise the registry recomputes them from the logits.
+ * Ownership: nothing here keeps pointers to caller buffers; carl_route_scores writes caller storage.
+ */
+#ifndef CARL_ROUTE_UTIL_H
+#define CARL_ROUTE_UTIL_H
+
+#include <math.h>
+#include <string.h>
+
+#include "carl/route.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Common options: always the first CARL_NCOMMON entries of r->opt, in this order. */
+enum {
+  CARL_OPT_K = 0,      /* experts per token */
+  CARL_OPT_CF = 1,     /* capacity factor: C = ceil(cf * T * k / E); 0 = dropless */
+  CARL_OPT_SCORE = 2,  /* 0 softmax, 1 sigmoid */
+  CARL_OPT_RENORM = 3, /* 1: gate weights renormalised over the kept experts of the token */
+  CARL_OPT_ZLOSS = 4,  /* router z-loss coefficient */
+  CARL_OPT_AUX = 5,    /* Switch/GShard auxiliary loss coefficient */
+  CARL_OPT_JITTER = 6, /* std of Gaussian noise added to the logits for selection only (0: off) */
+  CARL_NCOMMON = 7
+};
+enum { CARL_SCORE_SOFTMAX = 0, CARL_SCORE_SIGMOID = 1 };
+
+typedef struct {
+  int k;
+  double cf;
+  int score;
+  int renorm;
+  double z_coef;
+  double aux_coef;
+  double jitter;
+} carl_route_common_t;
+
+static inline void carl_route_common(const carl_router_t *r, carl_route_common_t *c) {
+  c->k = (int)r->opt[CARL_OPT_K];
+  c->cf = r->opt[CARL_OPT_CF];
+  c->score = (int)r->opt[CARL_OPT_SCORE];
+  c->renorm = (int)r->opt[CARL_OPT_RENORM];
+  c->z_coef = r->opt[CARL_OPT_ZLOSS];
+  c->aux_coef = r->opt[CARL_OPT_AUX];
+  c->jitter = r->opt[CARL_OPT_JITTER];
+}
+
+/* ---- options (for a router's init) ----------------------------------------------------------- */
+/* Read option `key` as an integer in [lo, hi]; error (naming the router, the key and the range)
+ * when it is out of range or not an integer. */
+carl_status carl_router_opt_int(const carl_router_t *r, const char *key, int lo, int hi, int *out);
+/* Read option `key` as a real in [lo, hi]. */
+carl_status carl_router_opt_real(const carl_router_t *r, const char *key, double lo, double hi, double *out);
+
+/* ---- scores ---------------------------------------------------------------------------------- */
+/* exp(x) for x <= 88 in single precision (Cephes polynomial, about 1 ulp), written so that the
+ * compiler vectorises loops that call it; x below -87 gives exp(-87) (harmless in softmax sums). */
+static inline float carl_expf(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } u;
+  u.i = ((int32_t)n + 127) << 23;
+  return p * u.f;
+}
+
+/* One row: s = softmax(z) (returns logsumexp(z)) or sigmoid(z) (returns logsumexp(z) as well, for
+ * the z-loss). Returns NAN when the row holds a NaN or an infinity. */
+float carl_route_score_row(const float *z /* [E] */, int E, int score, float *s /* [E] */);
+
+/* All rows, OpenMP over tokens. Non-finite logits -> CARL_ERR_NUMERIC naming the first bad token.
+ * When r is not NULL also leaves r->psum (sum_t p[t,e], p = s for softmax, s/sum(s) for sigmoid)
+ * and r->zsum (sum_t logsumexp^2) for the registry's common losses. */
+carl_status carl_route_scores(carl_router_t *r, const float *logits /* [T, E] */, int64_t T, int E, int score,
+                              float *s /* [T, E] */);
+
+/* ---- top-k ----------------------------------------------------------------------------------- */
+/* The k largest of v in descending order; equal values: the lower index first (ALGORITHMS.md). */
+void carl_topk_row(const float *v /* [n] */, int n, int k, int32_t *idx /* [k] */, float *val /* [k] */);
+/* Same over a subset: only indices with mask[i] != 0 take part; missing slots get idx -1. */
+void carl_topk_row_masked(const float *v, const uint8_t *mask, int n, int k, int32_t *idx, float *val);
+
+/* ---- capacity, gates, backward --------------------------------------------------------------- */
+/* C = ceil(cf * T * k / E); 0 when cf == 0 (dropless). */
+int64_t carl_route_capacity(double cf, int64_t T, int k, int E);
+/* Keep at most C (token, slot) pairs per expert: per overfull expert the pairs with the lowest
+ * prio are dropped (equal prio: the higher token index is dropped first). Dropped slots get expert
+ * -1 and weight 0; then, when renorm, the kept weights of a token are renormalised to sum 1.
+ * *dropped += number of dropped pairs. */
+carl_status carl_route_apply_capacity(int64_t T, int k, int E, int64_t C, int32_t *experts /* [T, k] */,
+                                      const float *prio /* [T, k] */, float *weights /* [T, k] */, int renorm,
+                                      int64_t *dropped);
+/* dlogits += d(weights)/d(logits)^T dweights for gates w = s[t, e_j] / (renorm ? sum over kept : 1),
+ * s = softmax or sigmoid of the logits. Slots with expert -1 carry no gradient. */
+carl_status carl_route_gate_backward(const float *logits /* [T, E] */, int64_t T, int E, int k, int score,
+                                     int renorm, const int32_t *experts /* [T, k] */,
+                                     const float *dweights /* [T, k] */, float *dlogits /* [T, E] */);
+
+/* The fused path of topk-like routers: for each token t, selection on sel = s[t,.] + bias[row, .]
+ * (row = bias_row ? bias_row[t] : 0; bias NULL: no bias) plus jitter noise, gate weights from s
+ * (renormalised when the renorm option is set), capacity by the sel value of each pair, and the
+ * statistics for the common losses. OpenMP over tokens; deterministic for any thread count. */
+carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
+                                   const float *bias /* [nrows, E] or NULL */, int nrows,
+                                   const int32_t *bias_row /* [T] or NULL */);
+
+/* Append a loss (value already multiplied by its coefficient) to out. */
+void carl_route_add_loss(carl_route_out_t *out, const char *name, double value);
+
+/* ---- topology helpers ------------------------------------------------------------------------ */
+/* Number of devices of in (1 when there is no topology). */
+int carl_route_devices(const carl_route_in_t *in);
+/* Device of token t: in->src[t], or t * D / T. */
+static inline int32_t carl_route_src(const carl_route_in_t *in, int D, int64_t t) {
+  return in->src ? in->src[t] : (int32_t)(t * D / in->T);
+}
+/* Group of each expert: level 0 = device, 1 = node (of its home replica; contiguous placement
+ * e * D / E when in->place is NULL). Fails when the placement's E differs from in->E or a
+ * device id is out of range. *ngroups = D or N. */
+carl_status carl_route_expert_groups(const carl_route_in_t *in, int level, int32_t *group /* [E] */, int *ngroups);
+
+/* ---- router state files ---------------------------------------------------------------------- */
+/* A small binary file: "CARLRST1", router name (32 bytes), element type (0 float64, 1 int32),
+ * count (int64), then the little-endian values. Written atomically. */
+enum { CARL_STATE_F64 = 0, CARL_STATE_I32 = 1 };
+carl_status carl_route_state_save(const char *path, const char *router, int type, int64_t n, const void *data);
+/* Reads a state written by carl_route_state_save. n >= 0: the count must equal n (else
+ * CARL_ERR_STATE naming the file, the expected and the found count). n < 0: any count; the data
+ * is malloc'ed into *alloc and the count returned in *nout. */
+carl_status carl_route_state_load(const char *path, const char *router, int type, int64_t n, void *data,
+                                  void **alloc, int64_t *nout);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
