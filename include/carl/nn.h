@@ -1,8 +1,8 @@
 /* carl/nn.h: fp32 CPU kernels for the MoE transformer (OpenBLAS sgemm + OpenMP loops).
  *
  * Usage:
- *   carl_linear_fwd(y, x, W, N, I, O);                 // y[N,O] = x[N,I] W[O,I]^T
- *   carl_linear_bwd(dx, dW, dy, x, W, N, I, O, 0);     // dW += dy^T x; dx = dy W
+ *   carl_linear_fwd(y, x, W, N, In, Out);               // y[N,Out] = x[N,In] W[Out,In]^T
+ *   carl_linear_bwd(dx, dW, dy, x, W, N, In, Out, 0);   // dW += dy^T x; dx = dy W
  *   carl_rmsnorm_fwd(y, rstd, x, w, N, d, 1e-5f);
  *   float loss = carl_xent_fwd(lse, logits, targets, N, V, &n);  // mean over targets >= 0
  *   carl_xent_bwd(dlogits, logits, lse, targets, N, V, 1.0f / n);
@@ -25,11 +25,11 @@ extern "C" {
 #endif
 
 /* ---- linear (no bias) ------------------------------------------------------------------------ */
-/* y [N, O] = x [N, I] W^T, W [O, I]. */
-void carl_linear_fwd(float *y, const float *x, const float *W, int64_t N, int I, int O);
-/* dW [O, I] += dy^T x; dx [N, I] = dy W (or += when dx_accum). dx or dW may be NULL (skipped). */
-void carl_linear_bwd(float *dx, float *dW, const float *dy, const float *x, const float *W, int64_t N, int I,
-                     int O, int dx_accum);
+/* y [N, Out] = x [N, In] W^T, W [Out, In]. */
+void carl_linear_fwd(float *y, const float *x, const float *W, int64_t N, int In, int Out);
+/* dW [Out, In] += dy^T x; dx [N, In] = dy W (or += when dx_accum). dx or dW may be NULL (skipped). */
+void carl_linear_bwd(float *dx, float *dW, const float *dy, const float *x, const float *W, int64_t N, int In,
+                     int Out, int dx_accum);
 
 /* ---- RMSNorm: y = x / sqrt(mean(x^2) + eps) * w ------------------------------------------------ */
 /* y, x [N, d]; w [d]; rstd [N] saved for backward. */

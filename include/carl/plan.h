@@ -11,6 +11,13 @@
  * A token sends one copy of its hidden vector (token_bytes) per distinct destination device
  * (flat), or per distinct destination node over `inter` then per device over `intra` inside the
  * node (hierarchical). Combine mirrors dispatch; the totals count dispatch + combine.
+ * Hierarchical forwarding (DeepEP style): the inter-node copy goes to the device with the same
+ * local index on the destination node, which forwards it over `intra` to the other destination
+ * devices of that node. Messages: one per (source, destination) device pair with traffic, per
+ * phase. Time of a phase = max over devices of max(send, recv) of sum over classes of
+ * bytes / B + messages * latency; one call = dispatch phase + combine phase (a2a_s adds both).
+ * Replicas: the nearest replica by link class; ties spread by token index (carl_plan_replica).
+ * Full definitions: docs/cost-model.md.
  * Ownership: carl_cost_t owns its arrays (init/free); the plan functions only read their inputs.
  */
 #ifndef CARL_PLAN_H
@@ -33,16 +40,25 @@ typedef struct {
   double *traffic;    /* [D, D] bytes device a -> device b (dispatch + combine) */
   double bytes[CARL_NLINK]; /* totals per link class */
   double inter_fraction;    /* (rack + inter) bytes / all non-self bytes; 0 when none */
-  double a2a_s;             /* all-to-all time, ALGORITHMS.md section 1 */
-  int64_t copies;           /* token copies dispatched (non-self and self) */
+  double a2a_s;             /* all-to-all time, ALGORITHMS.md section 1: the sum over calls of
+                               (dispatch phase time + combine phase time) */
+  int64_t copies;           /* token copies dispatched (non-self and self): (token, destination
+                               device) pairs, the same in both modes */
+  double *dispatch;         /* [D, D] dispatch-phase bytes a -> b of the most recent call, per hop
+                               (the combine phase is its transpose) */
+  int64_t calls;            /* carl_plan_cost calls accumulated since init/reset */
 } carl_cost_t;
 
 carl_status carl_cost_init(carl_cost_t *c, const carl_topo_t *t);
 void carl_cost_reset(carl_cost_t *c);
 void carl_cost_free(carl_cost_t *c);
 
-/* Accumulate the traffic of one step into c (call carl_cost_reset first for a fresh step).
- * src may be NULL: then token t lives on device t * D / T (tokens spread evenly). */
+/* Accumulate the traffic of one all-to-all (dispatch + combine) into c (call carl_cost_reset
+ * first for a fresh step; several calls, e.g. one per MoE layer, add up, a2a_s included).
+ * src may be NULL: then token t lives on device t * D / T (tokens spread evenly).
+ * Errors (c unchanged): expert ids outside [-1, E), src outside [0, D), k < 1, token_bytes 0,
+ * a placement whose device count differs from the topology's. Uses OpenMP threads; the result
+ * does not depend on their number. */
 carl_status carl_plan_cost(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
                            const int32_t *src, int64_t T, int k, size_t token_bytes, carl_plan_mode mode,
                            carl_cost_t *c);
