@@ -1,0 +1,531 @@
+/* The MoE transformer: parameter layout, init, forward, backward, clipping, AdamW (carl/model.h). */
+#include "carl/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/moe.h"
+
+typedef struct {
+  int attn_norm, wqkv, wo, moe_norm, router, w13, w2, sw13, sw2; /* tensor indices, -1 absent */
+} carl__layer_idx_t;
+
+typedef struct {
+  float *h_in;  /* [T, d] residual stream entering the block */
+  float *n1;    /* [T, d] */
+  float *rstd1; /* [T] */
+  float *qkv;   /* [T, 3d] */
+  float *att;   /* [B, H, S, S] */
+  float *ao;    /* [T, d] attention output before wo */
+  float *h_mid; /* [T, d] after the attention residual */
+  float *n2;    /* [T, d] */
+  float *rstd2; /* [T] */
+  carl__moe_act_t moe;
+  carl_route_in_t in;
+  double bytes[CARL_NLINK], inter_fraction, a2a_s;
+} carl__layer_act_t;
+
+struct carl_model {
+  carl_model_config_t cfg;
+  int ntensors;
+  carl_tensor_info_t *tensors;
+  int tok_emb, pos_emb, final_norm;
+  carl__layer_idx_t *li;
+  int64_t nparams;
+  float *params, *grads, *adam_m, *adam_v;
+  int64_t adam_t;
+  carl_router_t **routers;
+  const carl_topo_t *topo;
+  const carl_placement_t *place;
+  carl_cost_t cost;
+  int have_cost;
+  int64_t step;
+  /* activations of the last forward */
+  int B, S;
+  int64_t cap_T, cap_att;
+  int have_targets, can_backward;
+  int32_t *tokens, *targets; /* [T] copies */
+  carl__layer_act_t *la;
+  float *h_final; /* [T, d] */
+  float *nf;      /* [T, d] */
+  float *rstdf;   /* [T] */
+  float *logits;  /* [T, V] */
+  float *dlogits; /* [T, V] */
+  float *lse;     /* [T] */
+  float *dh, *dtmp, *dtmp2; /* [T, d] backward scratch */
+  float *dqkv;    /* [T, 3d] */
+  int64_t ntargets;
+};
+
+/* ---- config ------------------------------------------------------------------------------- */
+void carl_model_config_default(carl_model_config_t *c) {
+  memset(c, 0, sizeof *c);
+  c->vocab = 256;
+  c->max_seq = 128;
+  c->d_model = 128;
+  c->n_layers = 2;
+  c->n_heads = 4;
+  c->d_ff = 256;
+  c->n_experts = 8;
+  c->top_k = 2;
+  c->d_shared = 0;
+  c->init_std = 0.02f;
+  c->norm_eps = 1e-5f;
+  c->seed = 1234;
+  snprintf(c->router, sizeof c->router, "%s", "topk");
+}
+
+carl_status carl_model_config_check(const carl_model_config_t *c) {
+  if (!c) return carl_fail(CARL_ERR_INVALID, "model config: NULL");
+#define CHK(cond, ...) \
+  if (!(cond)) return carl_fail(CARL_ERR_INVALID, __VA_ARGS__)
+  CHK(c->vocab >= 2 && c->vocab <= (1 << 24), "model config: vocab = %d, must be in 2..16777216", c->vocab);
+  CHK(c->max_seq >= 1 && c->max_seq <= (1 << 16), "model config: max_seq = %d, must be in 1..65536", c->max_seq);
+  CHK(c->d_model >= 1 && c->d_model <= (1 << 16), "model config: d_model = %d, must be in 1..65536", c->d_model);
+  CHK(c->n_layers >= 1 && c->n_layers <= 1024, "model config: n_layers = %d, must be in 1..1024", c->n_layers);
+  CHK(c->n_heads >= 1 && c->d_model % c->n_heads == 0, "model config: n_heads = %d must be >= 1 and divide d_model = %d",
+      c->n_heads, c->d_model);
+  CHK(c->d_ff >= 1 && c->d_ff <= (1 << 20), "model config: d_ff = %d, must be in 1..1048576", c->d_ff);
+  CHK(c->n_experts >= 1 && c->n_experts <= 4096, "model config: n_experts = %d, must be in 1..4096", c->n_experts);
+  CHK(c->top_k >= 1 && c->top_k <= c->n_experts, "model config: top_k = %d, must be in 1..n_experts (%d)", c->top_k,
+      c->n_experts);
+  CHK(c->d_shared >= 0 && c->d_shared <= (1 << 20), "model config: d_shared = %d, must be in 0..1048576", c->d_shared);
+  CHK(isfinite(c->init_std) && c->init_std > 0, "model config: init_std = %g, must be > 0", (double)c->init_std);
+  CHK(isfinite(c->norm_eps) && c->norm_eps > 0, "model config: norm_eps = %g, must be > 0", (double)c->norm_eps);
+  CHK(c->n_router_opts >= 0 && c->n_router_opts <= CARL_MODEL_MAX_ROUTER_OPTS,
+      "model config: n_router_opts = %d, must be in 0..%d", c->n_router_opts, CARL_MODEL_MAX_ROUTER_OPTS);
+  CHK(memchr(c->router, 0, sizeof c->router) && c->router[0], "model config: router name is empty or too long");
+  CHK(carl_router_find(c->router), "model config: router '%s' is not a registered router", c->router);
+#undef CHK
+  return CARL_OK;
+}
+
+carl_status carl_model_config_set_router_opt(carl_model_config_t *c, const char *key, double val) {
+  if (!key || !key[0] || strlen(key) >= sizeof c->router_keys[0])
+    return carl_fail(CARL_ERR_INVALID, "router option: key empty or longer than %zu", sizeof c->router_keys[0] - 1);
+  for (int i = 0; i < c->n_router_opts; i++)
+    if (strcmp(c->router_keys[i], key) == 0) {
+      c->router_vals[i] = val;
+      return CARL_OK;
+    }
+  if (c->n_router_opts >= CARL_MODEL_MAX_ROUTER_OPTS)
+    return carl_fail(CARL_ERR_INVALID, "router option '%s': at most %d options", key, CARL_MODEL_MAX_ROUTER_OPTS);
+  snprintf(c->router_keys[c->n_router_opts], sizeof c->router_keys[0], "%s", key);
+  c->router_vals[c->n_router_opts++] = val;
+  return CARL_OK;
+}
+
+/* ---- layout --------------------------------------------------------------------------------- */
+static int carl__add(carl_model_t *m, int cap, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2,
+                     int decay) {
+  CARL_ASSERT(m->ntensors < cap);
+  carl_tensor_info_t *t = &m->tensors[m->ntensors];
+  size_t len = strlen(name);
+  CARL_ASSERT(len < sizeof t->name);
+  memcpy(t->name, name, len + 1);
+  t->ndim = ndim;
+  t->shape[0] = s0;
+  t->shape[1] = ndim > 1 ? s1 : 0;
+  t->shape[2] = ndim > 2 ? s2 : 0;
+  t->numel = s0 * (ndim > 1 ? s1 : 1) * (ndim > 2 ? s2 : 1);
+  t->offset = m->nparams;
+  t->decay = decay;
+  m->nparams += t->numel;
+  return m->ntensors++;
+}
+
+static float *P(carl_model_t *m, int i) { return i < 0 ? NULL : m->params + m->tensors[i].offset; }
+static float *G(carl_model_t *m, int i) { return i < 0 ? NULL : m->grads + m->tensors[i].offset; }
+
+static void carl__moe_of(const carl_model_t *m, int l, carl__moe_t *L) {
+  const carl_model_config_t *c = &m->cfg;
+  L->d = c->d_model;
+  L->f = c->d_ff;
+  L->E = c->n_experts;
+  L->k = c->top_k;
+  L->fs = c->d_shared;
+  L->router = m->routers[l];
+}
+
+static void carl__moe_w(carl_model_t *m, int l, int grads, carl__moe_w_t *w) {
+  float *(*get)(carl_model_t *, int) = grads ? G : P;
+  const carl__layer_idx_t *x = &m->li[l];
+  w->router = get(m, x->router);
+  w->w13 = get(m, x->w13);
+  w->w2 = get(m, x->w2);
+  w->sw13 = get(m, x->sw13);
+  w->sw2 = get(m, x->sw2);
+}
+
+carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out) {
+  if (!out) return carl_fail(CARL_ERR_INVALID, "carl_model_create: out is NULL");
+  *out = NULL;
+  CARL_TRY(carl_model_config_check(cfg));
+  carl_model_t *m = calloc(1, sizeof *m);
+  if (!m) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  m->cfg = *cfg;
+  const carl_model_config_t *c = &m->cfg;
+  const int L = c->n_layers, d = c->d_model, f = c->d_ff, E = c->n_experts, fs = c->d_shared;
+  int cap = 3 + 9 * L;
+  m->tensors = calloc((size_t)cap, sizeof *m->tensors);
+  m->li = calloc((size_t)L, sizeof *m->li);
+  m->routers = calloc((size_t)L, sizeof *m->routers);
+  m->la = calloc((size_t)L, sizeof *m->la);
+  if (!m->tensors || !m->li || !m->routers || !m->la) {
+    carl_model_free(m);
+    return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  }
+  char nm[64];
+  m->tok_emb = carl__add(m, cap, "tok_emb", 2, c->vocab, d, 0, 1);
+  m->pos_emb = carl__add(m, cap, "pos_emb", 2, c->max_seq, d, 0, 0);
+  for (int l = 0; l < L; l++) {
+    carl__layer_idx_t *x = &m->li[l];
+#define NAME(s) (snprintf(nm, sizeof nm, "layers.%d.%s", l, s), nm)
+    x->attn_norm = carl__add(m, cap, NAME("attn_norm"), 1, d, 0, 0, 0);
+    x->wqkv = carl__add(m, cap, NAME("attn.wqkv"), 2, 3 * d, d, 0, 1);
+    x->wo = carl__add(m, cap, NAME("attn.wo"), 2, d, d, 0, 1);
+    x->moe_norm = carl__add(m, cap, NAME("moe_norm"), 1, d, 0, 0, 0);
+    x->router = carl__add(m, cap, NAME("moe.router"), 2, E, d, 0, 1);
+    x->w13 = carl__add(m, cap, NAME("moe.w13"), 3, E, 2 * f, d, 1);
+    x->w2 = carl__add(m, cap, NAME("moe.w2"), 3, E, d, f, 1);
+    x->sw13 = fs ? carl__add(m, cap, NAME("moe.shared_w13"), 2, 2 * fs, d, 0, 1) : -1;
+    x->sw2 = fs ? carl__add(m, cap, NAME("moe.shared_w2"), 2, d, fs, 0, 1) : -1;
+#undef NAME
+  }
+  m->final_norm = carl__add(m, cap, "final_norm", 1, d, 0, 0, 0);
+  size_t bytes = sizeof(float) * (size_t)m->nparams;
+  m->params = malloc(bytes);
+  m->grads = calloc((size_t)m->nparams, sizeof(float));
+  m->adam_m = calloc((size_t)m->nparams, sizeof(float));
+  m->adam_v = calloc((size_t)m->nparams, sizeof(float));
+  if (!m->params || !m->grads || !m->adam_m || !m->adam_v) {
+    carl_model_free(m);
+    return carl_fail(CARL_ERR_NOMEM, "model: cannot allocate %lld parameters", (long long)m->nparams);
+  }
+  /* init: norms 1; matrices N(0, std) from Philox keyed by (seed, INIT, global offset);
+   * residual output projections (wo, w2, shared_w2) scaled by 1/sqrt(2L) (GPT-2) */
+  const float resid = 1.0f / sqrtf(2.0f * (float)L);
+  for (int i = 0; i < m->ntensors; i++) {
+    const carl_tensor_info_t *t = &m->tensors[i];
+    float *p = m->params + t->offset;
+    if (t->ndim == 1) {
+      for (int64_t j = 0; j < t->numel; j++) p[j] = 1.0f;
+      continue;
+    }
+    float s = c->init_std;
+    const char *dot = strrchr(t->name, '.');
+    if (dot && (!strcmp(dot, ".wo") || !strcmp(dot, ".w2") || !strcmp(dot, ".shared_w2"))) s *= resid;
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < t->numel; j++)
+      p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(t->offset + j));
+  }
+  /* one router per layer (each owns its state); "k" = top_k unless the options set it */
+  const char *keys[CARL_MODEL_MAX_ROUTER_OPTS + 1];
+  double vals[CARL_MODEL_MAX_ROUTER_OPTS + 1];
+  int n = 0, has_k = 0;
+  for (int i = 0; i < c->n_router_opts; i++) {
+    keys[n] = c->router_keys[i];
+    vals[n++] = c->router_vals[i];
+    if (!strcmp(c->router_keys[i], "k")) has_k = 1;
+  }
+  if (!has_k) {
+    keys[n] = "k";
+    vals[n++] = c->top_k;
+  }
+  for (int l = 0; l < L; l++) {
+    carl_status st = carl_router_create(c->router, n, keys, vals, &m->routers[l]);
+    if (st != CARL_OK) {
+      carl_model_free(m);
+      return carl_errctx(st, "model config");
+    }
+    double k = carl_router_get(m->routers[l], "k");
+    if (k != c->top_k) {
+      carl_model_free(m);
+      return carl_fail(CARL_ERR_INVALID, "model config: router option k = %g differs from top_k = %d", k, c->top_k);
+    }
+  }
+  *out = m;
+  return CARL_OK;
+}
+
+static void carl__free_acts(carl_model_t *m) {
+  for (int l = 0; m->la && l < m->cfg.n_layers; l++) {
+    carl__layer_act_t *a = &m->la[l];
+    free(a->h_in); free(a->n1); free(a->rstd1); free(a->qkv); free(a->att); free(a->ao); free(a->h_mid);
+    free(a->n2); free(a->rstd2);
+    carl__moe_act_free(&a->moe);
+    memset(a, 0, sizeof *a);
+  }
+  free(m->tokens); free(m->targets); free(m->h_final); free(m->nf); free(m->rstdf); free(m->logits);
+  free(m->dlogits); free(m->lse); free(m->dh); free(m->dtmp); free(m->dtmp2); free(m->dqkv);
+  m->tokens = m->targets = NULL;
+  m->h_final = m->nf = m->rstdf = m->logits = m->dlogits = m->lse = m->dh = m->dtmp = m->dtmp2 = m->dqkv = NULL;
+  m->cap_T = m->cap_att = 0;
+}
+
+void carl_model_free(carl_model_t *m) {
+  if (!m) return;
+  carl__free_acts(m);
+  for (int l = 0; m->routers && l < m->cfg.n_layers; l++) carl_router_free(m->routers[l]);
+  if (m->have_cost) carl_cost_free(&m->cost);
+  free(m->routers); free(m->la); free(m->li); free(m->tensors);
+  free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+  free(m);
+}
+
+const carl_model_config_t *carl_model_config(const carl_model_t *m) { return &m->cfg; }
+int carl_model_ntensors(const carl_model_t *m) { return m->ntensors; }
+const carl_tensor_info_t *carl_model_tensor(const carl_model_t *m, int i) {
+  return i >= 0 && i < m->ntensors ? &m->tensors[i] : NULL;
+}
+int carl_model_find_tensor(const carl_model_t *m, const char *name) {
+  for (int i = 0; name && i < m->ntensors; i++)
+    if (!strcmp(m->tensors[i].name, name)) return i;
+  return -1;
+}
+int64_t carl_model_nparams(const carl_model_t *m) { return m->nparams; }
+float *carl_model_params(carl_model_t *m) { return m->params; }
+float *carl_model_grads(carl_model_t *m) { return m->grads; }
+float *carl_model_adam_m(carl_model_t *m) { return m->adam_m; }
+float *carl_model_adam_v(carl_model_t *m) { return m->adam_v; }
+int64_t *carl_model_adam_t(carl_model_t *m) { return &m->adam_t; }
+void carl_model_set_step(carl_model_t *m, int64_t step) { m->step = step; }
+carl_router_t *carl_model_router(carl_model_t *m, int layer) {
+  return layer >= 0 && layer < m->cfg.n_layers ? m->routers[layer] : NULL;
+}
+
+carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place) {
+  if (m->have_cost) carl_cost_free(&m->cost);
+  m->have_cost = 0;
+  m->topo = topo;
+  m->place = place;
+  if (place && !topo) return carl_fail(CARL_ERR_INVALID, "placement given without a topology");
+  if (place && place->E != m->cfg.n_experts)
+    return carl_fail(CARL_ERR_INVALID, "placement: %d experts, the model has %d", place->E, m->cfg.n_experts);
+  if (topo && place && place->D != topo->devices)
+    return carl_fail(CARL_ERR_INVALID, "placement: %d devices, the topology has %d", place->D, topo->devices);
+  if (topo) {
+    CARL_TRY(carl_cost_init(&m->cost, topo));
+    m->have_cost = 1;
+  }
+  return CARL_OK;
+}
+
+/* ---- activations ---------------------------------------------------------------------------- */
+static carl_status carl__reserve(carl_model_t *m, int B, int S) {
+  const carl_model_config_t *c = &m->cfg;
+  const int64_t T = (int64_t)B * S, d = c->d_model, V = c->vocab, H = c->n_heads;
+  const int64_t natt = (int64_t)B * H * S * S;
+  if (T <= m->cap_T && natt <= m->cap_att) return CARL_OK;
+  carl__free_acts(m);
+  int ok = 1;
+#define ALLOC(p, n) ok = ok && ((p) = malloc(sizeof *(p) * (size_t)(n))) != NULL
+  for (int l = 0; l < c->n_layers; l++) {
+    carl__layer_act_t *a = &m->la[l];
+    ALLOC(a->h_in, T * d); ALLOC(a->n1, T * d); ALLOC(a->rstd1, T); ALLOC(a->qkv, T * 3 * d);
+    ALLOC(a->att, natt); ALLOC(a->ao, T * d); ALLOC(a->h_mid, T * d); ALLOC(a->n2, T * d); ALLOC(a->rstd2, T);
+    if (ok) {
+      carl__moe_t L;
+      carl__moe_of(m, l, &L);
+      ok = carl__moe_reserve(&L, &a->moe, T) == CARL_OK;
+    }
+  }
+  ALLOC(m->tokens, T); ALLOC(m->targets, T); ALLOC(m->h_final, T * d); ALLOC(m->nf, T * d); ALLOC(m->rstdf, T);
+  ALLOC(m->logits, T * V); ALLOC(m->dlogits, T * V); ALLOC(m->lse, T); ALLOC(m->dh, T * d);
+  ALLOC(m->dtmp, T * d); ALLOC(m->dtmp2, T * d); ALLOC(m->dqkv, T * 3 * d);
+#undef ALLOC
+  if (!ok) {
+    carl__free_acts(m);
+    return carl_fail(CARL_ERR_NOMEM, "model: cannot allocate activations for B = %d, S = %d", B, S);
+  }
+  m->cap_T = T;
+  m->cap_att = natt;
+  return CARL_OK;
+}
+
+/* ---- forward -------------------------------------------------------------------------------- */
+carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+                               carl_model_loss_t *loss) {
+  const carl_model_config_t *c = &m->cfg;
+  m->can_backward = 0;
+  if (!tokens) return carl_fail(CARL_ERR_INVALID, "tokens: NULL");
+  if (B < 1 || S < 1 || S > c->max_seq)
+    return carl_fail(CARL_ERR_SHAPE, "tokens: shape [%d, %d], need B >= 1 and 1 <= S <= max_seq = %d", B, S, c->max_seq);
+  const int64_t T = (int64_t)B * S;
+  const int d = c->d_model, V = c->vocab, H = c->n_heads;
+  for (int64_t i = 0; i < T; i++) {
+    if (tokens[i] < 0 || tokens[i] >= V)
+      return carl_fail(CARL_ERR_INVALID, "tokens: entry %lld is %d, outside 0..%d", (long long)i, tokens[i], V - 1);
+    if (targets && targets[i] >= V)
+      return carl_fail(CARL_ERR_INVALID, "targets: entry %lld is %d, outside -1..%d", (long long)i, targets[i], V - 1);
+  }
+  CARL_TRY(carl__reserve(m, B, S));
+  m->B = B;
+  m->S = S;
+  memcpy(m->tokens, tokens, sizeof(int32_t) * (size_t)T);
+  m->have_targets = targets != NULL;
+  if (targets) memcpy(m->targets, targets, sizeof(int32_t) * (size_t)T);
+
+  double router_loss = 0;
+  carl_embed_fwd(m->la[0].h_in, tokens, P(m, m->tok_emb), P(m, m->pos_emb), B, S, d);
+  for (int l = 0; l < c->n_layers; l++) {
+    carl__layer_act_t *a = &m->la[l];
+    const carl__layer_idx_t *x = &m->li[l];
+    float *h_out = l + 1 < c->n_layers ? m->la[l + 1].h_in : m->h_final;
+    /* attention block */
+    carl_rmsnorm_fwd(a->n1, a->rstd1, a->h_in, P(m, x->attn_norm), T, d, c->norm_eps);
+    carl_linear_fwd(a->qkv, a->n1, P(m, x->wqkv), T, d, 3 * d);
+    carl_attention_fwd(a->ao, a->att, a->qkv, B, S, d, H);
+    carl_linear_fwd(a->h_mid, a->ao, P(m, x->wo), T, d, d);
+    for (int64_t i = 0; i < T * d; i++) a->h_mid[i] += a->h_in[i];
+    /* MoE block */
+    carl_rmsnorm_fwd(a->n2, a->rstd2, a->h_mid, P(m, x->moe_norm), T, d, c->norm_eps);
+    carl__moe_t L;
+    carl__moe_of(m, l, &L);
+    carl__moe_w_t W;
+    carl__moe_w(m, l, 0, &W);
+    memset(&a->in, 0, sizeof a->in);
+    a->in.T = T;
+    a->in.E = c->n_experts;
+    a->in.src = NULL; /* tokens split evenly over the devices in order */
+    a->in.token_ids = m->tokens;
+    a->in.topo = m->topo;
+    a->in.place = m->place;
+    a->in.step = m->step;
+    a->in.seed = c->seed + (uint64_t)l * 0x9E3779B97F4A7C15ull;
+    carl_status st = carl__moe_forward(&L, &W, &a->moe, &a->in, a->n2, h_out);
+    if (st != CARL_OK) return carl_errctx(st, "layer %d", l);
+    for (int64_t i = 0; i < T * d; i++) h_out[i] += a->h_mid[i];
+    router_loss += a->moe.out.loss_total;
+    /* simulated dispatch of this layer */
+    memset(a->bytes, 0, sizeof a->bytes);
+    a->inter_fraction = a->a2a_s = 0;
+    if (m->have_cost) {
+      carl_placement_t contig;
+      const carl_placement_t *pl = m->place;
+      if (!pl) {
+        CARL_TRY(carl_placement_contiguous(&contig, c->n_experts, m->topo->devices));
+        pl = &contig;
+      }
+      carl_cost_reset(&m->cost);
+      st = carl_plan_cost(m->topo, pl, a->moe.experts, NULL, T, c->top_k, sizeof(float) * (size_t)d, CARL_PLAN_FLAT,
+                          &m->cost);
+      if (pl != m->place) carl_placement_free(&contig);
+      if (st != CARL_OK) return carl_errctx(st, "layer %d dispatch", l);
+      memcpy(a->bytes, m->cost.bytes, sizeof a->bytes);
+      a->inter_fraction = m->cost.inter_fraction;
+      a->a2a_s = m->cost.a2a_s;
+    }
+  }
+  carl_rmsnorm_fwd(m->nf, m->rstdf, m->h_final, P(m, m->final_norm), T, d, c->norm_eps);
+  carl_linear_fwd(m->logits, m->nf, P(m, m->tok_emb), T, d, V); /* tied head */
+  double ce = 0;
+  m->ntargets = 0;
+  if (targets) {
+    ce = carl_xent_fwd(m->lse, m->logits, targets, T, V, &m->ntargets);
+    if (!isfinite(ce)) return carl_fail(CARL_ERR_NUMERIC, "model: cross-entropy is not finite");
+  }
+  if (loss) {
+    loss->ce = ce;
+    loss->router = router_loss;
+    loss->total = ce + router_loss;
+    loss->ntargets = m->ntargets;
+  }
+  m->can_backward = targets != NULL;
+  return CARL_OK;
+}
+
+const float *carl_model_logits(const carl_model_t *m) { return m->logits; }
+
+void carl_model_zero_grad(carl_model_t *m) { memset(m->grads, 0, sizeof(float) * (size_t)m->nparams); }
+
+/* ---- backward ------------------------------------------------------------------------------- */
+carl_status carl_model_backward(carl_model_t *m) {
+  if (!m->can_backward) return carl_fail(CARL_ERR_STATE, "model backward: no forward with targets before it");
+  const carl_model_config_t *c = &m->cfg;
+  const int B = m->B, S = m->S, d = c->d_model, V = c->vocab, H = c->n_heads;
+  const int64_t T = (int64_t)B * S;
+  /* head: d(mean CE)/dlogits; tied embedding gets the head gradient */
+  float scale = m->ntargets ? 1.0f / (float)m->ntargets : 0.0f;
+  carl_xent_bwd(m->dlogits, m->logits, m->lse, m->targets, T, V, scale);
+  carl_linear_bwd(m->dtmp, G(m, m->tok_emb), m->dlogits, m->nf, P(m, m->tok_emb), T, d, V, 0);
+  carl_rmsnorm_bwd(m->dh, G(m, m->final_norm), m->dtmp, m->h_final, P(m, m->final_norm), m->rstdf, T, d, 0);
+  for (int l = c->n_layers - 1; l >= 0; l--) {
+    carl__layer_act_t *a = &m->la[l];
+    const carl__layer_idx_t *x = &m->li[l];
+    /* MoE block: dh_mid = dh + norm2'(moe'(dh)) */
+    carl__moe_t L;
+    carl__moe_of(m, l, &L);
+    carl__moe_w_t W, Gw;
+    carl__moe_w(m, l, 0, &W);
+    carl__moe_w(m, l, 1, &Gw);
+    carl_status st = carl__moe_backward(&L, &W, &Gw, &a->moe, &a->in, a->n2, m->dh, m->dtmp);
+    if (st != CARL_OK) return carl_errctx(st, "layer %d backward", l);
+    carl_rmsnorm_bwd(m->dh, G(m, x->moe_norm), m->dtmp, a->h_mid, P(m, x->moe_norm), a->rstd2, T, d, 1);
+    /* attention block: dh_in = dh_mid + norm1'(attn'(dh_mid)) */
+    carl_linear_bwd(m->dtmp, G(m, x->wo), m->dh, a->ao, P(m, x->wo), T, d, d, 0);
+    carl_attention_bwd(m->dqkv, m->dtmp, a->qkv, a->att, B, S, d, H);
+    carl_linear_bwd(m->dtmp2, G(m, x->wqkv), m->dqkv, a->n1, P(m, x->wqkv), T, d, 3 * d, 0);
+    carl_rmsnorm_bwd(m->dh, G(m, x->attn_norm), m->dtmp2, a->h_in, P(m, x->attn_norm), a->rstd1, T, d, 1);
+  }
+  carl_embed_bwd(G(m, m->tok_emb), G(m, m->pos_emb), m->dh, m->tokens, B, S, d);
+  return CARL_OK;
+}
+
+carl_status carl_model_router_update(carl_model_t *m) {
+  if (!m->cap_T) return carl_fail(CARL_ERR_STATE, "router update: no forward before it");
+  for (int l = 0; l < m->cfg.n_layers; l++) {
+    carl_status st = carl_router_update(m->routers[l], &m->la[l].in, &m->la[l].moe.out);
+    if (st != CARL_OK) return carl_errctx(st, "layer %d router update", l);
+  }
+  return CARL_OK;
+}
+
+float carl_model_clip_grad(carl_model_t *m, float max_norm) {
+  double norm = sqrt(carl_sumsq(m->grads, m->nparams));
+  if (max_norm > 0 && norm > max_norm) {
+    float s = (float)(max_norm / norm);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m->nparams; i++) m->grads[i] *= s;
+  }
+  return (float)norm;
+}
+
+carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, float lr) {
+  if (!opt) return carl_fail(CARL_ERR_INVALID, "AdamW: options are NULL");
+  if (!isfinite(lr) || lr < 0) return carl_fail(CARL_ERR_INVALID, "AdamW: learning rate %g", (double)lr);
+  if (!(opt->beta1 >= 0 && opt->beta1 < 1 && opt->beta2 >= 0 && opt->beta2 < 1 && opt->eps > 0 && opt->weight_decay >= 0))
+    return carl_fail(CARL_ERR_INVALID, "AdamW: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
+  m->adam_t++;
+  for (int i = 0; i < m->ntensors; i++) {
+    const carl_tensor_info_t *t = &m->tensors[i];
+    carl_adamw_update(m->params + t->offset, m->grads + t->offset, m->adam_m + t->offset, m->adam_v + t->offset,
+                      t->numel, opt, lr, m->adam_t, t->decay);
+  }
+  return CARL_OK;
+}
+
+carl_status carl_model_layer_stats(const carl_model_t *m, int layer, carl_moe_stats_t *st) {
+  if (layer < 0 || layer >= m->cfg.n_layers)
+    return carl_fail(CARL_ERR_INVALID, "layer %d: outside 0..%d", layer, m->cfg.n_layers - 1);
+  if (!m->cap_T) return carl_fail(CARL_ERR_STATE, "layer stats: no forward yet");
+  const carl__layer_act_t *a = &m->la[layer];
+  memset(st, 0, sizeof *st);
+  st->T = a->moe.T;
+  st->E = m->cfg.n_experts;
+  st->k = m->cfg.top_k;
+  st->logits = a->moe.logits;
+  st->experts = a->moe.experts;
+  st->weights = a->moe.weights;
+  st->load = a->moe.load;
+  st->dropped = a->moe.out.dropped;
+  st->nloss = a->moe.out.nloss;
+  memcpy(st->loss, a->moe.out.loss, sizeof st->loss);
+  st->loss_total = a->moe.out.loss_total;
+  memcpy(st->bytes, a->bytes, sizeof st->bytes);
+  st->inter_fraction = a->inter_fraction;
+  st->a2a_s = a->a2a_s;
+  return CARL_OK;
+}
