@@ -18,6 +18,7 @@ extern const carl_router_impl_t carl__router_topk, carl__router_switch, carl__ro
 /* Routers of the CARL family (c2r, locmoe, fastermoe, carl): declare them in this block.
  * extern const carl_router_impl_t carl__router_c2r, ...;
  * -- begin CARL-family declarations -- */
+extern const carl_router_impl_t carl__router_carl, carl__router_c2r, carl__router_locmoe, carl__router_fastermoe;
 /* -- end CARL-family declarations -- */
 
 static const carl_router_impl_t *const carl__routers[] = {
@@ -32,6 +33,10 @@ static const carl_router_impl_t *const carl__routers[] = {
 
     /* Routers of the CARL family: add their entries in this block.
      * -- begin CARL-family entries -- */
+    &carl__router_carl,
+    &carl__router_c2r,
+    &carl__router_locmoe,
+    &carl__router_fastermoe,
     /* -- end CARL-family entries -- */
 
     NULL};

@@ -1,0 +1,359 @@
+/* carl: CARL-MoE, the integrated router (ALGORITHMS.md 2.11; research/carl.md section 10).
+ *
+ * Selection works on the communication-aware utility
+ *   u[t, e] = s[t, e] - lambda_c * c^(src(t), e)        (c^ to the nearest replica of e)
+ * and the gate weights on s (renormalised over S_t when renorm = 1, the default), so the gradients
+ * and gate magnitudes stay those of s. Components, each switchable:
+ *   comm      the cost term above (off: u = s);
+ *   hier      locality-biased hierarchical selection: node score = sum of the top max(1, k/M)
+ *             utilities of the node's experts (cost to the replica inside that node) plus
+ *             lambda_loc * [node == node(src(t))]; keep the M best nodes; TopK(u) inside them;
+ *   adaptive  L = alpha_E * L_E + alpha_G * L_G with each alpha following its level's skew
+ *             r = max/mean load: alpha <- beta*alpha + (1-beta)*min(xi*(r-1), alpha_max)
+ *             (off: the alphas stay at alpha_E0, alpha_G0);
+ *   warm      for the first W steps select TopK of sinkhorn(exp(u)) (balanced), no L_E / L_G.
+ * With every component off (and alpha_E0 = alpha_G0 = 0) the router is exactly topk.
+ * State: alpha_E, alpha_G and the step counter (advanced by update()); save/load keep them.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "carl/adaptive.h"
+#include "carl/balance.h"
+#include "carl/route_util.h"
+#include "route/seed_internal.h"
+
+typedef struct {
+  int comm, hier, adaptive, warm, W, M, group, sk_iters;
+  double lambda_c, lambda_loc, sk_tol;
+  carl_adaptive_t aE, aG;
+  int64_t steps; /* update() calls so far */
+} carl_state;
+
+static const carl_opt_t carl_opts[] = {
+    {"comm", 1, "1: select on u = s - lambda_c * c^(src, e) (communication-aware utility)"},
+    {"lambda_c", 0.1, "weight of the normalised copy cost in the utility (>= 0)"},
+    {"hier", 1, "1: locality-biased hierarchical selection (keep the M best nodes, TopK inside)"},
+    {"M", 0, "nodes a token may reach with hier=1 (0: min(nodes, k))"},
+    {"lambda_loc", 0, "bonus added to the score of the token's own node with hier=1 (>= 0)"},
+    {"adaptive", 1, "1: alpha_E, alpha_G follow the observed skew; 0: fixed at alpha_E0, alpha_G0"},
+    {"alpha_E0", 0, "initial (or, with adaptive=0, fixed) coefficient of L_E"},
+    {"alpha_G0", 0, "initial (or, with adaptive=0, fixed) coefficient of L_G"},
+    {"alpha_E_max", 0.01, "cap on the expert-level coefficient target"},
+    {"alpha_G_max", 0.05, "cap on the group-level coefficient target"},
+    {"beta", 0.99, "EMA factor of the coefficient controller, in [0, 1)"},
+    {"xi", 0.2, "gain of the controller on the excess skew r - 1"},
+    {"group", 0, "group of L_G and of its skew: 0 device, 1 node"},
+    {"warm", 1, "1: Sinkhorn warm start on u for the first W steps"},
+    {"W", 100, "warm-start steps (update() calls)"},
+    {"sk_tol", 1e-4, "Sinkhorn stopping tolerance on mean |d1 - d1_old|"},
+    {"sk_iters", 1000, "Sinkhorn iteration cap"},
+};
+
+static carl_status carl_init(carl_router_t *r) {
+  carl_state *st = calloc(1, sizeof *st);
+  if (!st) return carl_fail(CARL_ERR_NOMEM, "carl: state");
+  r->state = st;
+  double a0E, a0G, amE, amG, beta, xi;
+  CARL_TRY(carl_router_opt_int(r, "comm", 0, 1, &st->comm));
+  CARL_TRY(carl_router_opt_real(r, "lambda_c", 0, 1e6, &st->lambda_c));
+  CARL_TRY(carl_router_opt_int(r, "hier", 0, 1, &st->hier));
+  CARL_TRY(carl_router_opt_int(r, "M", 0, 1 << 20, &st->M));
+  CARL_TRY(carl_router_opt_real(r, "lambda_loc", 0, 1e6, &st->lambda_loc));
+  CARL_TRY(carl_router_opt_int(r, "adaptive", 0, 1, &st->adaptive));
+  CARL_TRY(carl_router_opt_real(r, "alpha_E0", 0, 1e6, &a0E));
+  CARL_TRY(carl_router_opt_real(r, "alpha_G0", 0, 1e6, &a0G));
+  CARL_TRY(carl_router_opt_real(r, "alpha_E_max", 0, 1e6, &amE));
+  CARL_TRY(carl_router_opt_real(r, "alpha_G_max", 0, 1e6, &amG));
+  CARL_TRY(carl_router_opt_real(r, "beta", 0, 1, &beta));
+  CARL_TRY(carl_router_opt_real(r, "xi", 0, 1e6, &xi));
+  CARL_TRY(carl_router_opt_int(r, "group", 0, 1, &st->group));
+  CARL_TRY(carl_router_opt_int(r, "warm", 0, 1, &st->warm));
+  CARL_TRY(carl_router_opt_int(r, "W", 0, 1 << 30, &st->W));
+  CARL_TRY(carl_router_opt_real(r, "sk_tol", 0, 1, &st->sk_tol));
+  CARL_TRY(carl_router_opt_int(r, "sk_iters", 1, 1 << 24, &st->sk_iters));
+  if (beta >= 1) return carl_fail(CARL_ERR_INVALID, "router 'carl': option beta = %g must be < 1", beta);
+  CARL_TRY(carl_adaptive_init(&st->aE, a0E, beta, xi, amE));
+  CARL_TRY(carl_adaptive_init(&st->aG, a0G, beta, xi, amG));
+  return CARL_OK;
+}
+
+static void carl_free(carl_router_t *r) {
+  free(r->state);
+  r->state = NULL;
+}
+
+/* The k largest of v (double) restricted to mask (NULL: all), descending, ties to the lower index. */
+static void topk_d(const double *v, const uint8_t *mask, int n, int k, int32_t *idx) {
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    if (mask && !mask[i]) continue;
+    if (m < k) m++;
+    else if (!(v[i] > v[idx[k - 1]])) continue;
+    int p = m - 1;
+    while (p > 0 && v[idx[p - 1]] < v[i]) {
+      idx[p] = idx[p - 1];
+      p--;
+    }
+    idx[p] = i;
+  }
+  for (int j = m; j < k; j++) idx[j] = -1;
+}
+
+/* Sinkhorn scaling of C = exp(u) (ALGORITHMS.md 2.3, in fp64): d0 = (1/T)/(C d1 + 1e-8),
+ * d1 = (1/E)/(C^T d0 + 1e-8) until mean |d1 - d1_old| <= tol or iters; then C <- diag(d0) C diag(d1). */
+static void sinkhorn(double *C /* [T, E] exp(u) in, plan out */, int64_t T, int E, double tol, int iters) {
+  double *d0 = malloc((size_t)T * sizeof *d0), *d1 = malloc((size_t)E * sizeof *d1);
+  double *acc = malloc((size_t)E * sizeof *acc);
+  CARL_ASSERT(d0 && d1 && acc);
+  for (int e = 0; e < E; e++) d1[e] = 1;
+  for (int it = 0; it < iters; it++) {
+    for (int64_t t = 0; t < T; t++) {
+      double sum = 0;
+      for (int e = 0; e < E; e++) sum += C[t * E + e] * d1[e];
+      d0[t] = (1.0 / (double)T) / (sum + 1e-8);
+    }
+    for (int e = 0; e < E; e++) acc[e] = 0;
+    for (int64_t t = 0; t < T; t++)
+      for (int e = 0; e < E; e++) acc[e] += C[t * E + e] * d0[t];
+    double diff = 0;
+    for (int e = 0; e < E; e++) {
+      double nd = (1.0 / E) / (acc[e] + 1e-8);
+      diff += fabs(nd - d1[e]);
+      d1[e] = nd;
+    }
+    if (diff / E <= tol) break;
+  }
+  for (int64_t t = 0; t < T; t++)
+    for (int e = 0; e < E; e++) C[t * E + e] *= d0[t] * d1[e];
+  free(d0);
+  free(d1);
+  free(acc);
+}
+
+/* The custom selection paths (hier and/or warm start). s: scores [T, E]; sel: s plus the jitter
+ * noise (or s). Fills experts (descending s, ties to the lower index), raw gate weights s and the
+ * capacity priority u. */
+static carl_status carl_select(const carl_state *st, const carl_route_in_t *in, const carl_route_common_t *c,
+                               const carl__seed_topo_t *tp, const float *s, const float *sel, int warm, int M,
+                               int32_t *experts /* [T, k] */, float *weights /* [T, k] */, float *prio /* [T, k] */) {
+  const int64_t T = in->T;
+  const int E = in->E, k = c->k, N = tp->N;
+  const float lam = st->comm ? (float)st->lambda_c : 0.0f;
+  carl_status rc = CARL_OK;
+  if (warm) {
+    double *P = malloc((size_t)T * E * sizeof *P);
+    if (!P) return carl_fail(CARL_ERR_NOMEM, "carl: Sinkhorn plan [%lld, %d]", (long long)T, E);
+    for (int64_t t = 0; t < T; t++)
+      for (int e = 0; e < E; e++) {
+        float u = sel[t * E + e] - lam * tp->cost[(size_t)tp->src[t] * E + e];
+        P[t * E + e] = exp((double)u);
+      }
+    sinkhorn(P, T, E, st->sk_tol, st->sk_iters);
+    for (int64_t t = 0; t < T; t++) topk_d(P + t * E, NULL, E, k, experts + t * k);
+    free(P);
+  } else {
+    const int q = k / M > 0 ? k / M : 1;
+    int32_t bad = -1;
+#pragma omp parallel
+    {
+      double *ns = malloc((size_t)N * sizeof *ns);
+      double *uf = malloc((size_t)E * sizeof *uf);
+      float *tv = malloc((size_t)(q + 1) * sizeof *tv);
+      int32_t *nk = malloc((size_t)M * sizeof *nk);
+      uint8_t *mask = malloc((size_t)E);
+      CARL_ASSERT(ns && uf && tv && nk && mask);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; t++) {
+        const int a = tp->src[t];
+        const float *st_ = sel + t * E;
+        for (int n = 0; n < N; n++) {
+          /* top-q utilities of the node's experts (insertion into a short descending list) */
+          const float *cn = tp->cost_node + ((size_t)a * N + n) * E;
+          int m = 0;
+          for (int e = 0; e < E; e++) {
+            if (!tp->local[(size_t)n * E + e]) continue;
+            float u = st_[e] - lam * cn[e];
+            if (m == q && !(u > tv[q - 1])) continue;
+            int p = m < q ? m++ : q - 1;
+            while (p > 0 && tv[p - 1] < u) {
+              tv[p] = tv[p - 1];
+              p--;
+            }
+            tv[p] = u;
+          }
+          double sc = 0;
+          for (int j = 0; j < m; j++) sc += tv[j];
+          ns[n] = m ? sc + (n == tp->node[t] ? st->lambda_loc : 0) : -INFINITY;
+        }
+        topk_d(ns, NULL, N, M, nk);
+        memset(mask, 0, (size_t)E);
+        for (int e = 0; e < E; e++) uf[e] = INFINITY; /* min cost over the kept nodes, then utility */
+        for (int j = 0; j < M; j++) {
+          int n = nk[j];
+          if (n < 0 || ns[n] == -INFINITY) continue;
+          const float *cn = tp->cost_node + ((size_t)a * N + n) * E;
+          for (int e = 0; e < E; e++)
+            if (tp->local[(size_t)n * E + e]) {
+              mask[e] = 1;
+              if (cn[e] < uf[e]) uf[e] = cn[e];
+            }
+        }
+        for (int e = 0; e < E; e++) uf[e] = mask[e] ? (double)(st_[e] - lam * (float)uf[e]) : -INFINITY;
+        int32_t *ex = experts + t * k;
+        topk_d(uf, mask, E, k, ex);
+        if (ex[k - 1] < 0) {
+#pragma omp critical
+          if (bad < 0 || t < bad) bad = (int32_t)t;
+        }
+      }
+      free(ns); free(uf); free(tv); free(nk); free(mask);
+    }
+    if (bad >= 0)
+      rc = carl_fail(CARL_ERR_INVALID, "carl: the M=%d best nodes of token %d hold fewer than k=%d experts (raise M)", M,
+                     bad, k);
+  }
+  if (rc != CARL_OK) return rc;
+  /* order by gate (s) descending, ties to the lower index; weights s; priority u */
+  for (int64_t t = 0; t < T; t++) {
+    int32_t *ex = experts + t * k;
+    const float *st_ = s + t * E;
+    for (int i = 1; i < k; i++) {
+      int32_t e = ex[i];
+      int p = i;
+      while (p > 0 && (st_[ex[p - 1]] < st_[e] || (st_[ex[p - 1]] == st_[e] && ex[p - 1] > e))) {
+        ex[p] = ex[p - 1];
+        p--;
+      }
+      ex[p] = e;
+    }
+    for (int j = 0; j < k; j++) {
+      int e = ex[j];
+      weights[t * k + j] = st_[e];
+      prio[t * k + j] = sel[t * E + e] - lam * tp->cost[(size_t)tp->src[t] * E + e];
+    }
+  }
+  return CARL_OK;
+}
+
+static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  carl_state *st = r->state;
+  carl_route_common_t c;
+  carl_route_common(r, &c);
+  if (!in->logits) return carl_fail(CARL_ERR_INVALID, "logits: NULL");
+  const int64_t T = in->T;
+  const int E = in->E, k = c.k;
+  const int warm = st->warm && st->steps < st->W;
+  carl__seed_topo_t tp;
+  CARL_TRY(carl__seed_topo(in, st->comm || warm || st->hier, st->hier && !warm, &tp));
+  int M = st->M ? st->M : (tp.N < k ? tp.N : k);
+  carl_status rc = CARL_OK;
+  if (st->hier && !warm && M > tp.N)
+    rc = carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology", M, tp.N);
+  if (rc == CARL_OK && !st->hier && !warm) {
+    /* flat selection: exactly the topk path with a per-source-device bias -lambda_c * c^ */
+    float *bias = NULL;
+    if (st->comm) {
+      bias = malloc((size_t)tp.D * E * sizeof *bias);
+      if (!bias) rc = carl_fail(CARL_ERR_NOMEM, "carl: bias [%d, %d]", tp.D, E);
+      for (int64_t i = 0; bias && i < (int64_t)tp.D * E; i++) bias[i] = -(float)st->lambda_c * tp.cost[i];
+    }
+    if (rc == CARL_OK) rc = carl_route_topk_biased(r, in, out, bias, bias ? tp.D : 0, bias ? tp.src : NULL);
+    /* the fused kernel lists the slots by u; the interface lists them by gate */
+    if (rc == CARL_OK && bias) carl__seed_sort_slots(T, k, out->experts, out->weights);
+    free(bias);
+  } else if (rc == CARL_OK) {
+    float *s = malloc((size_t)T * E * sizeof *s), *prio = malloc((size_t)T * k * sizeof *prio);
+    float *sel = c.jitter > 0 ? malloc((size_t)T * E * sizeof *sel) : s;
+    if (!s || !prio || !sel) rc = carl_fail(CARL_ERR_NOMEM, "carl: scores [%lld, %d]", (long long)T, E);
+    if (rc == CARL_OK) rc = carl_route_scores(r, in->logits, T, E, c.score, s);
+    if (rc == CARL_OK && sel != s) { /* the noise of the fused top-k kernel, same stream and index */
+      const uint64_t jbase = (uint64_t)in->step * (uint64_t)T;
+      for (int64_t t = 0; t < T; t++)
+        for (int e = 0; e < E; e++)
+          sel[t * E + e] = s[t * E + e] + (float)c.jitter * carl_rng_normal(in->seed, CARL_STREAM_JITTER,
+                                                                              (jbase + (uint64_t)t) * (uint64_t)E + (uint64_t)e);
+    }
+    if (rc == CARL_OK) rc = carl_select(st, in, &c, &tp, s, sel, warm, M, out->experts, out->weights, prio);
+    if (rc == CARL_OK) {
+      rc = carl__seed_finish(T, k, E, carl_route_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
+    }
+    if (sel != s) free(sel);
+    free(s);
+    free(prio);
+  }
+  carl__seed_topo_free(&tp);
+  if (rc != CARL_OK || warm) return rc; /* no balancing losses during the warm start */
+  /* dual-level balancing losses with the current coefficients */
+  double aE = st->aE.alpha, aG = st->aG.alpha;
+  if (aE <= 0 && aG <= 0) return CARL_OK;
+  int32_t *group = malloc((size_t)E * sizeof *group);
+  if (!group) return carl_fail(CARL_ERR_NOMEM, "carl: groups");
+  int G = 0;
+  double LE = 0, LG = 0;
+  rc = carl_route_expert_groups(in, st->group, group, &G);
+  if (rc == CARL_OK)
+    rc = carl_loss_dual(in->logits, T, E, c.score, out->experts, k, group, G, aE, aG, &LE, &LG, out->dlogits);
+  free(group);
+  if (rc != CARL_OK) return rc;
+  if (aE > 0) carl_route_add_loss(out, "L_E", LE);
+  if (aG > 0) carl_route_add_loss(out, "L_G", LG);
+  return CARL_OK;
+}
+
+static carl_status carl_update(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out) {
+  carl_state *st = r->state;
+  const int E = in->E, k = (int)r->opt[CARL_OPT_K];
+  if (st->adaptive) {
+    int D = in->topo ? in->topo->devices : 1;
+    double *load = calloc((size_t)E + (size_t)D, sizeof *load);
+    if (!load) return carl_fail(CARL_ERR_NOMEM, "carl: loads");
+    double *gload = load + E;
+    int ng = 0;
+    carl_load_experts(out->experts, in->T, k, E, load);
+    carl_status rc = carl_load_groups(load, E, in->topo, in->place, st->group, gload, &ng);
+    if (rc == CARL_OK) {
+      carl_adaptive_step(&st->aE, carl_load_skew(load, E));
+      carl_adaptive_step(&st->aG, carl_load_skew(gload, ng));
+    }
+    free(load);
+    CARL_TRY(rc);
+  }
+  st->steps++;
+  return CARL_OK;
+}
+
+static carl_status carl_save(const carl_router_t *r, const char *path) {
+  const carl_state *st = r->state;
+  double v[3] = {st->aE.alpha, st->aG.alpha, (double)st->steps};
+  return carl_route_state_save(path, "carl", CARL_STATE_F64, 3, v);
+}
+
+static carl_status carl_load(carl_router_t *r, const char *path) {
+  carl_state *st = r->state;
+  double v[3];
+  CARL_TRY(carl_route_state_load(path, "carl", CARL_STATE_F64, 3, v, NULL, NULL));
+  if (!(v[0] >= 0) || !(v[1] >= 0) || !(v[2] >= 0) || !isfinite(v[0]) || !isfinite(v[1]) || v[2] != floor(v[2]) ||
+      v[2] > 9e15)
+    return carl_fail(CARL_ERR_STATE, "%s: carl state holds alpha_E=%g alpha_G=%g steps=%g (out of range)", path, v[0],
+                     v[1], v[2]);
+  st->aE.alpha = v[0];
+  st->aG.alpha = v[1];
+  st->steps = (int64_t)v[2];
+  return CARL_OK;
+}
+
+const carl_router_impl_t carl__router_carl = {
+    .name = "carl",
+    .help = "CARL-MoE: comm-aware utility, locality-biased node-limited selection, adaptive expert+group "
+            "balancing, Sinkhorn warm start",
+    .opts = carl_opts,
+    .nopts = sizeof carl_opts / sizeof carl_opts[0],
+    .init = carl_init,
+    .route = carl_route,
+    .update = carl_update,
+    .save = carl_save,
+    .load = carl_load,
+    .free = carl_free,
+};

@@ -1,0 +1,148 @@
+/* Token sources, node-local expert sets and nearest-replica costs for the seed routers. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "carl/route_util.h"
+#include "route/seed_internal.h"
+
+void carl__seed_topo_free(carl__seed_topo_t *st) {
+  free(st->src);
+  free(st->node);
+  free(st->local);
+  free(st->nlocal);
+  free(st->cost);
+  free(st->cost_node);
+  memset(st, 0, sizeof *st);
+}
+
+carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_node_cost, carl__seed_topo_t *st) {
+  memset(st, 0, sizeof *st);
+  const carl_topo_t *tp = in->topo;
+  const int E = in->E;
+  const int64_t T = in->T;
+  int D = tp ? tp->devices : 1, N = tp ? tp->nodes : 1;
+  if (tp && (D < 1 || N < 1 || tp->devices_per_node < 1 || D != N * tp->devices_per_node))
+    return carl_fail(CARL_ERR_INVALID, "topo: %d devices, %d nodes x %d devices per node is inconsistent", D, N,
+                     tp->devices_per_node);
+  const carl_placement_t *pl = in->place;
+  if (pl) {
+    if (pl->E != E) return carl_fail(CARL_ERR_SHAPE, "place: the placement has E=%d but the logits have E=%d", pl->E, E);
+    if (pl->D != D) return carl_fail(CARL_ERR_SHAPE, "place: the placement has %d devices but the topology has %d", pl->D, D);
+  }
+  st->D = D;
+  st->N = N;
+  st->src = malloc((size_t)(T ? T : 1) * sizeof *st->src);
+  st->node = malloc((size_t)(T ? T : 1) * sizeof *st->node);
+  st->local = calloc((size_t)N * E, 1);
+  st->nlocal = calloc((size_t)N, sizeof *st->nlocal);
+  if (want_cost) st->cost = malloc((size_t)D * E * sizeof *st->cost);
+  if (want_node_cost) st->cost_node = malloc((size_t)D * N * E * sizeof *st->cost_node);
+  if (!st->src || !st->node || !st->local || !st->nlocal || (want_cost && !st->cost) || (want_node_cost && !st->cost_node)) {
+    carl__seed_topo_free(st);
+    return carl_fail(CARL_ERR_NOMEM, "routing topology: T=%lld D=%d E=%d", (long long)T, D, E);
+  }
+  for (int64_t t = 0; t < T; t++) {
+    int32_t a = in->src ? in->src[t] : (int32_t)(t * D / T);
+    if (a < 0 || a >= D) {
+      carl__seed_topo_free(st);
+      return carl_fail(CARL_ERR_INVALID, "src[%lld]: device %d out of range [0, %d)", (long long)t, a, D);
+    }
+    st->src[t] = a;
+    st->node[t] = tp ? carl_topo_node(tp, a) : 0;
+  }
+  /* (device, expert) pairs of the placement: replicas allowed */
+  int slots = pl ? pl->slots : 1;
+  for (int d = 0; d < D; d++)
+    for (int j = 0; j < slots; j++) {
+      int e;
+      if (pl) e = pl->slot_expert[(size_t)d * slots + j];
+      else e = -1; /* contiguous: filled below */
+      if (e < -1 || e >= E) {
+        carl__seed_topo_free(st);
+        return carl_fail(CARL_ERR_INVALID, "place: device %d slot %d holds expert %d, out of range [0, %d)", d, j, e, E);
+      }
+      if (e >= 0) st->local[(size_t)(tp ? carl_topo_node(tp, d) : 0) * E + e] = 1;
+    }
+  if (!pl)
+    for (int e = 0; e < E; e++) {
+      int d = (int)((int64_t)e * D / E);
+      st->local[(size_t)(tp ? carl_topo_node(tp, d) : 0) * E + e] = 1;
+    }
+  for (int n = 0; n < N; n++)
+    for (int e = 0; e < E; e++) st->nlocal[n] += st->local[(size_t)n * E + e];
+  if (!want_cost && !want_node_cost) return CARL_OK;
+  for (size_t i = 0; want_cost && i < (size_t)D * E; i++) st->cost[i] = INFINITY;
+  for (size_t i = 0; want_node_cost && i < (size_t)D * N * E; i++) st->cost_node[i] = INFINITY;
+  for (int a = 0; a < D; a++)
+    for (int b = 0; b < D; b++) {
+      float c = tp ? (float)carl_topo_cost(tp, a, b) : 0.0f;
+      int nb = tp ? carl_topo_node(tp, b) : 0;
+      for (int j = 0; j < slots; j++) {
+        int e = pl ? pl->slot_expert[(size_t)b * slots + j] : -1;
+        if (!pl && j == 0) {
+          /* contiguous placement: the experts whose home is b */
+          for (int x = 0; x < E; x++) {
+            if ((int)((int64_t)x * D / E) != b) continue;
+            if (want_cost && c < st->cost[(size_t)a * E + x]) st->cost[(size_t)a * E + x] = c;
+            float *cn = want_node_cost ? &st->cost_node[((size_t)a * N + nb) * E + x] : NULL;
+            if (cn && c < *cn) *cn = c;
+          }
+          continue;
+        }
+        if (e < 0) continue;
+        if (want_cost && c < st->cost[(size_t)a * E + e]) st->cost[(size_t)a * E + e] = c;
+        float *cn = want_node_cost ? &st->cost_node[((size_t)a * N + nb) * E + e] : NULL;
+        if (cn && c < *cn) *cn = c;
+      }
+    }
+  for (int e = 0; want_cost && e < E; e++)
+    if (isinf(st->cost[e])) {
+      int miss = e;
+      carl__seed_topo_free(st);
+      return carl_fail(CARL_ERR_INVALID, "place: expert %d has no device", miss);
+    }
+  return CARL_OK;
+}
+
+carl_status carl__seed_finish(int64_t T, int k, int E, int64_t C, int renorm, int32_t *experts, float *weights,
+                              const float *prio, carl_route_out_t *out) {
+  if (renorm)
+    for (int64_t t = 0; t < T; t++) {
+      float *w = weights + t * k, a = 0;
+      for (int j = 0; j < k; j++) a += w[j];
+      if (a > 0) {
+        float inv = 1.0f / a;
+        for (int j = 0; j < k; j++) w[j] *= inv;
+      }
+    }
+  out->capacity = C;
+  if (C <= 0) return CARL_OK;
+  return carl_route_apply_capacity(T, k, E, C, experts, prio, weights, renorm, &out->dropped);
+}
+
+void carl__seed_sort_slots(int64_t T, int k, int32_t *experts, float *weights) {
+  for (int64_t t = 0; t < T; t++) {
+    int32_t *ex = experts + t * k;
+    float *w = weights + t * k;
+    for (int i = 1; i < k; i++) {
+      int32_t e = ex[i];
+      float v = w[i];
+      int p = i;
+      while (p > 0) {
+        int32_t pe = ex[p - 1];
+        float pv = w[p - 1];
+        int before; /* does (e, v) go before (pe, pv)? */
+        if (e < 0) before = 0;
+        else if (pe < 0) before = 1;
+        else before = v > pv || (v == pv && e < pe);
+        if (!before) break;
+        ex[p] = pe;
+        w[p] = pv;
+        p--;
+      }
+      ex[p] = e;
+      w[p] = v;
+    }
+  }
+}
