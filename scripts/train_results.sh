@@ -36,7 +36,8 @@ router_args() { # label -> carl train arguments
 }
 
 if [ "$report_only" -eq 0 ]; then
-  [ -x build/carl ] || scripts/build.sh build
+  carl=${CARL_BIN:-build/carl}
+  [ -x "$carl" ] || scripts/build.sh build
   scripts/prepare_data.sh
   for label in "${labels[@]}"; do
     out="$res/$label"
@@ -48,7 +49,7 @@ if [ "$report_only" -eq 0 ]; then
     rm -rf "$out"
     echo "train_results: $label ($(date -u +%H:%M:%S))"
     # shellcheck disable=SC2046
-    build/carl train --config "$config" $(router_args "$label") --topology "$topology" \
+    "$carl" train --config "$config" $(router_args "$label") --topology "$topology" \
       ${steps:+--steps "$steps"} --out "$out" >"$res/$label.log" 2>&1 || { echo "train_results: $label failed:"; tail -3 "$res/$label.log"; }
   done
 fi

@@ -23,6 +23,7 @@
  *              "data_seed": 1, "train_data": "data/kjv.train.txt", "val_data": "data/kjv.val.txt",
  *              "topology": "configs/topologies/h800-2x8.json"}}
  * Every field of "model" and "train" except the sizes has a default (carl_train_config_default).
+ * A router option "k" also sets model.top_k (the two must agree).
  * "topology" "" means one device (no simulated dispatch). Relative paths are taken as given
  * (relative to the working directory).
  *

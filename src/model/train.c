@@ -122,6 +122,14 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
       CARL_TRY(carl_model_config_set_router_opt(m, it->string, it->valuedouble));
     }
   }
+  /* a router option k sets the model's top_k (the model requires them equal) */
+  for (int i = 0; i < m->n_router_opts; i++)
+    if (!strcmp(m->router_keys[i], "k")) {
+      double k = m->router_vals[i];
+      if (!(k >= 1 && k <= 4096) || k != floor(k))
+        return carl_fail(CARL_ERR_INVALID, "model.router_opts.k must be a whole number >= 1, got %g", k);
+      m->top_k = (int)k;
+    }
   return CARL_OK;
 }
 
