@@ -48,6 +48,8 @@ enum {
   CARL_NCOMMON = 7
 };
 enum { CARL_SCORE_SOFTMAX = 0, CARL_SCORE_SIGMOID = 1 };
+/* Work (T * E) below which the kernels run on one thread (thread start-up would dominate). */
+#define CARL_PAR_MIN 32768
 
 typedef struct {
   int k;
@@ -139,6 +141,28 @@ carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, 
                                    const float *bias /* [nrows, E] or NULL */, int nrows,
                                    const int32_t *bias_row /* [T] or NULL */);
 
+/* The general selection of the fused kernel. Per token t, with s = scores of z_t:
+ *   sel[e] = (on_logits ? z[t,e] : s[e]) + bias[brow(t), e] + jitter noise     (bias NULL: none)
+ *   group-limited (group != NULL and 1 <= M < ngroups): group score of g = sum of the per_group
+ *     largest sel over the experts of g, + group_bonus[gbrow(t), g] (group_bonus NULL: none); keep
+ *     the M best groups (equal scores: lower group first); S_t = TopK(sel) inside them;
+ *   otherwise S_t = TopK(sel). Gates, capacity (by sel) and statistics as carl_route_topk_biased. */
+typedef struct {
+  int on_logits;            /* select on z + bias instead of s + bias (sinkhorn: z + log d1) */
+  const float *bias;        /* [nrows, E] or NULL */
+  int nrows;
+  const int32_t *bias_row;  /* [T] or NULL: row 0 */
+  const int32_t *group;     /* [E] group of each expert, or NULL */
+  int ngroups;
+  int M;                    /* groups kept per token */
+  int per_group;            /* scores summed per group (>= 1), e.g. k / M */
+  const float *group_bonus; /* [nbrows, ngroups] or NULL */
+  int nbrows;
+  const int32_t *bonus_row; /* [T] or NULL: row 0 */
+} carl_select_t;
+carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
+                              const carl_select_t *sel);
+
 /* Append a loss (value already multiplied by its coefficient) to out. */
 void carl_route_add_loss(carl_route_out_t *out, const char *name, double value);
 
@@ -153,6 +177,19 @@ static inline int32_t carl_route_src(const carl_route_in_t *in, int D, int64_t t
  * e * D / E when in->place is NULL). Fails when the placement's E differs from in->E or a
  * device id is out of range. *ngroups = D or N. */
 carl_status carl_route_expert_groups(const carl_route_in_t *in, int level, int32_t *group /* [E] */, int *ngroups);
+
+/* Sinkhorn scalings of C = exp(z) (ALGORITHMS.md 2.3; fp64): repeat d0 = (1/T)/(C d1 + 1e-8),
+ * d1 = (1/E)/(C^T d0 + 1e-8) until mean|d1 - d1_old| <= tol or max_iter; plan = diag(d0) C diag(d1).
+ * Cbuf: [T, E] scratch (receives C, shifted by a constant when max z > 80). Non-finite z ->
+ * CARL_ERR_NUMERIC naming the token. */
+carl_status carl_sinkhorn_scalings(const float *z /* [T, E] */, int64_t T, int E, double tol, int max_iter,
+                                   double *d0 /* [T] */, double *d1 /* [E] */, float *Cbuf /* [T, E] */,
+                                   int *iters, double *err);
+
+/* Build the frequency-balanced table of a `hash` router from token counts: ids in decreasing
+ * count (equal counts: lower id first) each go to the currently least-loaded expert (lower index
+ * on ties); ids with count 0 or >= V fall back to the random hash. */
+carl_status carl_router_hash_build(carl_router_t *r, const int64_t *counts /* [V] */, int64_t V, int E);
 
 /* ---- router state files ---------------------------------------------------------------------- */
 /* A small binary file: "CARLRST1", router name (32 bytes), element type (0 float64, 1 int32),

@@ -37,7 +37,7 @@ carl_status carl_loss_linear_p(const float *logits, int64_t T, int E, int score,
   if (!part) return carl_fail(CARL_ERR_NOMEM, "balance loss: out of memory");
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s), *p = malloc((size_t)E * sizeof *p);
     if (!s || !p) nomem = 1;
@@ -194,7 +194,7 @@ carl_status carl_loss_z(const float *logits, int64_t T, int E, double coef, doub
   if (!part) return carl_fail(CARL_ERR_NOMEM, "z-loss: out of memory");
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s);
     if (!s) nomem = 1;

@@ -114,7 +114,7 @@ static carl_status carl__per_token(const float *logits, int64_t T, int E, int sc
   if (!part) return carl_fail(CARL_ERR_NOMEM, "metric: out of memory");
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s), *val = malloc((size_t)k * sizeof *val);
     int32_t *idx = malloc((size_t)k * sizeof *idx);

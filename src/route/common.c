@@ -109,7 +109,7 @@ carl_status carl_route_scores(carl_router_t *r, const float *logits, int64_t T, 
     return carl_fail(CARL_ERR_NOMEM, "scores: out of memory");
   }
   int64_t bad = INT64_MAX;
-#pragma omp parallel for schedule(static) reduction(min : bad)
+#pragma omp parallel for if((int64_t)T * E >= CARL_PAR_MIN) schedule(static) reduction(min : bad)
   for (int64_t b = 0; b < nb; b++) {
     int64_t t1 = (b + 1) * CARL__BLK < T ? (b + 1) * CARL__BLK : T;
     for (int64_t t = b * CARL__BLK; t < t1; t++) {
@@ -276,7 +276,7 @@ carl_status carl_route_gate_backward(const float *logits, int64_t T, int E, int 
     return carl_fail(CARL_ERR_INVALID, "gate backward: NULL argument");
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s);
     double *ds = malloc((size_t)E * sizeof *ds);
@@ -330,18 +330,60 @@ carl_status carl_route_gate_backward(const float *logits, int64_t T, int E, int 
 /* ---- the fused top-k kernel ------------------------------------------------------------------ */
 carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
                                    const float *bias, int nrows, const int32_t *bias_row) {
+  carl_select_t sel = {.bias = bias, .nrows = nrows, .bias_row = bias_row};
+  return carl_route_select(r, in, out, &sel);
+}
+
+carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
+                              const carl_select_t *sp) {
   carl_route_common_t c;
   carl_route_common(r, &c);
   const int64_t T = in->T;
   const int E = in->E, k = c.k;
+  const carl_select_t sl = *sp;
   if (!in->logits) return carl_fail(CARL_ERR_INVALID, "logits: NULL");
   if (k < 1 || k > E) return carl_fail(CARL_ERR_INVALID, "k: %d experts per token with E = %d experts", k, E);
-  if (bias_row)
+  if (sl.bias && sl.nrows < 1) return carl_fail(CARL_ERR_INVALID, "selection bias: %d rows", sl.nrows);
+  if (sl.bias && sl.bias_row)
     for (int64_t t = 0; t < T; t++)
-      if (bias_row[t] < 0 || bias_row[t] >= nrows)
-        return carl_fail(CARL_ERR_INVALID, "bias row of token %lld: %d, outside 0..%d", (long long)t, bias_row[t], nrows - 1);
+      if (sl.bias_row[t] < 0 || sl.bias_row[t] >= sl.nrows)
+        return carl_fail(CARL_ERR_INVALID, "bias row of token %lld: %d, outside 0..%d", (long long)t, sl.bias_row[t], sl.nrows - 1);
+  const int grouped = sl.group && sl.ngroups > 1 && sl.M >= 1 && sl.M < sl.ngroups;
+  const int G = grouped ? sl.ngroups : 0;
+  int32_t *goff = NULL, *gmem = NULL;
+  if (grouped) {
+    if (sl.per_group < 1) return carl_fail(CARL_ERR_INVALID, "group-limited selection: per_group = %d", sl.per_group);
+    if (sl.group_bonus && sl.bonus_row)
+      for (int64_t t = 0; t < T; t++)
+        if (sl.bonus_row[t] < 0 || sl.bonus_row[t] >= sl.nbrows)
+          return carl_fail(CARL_ERR_INVALID, "group bonus row of token %lld: %d, outside 0..%d", (long long)t, sl.bonus_row[t], sl.nbrows - 1);
+    goff = calloc((size_t)G + 1, sizeof *goff);
+    gmem = malloc((size_t)E * sizeof *gmem);
+    if (!goff || !gmem) {
+      free(goff);
+      free(gmem);
+      return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
+    }
+    for (int e = 0; e < E; e++) {
+      if (sl.group[e] < 0 || sl.group[e] >= G) {
+        free(goff);
+        free(gmem);
+        return carl_fail(CARL_ERR_INVALID, "group of expert %d: %d, outside 0..%d", e, sl.group[e], G - 1);
+      }
+      goff[sl.group[e] + 1]++;
+    }
+    for (int g = 0; g < G; g++) goff[g + 1] += goff[g];
+    int32_t *fill = calloc((size_t)G, sizeof *fill);
+    if (!fill) {
+      free(goff);
+      free(gmem);
+      return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
+    }
+    for (int e = 0; e < E; e++) gmem[goff[sl.group[e]] + fill[sl.group[e]]++] = e; /* ascending within a group */
+    free(fill);
+  }
   const int64_t C = carl_route_capacity(c.cf, T, k, E);
-  const int need_sel = bias || c.jitter > 0;
+  const int need_sel = sl.bias || c.jitter > 0 || sl.on_logits;
   const int stats = r->psum && r->psum_cap >= E && (c.aux_coef > 0 || c.z_coef > 0);
   const int64_t nb = (T + CARL__BLK - 1) / CARL__BLK;
   float *part = stats ? calloc((size_t)nb * (size_t)E, sizeof *part) : NULL;
@@ -351,20 +393,28 @@ carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, 
     free(part);
     free(zpart);
     free(prio);
+    free(goff);
+    free(gmem);
     return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
   }
   const float *logits = in->logits;
   int32_t *experts = out->experts;
   float *weights = out->weights;
   const uint64_t jbase = (uint64_t)in->step * (uint64_t)T;
+  const int pg = sl.per_group;
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s);
     float *sel = need_sel ? malloc((size_t)E * sizeof *sel) : NULL;
+    float *gs = grouped ? malloc((size_t)G * sizeof *gs) : NULL;
+    int32_t *gidx = grouped ? malloc((size_t)G * sizeof *gidx) : NULL;
+    float *gval = grouped ? malloc((size_t)(G > pg ? G : pg) * sizeof *gval) : NULL;
+    int32_t *pidx = grouped ? malloc((size_t)pg * sizeof *pidx) : NULL;
+    uint8_t *mask = grouped ? malloc((size_t)E) : NULL;
     float val[64], *valp = k <= 64 ? val : malloc((size_t)k * sizeof *valp);
-    if (!s || (need_sel && !sel) || !valp) nomem = 1;
+    if (!s || (need_sel && !sel) || !valp || (grouped && (!gs || !gidx || !gval || !pidx || !mask))) nomem = 1;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
       if (nomem) continue;
@@ -384,17 +434,40 @@ carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, 
         }
         const float *v = s;
         if (need_sel) {
-          const float *bb = bias ? bias + (size_t)(bias_row ? bias_row[t] : 0) * E : NULL;
-          for (int e = 0; e < E; e++) sel[e] = s[e] + (bb ? bb[e] : 0.0f);
+          const float *base = sl.on_logits ? z : s;
+          const float *bb = sl.bias ? sl.bias + (size_t)(sl.bias_row ? sl.bias_row[t] : 0) * E : NULL;
+          for (int e = 0; e < E; e++) sel[e] = base[e] + (bb ? bb[e] : 0.0f);
           if (c.jitter > 0)
             for (int e = 0; e < E; e++)
               sel[e] += (float)c.jitter * carl_rng_normal(in->seed, CARL_STREAM_JITTER, (jbase + (uint64_t)t) * (uint64_t)E + (uint64_t)e);
           v = sel;
         }
-        carl_topk_row(v, E, k, ex, valp);
+        if (grouped) {
+          const float *gb = sl.group_bonus ? sl.group_bonus + (size_t)(sl.bonus_row ? sl.bonus_row[t] : 0) * G : NULL;
+          for (int g = 0; g < G; g++) {
+            int m = 0, n = goff[g + 1] - goff[g];
+            int q = pg < n ? pg : n;
+            float a = 0;
+            if (q > 0) {
+              for (int i = 0; i < n; i++) carl__topk_push(v[gmem[goff[g] + i]], i, q, &m, pidx, gval);
+              for (int i = 0; i < q; i++) a += gval[i];
+            } else {
+              a = -INFINITY;
+            }
+            gs[g] = a + (gb ? gb[g] : 0.0f);
+          }
+          carl_topk_row(gs, G, sl.M, gidx, gval);
+          memset(mask, 0, (size_t)E);
+          for (int i = 0; i < sl.M; i++)
+            if (gidx[i] >= 0)
+              for (int j = goff[gidx[i]]; j < goff[gidx[i] + 1]; j++) mask[gmem[j]] = 1;
+          carl_topk_row_masked(v, mask, E, k, ex, valp);
+        } else {
+          carl_topk_row(v, E, k, ex, valp);
+        }
         float a = 0;
         for (int j = 0; j < k; j++) {
-          w[j] = s[ex[j]];
+          w[j] = ex[j] >= 0 ? s[ex[j]] : 0.0f;
           a += w[j];
         }
         if (c.renorm && a > 0) {
@@ -408,6 +481,11 @@ carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, 
     }
     free(s);
     free(sel);
+    free(gs);
+    free(gidx);
+    free(gval);
+    free(pidx);
+    free(mask);
     if (valp != val) free(valp);
   }
   carl_status st = CARL_OK;
@@ -421,6 +499,8 @@ carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, 
   free(part);
   free(zpart);
   free(prio);
+  free(goff);
+  free(gmem);
   return st;
 }
 
