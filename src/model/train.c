@@ -595,15 +595,23 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
     st = carl_train_config_parse(ctext, strlen(ctext), "config", cfg);
   }
   cJSON_free(ctext);
-  carl_json_free(doc);
-  if (st != CARL_OK) return carl_errctx(st, "%s", f);
+  if (st != CARL_OK) {
+    carl_json_free(doc);
+    return carl_errctx(st, "%s", f);
+  }
   *step = s;
   if (rs) {
     memset(rs, 0, sizeof *rs);
     rs->inter_bytes_total = ib;
     rs->val_ce = rs->val_bpb = rs->loss = NAN;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(doc, "metrics");
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_ce")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_ce = v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_bpb")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_bpb = v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(mt, "loss")) && cJSON_IsNumber(v)) rs->loss = v->valuedouble;
   }
   if (router_files) *router_files = rf;
+  carl_json_free(doc);
   return CARL_OK;
 }
 
