@@ -10,7 +10,7 @@
 
 #define DEFAULT_CONFIG "configs/models/small.json"
 
-static void train_usage(FILE *f) {
+static void train_usage(FILE *f, const char *router) {
   fprintf(f,
           "usage: carl train [--config FILE] [options]\n\n"
           "Train a Mixture-of-Experts transformer on the CPU on the prepared text corpus\n"
@@ -38,7 +38,16 @@ static void train_usage(FILE *f) {
           "  -h, --help           this help\n\n"
           "routers:");
   for (const char *const *n = carl_router_names(); *n; n++) fprintf(f, " %s", *n);
-  fprintf(f, "\n(`carl route --help` lists each router's options.)\n");
+  fprintf(f, "\n(`carl train --router NAME --help` lists that router's options with their defaults.)\n");
+  if (!router) return;
+  const carl_opt_t *opts[64];
+  int no = carl_router_options(router, opts, 64);
+  if (no < 0 || !carl_router_find(router)) {
+    fprintf(f, "\nunknown router '%s'\n", router);
+    return;
+  }
+  fprintf(f, "\noptions of router %s (--router-opt K=V; default in brackets):\n", router);
+  for (int i = 0; i < no && i < 64; i++) fprintf(f, "  %-14s %s [%g]\n", opts[i]->name, opts[i]->help, opts[i]->def);
 }
 
 static void progress(const carl_train_metrics_t *m, void *ud) {
@@ -73,7 +82,7 @@ int carl_cmd_train(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      train_usage(stdout);
+      train_usage(stdout, router);
       return 0;
     }
     if (!strcmp(a, "--resume")) {
