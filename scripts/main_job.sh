@@ -9,7 +9,7 @@
 # Takes a few minutes on 2 cores. Runs: out/main/carl, out/main/topk-aux (metrics.csv, checkpoints).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${CARL_MAIN_STEPS:-150}
+steps=${CARL_MAIN_STEPS:-100}
 out=${CARL_MAIN_OUT:-out/main}
 [ -x build/carl ] || scripts/build.sh build
 scripts/prepare_data.sh
@@ -42,4 +42,4 @@ awk -v cb="$c_bpb" -v bb="$b_bpb" -v ci="$c_inter" -v bi="$b_inter" 'BEGIN {
 }'
 echo
 echo "== sample from the CARL model (temperature 0.8)"
-build/carl sample --checkpoint "$out/carl" --prompt "And God said" --length 300 --temperature 0.8 --seed 1
+build/carl sample --checkpoint "$out/carl" --prompt "And God said" --length 200 --temperature 0.8 --seed 1
