@@ -180,10 +180,12 @@ int carl_cmd_train(int argc, char **argv) {
   carl_train_result_t res;
   st = carl_train_run(&cfg, &o, &res);
   if (st) return carl_cli_error("train", st);
-  printf("done: %lld steps, val %.4f nats/byte = %.3f bits/byte, %.0f tokens/s, simulated inter-node bytes %.3g, "
-         "skew E %.2f D %.2f, checkpoint %s\n",
-         (long long)res.step, res.val_ce, res.val_bpb, res.tokens_per_s, res.inter_bytes_total, res.skew_expert_mean,
-         res.skew_device_mean, res.last_ckpt);
+  char val[96] = "no validation yet";
+  if (res.val_ce == res.val_ce)
+    snprintf(val, sizeof val, "val %.4f nats/byte = %.3f bits/byte", res.val_ce, res.val_bpb);
+  printf("done: %lld steps, %s, %.0f tokens/s, simulated inter-node bytes %.3g, skew E %.2f D %.2f, checkpoint %s\n",
+         (long long)res.step, val, res.tokens_per_s, res.inter_bytes_total, res.skew_expert_mean, res.skew_device_mean,
+         res.last_ckpt);
   if (trace) printf("trace: %s\n", trace);
   return 0;
 }
