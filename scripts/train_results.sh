@@ -27,7 +27,7 @@ router_args() { # label -> carl train arguments
   case "$1" in
     topk+aux) echo "--router topk --router-opt aux=0.01" ;;
     carl) echo "--router carl" ;;
-    c2r) echo "--router c2r --router-opt profile=1" ;;
+    c2r) echo "--router c2r --router-opt profile=1 --router-opt aux=0.01" ;;
     locmoe) echo "--router locmoe --router-opt k=1" ;;
     lossfree) echo "--router lossfree" ;;
     bip) echo "--router bip" ;;
@@ -48,9 +48,19 @@ if [ "$report_only" -eq 0 ]; then
     fi
     rm -rf "$out"
     echo "train_results: $label ($(date -u +%H:%M:%S))"
-    # shellcheck disable=SC2046
+    # C2R profiles first: the first c2r_profile steps route as topk and count co-activations (the
+    # counts are saved with the router state in the checkpoint); training then resumes from that
+    # checkpoint, whose loaded counts give the collaboration table that constrains routing.
+    first=""
+    if [ "$label" = c2r ]; then first="--stop-after ${C2R_PROFILE_STEPS:-25}"; fi
+    # shellcheck disable=SC2046,SC2086
     "$carl" train --config "$config" $(router_args "$label") --topology "$topology" \
-      ${steps:+--steps "$steps"} --out "$out" >"$res/$label.log" 2>&1 || { echo "train_results: $label failed:"; tail -3 "$res/$label.log"; }
+      ${steps:+--steps "$steps"} --out "$out" $first >"$res/$label.log" 2>&1 || { echo "train_results: $label failed:"; tail -3 "$res/$label.log"; }
+    if [ -n "$first" ]; then
+      # shellcheck disable=SC2046
+      "$carl" train --config "$config" $(router_args "$label") --topology "$topology" \
+        ${steps:+--steps "$steps"} --out "$out" --resume >>"$res/$label.log" 2>&1 || { echo "train_results: $label failed:"; tail -3 "$res/$label.log"; }
+    fi
   done
 fi
 
