@@ -124,7 +124,7 @@ static void expect_parse_error(const char *hdr, size_t data_len, carl_status wan
 
 static void test_corrupt(void **s) {
   (void)s;
-  /* a valid image first, to show the helpers build good files: F32 [2] = 8 bytes */
+  /* a valid image first, to show that image() builds good files: F32 [2] = 8 bytes */
   unsigned char buf[2048];
   size_t len = image(buf, "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
   carl_st_file_t f;
