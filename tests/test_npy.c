@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "carl/array.h"
 
@@ -201,6 +202,49 @@ static void test_messages(void **s) {
   assert_non_null(strstr(carl_errmsg(), "no_such_file.npy"));
   assert_int_equal(carl_npy_read(FIXDIR, &a), CARL_ERR_IO); /* a directory */
   assert_non_null(strstr(carl_errmsg(), "fixtures/npy"));
+}
+
+/* Read a fixture through a pipe (not a regular file: no size known in advance). */
+static carl_status read_via_pipe(const char *name, carl_array_t *a, char *msg, size_t cap) {
+  char path[1024], fdpath[64];
+  snprintf(path, sizeof path, "%s/%s", FIXDIR, name);
+  char *img;
+  size_t len;
+  assert_int_equal(carl_read_file(path, &img, &len), CARL_OK);
+  assert_true(len < 4096); /* fits in the pipe buffer, so one thread can write it all first */
+  int fd[2];
+  assert_int_equal(pipe(fd), 0);
+  assert_int_equal(write(fd[1], img, len), (ssize_t)len);
+  close(fd[1]);
+  free(img);
+  snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", fd[0]);
+  carl_status st = carl_npy_read(fdpath, a);
+  snprintf(msg, cap, "%s", carl_errmsg());
+  close(fd[0]);
+  return st;
+}
+
+static void test_pipe(void **s) {
+  (void)s;
+  carl_array_t a, b;
+  char msg[1024];
+  assert_int_equal(read_via_pipe("f8_3d.npy", &a, msg, sizeof msg), CARL_OK);
+  assert_int_equal(carl_npy_read(FIXDIR "/f8_3d.npy", &b), CARL_OK);
+  assert_int_equal(a.ndim, 3);
+  assert_memory_equal(a.data, b.data, 24 * sizeof(double));
+  carl_array_free(&a);
+  carl_array_free(&b);
+  assert_int_equal(read_via_pipe("trunc_data.npy", &a, msg, sizeof msg), CARL_ERR_PARSE);
+  assert_non_null(strstr(msg, "truncated data"));
+  assert_null(a.data);
+  assert_int_equal(read_via_pipe("trailing_data.npy", &a, msg, sizeof msg), CARL_ERR_PARSE);
+  assert_non_null(strstr(msg, "8 trailing bytes"));
+  /* 2^40 float32 declared, 8 bytes present: truncated, without trying to allocate 4 TiB */
+  assert_int_equal(read_via_pipe("shape_mismatch.npy", &a, msg, sizeof msg), CARL_ERR_PARSE);
+  assert_non_null(strstr(msg, "truncated data: 8 bytes"));
+  assert_int_equal(read_via_pipe("f4_empty.npy", &a, msg, sizeof msg), CARL_OK);
+  assert_int_equal(carl_array_numel(&a), 0);
+  carl_array_free(&a);
 }
 
 /* A .npy image in memory with the given header text (not padded) and data. */
@@ -442,7 +486,7 @@ static void test_array_helpers(void **s) {
 int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(argv[1], "--write")) return write_all_formula(argv[2]) == 0 ? 0 : 1;
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_fixtures),      cmocka_unit_test(test_messages),
+      cmocka_unit_test(test_fixtures),      cmocka_unit_test(test_messages), cmocka_unit_test(test_pipe),
       cmocka_unit_test(test_header_grammar), cmocka_unit_test(test_roundtrip),
       cmocka_unit_test(test_write_errors),  cmocka_unit_test(test_array_helpers),
   };

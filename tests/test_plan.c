@@ -233,7 +233,10 @@ static void random_placement(carl_placement_t *p, int E, int D, uint64_t seed) {
 
 static void random_case(const carl_topo_t *t, int E, int k, int64_t T, uint64_t seed, int with_src) {
   carl_placement_t p;
-  random_placement(&p, E, t->devices, seed);
+  if (seed % 2)
+    random_placement(&p, E, t->devices, seed);
+  else
+    assert_int_equal(carl_placement_contiguous(&p, E, t->devices), CARL_OK); /* no replicas */
   int32_t *ex = malloc((size_t)T * k * sizeof *ex), *src = malloc((size_t)T * sizeof *src);
   for (int64_t i = 0; i < T * k; i++) {
     uint64_t r = rnd(seed + 1, (uint64_t)i, (uint64_t)E + 1);
@@ -294,8 +297,12 @@ static void random_case(const carl_topo_t *t, int E, int k, int64_t T, uint64_t 
   carl_placement_free(&p);
 }
 
+/* Odd seeds use placements with replicas, even seeds contiguous ones: together they reach every
+ * kernel of the fast path (with AVX-512 where the CPU has it and, in a second pass, without). */
 static void test_random_fast_vs_ref(void **s) {
   (void)s;
+  for (int pass = 0; pass < 2; pass++) {
+  carl__plan_simd = pass == 0 ? -1 : 0;
   carl_topo_t t;
   uint64_t seed = 100;
   /* small bit-mask path (D <= 64) */
@@ -320,6 +327,24 @@ static void test_random_fast_vs_ref(void **s) {
   /* one device per node */
   assert_int_equal(carl_topo_make(&t, 5, 1, 160, 3.4, 50, 9.6), CARL_OK);
   random_case(&t, 10, 2, 700, seed++, 1);
+  random_case(&t, 10, 3, 900, seed++, 1);
+  /* more than 8 nodes within 64 devices; 64 nodes of 1; one node of 64 */
+  assert_int_equal(carl_topo_make(&t, 16, 4, 160, 3.4, 50, 9.6), CARL_OK);
+  random_case(&t, 128, 8, 30000, seed++, 1);
+  random_case(&t, 64, 5, 3000, seed++, 1);
+  random_case(&t, 64, 6, 3000, seed++, 0);
+  assert_int_equal(carl_topo_make(&t, 64, 1, 160, 3.4, 50, 9.6), CARL_OK);
+  random_case(&t, 64, 8, 20000, seed++, 1);
+  random_case(&t, 64, 4, 2000, seed++, 1);
+  assert_int_equal(carl_topo_make(&t, 1, 64, 160, 3.4, 50, 9.6), CARL_OK);
+  random_case(&t, 256, 8, 20000, seed++, 0);
+  random_case(&t, 256, 8, 2000, seed++, 0);
+  assert_int_equal(carl_topo_make(&t, 8, 8, 160, 3.4, 50, 9.6), CARL_OK);
+  random_case(&t, 256, 8, 20000, seed++, 0); /* sources NULL: long runs of one source device */
+  random_case(&t, 256, 8, 20001, seed++, 1);
+  random_case(&t, 256, 8, 20000, seed++, 1);
+  }
+  carl__plan_simd = -1;
 }
 
 static void test_errors(void **s) {

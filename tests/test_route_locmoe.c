@@ -244,6 +244,12 @@ static void test_grap(void **st) {
   double sg = 1 / (1 + exp(-0.5));
   assert_float_equal(dz[3], sg * (1 - sg), 1e-6);
   assert_float_equal(dz[2], -sg * (1 - sg), 1e-6);
+  /* the logits themselves: [2, 2] and [0, .5] */
+  float zg[4];
+  assert_int_equal(carl_locmoe_grap_logits(2, 4, 2, x, zg), CARL_OK);
+  float wantz[4] = {2, 2, 0, .5f};
+  assert_memory_equal(zg, wantz, sizeof wantz);
+  assert_int_equal(carl_locmoe_grap_logits(2, 4, 3, x, zg), CARL_ERR_INVALID);
   /* E must divide d */
   carl_route_in_t bad = {.T = 2, .E = 3, .x = x, .d = 4};
   tu_out_t b;

@@ -10,6 +10,7 @@
  *   CARL_TRY(carl_router_update(r, &in, &out));    // then stateful routers update (bias, duals, ...)
  *   carl_router_free(r);
  *
+ * Order of the k slots: the router's selection order (compare chosen sets as sets).
  * Every router sees the same inputs and fills the same outputs, so the simulator, the trainer and
  * the executors call one decision path. Options are named numbers (ints and enums as doubles);
  * carl_router_options() lists them with defaults and help, for --help and configs.
@@ -45,7 +46,7 @@ typedef struct {
 } carl_loss_t;
 
 typedef struct {
-  int32_t *experts; /* [T, k] chosen experts in descending gate order, -1 where dropped (caller storage) */
+  int32_t *experts; /* [T, k] chosen experts (selection order), -1 where dropped (caller storage) */
   float *weights;   /* [T, k] gate weights, 0 where dropped (caller storage) */
   float *dlogits;   /* [T, E] d(sum of losses)/d(logits), overwritten; NULL: not computed */
   int nloss;

@@ -44,6 +44,9 @@ double carl_locmoe_p_delta(double delta, int d);
  * -1 on bad arguments (d < 2, E < 1, NaN delta). */
 int64_t carl_locmoe_ec_min(double delta, int d, int E);
 
+/* GrAP gate (LocMoE eq. 4): z[t, i] = relu(mean of x[t, i*d/E .. (i+1)*d/E)); E must divide d. */
+carl_status carl_locmoe_grap_logits(int64_t T, int d, int E, const float *x /* [T, d] */, float *z /* [T, E] */);
+
 /* ---- LocMoE locality loss (ALGORITHMS.md 2.8) ------------------------------------------------ */
 /* L = mu * mean over nodes holding tokens of KL(D_c || D_l), with
  *   D_c(e) = mean over the node's tokens of s[t, e],

@@ -455,10 +455,30 @@ static carl_status npy_read_file(FILE *f, carl_array_t *out) {
     size_t have = (uint64_t)sb.st_size > h.data_off ? (size_t)((uint64_t)sb.st_size - h.data_off) : 0;
     if (have != h.data_bytes) return data_size_error(&h, have);
   }
-  CARL_TRY(fill_array(&h, out));
+  /* A regular file was checked to hold exactly data_bytes; from a pipe, grow the buffer as data
+   * arrives so that a huge shape with little data fails as truncated, not as out of memory. */
+  size_t cap = regular || h.data_bytes < ((size_t)1 << 20) ? h.data_bytes : (size_t)1 << 20;
+  unsigned char *buf = malloc(cap ? cap : 1);
+  if (!buf) return carl_fail(CARL_ERR_NOMEM, "cannot allocate %zu bytes of data", cap);
   size_t lead = extra < h.data_bytes ? extra : h.data_bytes;
-  memcpy(out->data, pre + h.data_off, lead);
-  got = lead + read_upto(f, (unsigned char *)out->data + lead, h.data_bytes - lead);
+  memcpy(buf, pre + h.data_off, lead);
+  got = lead;
+  for (;;) {
+    got += read_upto(f, buf + got, cap - got);
+    if (got < cap || cap == h.data_bytes) break;
+    size_t ncap = cap > h.data_bytes / 2 ? h.data_bytes : 2 * cap;
+    unsigned char *nb = realloc(buf, ncap);
+    if (!nb) {
+      free(buf);
+      return carl_fail(CARL_ERR_NOMEM, "cannot allocate %zu bytes of data", ncap);
+    }
+    buf = nb;
+    cap = ncap;
+  }
+  out->dtype = h.dtype;
+  out->ndim = h.ndim;
+  for (int i = 0; i < h.ndim; i++) out->shape[i] = h.shape[i];
+  out->data = buf;
   st = CARL_OK;
   if (ferror(f)) {
     st = carl_fail(CARL_ERR_IO, "read error: %s", strerror(errno));

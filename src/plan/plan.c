@@ -14,10 +14,17 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PLAN_HAVE_AVX512 1
+#endif
 
 #include "plan/plan_internal.h"
 
 #define PLAN_MAX_K 1024
+#define PLAN_BLOCK 256 /* tokens validated at a time by the mask kernels */
+
+int carl__plan_simd = -1;
 
 carl_status carl_cost_init(carl_cost_t *c, const carl_topo_t *t) {
   memset(c, 0, sizeof *c);
@@ -131,16 +138,22 @@ static void plan_check_row(const plan_ctx *x, int64_t i, int64_t *bad_e) {
 }
 
 /* Counts tokens [t0, t1) into cnt [D, D]. Returns copies; *bad_e / *bad_s get the smallest invalid
- * experts / src index seen (unchanged when none). */
+ * experts / src index seen (unchanged when none).
+ * D <= 64: destination sets are bit masks and the per-expert work is branch-free: a copy is counted
+ * when its device (or, for the inter-node hop, its node) is not yet in the token's mask. */
 static int64_t plan_count_small(const plan_ctx *x, int64_t t0, int64_t t1, int64_t *cnt, int64_t *bad_e,
                                 int64_t *bad_s) {
-  /* D <= 64: destination sets as bit masks. */
   const int D = x->D, P = x->P, k = x->k;
   const unsigned E = (unsigned)x->E;
   const int hier = x->mode == CARL_PLAN_HIER;
-  uint64_t node_mask[64];
-  for (int n = 0; n * P < D; n++) node_mask[n] = (P == 64 ? ~0ull : ((1ull << P) - 1)) << (n * P);
+  const int32_t *single = x->single;
+  int node_of[64], base_of[64]; /* node of device b, first device of that node */
+  for (int b = 0; b < D; b++) {
+    node_of[b] = b / P;
+    base_of[b] = b - b % P;
+  }
   int64_t copies = 0;
+  unsigned bad = 0;
   for (int64_t i = t0; i < t1; i++) {
     int a = x->src ? x->src[i] : (int)(i * D / x->T);
     if ((unsigned)a >= (unsigned)D) {
@@ -149,43 +162,43 @@ static int64_t plan_count_small(const plan_ctx *x, int64_t t0, int64_t t1, int64
       continue;
     }
     const int32_t *ex = x->experts + i * k;
+    int64_t *row = cnt + (size_t)a * D;
     uint64_t m = 0;
-    for (int j = 0; j < k; j++) {
-      int e = ex[j];
-      if ((unsigned)e >= E) {
-        if (e != -1 && i * k + j < *bad_e) *bad_e = i * k + j;
-        continue;
+    if (!hier) {
+      for (int j = 0; j < k; j++) {
+        int e = ex[j];
+        unsigned valid = (unsigned)e < E;
+        bad |= (unsigned)(e + 1) > E; /* neither an expert nor -1 */
+        int ec = valid ? e : 0, b = single[ec];
+        if (b < 0) b = carl_plan_replica(x->t, x->p, ec, a, i);
+        uint64_t bit = (uint64_t)valid << b;
+        row[b] += (int64_t)(((m & bit) == 0) & valid);
+        m |= bit;
       }
-      m |= 1ull << plan_dest(x, e, a, i);
+    } else {
+      const int na = node_of[a], la = a - base_of[a];
+      uint64_t nm = 0;
+      for (int j = 0; j < k; j++) {
+        int e = ex[j];
+        unsigned valid = (unsigned)e < E;
+        bad |= (unsigned)(e + 1) > E;
+        int ec = valid ? e : 0, b = single[ec];
+        if (b < 0) b = carl_plan_replica(x->t, x->p, ec, a, i);
+        int n = node_of[b], f = base_of[b] + la; /* forwarder: same local index on node n */
+        unsigned own = n == na, remote = valid & !own;
+        uint64_t bit = (uint64_t)valid << b, nbit = (uint64_t)remote << n;
+        unsigned newdev = ((m & bit) == 0) & valid, newnode = ((nm & nbit) == 0) & remote;
+        m |= bit;
+        nm |= nbit;
+        row[b] += (int64_t)(newdev & own);                              /* own node: direct */
+        row[f] += (int64_t)newnode;                                     /* one inter copy per node */
+        cnt[(size_t)f * D + b] += (int64_t)(newdev & remote & (b != f)); /* forwarded inside node n */
+      }
     }
     copies += __builtin_popcountll(m);
-    int64_t *row = cnt + (size_t)a * D;
-    if (!hier) {
-      while (m) {
-        row[__builtin_ctzll(m)]++;
-        m &= m - 1;
-      }
-      continue;
-    }
-    const int na = a / P, la = a % P;
-    uint64_t own = m & node_mask[na], rest = m & ~node_mask[na];
-    while (own) {
-      row[__builtin_ctzll(own)]++;
-      own &= own - 1;
-    }
-    while (rest) {
-      int n = __builtin_ctzll(rest) / P;
-      int f = n * P + la;
-      row[f]++;
-      uint64_t fw = rest & node_mask[n] & ~(1ull << f);
-      int64_t *frow = cnt + (size_t)f * D;
-      while (fw) {
-        frow[__builtin_ctzll(fw)]++;
-        fw &= fw - 1;
-      }
-      rest &= ~node_mask[n];
-    }
   }
+  if (bad)
+    for (int64_t i = t0; i < t1; i++) plan_check_row(x, i, bad_e);
   return copies;
 }
 
@@ -240,6 +253,221 @@ static int64_t plan_count_large(const plan_ctx *x, int64_t t0, int64_t t1, int64
     }
   }
   return copies;
+}
+
+/* ---- D <= 64 and one replica per expert: destination masks by table lookup --------------------
+ * Per token: m = OR of the device bits of its experts (its distinct destination devices) and
+ * nm = OR of their node bits. The kernels count, per source device a,
+ *   flat[a, b] = tokens on a with a copy for device b        (+1 at every bit of m)
+ *   any[a, n]  = tokens on a with a copy for some device of node n  (+1 at every bit of nm)
+ * The flat plan is flat[]. The hierarchical one follows from both (plan_fold_hier): own-node
+ * copies a -> b are flat[a, b]; the inter copy a -> n*P + la (la = local index of a) happens
+ * any[a, n] times; the forwarded copies n*P + la -> b are the flat copies into b from all
+ * sources a of local index la on other nodes, except those into the forwarder itself.
+ * Adding a mask to a row is a loop over its bits, or with AVX-512 one byte-lane subtract of the
+ * mask expanded to 64 bytes (flushed every 255). */
+typedef struct {
+  const uint64_t *devbit1;  /* [E + 1] indexed by expert + 1: 1 << device, 0 for a dropped choice */
+  const uint64_t *nodebit1; /* [E + 1] 1 << node */
+  uint64_t nodemask[64];    /* devices of node n */
+} plan_masks;
+
+static void plan_masks_init(plan_masks *mk, const carl_topo_t *t, uint64_t *devbit1, uint64_t *nodebit1,
+                            const carl_placement_t *p) {
+  const int P = t->devices_per_node, N = t->nodes;
+  devbit1[0] = nodebit1[0] = 0;
+  for (int e = 0; e < p->E; e++) {
+    int b = p->home[e];
+    devbit1[e + 1] = 1ull << b;
+    nodebit1[e + 1] = 1ull << (b / P);
+  }
+  mk->devbit1 = devbit1 + 1;
+  mk->nodebit1 = nodebit1 + 1;
+  memset(mk->nodemask, 0, sizeof mk->nodemask);
+  for (int n = 0; n < N; n++) mk->nodemask[n] = (P == 64 ? ~0ull : ((1ull << P) - 1)) << (n * P);
+}
+
+/* Nonzero when tokens [b0, b1) hold an invalid expert id or source device. */
+static inline int plan_block_bad(const plan_ctx *x, int64_t b0, int64_t b1) {
+  unsigned bad = 0;
+  const int32_t *ex = x->experts + b0 * x->k;
+  const int64_t n = (b1 - b0) * x->k;
+  for (int64_t i = 0; i < n; i++) bad |= (unsigned)ex[i] + 1u > (unsigned)x->E;
+  if (x->src)
+    for (int64_t i = b0; i < b1; i++) bad |= (unsigned)x->src[i] >= (unsigned)x->D;
+  return bad != 0;
+}
+
+static inline uint64_t plan_or(const uint64_t *tab, const int32_t *ex, int k) {
+  uint64_t m = 0;
+  for (int j = 0; j < k; j++) m |= tab[ex[j]];
+  return m;
+}
+
+static inline int plan_src(const plan_ctx *x, int64_t i) {
+  return x->src ? x->src[i] : (int)(i * x->D / x->T);
+}
+
+/* flat [D, D] and (hierarchical) any [D, N] from tokens [t0, t1). Returns nonzero (and stops) at
+ * the first block with invalid input. */
+static int plan_mask_scalar(const plan_ctx *x, const plan_masks *mk, int64_t t0, int64_t t1, int64_t *flat,
+                            int64_t *any) {
+  const int D = x->D, N = x->t->nodes, hier = x->mode == CARL_PLAN_HIER;
+  for (int64_t b0 = t0; b0 < t1; b0 += PLAN_BLOCK) {
+    int64_t b1 = b0 + PLAN_BLOCK < t1 ? b0 + PLAN_BLOCK : t1;
+    if (plan_block_bad(x, b0, b1)) return 1;
+    for (int64_t i = b0; i < b1; i++) {
+      const int a = plan_src(x, i);
+      const int32_t *ex = x->experts + i * x->k;
+      uint64_t m = plan_or(mk->devbit1, ex, x->k);
+      for (int64_t *r = flat + (size_t)a * D; m; m &= m - 1) r[__builtin_ctzll(m)]++;
+      if (hier) {
+        uint64_t nm = plan_or(mk->nodebit1, ex, x->k);
+        for (int64_t *r = any + (size_t)a * N; nm; nm &= nm - 1) r[__builtin_ctzll(nm)]++;
+      }
+    }
+  }
+  return 0;
+}
+
+#ifdef PLAN_HAVE_AVX512
+#define PLAN_AVX512 __attribute__((target("avx512f,avx512bw")))
+
+/* Byte counters: acc[r] holds 64 lane counts for row r (rows 0..D-1: flat, D..2D-1: any). The
+ * rows in use stay in registers while consecutive tokens share a source device (sorted sources),
+ * so that a token does not wait for the previous token's store of the same row. */
+typedef struct {
+  __m512i *acc; /* [2 D] */
+  int *fill;    /* [2 D] masks added since the row's last flush (< 255) */
+  int64_t *flat, *any;
+  int D, N;
+  int a, n;       /* source device whose two rows are held in vf, va; masks added since loading */
+  __m512i vf, va;
+} plan_acc512;
+
+PLAN_AVX512 static void plan_flush512(plan_acc512 *s, int r) {
+  uint8_t lanes[64];
+  _mm512_storeu_si512((void *)lanes, s->acc[r]);
+  if (r < s->D)
+    for (int b = 0; b < s->D; b++) s->flat[(size_t)r * s->D + b] += lanes[b];
+  else
+    for (int n = 0; n < s->N; n++) s->any[(size_t)(r - s->D) * s->N + n] += lanes[n];
+  s->acc[r] = _mm512_setzero_si512();
+  s->fill[r] = 0;
+}
+
+PLAN_AVX512 static void plan_switch512(plan_acc512 *s, int a) {
+  s->acc[s->a] = s->vf;
+  s->acc[s->D + s->a] = s->va;
+  s->fill[s->a] = s->n;
+  s->a = a;
+  s->vf = s->acc[a];
+  s->va = s->acc[s->D + a];
+  s->n = s->fill[a];
+}
+
+PLAN_AVX512 static void plan_flush_held512(plan_acc512 *s) {
+  s->acc[s->a] = s->vf;
+  s->acc[s->D + s->a] = s->va;
+  plan_flush512(s, s->a);
+  plan_flush512(s, s->D + s->a);
+  s->vf = s->va = _mm512_setzero_si512();
+  s->n = 0;
+}
+
+/* Tokens [b0, b1), instantiated with constant k and mode. movm gives 0xFF (= -1) in each selected
+ * byte: subtracting it adds 1. Node bits: lane n of the 8 node masks tested against m. */
+PLAN_AVX512 static inline __attribute__((always_inline)) void plan_tokens512(const plan_ctx *x,
+                                                                                 const plan_masks *mk, int64_t b0,
+                                                                                 int64_t b1, plan_acc512 *s, int k,
+                                                                                 int hier) {
+  const __m512i nodes = _mm512_loadu_si512((const void *)mk->nodemask); /* nodes 0..7 */
+  const int wide = s->N > 8;
+  for (int64_t i = b0; i < b1; i++) {
+    const int a = plan_src(x, i);
+    const int32_t *ex = x->experts + i * k;
+    const uint64_t m = plan_or(mk->devbit1, ex, k);
+    if (a != s->a) plan_switch512(s, a);
+    s->vf = _mm512_sub_epi8(s->vf, _mm512_movm_epi8(m));
+    if (hier) {
+      const __m512i mm = _mm512_set1_epi64((long long)m);
+      uint64_t nm = _mm512_test_epi64_mask(mm, nodes);
+      if (wide) /* more than 8 nodes: 8 more node masks at a time */
+        for (int g = 8; g < s->N; g += 8)
+          nm |= (uint64_t)_mm512_test_epi64_mask(mm, _mm512_loadu_si512((const void *)(mk->nodemask + g))) << g;
+      s->va = _mm512_sub_epi8(s->va, _mm512_movm_epi8(nm));
+    }
+    if (++s->n == 255) plan_flush_held512(s);
+  }
+}
+
+PLAN_AVX512 static int plan_mask_avx512(const plan_ctx *x, const plan_masks *mk, int64_t t0, int64_t t1,
+                                        int64_t *flat, int64_t *any) {
+  const int D = x->D, R = 2 * D;
+  plan_acc512 s = {.flat = flat, .any = any, .D = D, .N = x->t->nodes, .a = 0};
+  s.acc = aligned_alloc(64, (size_t)R * sizeof *s.acc);
+  s.fill = calloc((size_t)R, sizeof *s.fill);
+  if (!s.acc || !s.fill) {
+    free(s.acc);
+    free(s.fill);
+    return plan_mask_scalar(x, mk, t0, t1, flat, any);
+  }
+  for (int r = 0; r < R; r++) s.acc[r] = _mm512_setzero_si512();
+  s.vf = s.va = _mm512_setzero_si512();
+  int bad = 0;
+  const int hier = x->mode == CARL_PLAN_HIER;
+  for (int64_t b0 = t0; b0 < t1; b0 += PLAN_BLOCK) {
+    int64_t b1 = b0 + PLAN_BLOCK < t1 ? b0 + PLAN_BLOCK : t1;
+    if (plan_block_bad(x, b0, b1)) {
+      bad = 1;
+      break;
+    }
+    if (x->k == 8 && hier)
+      plan_tokens512(x, mk, b0, b1, &s, 8, 1);
+    else if (x->k == 8)
+      plan_tokens512(x, mk, b0, b1, &s, 8, 0);
+    else
+      plan_tokens512(x, mk, b0, b1, &s, x->k, hier);
+  }
+  s.acc[s.a] = s.vf;
+  s.acc[D + s.a] = s.va;
+  for (int r = 0; r < R; r++) plan_flush512(&s, r);
+  free(s.acc);
+  free(s.fill);
+  return bad;
+}
+#endif
+
+/* Per-hop hierarchical copies cnt [D, D] (added to) from flat [D, D] and any [D, N]. */
+static void plan_fold_hier(const carl_topo_t *t, const int64_t *flat, const int64_t *any, int64_t *cnt) {
+  const int D = t->devices, P = t->devices_per_node, N = t->nodes;
+  for (int a = 0; a < D; a++) {
+    const int na = a / P, la = a % P;
+    for (int b = 0; b < D; b++) {
+      const int64_t x = flat[(size_t)a * D + b];
+      const int nb = b / P, f = nb * P + la;
+      if (nb == na)
+        cnt[(size_t)a * D + b] += x; /* own node: direct */
+      else if (b != f)
+        cnt[(size_t)f * D + b] += x; /* forwarded by the same local index on node nb */
+    }
+    for (int n = 0; n < N; n++)
+      if (n != na) cnt[(size_t)a * D + n * P + la] += any[(size_t)a * N + n]; /* one inter copy per node */
+  }
+}
+
+/* The first invalid input in the reference's order (experts, then src), as an error. */
+static carl_status plan_first_error(const plan_ctx *x) {
+  for (int64_t i = 0; i < x->T * x->k; i++)
+    if (x->experts[i] < -1 || x->experts[i] >= x->E)
+      return carl_fail(CARL_ERR_INVALID, "experts[%lld, %lld] = %d is not an expert id in [-1, %d)",
+                       (long long)(i / x->k), (long long)(i % x->k), x->experts[i], x->E);
+  if (x->src)
+    for (int64_t i = 0; i < x->T; i++)
+      if (x->src[i] < 0 || x->src[i] >= x->D)
+        return carl_fail(CARL_ERR_INVALID, "src[%lld] = %d is not a device in [0, %d)", (long long)i, x->src[i],
+                         x->D);
+  return carl_fail(CARL_ERR_INVALID, "plan: invalid input");
 }
 
 /* ---- step 2: bytes, messages, times ------------------------------------------------------------ */
@@ -297,50 +525,88 @@ carl_status carl_plan_cost(const carl_topo_t *t, const carl_placement_t *p, cons
                            const int32_t *src, int64_t T, int k, size_t token_bytes, carl_plan_mode mode,
                            carl_cost_t *c) {
   CARL_TRY(carl__plan_check_args(t, p, experts, T, k, token_bytes, mode, c));
-  const int D = t->devices;
+  const int D = t->devices, P = t->devices_per_node;
   const size_t DD = (size_t)D * D;
+  int replicas = p->rep_off[p->E] != p->E;
+  /* kernel: masks (D <= 64, no replicas), per-expert masks (D <= 64), lists (any D) */
+  int use_masks = D <= 64 && !replicas, use_avx512 = 0;
+#ifdef PLAN_HAVE_AVX512
+  use_avx512 = use_masks && carl__plan_simd != 0 && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw");
+#endif
+  /* per thread: hop counts [D, D]; the mask kernels add flat [D, D] and any [D, N] */
+  const size_t per_thread = DD + (use_masks ? DD + (size_t)D * t->nodes : 0);
   int nth = 1;
 #ifdef _OPENMP
   nth = omp_get_max_threads();
   if (T < 16384) nth = 1;
-  while (nth > 1 && DD * (size_t)nth * sizeof(int64_t) > ((size_t)512 << 20)) nth--;
+  while (nth > 1 && per_thread * (size_t)nth * sizeof(int64_t) > ((size_t)512 << 20)) nth--;
 #endif
   int32_t *single = malloc((size_t)p->E * sizeof *single);
-  int64_t *cnt = calloc(DD * (size_t)nth, sizeof *cnt);
-  if (!single || !cnt) {
+  uint64_t *bits = use_masks ? malloc(2 * ((size_t)p->E + 1) * sizeof *bits) : NULL;
+  plan_masks *mk = use_masks ? malloc(sizeof *mk) : NULL;
+  int64_t *cnt = calloc(per_thread * (size_t)nth, sizeof *cnt);
+  if (!single || !cnt || (use_masks && (!bits || !mk))) {
     free(single);
+    free(bits);
+    free(mk);
     free(cnt);
     return carl_fail(CARL_ERR_NOMEM, "plan: out of memory for %d x %d devices", D, D);
   }
   for (int e = 0; e < p->E; e++) single[e] = p->rep_off[e + 1] - p->rep_off[e] == 1 ? p->rep_dev[p->rep_off[e]] : -1;
-  plan_ctx x = {t, p, experts, src, single, T, k, D, t->devices_per_node, p->E, mode};
+  if (use_masks) plan_masks_init(mk, t, bits, bits + p->E + 1, p);
+  plan_ctx x = {t, p, experts, src, single, T, k, D, P, p->E, mode};
   int64_t copies = 0, bad_e = INT64_MAX, bad_s = INT64_MAX;
+  int bad = 0;
+  int64_t nchunk = nth == 1 ? 1 : T / 8192;
+  if (nchunk > 32 * (int64_t)nth) nchunk = 32 * (int64_t)nth;
+  if (nchunk < 1) nchunk = 1;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nth) reduction(+ : copies) reduction(min : bad_e, bad_s)
+#pragma omp parallel num_threads(nth) reduction(+ : copies) reduction(min : bad_e, bad_s) reduction(| : bad)
 #endif
   {
-    int id = 0, n = 1;
+    int id = 0;
 #ifdef _OPENMP
     id = omp_get_thread_num();
-    n = omp_get_num_threads();
 #endif
-    int64_t t0 = T * id / n, t1 = T * (id + 1) / n;
-    int64_t *mine = cnt + DD * (size_t)id;
-    if (D <= 64)
-      copies += plan_count_small(&x, t0, t1, mine, &bad_e, &bad_s);
-    else
-      copies += plan_count_large(&x, t0, t1, mine, &bad_e, &bad_s);
+    int64_t *mine = cnt + per_thread * (size_t)id;
+    int64_t *flat = use_masks ? mine + DD : NULL, *any = use_masks ? mine + 2 * DD : NULL;
+    /* chunks handed out as threads free up: on a shared machine a descheduled thread then delays
+     * the step by one chunk, not by half of it */
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t ch = 0; ch < nchunk; ch++) {
+      const int64_t t0 = T * ch / nchunk, t1 = T * (ch + 1) / nchunk;
+      if (use_masks) {
+#ifdef PLAN_HAVE_AVX512
+        if (use_avx512)
+          bad |= plan_mask_avx512(&x, mk, t0, t1, flat, any);
+        else
+#endif
+          bad |= plan_mask_scalar(&x, mk, t0, t1, flat, any);
+      } else if (D <= 64) {
+        copies += plan_count_small(&x, t0, t1, mine, &bad_e, &bad_s);
+      } else {
+        copies += plan_count_large(&x, t0, t1, mine, &bad_e, &bad_s);
+      }
+    }
+    if (use_masks) {
+      for (size_t i = 0; i < DD; i++) copies += flat[i]; /* (token, device) pairs */
+      if (mode == CARL_PLAN_HIER)
+        plan_fold_hier(t, flat, any, mine);
+      else
+        for (size_t i = 0; i < DD; i++) mine[i] += flat[i];
+    }
   }
   free(single);
+  free(bits);
+  free(mk);
   carl_status st = CARL_OK;
-  if (bad_e != INT64_MAX)
-    st = carl_fail(CARL_ERR_INVALID, "experts[%lld, %lld] = %d is not an expert id in [-1, %d)",
-                   (long long)(bad_e / k), (long long)(bad_e % k), experts[bad_e], p->E);
-  else if (bad_s != INT64_MAX)
-    st = carl_fail(CARL_ERR_INVALID, "src[%lld] = %d is not a device in [0, %d)", (long long)bad_s, src[bad_s], D);
+  if (bad || bad_e != INT64_MAX || bad_s != INT64_MAX) st = plan_first_error(&x);
   if (st == CARL_OK) {
     for (int th = 1; th < nth; th++) {
-      const int64_t *o = cnt + DD * (size_t)th;
+      const int64_t *o = cnt + per_thread * (size_t)th;
       for (size_t i = 0; i < DD; i++) cnt[i] += o[i];
     }
     plan_finish(t, cnt, token_bytes, copies, c);

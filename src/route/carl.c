@@ -101,125 +101,81 @@ static void topk_d(const double *v, const uint8_t *mask, int n, int k, int32_t *
   for (int j = m; j < k; j++) idx[j] = -1;
 }
 
-/* Sinkhorn scaling of C = exp(u) (ALGORITHMS.md 2.3, in fp64): d0 = (1/T)/(C d1 + 1e-8),
- * d1 = (1/E)/(C^T d0 + 1e-8) until mean |d1 - d1_old| <= tol or iters; then C <- diag(d0) C diag(d1). */
-static void sinkhorn(double *C /* [T, E] exp(u) in, plan out */, int64_t T, int E, double tol, int iters) {
-  double *d0 = malloc((size_t)T * sizeof *d0), *d1 = malloc((size_t)E * sizeof *d1);
-  double *acc = malloc((size_t)E * sizeof *acc);
-  CARL_ASSERT(d0 && d1 && acc);
-  for (int e = 0; e < E; e++) d1[e] = 1;
-  for (int it = 0; it < iters; it++) {
-    for (int64_t t = 0; t < T; t++) {
-      double sum = 0;
-      for (int e = 0; e < E; e++) sum += C[t * E + e] * d1[e];
-      d0[t] = (1.0 / (double)T) / (sum + 1e-8);
-    }
-    for (int e = 0; e < E; e++) acc[e] = 0;
-    for (int64_t t = 0; t < T; t++)
-      for (int e = 0; e < E; e++) acc[e] += C[t * E + e] * d0[t];
-    double diff = 0;
-    for (int e = 0; e < E; e++) {
-      double nd = (1.0 / E) / (acc[e] + 1e-8);
-      diff += fabs(nd - d1[e]);
-      d1[e] = nd;
-    }
-    if (diff / E <= tol) break;
-  }
-  for (int64_t t = 0; t < T; t++)
-    for (int e = 0; e < E; e++) C[t * E + e] *= d0[t] * d1[e];
-  free(d0);
-  free(d1);
-  free(acc);
-}
-
-/* The custom selection paths (hier and/or warm start). s: scores [T, E]; sel: s plus the jitter
- * noise (or s). Fills experts (descending s, ties to the lower index), raw gate weights s and the
- * capacity priority u. */
-static carl_status carl_select(const carl_state *st, const carl_route_in_t *in, const carl_route_common_t *c,
-                               const carl__seed_topo_t *tp, const float *s, const float *sel, int warm, int M,
-                               int32_t *experts /* [T, k] */, float *weights /* [T, k] */, float *prio /* [T, k] */) {
+/* Hierarchical selection with replicated experts (an expert may be on several nodes), where the
+ * shared group-limited kernel, which gives each expert one group, does not apply. Node scores use
+ * the cost to the expert's replica inside that node; the final TopK the nearest replica among the
+ * kept nodes. s: scores [T, E]; sel: s plus the jitter noise (or s). Fills experts (descending s,
+ * ties to the lower index), raw gate weights s and the capacity priority u. */
+static carl_status carl_select_replicated(const carl_state *st, const carl_route_in_t *in, const carl_route_common_t *c,
+                                          const carl__seed_topo_t *tp, const float *s, const float *sel, int M,
+                                          int32_t *experts /* [T, k] */, float *weights /* [T, k] */,
+                                          float *prio /* [T, k] */) {
   const int64_t T = in->T;
   const int E = in->E, k = c->k, N = tp->N;
   const float lam = st->comm ? (float)st->lambda_c : 0.0f;
-  carl_status rc = CARL_OK;
-  if (warm) {
-    double *P = malloc((size_t)T * E * sizeof *P);
-    if (!P) return carl_fail(CARL_ERR_NOMEM, "carl: Sinkhorn plan [%lld, %d]", (long long)T, E);
-    for (int64_t t = 0; t < T; t++)
-      for (int e = 0; e < E; e++) {
-        float u = sel[t * E + e] - lam * tp->cost[(size_t)tp->src[t] * E + e];
-        P[t * E + e] = exp((double)u);
-      }
-    sinkhorn(P, T, E, st->sk_tol, st->sk_iters);
-    for (int64_t t = 0; t < T; t++) topk_d(P + t * E, NULL, E, k, experts + t * k);
-    free(P);
-  } else {
-    const int q = k / M > 0 ? k / M : 1;
-    int32_t bad = -1;
+  const int q = k / M > 0 ? k / M : 1;
+  int64_t bad = -1;
 #pragma omp parallel
-    {
-      double *ns = malloc((size_t)N * sizeof *ns);
-      double *uf = malloc((size_t)E * sizeof *uf);
-      float *tv = malloc((size_t)(q + 1) * sizeof *tv);
-      int32_t *nk = malloc((size_t)M * sizeof *nk);
-      uint8_t *mask = malloc((size_t)E);
-      CARL_ASSERT(ns && uf && tv && nk && mask);
+  {
+    double *ns = malloc((size_t)N * sizeof *ns);
+    double *uf = malloc((size_t)E * sizeof *uf);
+    float *tv = malloc((size_t)(q + 1) * sizeof *tv);
+    int32_t *nk = malloc((size_t)M * sizeof *nk);
+    uint8_t *mask = malloc((size_t)E);
+    CARL_ASSERT(ns && uf && tv && nk && mask);
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < T; t++) {
-        const int a = tp->src[t];
-        const float *st_ = sel + t * E;
-        for (int n = 0; n < N; n++) {
-          /* top-q utilities of the node's experts (insertion into a short descending list) */
-          const float *cn = tp->cost_node + ((size_t)a * N + n) * E;
-          int m = 0;
-          for (int e = 0; e < E; e++) {
-            if (!tp->local[(size_t)n * E + e]) continue;
-            float u = st_[e] - lam * cn[e];
-            if (m == q && !(u > tv[q - 1])) continue;
-            int p = m < q ? m++ : q - 1;
-            while (p > 0 && tv[p - 1] < u) {
-              tv[p] = tv[p - 1];
-              p--;
-            }
-            tv[p] = u;
+    for (int64_t t = 0; t < T; t++) {
+      const int a = tp->src[t];
+      const float *st_ = sel + t * E;
+      for (int n = 0; n < N; n++) {
+        /* top-q utilities of the node's experts (insertion into a short descending list) */
+        const float *cn = tp->cost_node + ((size_t)a * N + n) * E;
+        int m = 0;
+        for (int e = 0; e < E; e++) {
+          if (!tp->local[(size_t)n * E + e]) continue;
+          float u = st_[e] - lam * cn[e];
+          if (m == q && !(u > tv[q - 1])) continue;
+          int p = m < q ? m++ : q - 1;
+          while (p > 0 && tv[p - 1] < u) {
+            tv[p] = tv[p - 1];
+            p--;
           }
-          double sc = 0;
-          for (int j = 0; j < m; j++) sc += tv[j];
-          ns[n] = m ? sc + (n == tp->node[t] ? st->lambda_loc : 0) : -INFINITY;
+          tv[p] = u;
         }
-        topk_d(ns, NULL, N, M, nk);
-        memset(mask, 0, (size_t)E);
-        for (int e = 0; e < E; e++) uf[e] = INFINITY; /* min cost over the kept nodes, then utility */
-        for (int j = 0; j < M; j++) {
-          int n = nk[j];
-          if (n < 0 || ns[n] == -INFINITY) continue;
-          const float *cn = tp->cost_node + ((size_t)a * N + n) * E;
-          for (int e = 0; e < E; e++)
-            if (tp->local[(size_t)n * E + e]) {
-              mask[e] = 1;
-              if (cn[e] < uf[e]) uf[e] = cn[e];
-            }
-        }
-        for (int e = 0; e < E; e++) uf[e] = mask[e] ? (double)(st_[e] - lam * (float)uf[e]) : -INFINITY;
-        int32_t *ex = experts + t * k;
-        topk_d(uf, mask, E, k, ex);
-        if (ex[k - 1] < 0) {
-#pragma omp critical
-          if (bad < 0 || t < bad) bad = (int32_t)t;
-        }
+        double sc = 0;
+        for (int j = 0; j < m; j++) sc += tv[j];
+        ns[n] = m ? sc + (n == tp->node[t] ? st->lambda_loc : 0) : -INFINITY;
       }
-      free(ns); free(uf); free(tv); free(nk); free(mask);
+      topk_d(ns, NULL, N, M, nk);
+      memset(mask, 0, (size_t)E);
+      for (int e = 0; e < E; e++) uf[e] = INFINITY; /* min cost over the kept nodes, then utility */
+      for (int j = 0; j < M; j++) {
+        int n = nk[j];
+        if (n < 0 || ns[n] == -INFINITY) continue;
+        const float *cn = tp->cost_node + ((size_t)a * N + n) * E;
+        for (int e = 0; e < E; e++)
+          if (tp->local[(size_t)n * E + e]) {
+            mask[e] = 1;
+            if (cn[e] < uf[e]) uf[e] = cn[e];
+          }
+      }
+      for (int e = 0; e < E; e++) uf[e] = mask[e] ? (double)(st_[e] - lam * (float)uf[e]) : -INFINITY;
+      int32_t *ex = experts + t * k;
+      topk_d(uf, mask, E, k, ex);
+      if (ex[k - 1] < 0) {
+#pragma omp critical
+        if (bad < 0 || t < bad) bad = t;
+      }
     }
-    if (bad >= 0)
-      rc = carl_fail(CARL_ERR_INVALID, "carl: the M=%d best nodes of token %d hold fewer than k=%d experts (raise M)", M,
-                     bad, k);
+    free(ns); free(uf); free(tv); free(nk); free(mask);
   }
-  if (rc != CARL_OK) return rc;
-  /* order by gate (s) descending, ties to the lower index; weights s; priority u */
+  if (bad >= 0)
+    return carl_fail(CARL_ERR_INVALID, "carl: the M=%d best nodes of token %lld hold fewer than k=%d experts (raise M)", M,
+                     (long long)bad, k);
   for (int64_t t = 0; t < T; t++) {
     int32_t *ex = experts + t * k;
     const float *st_ = s + t * E;
-    for (int i = 1; i < k; i++) {
+    for (int i = 1; i < k; i++) { /* by gate, ties to the lower index */
       int32_t e = ex[i];
       int p = i;
       while (p > 0 && (st_[ex[p - 1]] < st_[e] || (st_[ex[p - 1]] == st_[e] && ex[p - 1] > e))) {
@@ -229,12 +185,21 @@ static carl_status carl_select(const carl_state *st, const carl_route_in_t *in, 
       ex[p] = e;
     }
     for (int j = 0; j < k; j++) {
-      int e = ex[j];
-      weights[t * k + j] = st_[e];
-      prio[t * k + j] = sel[t * E + e] - lam * tp->cost[(size_t)tp->src[t] * E + e];
+      weights[t * k + j] = st_[ex[j]];
+      prio[t * k + j] = sel[t * E + ex[j]] - lam * tp->cost[(size_t)tp->src[t] * E + ex[j]];
     }
   }
   return CARL_OK;
+}
+
+/* Does any expert have replicas on more than one node? */
+static int carl_multi_node(const carl__seed_topo_t *tp, int E) {
+  for (int e = 0; e < E; e++) {
+    int n = 0;
+    for (int g = 0; g < tp->N; g++) n += tp->local[(size_t)g * E + e] != 0;
+    if (n > 1) return 1;
+  }
+  return 0;
 }
 
 static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
@@ -245,50 +210,121 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   const int64_t T = in->T;
   const int E = in->E, k = c.k;
   const int warm = st->warm && st->steps < st->W;
+  const int hier = st->hier && !warm;
   carl__seed_topo_t tp;
-  CARL_TRY(carl__seed_topo(in, st->comm || warm || st->hier, st->hier && !warm, &tp));
-  int M = st->M ? st->M : (tp.N < k ? tp.N : k);
+  CARL_TRY(carl__seed_topo(in, st->comm || warm || hier, hier, &tp));
+  const int M = st->M ? st->M : (tp.N < k ? tp.N : k);
+  const float lam = st->comm ? (float)st->lambda_c : 0.0f;
   carl_status rc = CARL_OK;
-  if (st->hier && !warm && M > tp.N)
-    rc = carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology", M, tp.N);
-  if (rc == CARL_OK && !st->hier && !warm) {
-    /* flat selection: exactly the topk path with a per-source-device bias -lambda_c * c^ */
-    float *bias = NULL;
-    if (st->comm) {
-      bias = malloc((size_t)tp.D * E * sizeof *bias);
-      if (!bias) rc = carl_fail(CARL_ERR_NOMEM, "carl: bias [%d, %d]", tp.D, E);
-      for (int64_t i = 0; bias && i < (int64_t)tp.D * E; i++) bias[i] = -(float)st->lambda_c * tp.cost[i];
+  if (hier) {
+    if (M > tp.N) rc = carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology", M, tp.N);
+    /* the M nodes with the fewest experts must still hold k of them */
+    int *cnt = malloc((size_t)tp.N * sizeof *cnt);
+    if (rc == CARL_OK && !cnt) rc = carl_fail(CARL_ERR_NOMEM, "carl: nodes");
+    if (rc == CARL_OK) {
+      for (int n = 0; n < tp.N; n++) cnt[n] = tp.nlocal[n];
+      int64_t have = 0;
+      for (int j = 0; j < M; j++) { /* M smallest counts */
+        int lo = j;
+        for (int n = j + 1; n < tp.N; n++)
+          if (cnt[n] < cnt[lo]) lo = n;
+        int x = cnt[j];
+        cnt[j] = cnt[lo];
+        cnt[lo] = x;
+        have += cnt[j];
+      }
+      if (have < k)
+        rc = carl_fail(CARL_ERR_INVALID, "carl: M=%d nodes may hold fewer than k=%d experts (%lld); raise M", M, k,
+                       (long long)have);
     }
-    if (rc == CARL_OK) rc = carl_route_topk_biased(r, in, out, bias, bias ? tp.D : 0, bias ? tp.src : NULL);
-    /* the fused kernel lists the slots by u; the interface lists them by gate */
-    if (rc == CARL_OK && bias) carl__seed_sort_slots(T, k, out->experts, out->weights);
-    free(bias);
-  } else if (rc == CARL_OK) {
-    float *s = malloc((size_t)T * E * sizeof *s), *prio = malloc((size_t)T * k * sizeof *prio);
-    float *sel = c.jitter > 0 ? malloc((size_t)T * E * sizeof *sel) : s;
+    free(cnt);
+  }
+  float *bias = NULL, *s = NULL, *u = NULL, *prio = NULL, *sel = NULL, *bonus = NULL;
+  int32_t *group = NULL;
+  int resort = 1;
+  if (rc == CARL_OK && (st->comm || warm)) {
+    bias = malloc((size_t)tp.D * E * sizeof *bias);
+    if (!bias) rc = carl_fail(CARL_ERR_NOMEM, "carl: bias [%d, %d]", tp.D, E);
+    for (int64_t i = 0; bias && i < (int64_t)tp.D * E; i++) bias[i] = -lam * tp.cost[i];
+  }
+  if (rc == CARL_OK && warm) {
+    /* Sinkhorn on u = s - lambda_c c^; TopK of diag(d0) exp(u) diag(d1) per row = TopK(u + ln d1) */
+    s = malloc((size_t)T * E * sizeof *s);
+    u = malloc((size_t)T * E * sizeof *u);
+    double *d0 = malloc((size_t)T * sizeof *d0), *d1 = malloc((size_t)E * sizeof *d1);
+    if (!s || !u || !d0 || !d1) rc = carl_fail(CARL_ERR_NOMEM, "carl: Sinkhorn [%lld, %d]", (long long)T, E);
+    if (rc == CARL_OK) rc = carl_route_scores(r, in->logits, T, E, c.score, s);
+    if (rc == CARL_OK) {
+      for (int64_t t = 0; t < T; t++)
+        for (int e = 0; e < E; e++) u[t * E + e] = s[t * E + e] + bias[(size_t)tp.src[t] * E + e];
+      float *Cb = malloc((size_t)T * E * sizeof *Cb);
+      if (!Cb) rc = carl_fail(CARL_ERR_NOMEM, "carl: Sinkhorn [%lld, %d]", (long long)T, E);
+      if (rc == CARL_OK) rc = carl_sinkhorn_scalings(u, T, E, st->sk_tol, st->sk_iters, d0, d1, Cb, NULL, NULL);
+      free(Cb);
+    }
+    if (rc == CARL_OK)
+      for (int a = 0; a < tp.D; a++)
+        for (int e = 0; e < E; e++) bias[(size_t)a * E + e] += (float)log(d1[e]);
+    free(d0);
+    free(d1);
+    if (rc == CARL_OK) {
+      carl_select_t sl = {.bias = bias, .nrows = tp.D, .bias_row = tp.src};
+      rc = carl_route_select(r, in, out, &sl);
+    }
+  } else if (rc == CARL_OK && hier && !carl_multi_node(&tp, E)) {
+    /* node-limited selection by the shared kernel: groups = nodes, bonus lambda_loc on the own node */
+    int G = 0;
+    group = malloc((size_t)E * sizeof *group);
+    if (!group) rc = carl_fail(CARL_ERR_NOMEM, "carl: groups");
+    if (rc == CARL_OK) rc = carl_route_expert_groups(in, 1, group, &G);
+    if (rc == CARL_OK && st->lambda_loc > 0) {
+      bonus = calloc((size_t)G * G, sizeof *bonus);
+      if (!bonus) rc = carl_fail(CARL_ERR_NOMEM, "carl: bonus");
+      for (int n = 0; bonus && n < G; n++) bonus[(size_t)n * G + n] = (float)st->lambda_loc;
+    }
+    if (rc == CARL_OK) {
+      carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL,
+                          .group = group, .ngroups = G, .M = M, .per_group = k / M > 0 ? k / M : 1,
+                          .group_bonus = bonus, .nbrows = bonus ? G : 0, .bonus_row = bonus ? tp.node : NULL};
+      rc = carl_route_select(r, in, out, &sl);
+    }
+  } else if (rc == CARL_OK && hier) {
+    s = malloc((size_t)T * E * sizeof *s);
+    prio = malloc((size_t)T * k * sizeof *prio);
+    sel = c.jitter > 0 ? malloc((size_t)T * E * sizeof *sel) : s;
     if (!s || !prio || !sel) rc = carl_fail(CARL_ERR_NOMEM, "carl: scores [%lld, %d]", (long long)T, E);
     if (rc == CARL_OK) rc = carl_route_scores(r, in->logits, T, E, c.score, s);
-    if (rc == CARL_OK && sel != s) { /* the noise of the fused top-k kernel, same stream and index */
+    if (rc == CARL_OK && sel != s) { /* the noise of the shared kernels, same stream and index */
       const uint64_t jbase = (uint64_t)in->step * (uint64_t)T;
       for (int64_t t = 0; t < T; t++)
         for (int e = 0; e < E; e++)
           sel[t * E + e] = s[t * E + e] + (float)c.jitter * carl_rng_normal(in->seed, CARL_STREAM_JITTER,
                                                                               (jbase + (uint64_t)t) * (uint64_t)E + (uint64_t)e);
     }
-    if (rc == CARL_OK) rc = carl_select(st, in, &c, &tp, s, sel, warm, M, out->experts, out->weights, prio);
-    if (rc == CARL_OK) {
+    if (rc == CARL_OK) rc = carl_select_replicated(st, in, &c, &tp, s, sel, M, out->experts, out->weights, prio);
+    if (rc == CARL_OK)
       rc = carl__seed_finish(T, k, E, carl_route_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
-    }
-    if (sel != s) free(sel);
-    free(s);
-    free(prio);
+    resort = 0;
+  } else if (rc == CARL_OK) {
+    /* flat selection: the topk kernel with a per-source-device bias -lambda_c * c^ */
+    rc = carl_route_topk_biased(r, in, out, bias, bias ? tp.D : 0, bias ? tp.src : NULL);
+    resort = bias != NULL;
   }
+  /* the shared kernels list the slots by u; the interface lists them by gate */
+  if (rc == CARL_OK && resort) carl__seed_sort_slots(T, k, out->experts, out->weights);
+  if (sel && sel != s) free(sel);
+  free(s);
+  free(u);
+  free(prio);
+  free(bias);
+  free(bonus);
+  free(group);
   carl__seed_topo_free(&tp);
   if (rc != CARL_OK || warm) return rc; /* no balancing losses during the warm start */
   /* dual-level balancing losses with the current coefficients */
   double aE = st->aE.alpha, aG = st->aG.alpha;
   if (aE <= 0 && aG <= 0) return CARL_OK;
-  int32_t *group = malloc((size_t)E * sizeof *group);
+  group = malloc((size_t)E * sizeof *group);
   if (!group) return carl_fail(CARL_ERR_NOMEM, "carl: groups");
   int G = 0;
   double LE = 0, LG = 0;

@@ -20,22 +20,27 @@
 #include "route/seed_internal.h"
 
 /* ---- GrAP ----------------------------------------------------------------------------------------- */
-static carl_status grap_logits(const carl_route_in_t *in, float *z /* [T, E] */) {
-  const int E = in->E, d = in->d;
-  if (!in->x || d < 1) return carl_fail(CARL_ERR_INVALID, "x: locmoe with gate=1 (GrAP) needs the router inputs x [T, d]");
+carl_status carl_locmoe_grap_logits(int64_t T, int d, int E, const float *x, float *z) {
+  if (E < 1 || d < 1) return carl_fail(CARL_ERR_INVALID, "GrAP: d=%d, E=%d must be >= 1", d, E);
   if (d % E != 0) return carl_fail(CARL_ERR_INVALID, "d: GrAP needs E | d, but d=%d is not a multiple of E=%d", d, E);
+  CARL_ASSERT(T == 0 || (x && z));
   const int w = d / E;
-  for (int64_t t = 0; t < in->T; t++) {
-    const float *x = in->x + t * d;
+  for (int64_t t = 0; t < T; t++) {
+    const float *xt = x + t * d;
     for (int i = 0; i < E; i++) {
       double sum = 0;
-      for (int j = 0; j < w; j++) sum += x[i * w + j];
+      for (int j = 0; j < w; j++) sum += xt[i * w + j];
       float g = (float)(sum / w);
       if (!isfinite(g)) return carl_fail(CARL_ERR_NUMERIC, "x: token %lld holds a NaN or an infinity", (long long)t);
       z[t * E + i] = g > 0 ? g : 0;
     }
   }
   return CARL_OK;
+}
+
+static carl_status grap_logits(const carl_route_in_t *in, float *z /* [T, E] */) {
+  if (!in->x || in->d < 1) return carl_fail(CARL_ERR_INVALID, "x: locmoe with gate=1 (GrAP) needs the router inputs x [T, d]");
+  return carl_locmoe_grap_logits(in->T, in->d, in->E, in->x, z);
 }
 
 /* ---- router --------------------------------------------------------------------------------------- */

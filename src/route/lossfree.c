@@ -1,7 +1,7 @@
 /* lossfree: DeepSeek auxiliary-loss-free balancing (Wang et al. 2024, arXiv 2408.15664; DeepSeek-V3).
  * S_t = TopK(s + b); g = s at S_t, renormalised. After the step (carl_router_update):
  * b_e += u * sign(mean(load) - load_e), u = 1e-3. Route with the old b, then update.
- * Defaults follow the paper's main setting: sigmoid scores, no auxiliary loss.
+ * Defaults follow the paper's main setting: sigmoid scores, no auxiliary loss, no z-loss.
  * State: b [E] (float64 state file). */
 #include <stdlib.h>
 
@@ -101,6 +101,7 @@ static void lf_free(carl_router_t *r) {
 
 static const carl_opt_t lf_opts[] = {
     {"score", 1, "score function: 1 sigmoid (DeepSeek-V3, the paper's main setting), 0 softmax"},
+    {"z_loss", 0, "router z-loss coefficient (DeepSeek-V3 uses none)"},
     {"u", 1e-3, "bias update speed: b_e += u * sign(mean load - load_e) after each step"},
 };
 
@@ -108,7 +109,7 @@ const carl_router_impl_t carl__router_lossfree = {
     .name = "lossfree",
     .help = "auxiliary-loss-free balancing: TopK(s + b), b follows the loads by sign steps (DeepSeek)",
     .opts = lf_opts,
-    .nopts = 2,
+    .nopts = 3,
     .init = lf_init,
     .route = lf_route,
     .update = lf_update,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # numpy reads what carl_npy_write writes: test_npy --write DIR writes every dtype (f4 f8 i4 i8) in
 # shapes 0-d .. 8-d and empty, with values from closed formulas; numpy loads each file and compares
-# with the same formulas computed here. Usage: bash npy_numpy_roundtrip.sh <path-to-carl-binary>
+# with the same formulas computed here, and each file must equal byte for byte what np.save writes.
+# Usage: bash npy_numpy_roundtrip.sh <path-to-carl-binary>
 set -euo pipefail
 bindir=$(cd "$(dirname "$1")" && pwd)
 writer="$bindir/test_npy"
@@ -16,7 +17,7 @@ rm -rf "$out"
 mkdir -p "$out"
 "$writer" --write "$out"
 "$py" - "$out" <<'PY'
-import os, sys
+import io, os, sys
 import numpy as np
 out = sys.argv[1]
 shapes = {"0d": (), "1d": (5,), "2d": (3, 4), "3d": (2, 3, 4), "empty": (0,), "empty3d": (2, 0, 3),
@@ -42,6 +43,11 @@ for dt, npdt in dtypes.items():
         assert a.shape == shape and hshape == shape and not fortran, (path, a.shape)
         want = formula(dt, int(np.prod(shape, dtype=np.int64))).astype(npdt).reshape(shape)
         assert np.array_equal(a, want), (path, a, want)
+        # byte for byte what np.save writes for the same array
+        buf = io.BytesIO()
+        np.save(buf, want)
+        with open(path, "rb") as f:
+            assert f.read() == buf.getvalue(), (path, "differs from np.save output")
         checked += 1
 assert checked == 28, checked
 print(f"numpy {np.__version__} read {checked} files written by carl_npy_write")

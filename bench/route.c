@@ -1,0 +1,191 @@
+/* bench/route: routing throughput of every registered router beside the bound of reading the
+ * logits once (a parallel copy of T*E floats, measured in the same run) and beside a plain
+ * reference (softmax with libm expf + a sort of the E scores per token).
+ *
+ * usage: bench_route [T ...]      (default: 65536 1048576; E = 256, k = 8)
+ * env:   OMP_NUM_THREADS (default here: 2), BENCH_REPEATS (default 5)
+ * Prints a Markdown table (medians of the repeats): wall-clock time, and CPU time (seconds used by
+ * all threads): on a shared machine the CPU-time ratios are the steadier ones. */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "carl/balance.h"
+#include "carl/route.h"
+#include "carl/route_util.h"
+
+#include <time.h>
+
+static double cpu_now(void) { /* CPU seconds of all threads of the process */
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int dcmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, dcmp);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- the peer: a plain sort-based top-k ------------------------------------------------------ */
+typedef struct {
+  float s;
+  int e;
+} ref_item_t;
+static int ref_cmp(const void *a, const void *b) {
+  const ref_item_t *x = a, *y = b;
+  if (x->s != y->s) return x->s > y->s ? -1 : 1;
+  return x->e - y->e;
+}
+static void ref_topk(const float *z, int64_t T, int E, int k, int32_t *ex, float *w) {
+#pragma omp parallel
+  {
+    ref_item_t *it = malloc((size_t)E * sizeof *it);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+      const float *zt = z + t * E;
+      float m = zt[0], a = 0;
+      for (int e = 1; e < E; e++) m = zt[e] > m ? zt[e] : m;
+      for (int e = 0; e < E; e++) {
+        it[e].s = expf(zt[e] - m);
+        it[e].e = e;
+        a += it[e].s;
+      }
+      for (int e = 0; e < E; e++) it[e].s /= a;
+      qsort(it, (size_t)E, sizeof *it, ref_cmp);
+      float g = 0;
+      for (int j = 0; j < k; j++) g += it[j].s;
+      for (int j = 0; j < k; j++) {
+        ex[t * k + j] = it[j].e;
+        w[t * k + j] = it[j].s / g;
+      }
+    }
+    free(it);
+  }
+}
+
+static void par_copy(float *dst, const float *src, size_t n) {
+  const size_t chunk = 1 << 18;
+  const int64_t nc = (int64_t)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < nc; c++) {
+    size_t a = (size_t)c * chunk, len = a + chunk < n ? chunk : n - a;
+    memcpy(dst + a, src + a, len * sizeof *dst);
+  }
+}
+
+int main(int argc, char **argv) {
+  if (!getenv("OMP_NUM_THREADS")) omp_set_num_threads(2);
+  const int reps = getenv("BENCH_REPEATS") ? atoi(getenv("BENCH_REPEATS")) : 5;
+  const int E = 256, k = 8;
+  int64_t Ts[8] = {65536, 1048576};
+  int nT = 2;
+  if (argc > 1) {
+    nT = 0;
+    for (int i = 1; i < argc && nT < 8; i++) Ts[nT++] = atoll(argv[i]);
+  }
+  /* 8 nodes x 4 devices, contiguous placement: 8 experts per device, 32 per node */
+  carl_topo_t topo = {.nodes = 8, .devices_per_node = 4, .devices = 32};
+  topo.link[CARL_LINK_INTRA] = (carl_link_t){160, 3};
+  topo.link[CARL_LINK_INTER] = (carl_link_t){50, 10};
+  printf("E = %d, k = %d, threads = %d, repeats = %d (medians)\n\n", E, k, omp_get_max_threads(), reps);
+  printf("| router | T | route ms (wall) | Mtokens/s (wall) | / copy bound (wall) | route ms (CPU) | / copy bound (CPU) | / reference (CPU) | route+update ms (wall) |\n");
+  printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (int it = 0; it < nT; it++) {
+    const int64_t T = Ts[it];
+    float *z = malloc((size_t)T * E * sizeof *z), *dst = malloc((size_t)T * E * sizeof *dst);
+    int32_t *ex = malloc((size_t)T * k * sizeof *ex), *ids = malloc((size_t)T * sizeof *ids);
+    float *w = malloc((size_t)T * k * sizeof *w);
+    if (!z || !dst || !ex || !ids || !w) {
+      fprintf(stderr, "out of memory at T = %lld\n", (long long)T);
+      return 1;
+    }
+    /* logits: a mild per-expert skew plus uniform noise in [-4, 4); token ids Zipf-like over 50k */
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+      for (int e = 0; e < E; e += 4) {
+        uint32_t u[4];
+        carl_rng_u32x4(1, CARL_STREAM_DATA, (uint64_t)(t * E + e), u);
+        for (int j = 0; j < 4; j++) z[t * E + e + j] = 0.5f * (float)(e + j) / E + 8.0f * ((float)(u[j] >> 8) * 0x1p-24f - 0.5f);
+      }
+      double u = carl_rng_uniform64(1, CARL_STREAM_SAMPLE, (uint64_t)t);
+      ids[t] = (int32_t)(50000.0 * u * u * u);
+    }
+    double tm[64], tc[64];
+    par_copy(dst, z, (size_t)T * E); /* first touch */
+    for (int r = 0; r < reps; r++) {
+      double c0 = cpu_now(), t0 = carl_now();
+      par_copy(dst, z, (size_t)T * E);
+      tm[r] = carl_now() - t0;
+      tc[r] = cpu_now() - c0;
+    }
+    double tcopy = median(tm, reps), ccopy = median(tc, reps);
+    printf("| copy of the logits (bound) | %lld | %.2f | %.2f | 1.00 | %.2f | 1.00 | | |\n", (long long)T, tcopy * 1e3,
+           T / tcopy / 1e6, ccopy * 1e3);
+    ref_topk(z, T, E, k, ex, w);
+    for (int r = 0; r < reps; r++) {
+      double c0 = cpu_now(), t0 = carl_now();
+      ref_topk(z, T, E, k, ex, w);
+      tm[r] = carl_now() - t0;
+      tc[r] = cpu_now() - c0;
+    }
+    double tref = median(tm, reps), cref = median(tc, reps);
+    printf("| reference (sort-based top-k) | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | 1.00 | |\n", (long long)T, tref * 1e3,
+           T / tref / 1e6, tcopy / tref, cref * 1e3, ccopy / cref);
+    const char *const *names = carl_router_names();
+    for (int n = 0; names[n]; n++) {
+      const char *nm = names[n];
+      int kk = strcmp(nm, "hash") == 0 || strcmp(nm, "switch") == 0 || strcmp(nm, "locmoe") == 0 ? 1 : k;
+      const char *keys[4] = {"k"};
+      double vals[4] = {kk};
+      int nset = 1;
+      if (strcmp(nm, "grouplimited") == 0) {
+        keys[nset] = "M";
+        vals[nset++] = 4; /* node-limited, 4 of 8 nodes (DeepSeek-V3) */
+      }
+      carl_router_t *rt;
+      if (carl_router_create(nm, nset, keys, vals, &rt) != CARL_OK) {
+        printf("| %s | %lld | (not created: %s) | | | | | | |\n", nm, (long long)T, carl_errmsg());
+        continue;
+      }
+      carl_route_in_t in = {.T = T, .E = E, .logits = z, .token_ids = ids, .topo = &topo, .seed = 1};
+      carl_route_out_t out = {.experts = ex, .weights = w};
+      carl_status st = carl_router_route(rt, &in, &out); /* warm-up */
+      if (st != CARL_OK) {
+        printf("| %s | %lld | (failed: %s) | | | | | | |\n", nm, (long long)T, carl_errmsg());
+        carl_router_free(rt);
+        continue;
+      }
+      double tu[64];
+      for (int r = 0; r < reps; r++) {
+        in.step = r + 1;
+        double c0 = cpu_now(), t0 = carl_now();
+        carl_router_route(rt, &in, &out);
+        double t1 = carl_now();
+        tc[r] = cpu_now() - c0;
+        carl_router_update(rt, &in, &out);
+        tm[r] = t1 - t0;
+        tu[r] = carl_now() - t0;
+      }
+      double troute = median(tm, reps), tboth = median(tu, reps), croute = median(tc, reps);
+      int stateful = rt->impl->update != NULL;
+      char upd[32] = "";
+      if (stateful) snprintf(upd, sizeof upd, "%.2f", tboth * 1e3);
+      printf("| %s%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | %.1f | %s |\n", nm, kk != k ? " (k=1)" : "", (long long)T,
+             troute * 1e3, T / troute / 1e6, tcopy / troute, croute * 1e3, ccopy / croute, cref / croute, upd);
+      fflush(stdout);
+      carl_router_free(rt);
+    }
+    free(z);
+    free(dst);
+    free(ex);
+    free(ids);
+    free(w);
+  }
+  return 0;
+}

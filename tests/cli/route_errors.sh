@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# carl route with bad input: each case must exit non-zero (not by a signal) and print an error
+# that names the input. Listed in docs/errors.md.
+set -uo pipefail
+carl=$1
+source tests/lib/python.sh
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+topo=configs/topologies/test-2x2.json
+fx=tests/fixtures/npy
+"$py" - "$tmp" <<'PY'
+import sys, numpy as np
+d = sys.argv[1]
+z = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+np.save(d + "/ok.npy", z)
+np.save(d + "/f64.npy", z.astype(np.float64))
+np.save(d + "/one_d.npy", z[:, 0].copy())
+np.save(d + "/fortran.npy", np.asfortranarray(z))
+zn = z.copy(); zn[3, 2] = np.nan; np.save(d + "/nan.npy", zn)
+zi = z.copy(); zi[5, 1] = np.inf; np.save(d + "/inf.npy", zi)
+np.save(d + "/src_bad.npy", np.array([0, 1, 2, 3, 4, 0, 1, 2], dtype=np.int32))
+np.save(d + "/src_short.npy", np.array([0, 1, 2], dtype=np.int32))
+np.save(d + "/src_i64.npy", np.zeros(8, dtype=np.int64))
+open(d + "/trunc.npy", "wb").write(open(d + "/ok.npy", "rb").read()[:100])
+open(d + "/malformed.json", "w").write('{"nodes": 2, "devices_per_node": 2, "links": {"intra": {"GBps": 160')
+open(d + "/missing.json", "w").write('{"nodes": 2, "links": {"intra": {"GBps": 160, "latency_us": 3}, "inter": {"GBps": 50, "latency_us": 10}}}')
+open(d + "/negbw.json", "w").write('{"nodes": 2, "devices_per_node": 2, "links": {"intra": {"GBps": -1, "latency_us": 3}, "inter": {"GBps": 50, "latency_us": 10}}}')
+open(d + "/p_missing.json", "w").write('{"experts": 4, "devices": [[0], [1], [2], [2]]}')
+open(d + "/p_baddev.json", "w").write('{"experts": 4, "devices": [[0], [1], [2], [3], [0]]}')
+PY
+fail=0
+# expect "<substring>" args...: exit code 1..127 and stderr containing the substring
+expect() {
+  local want=$1; shift
+  local err rc
+  err=$("$carl" route "$@" --out "$tmp/out" 2>&1 >/dev/null); rc=$?
+  if [ $rc -eq 0 ] || [ $rc -ge 128 ]; then
+    echo "FAIL (exit $rc): carl route $*"; fail=1; return
+  fi
+  if ! grep -qF -- "$want" <<<"$err"; then
+    echo "FAIL: carl route $*"; echo "  wanted: $want"; echo "  got:    $err"; fail=1; return
+  fi
+  echo "ok: $want"
+}
+expect "no/such.npy"        --logits "$tmp/no/such.npy" --topology $topo
+expect "f64.npy"            --logits "$tmp/f64.npy" --topology $topo
+expect "one_d.npy"          --logits "$tmp/one_d.npy" --topology $topo
+expect "fortran"            --logits "$tmp/fortran.npy" --topology $topo
+expect "trunc.npy"          --logits "$tmp/trunc.npy" --topology $topo
+expect "bad_magic.npy"      --logits $fx/bad_magic.npy --topology $topo
+expect "non-finite"         --logits "$tmp/nan.npy" --topology $topo
+expect "non-finite"         --logits "$tmp/inf.npy" --topology $topo
+expect "k"                  --logits "$tmp/ok.npy" --topology $topo --k 5
+expect "k"                  --logits "$tmp/ok.npy" --topology $topo --k 0
+expect "capacity"           --logits "$tmp/ok.npy" --topology $topo --capacity-factor -1
+expect "src_bad.npy"        --logits "$tmp/ok.npy" --topology $topo --source "$tmp/src_bad.npy"
+expect "src_short.npy"      --logits "$tmp/ok.npy" --topology $topo --source "$tmp/src_short.npy"
+expect "src_i64.npy"        --logits "$tmp/ok.npy" --topology $topo --source "$tmp/src_i64.npy"
+expect "malformed JSON"     --logits "$tmp/ok.npy" --topology "$tmp/malformed.json"
+expect "devices_per_node"   --logits "$tmp/ok.npy" --topology "$tmp/missing.json"
+expect "GBps"               --logits "$tmp/ok.npy" --topology "$tmp/negbw.json"
+expect "expert 3"           --logits "$tmp/ok.npy" --topology $topo --placement "$tmp/p_missing.json"
+expect "devices"            --logits "$tmp/ok.npy" --topology $topo --placement "$tmp/p_baddev.json"
+expect "unknown router"     --logits "$tmp/ok.npy" --topology $topo --router nosuch
+expect "no_such_option"     --logits "$tmp/ok.npy" --topology $topo --no-such-option 1
+expect "must be a number"   --logits "$tmp/ok.npy" --topology $topo --k two
+expect "--topology is required" --logits "$tmp/ok.npy"
+expect "no logits_00000.npy" --trace "$tmp" --topology $topo
+exit $fail
