@@ -88,20 +88,21 @@ cat "$res/summary.md"
 
 # ---- plot: validation bits/byte and training cross-entropy per router -------------------------------
 if command -v gnuplot >/dev/null; then
-  plot_val=""; plot_train=""
+  plot_val=""; plot_train=""; plot_bytes=""
   for label in "${labels[@]}"; do
     f="$res/$label/metrics.csv"
     [ -f "$f" ] || continue
     awk -F, 'NR>1 && $5 != "" { print $1, $6 }' "$f" >"$res/$label.val.dat"
-    awk -F, 'NR>1 { print $1, $3 / log(2) }' "$f" >"$res/$label.train.dat"
+    awk -F, 'NR>1 { print $1, $3 / log(2), $15 / 1e9 }' "$f" >"$res/$label.train.dat"
     plot_val+="'$res/$label.val.dat' using 1:2 with linespoints title '$label', "
     plot_train+="'$res/$label.train.dat' using 1:2 with lines title '$label', "
+    plot_bytes+="'$res/$label.train.dat' using 1:3 with lines title '$label', "
   done
   mkdir -p docs
   gnuplot <<GP
-set terminal pngcairo size 1100,450 font ",10"
+set terminal pngcairo size 1500,450 font ",10"
 set output 'docs/train-loss.png'
-set multiplot layout 1,2
+set multiplot layout 1,3
 set xlabel 'step'
 set ylabel 'bits per byte'
 set grid
@@ -110,6 +111,10 @@ set title 'validation loss'
 plot ${plot_val%, }
 set title 'training cross-entropy'
 plot ${plot_train%, }
+set title 'simulated inter-node bytes (cumulative)'
+set ylabel 'GB'
+set key top left
+plot ${plot_bytes%, }
 unset multiplot
 GP
   echo "train_results: wrote docs/train-loss.png"
