@@ -3,7 +3,10 @@
  * reference (softmax with libm expf + a sort of the E scores per token).
  *
  * usage: bench_route [T ...]      (default: 65536 1048576; E = 256, k = 8)
- * env:   OMP_NUM_THREADS (default here: 2), BENCH_REPEATS (default 5)
+ * env:   OMP_NUM_THREADS (default here: 2), BENCH_REPEATS (default 5); a router (or the reference)
+ *        whose warm-up call takes more than 2 s is timed once (marked "1 run"); the update of stateful routers is
+ *        timed only for T <= 65536; BENCH_ROUTERS=a,b,... limits the routers (the copy bound and
+ *        the reference always run). Run with OMP_WAIT_POLICY=passive on a shared machine.
  * Prints a Markdown table (medians of the repeats): wall-clock time, and CPU time (seconds used by
  * all threads): on a shared machine the CPU-time ratios are the steadier ones. */
 #include <omp.h>
@@ -127,23 +130,43 @@ int main(int argc, char **argv) {
     double tcopy = median(tm, reps), ccopy = median(tc, reps);
     printf("| copy of the logits (bound) | %lld | %.2f | %.2f | 1.00 | %.2f | 1.00 | | |\n", (long long)T, tcopy * 1e3,
            T / tcopy / 1e6, ccopy * 1e3);
+    double rw0 = carl_now();
     ref_topk(z, T, E, k, ex, w);
-    for (int r = 0; r < reps; r++) {
+    const int rrep = carl_now() - rw0 > 2.0 ? 1 : reps;
+    for (int r = 0; r < rrep; r++) {
       double c0 = cpu_now(), t0 = carl_now();
       ref_topk(z, T, E, k, ex, w);
       tm[r] = carl_now() - t0;
       tc[r] = cpu_now() - c0;
     }
-    double tref = median(tm, reps), cref = median(tc, reps);
-    printf("| reference (sort-based top-k) | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | 1.00 | |\n", (long long)T, tref * 1e3,
+    double tref = median(tm, rrep), cref = median(tc, rrep);
+    printf("| reference (sort-based top-k)%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | 1.00 | |\n", rrep == 1 ? " (1 run)" : "", (long long)T, tref * 1e3,
            T / tref / 1e6, tcopy / tref, cref * 1e3, ccopy / cref);
     const char *const *names = carl_router_names();
-    for (int n = 0; names[n]; n++) {
-      const char *nm = names[n];
+    int nnames = 0;
+    while (names[nnames]) nnames++;
+    for (int n = 0; n <= nnames; n++) {
+      /* every registered router with its defaults, then topk without losses (no full softmax) */
+      const int nolosses = n == nnames;
+      const char *nm = nolosses ? "topk" : names[n];
+      const char *only = getenv("BENCH_ROUTERS");
+      if (only) {
+        char pat[64];
+        snprintf(pat, sizeof pat, ",%s%s,", nm, nolosses ? "-nolosses" : "");
+        char list[1024];
+        snprintf(list, sizeof list, ",%s,", only);
+        if (!strstr(list, pat)) continue;
+      }
       int kk = strcmp(nm, "hash") == 0 || strcmp(nm, "switch") == 0 || strcmp(nm, "locmoe") == 0 ? 1 : k;
-      const char *keys[4] = {"k"};
-      double vals[4] = {kk};
+      const char *keys[6] = {"k"};
+      double vals[6] = {kk};
       int nset = 1;
+      if (nolosses) {
+        keys[nset] = "aux";
+        vals[nset++] = 0;
+        keys[nset] = "z_loss";
+        vals[nset++] = 0;
+      }
       if (strcmp(nm, "grouplimited") == 0) {
         keys[nset] = "M";
         vals[nset++] = 4; /* node-limited, 4 of 8 nodes (DeepSeek-V3) */
@@ -155,28 +178,32 @@ int main(int argc, char **argv) {
       }
       carl_route_in_t in = {.T = T, .E = E, .logits = z, .token_ids = ids, .topo = &topo, .seed = 1};
       carl_route_out_t out = {.experts = ex, .weights = w};
+      double w0 = carl_now();
       carl_status st = carl_router_route(rt, &in, &out); /* warm-up */
+      const int nrep = carl_now() - w0 > 2.0 ? 1 : reps;
+      const int do_update = T <= 65536;
       if (st != CARL_OK) {
         printf("| %s | %lld | (failed: %s) | | | | | | |\n", nm, (long long)T, carl_errmsg());
         carl_router_free(rt);
         continue;
       }
       double tu[64];
-      for (int r = 0; r < reps; r++) {
+      for (int r = 0; r < nrep; r++) {
         in.step = r + 1;
         double c0 = cpu_now(), t0 = carl_now();
         carl_router_route(rt, &in, &out);
         double t1 = carl_now();
         tc[r] = cpu_now() - c0;
-        carl_router_update(rt, &in, &out);
+        if (do_update) carl_router_update(rt, &in, &out);
         tm[r] = t1 - t0;
         tu[r] = carl_now() - t0;
       }
-      double troute = median(tm, reps), tboth = median(tu, reps), croute = median(tc, reps);
+      double troute = median(tm, nrep), tboth = median(tu, nrep), croute = median(tc, nrep);
       int stateful = rt->impl->update != NULL;
       char upd[32] = "";
-      if (stateful) snprintf(upd, sizeof upd, "%.2f", tboth * 1e3);
-      printf("| %s%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | %.1f | %s |\n", nm, kk != k ? " (k=1)" : "", (long long)T,
+      if (stateful && do_update) snprintf(upd, sizeof upd, "%.2f", tboth * 1e3);
+      printf("| %s%s%s%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | %.1f | %s |\n", nm, kk != k ? " (k=1)" : "",
+             nolosses ? " (aux=0, z_loss=0)" : "", nrep == 1 ? " (1 run)" : "", (long long)T,
              troute * 1e3, T / troute / 1e6, tcopy / troute, croute * 1e3, ccopy / croute, cref / croute, upd);
       fflush(stdout);
       carl_router_free(rt);

@@ -231,16 +231,18 @@ static void test_moe_dense(void **s) {
 /* ---- determinism, layout, errors, a few steps --------------------------------------------- */
 static void run_once(int threads, float *loss, float *grads) {
   omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  openblas_set_num_threads(threads); /* the library runs OpenBLAS single-threaded inside its products anyway */
   carl_model_config_t c;
   tiny_config(&c);
-  c.d_model = 32; c.d_ff = 24; c.max_seq = 16; c.vocab = 50; c.n_experts = 8;
+  /* large enough that every kernel takes its parallel path: T d = 512 * 64 >= CARL_OMP_MIN_WORK */
+  c.d_model = 64; c.d_ff = 24; c.max_seq = 128; c.vocab = 128; c.n_experts = 8;
+  assert_true(4 * 128 * 64 >= CARL_OMP_MIN_WORK);
   carl_model_t *m;
   assert_int_equal(carl_model_create(&c, &m), CARL_OK);
-  int32_t tok[4 * 16], tgt[4 * 16];
-  tiny_batch(tok, tgt, 4, 16, c.vocab);
+  static int32_t tok[4 * 128], tgt[4 * 128];
+  tiny_batch(tok, tgt, 4, 128, c.vocab);
   carl_model_loss_t L;
-  assert_int_equal(carl_model_forward(m, tok, tgt, 4, 16, &L), CARL_OK);
+  assert_int_equal(carl_model_forward(m, tok, tgt, 4, 128, &L), CARL_OK);
   carl_model_zero_grad(m);
   assert_int_equal(carl_model_backward(m), CARL_OK);
   *loss = (float)L.total;
@@ -257,7 +259,7 @@ static void test_determinism(void **s) {
   assert_true(l1 == l2);
   carl_model_config_t c;
   tiny_config(&c);
-  c.d_model = 32; c.d_ff = 24; c.max_seq = 16; c.vocab = 50; c.n_experts = 8;
+  c.d_model = 64; c.d_ff = 24; c.max_seq = 128; c.vocab = 128; c.n_experts = 8;
   carl_model_t *m;
   assert_int_equal(carl_model_create(&c, &m), CARL_OK);
   assert_true(carl_model_nparams(m) <= 200000);
@@ -395,11 +397,95 @@ static void test_dispatch_stats(void **s) {
   carl_model_free(m);
 }
 
+
+/* Every registered router drives the model: forward and backward run, the loss is finite, and the
+ * gradient of the router weights and of the experts matches finite differences (elements whose
+ * perturbation switches a routing decision are skipped). */
+static void test_every_router(void **s) {
+  (void)s;
+  const char *const *names = carl_router_names();
+  int nrouters = 0;
+  for (int ri = 0; names[ri]; ri++) {
+    carl_model_config_t c;
+    tiny_config(&c);
+    c.n_router_opts = 0;
+    snprintf(c.router, sizeof c.router, "%s", names[ri]);
+    /* topk with capacity C = ceil(1.0 * 12 * 2 / 4) = 6: overflow is dropped, gradients still hold */
+    if (!strcmp(names[ri], "topk")) carl_model_config_set_router_opt(&c, "capacity_factor", 1.0);
+    /* c2r needs a collaboration table: profile=1 routes as topk while building it */
+    if (!strcmp(names[ri], "c2r")) carl_model_config_set_router_opt(&c, "profile", 1);
+    carl_model_t *m;
+    carl_status st = carl_model_create(&c, &m);
+    if (st != CARL_OK) { /* a router that needs k = 1 */
+      carl_model_config_set_router_opt(&c, "k", 1);
+      c.top_k = 1;
+      st = carl_model_create(&c, &m);
+    }
+    if (st != CARL_OK) fail_msg("router %s: %s", names[ri], carl_errmsg());
+    enum { B = 2, S = 6 };
+    int32_t tok[B * S], tgt[B * S];
+    tiny_batch(tok, tgt, B, S, c.vocab);
+    carl_model_loss_t L;
+    st = carl_model_forward(m, tok, tgt, B, S, &L);
+    if (st != CARL_OK && !isnan(carl_router_get(carl_model_router(m, 0), "profile"))) {
+      /* a router that needs a profiled table (c2r) says so with an error, and routes while profiling */
+      assert_non_null(strstr(carl_errmsg(), names[ri]));
+      carl_model_free(m);
+      carl_model_config_set_router_opt(&c, "profile", 1);
+      assert_int_equal(carl_model_create(&c, &m), CARL_OK);
+      st = carl_model_forward(m, tok, tgt, B, S, &L);
+    }
+    if (st != CARL_OK) fail_msg("router %s forward: %s", names[ri], carl_errmsg());
+    assert_true(isfinite(L.total));
+    carl_model_zero_grad(m);
+    st = carl_model_backward(m);
+    if (st != CARL_OK) fail_msg("router %s backward: %s", names[ri], carl_errmsg());
+    assert_int_equal(carl_model_router_update(m), CARL_OK);
+    /* the update may move router state: route again with it before differencing */
+    assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &L), CARL_OK);
+    carl_model_zero_grad(m);
+    assert_int_equal(carl_model_backward(m), CARL_OK);
+    const int64_t RT = (int64_t)c.n_layers * B * S * c.top_k;
+    int32_t *r0 = malloc(sizeof(int32_t) * RT), *r1 = malloc(sizeof(int32_t) * RT);
+    routing_of(m, r0);
+    const char *check[] = {"layers.0.moe.router", "layers.1.moe.router", "layers.0.moe.w13", "layers.1.attn.wqkv"};
+    const float h = 1e-3f, *g = carl_model_grads(m);
+    float *p = carl_model_params(m);
+    for (int ci = 0; ci < 4; ci++) {
+      const carl_tensor_info_t *t = carl_model_tensor(m, carl_model_find_tensor(m, check[ci]));
+      for (int j = 0; j < 4; j++) {
+        int64_t i = t->offset + (j * 5 + 1) % t->numel;
+        float x0 = p[i];
+        carl_model_loss_t lp, lm;
+        p[i] = x0 + h;
+        assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lp), CARL_OK);
+        routing_of(m, r1);
+        int changed = memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
+        p[i] = x0 - h;
+        assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lm), CARL_OK);
+        routing_of(m, r1);
+        changed |= memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
+        p[i] = x0;
+        if (changed) continue;
+        double fd = (lp.total - lm.total) / ((double)(x0 + h) - (double)(x0 - h));
+        if (fabs(fd - g[i]) > 1e-3 + 2e-2 * fmax(fabs(fd), fabs(g[i])))
+          fail_msg("router %s, %s[%lld]: analytic %.6g, finite difference %.6g", names[ri], t->name,
+                   (long long)(i - t->offset), g[i], fd);
+      }
+    }
+    free(r0); free(r1);
+    carl_model_free(m);
+    nrouters++;
+  }
+  print_message("%d routers drove the model\n", nrouters);
+  assert_true(nrouters >= 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grad_check), cmocka_unit_test(test_moe_dense),      cmocka_unit_test(test_determinism),
       cmocka_unit_test(test_layout),     cmocka_unit_test(test_errors),         cmocka_unit_test(test_training_steps),
-      cmocka_unit_test(test_dispatch_stats),
+      cmocka_unit_test(test_dispatch_stats), cmocka_unit_test(test_every_router),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -115,7 +115,7 @@ static double att_loss(void *p) {
 static void test_attention(void **s) {
   (void)s;
   enum { B = 2, S = 5, d = 8, H = 2 };
-  float qkv[B * S * 3 * d], out[B * S * d], att[B * H * S * S], R[B * S * d], dqkv[B * S * 3 * d];
+  float qkv[B * S * 3 * d], out[B * S * d], att[B * H * S * S], R[B * S * d], dqkv[B * S * 3 * d], scr[B * H * S * S];
   fill(qkv, B * S * 3 * d, 7, 1); fill(R, B * S * d, 8, 1);
   att_ctx c = {qkv, out, att, R, B, S, d, H};
   att_loss(&c);
@@ -137,7 +137,7 @@ static void test_attention(void **s) {
   qkv[(S - 1) * 3 * d + 2 * d + 3] += 5.0f;
   att_loss(&c);
   assert_true(out[(S - 2) * d + 3] == before);
-  carl_attention_bwd(dqkv, R, qkv, att, B, S, d, H);
+  carl_attention_bwd(dqkv, scr, R, qkv, att, B, S, d, H);
   fd_check("attention dqkv", att_loss, &c, qkv, dqkv, B * S * 3 * d, 1e-2f, 2e-3, 5e-3);
   /* every element of dqkv, not only a sample, for one batch: step through all */
   for (int i = 0; i < S * 3 * d; i += 7) {
@@ -264,8 +264,10 @@ static void test_schedule(void **s) {
 
 static void test_reductions(void **s) {
   (void)s;
-  /* sum of i^2 for i < n is n(n-1)(2n-1)/6; n = 10000 fits exactly in double */
-  int64_t n = 10000;
+  /* sum of i^2 for i < n is n(n-1)(2n-1)/6; n = 100000 (above CARL_OMP_MIN_WORK, so the parallel
+   * path runs): every term and partial sum is an integer below 2^53, exact in double */
+  int64_t n = 100000;
+  assert_true(n >= CARL_OMP_MIN_WORK);
   float *x = malloc(sizeof(float) * n);
   for (int64_t i = 0; i < n; i++) x[i] = (float)i;
   assert_true(carl_sumsq(x, n) == (double)n * (n - 1) * (2 * n - 1) / 6);
@@ -287,11 +289,52 @@ static void test_reductions(void **s) {
   free(x);
 }
 
+
+/* ---- tiled sgemm against a naive triple loop; batch == one call per product; thread counts --- */
+static void test_sgemm_tiles(void **s) {
+  (void)s;
+  /* M, N above the 256 tile so several (uneven) tiles run; every transpose combination, beta 0/1 */
+  enum { M = 300, N = 270, K = 128 }; /* M N K above the parallel threshold of carl_sgemm */
+  float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N), *C = malloc(sizeof(float) * M * N),
+        *C0 = malloc(sizeof(float) * M * N), *C1 = malloc(sizeof(float) * M * N);
+  fill(A, M * K, 30, 1); fill(B, K * N, 31, 1); fill(C0, M * N, 32, 1);
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++)
+      for (int beta = 0; beta < 2; beta++) {
+        /* A stored [M, K] (ta = 0) or [K, M] (ta = 1); B stored [K, N] or [N, K] */
+        int lda = ta ? M : K, ldb = tb ? K : N;
+        memcpy(C, C0, sizeof(float) * M * N);
+        omp_set_num_threads(2);
+        carl_sgemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, (float)beta, C, N);
+        memcpy(C1, C0, sizeof(float) * M * N);
+        omp_set_num_threads(1);
+        carl_sgemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, (float)beta, C1, N);
+        omp_set_num_threads(2);
+        assert_memory_equal(C, C1, sizeof(float) * M * N); /* same bits for 1 and 2 threads */
+        for (int i = 0; i < M; i += 7)
+          for (int j = 0; j < N; j += 5) {
+            double ref = beta ? C0[i * N + j] : 0.0;
+            for (int k = 0; k < K; k++)
+              ref += 0.5 * (ta ? A[k * M + i] : A[i * K + k]) * (tb ? B[j * K + k] : B[k * N + j]);
+            if (fabs(C[i * N + j] - ref) > 1e-4 * (1 + fabs(ref)))
+              fail_msg("ta %d tb %d beta %d C[%d][%d]: %g, naive %g", ta, tb, beta, i, j, C[i * N + j], ref);
+          }
+      }
+  /* a batch of two products writing disjoint halves of C equals two separate calls */
+  carl_gemm_t g[2] = {{0, 0, 150, N, K, 1.0f, A, K, B, N, 0.0f, C, N},
+                      {0, 0, 150, N, K, 1.0f, A + 150 * K, K, B, N, 0.0f, C + 150 * N, N}};
+  carl_sgemm_batch(2, g);
+  carl_sgemm(0, 0, 150, N, K, 1.0f, A, K, B, N, 0.0f, C1, N);
+  carl_sgemm(0, 0, 150, N, K, 1.0f, A + 150 * K, K, B, N, 0.0f, C1 + 150 * N, N);
+  assert_memory_equal(C, C1, sizeof(float) * M * N);
+  free(A); free(B); free(C); free(C0); free(C1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_linear),   cmocka_unit_test(test_rmsnorm), cmocka_unit_test(test_attention),
       cmocka_unit_test(test_swiglu),   cmocka_unit_test(test_xent),    cmocka_unit_test(test_embed),
-      cmocka_unit_test(test_adamw),    cmocka_unit_test(test_schedule), cmocka_unit_test(test_reductions),
+      cmocka_unit_test(test_adamw),    cmocka_unit_test(test_schedule), cmocka_unit_test(test_reductions), cmocka_unit_test(test_sgemm_tiles),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

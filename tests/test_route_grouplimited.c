@@ -54,31 +54,36 @@ static void test_identity_with_topk(void **st) {
   free(z);
 }
 
-/* Against a brute-force reference in double: E = 32 in 8 groups, k = 4, M = 2 (per-group top 2),
- * sigmoid scores (DeepSeek-V3). */
-static void test_vs_reference(void **st) {
-  (void)st;
-  const int64_t T = 400;
-  const int E = 32, k = 4, G = 8, M = 2, q = 2;
+/* Against a brute-force reference in double: E experts in G contiguous groups, top k of the best
+ * M groups by the sum of their top (k / M) scores. */
+static void check_vs_reference(int E, int G, int k, int M, int score, uint64_t seed) {
+  const int64_t T = 300;
+  const int n = E / G, q = k / M > 0 ? k / M : 1;
   float *z = malloc(sizeof(float) * T * E);
-  tu_logits(z, T, E, NULL, 2.0, 12);
+  tu_logits(z, T, E, NULL, 2.0, seed);
   carl_router_t *r;
-  assert_int_equal(tu_create("grouplimited", "k=4 M=2 groups=8 score=1", &r), CARL_OK);
+  char opt[128];
+  snprintf(opt, sizeof opt, "k=%d M=%d groups=%d score=%d", k, M, G, score);
+  assert_int_equal(tu_create("grouplimited", opt, &r), CARL_OK);
   tu_out_t o;
   tu_out_init(&o, T, E, k, 0);
   carl_route_in_t in = {.T = T, .E = E, .logits = z};
   assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  double s[256], gs[64], masked[256];
+  int32_t gi[64], idx[64], top[64];
   for (int64_t t = 0; t < T; t++) {
-    double s[32], gs[8], masked[32];
-    int32_t gi[2], idx[32];
-    tu_scores(z + t * E, E, 1, s);
+    tu_scores(z + t * E, E, score, s);
     for (int g = 0; g < G; g++) {
-      int32_t top[2];
-      tu_topk(s + g * 4, 4, q, top);
-      gs[g] = s[g * 4 + top[0]] + s[g * 4 + top[1]];
+      tu_topk(s + g * n, n, q, top);
+      gs[g] = 0;
+      for (int j = 0; j < q; j++) gs[g] += s[g * n + top[j]];
     }
     tu_topk(gs, G, M, gi);
-    for (int e = 0; e < E; e++) masked[e] = (e / 4 == gi[0] || e / 4 == gi[1]) ? s[e] : -1.0;
+    for (int e = 0; e < E; e++) {
+      int kept = 0;
+      for (int j = 0; j < M; j++) kept |= e / n == gi[j];
+      masked[e] = kept ? s[e] : -1.0;
+    }
     tu_topk(masked, E, k, idx);
     double a = 0;
     for (int j = 0; j < k; j++) a += s[idx[j]];
@@ -90,6 +95,17 @@ static void test_vs_reference(void **st) {
   tu_out_free(&o);
   carl_router_free(r);
   free(z);
+}
+
+/* Small groups (4 experts, sigmoid as DeepSeek-V3), groups of 8 and 16 (the vectorised per-group
+ * top-2), DeepSeek-V3's shape (256 experts, 8 groups, k = 8, M = 4), and top-1 per group (k/M = 1). */
+static void test_vs_reference(void **st) {
+  (void)st;
+  check_vs_reference(32, 8, 4, 2, 1, 12);
+  check_vs_reference(64, 8, 4, 2, 0, 13);
+  check_vs_reference(64, 4, 6, 3, 1, 14);
+  check_vs_reference(256, 8, 8, 4, 1, 15);
+  check_vs_reference(64, 8, 2, 2, 0, 16);
 }
 
 /* Groups from the topology: 2 nodes x 2 devices, E = 8 (contiguous: 2 experts per device).

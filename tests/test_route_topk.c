@@ -152,39 +152,49 @@ static void test_topk_vs_reference(void **st) {
   }
 }
 
-/* The fused kernel against the double reference on 2,000 random tokens, E = 64, k = 8:
- * the same sets and gates within 1e-6. */
+/* The fused kernel against the double reference, E = 64 and 256, k = 8: the same experts in the
+ * same order and gates within 1e-6, for softmax and sigmoid, with and without the losses (without
+ * them the kernel never forms the full softmax), on continuous logits and on logits quantised to
+ * 4 levels (many exact ties: the lower index must win). */
 static void test_topk_random_vs_reference(void **st) {
   (void)st;
-  const int64_t T = 2000;
-  const int E = 64, k = 8;
-  float *z = malloc(sizeof(float) * T * E);
-  tu_logits(z, T, E, NULL, 2.0, 11);
-  for (int score = 0; score <= 1; score++) {
-    carl_router_t *r;
-    char opt[64];
-    snprintf(opt, sizeof opt, "k=8 score=%d", score);
-    assert_int_equal(tu_create("topk", opt, &r), CARL_OK);
-    tu_out_t o;
-    tu_out_init(&o, T, E, k, 0);
-    carl_route_in_t in = {.T = T, .E = E, .logits = z};
-    assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
-    for (int64_t t = 0; t < T; t++) {
-      double s[64];
-      int32_t ref[8];
-      tu_scores(z + t * E, E, score, s);
-      tu_topk(s, E, k, ref);
-      double a = 0;
-      for (int j = 0; j < k; j++) a += s[ref[j]];
-      for (int j = 0; j < k; j++) {
-        assert_int_equal(o.experts[t * k + j], ref[j]);
-        assert_float_equal(o.weights[t * k + j], s[ref[j]] / a, 1e-6);
-      }
-    }
-    tu_out_free(&o);
-    carl_router_free(r);
-  }
-  free(z);
+  const int64_t T = 700;
+  const int k = 8;
+  const int Es[2] = {64, 256};
+  const char *extra[2] = {"", "aux=0 z_loss=0"};
+  for (int ie = 0; ie < 2; ie++)
+    for (int quant = 0; quant <= 1; quant++)
+      for (int score = 0; score <= 1; score++)
+        for (int ex = 0; ex < 2; ex++) {
+          const int E = Es[ie];
+          float *z = malloc(sizeof(float) * T * E);
+          tu_logits(z, T, E, NULL, 2.0, 11 + (uint64_t)quant);
+          if (quant)
+            for (int64_t i = 0; i < T * E; i++) z[i] = floorf(z[i]);
+          carl_router_t *r;
+          char opt[96];
+          snprintf(opt, sizeof opt, "k=8 score=%d %s", score, extra[ex]);
+          assert_int_equal(tu_create("topk", opt, &r), CARL_OK);
+          tu_out_t o;
+          tu_out_init(&o, T, E, k, 0);
+          carl_route_in_t in = {.T = T, .E = E, .logits = z};
+          assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+          for (int64_t t = 0; t < T; t++) {
+            double s[256];
+            int32_t ref[8];
+            tu_scores(z + t * E, E, score, s);
+            tu_topk(s, E, k, ref);
+            double a = 0;
+            for (int j = 0; j < k; j++) a += s[ref[j]];
+            for (int j = 0; j < k; j++) {
+              assert_int_equal(o.experts[t * k + j], ref[j]);
+              assert_float_equal(o.weights[t * k + j], s[ref[j]] / a, 1e-6);
+            }
+          }
+          tu_out_free(&o);
+          carl_router_free(r);
+          free(z);
+        }
 }
 
 /* d(sum_j r_j w_j)/dz by central differences (double reference of the gates) against the router's

@@ -11,9 +11,12 @@
  * Conventions: every kernel takes caller storage; "bwd" kernels ADD into parameter gradients
  * (dW, dw) so gradients of several uses accumulate, and overwrite input gradients (dx) unless a
  * flag says accumulate. Linear weights are [out, in] (PyTorch layout).
- * Determinism: float sums run in a fixed order that does not depend on the OpenMP thread count;
- * sgemm is OpenBLAS's (its result does not depend on the thread count either: it splits the M and
- * N dimensions, never K). Nothing here allocates except where stated; nothing prints.
+ * Determinism: float sums run in a fixed order that does not depend on the OpenMP thread count.
+ * Matrix products go through carl_sgemm, which cuts the output into fixed tiles, runs one
+ * single-threaded OpenBLAS sgemm per tile and spreads the tiles over OpenMP threads (OpenBLAS's own
+ * threading changes the bits with the thread count). OpenBLAS is set to one thread for the
+ * duration of each product and the caller's setting restored; parallelism comes from OpenMP.
+ * Nothing here allocates except where stated; nothing prints.
  */
 #ifndef CARL_NN_H
 #define CARL_NN_H
@@ -23,6 +26,31 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Loops with less work than this (elements) run on one thread: a parallel region costs more. */
+#define CARL_OMP_MIN_WORK 32768
+
+/* ---- matrix product ---------------------------------------------------------------------------- */
+/* Row-major C [M, N] = alpha op(A) op(B) + beta C, op(A) [M, K], op(B) [K, N] (trans flags 0/1 as
+ * in cblas; lda, ldb, ldc are the row strides of A, B, C as stored). Deterministic over thread counts. */
+void carl_sgemm(int transA, int transB, int64_t M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc);
+/* Several independent products (outputs must not overlap) in one parallel pass over all their
+ * tiles: the per-expert products of an MoE layer. Same results as one carl_sgemm per product. */
+typedef struct {
+  int transA, transB;
+  int64_t M;
+  int N, K;
+  float alpha;
+  const float *A;
+  int lda;
+  const float *B;
+  int ldb;
+  float beta;
+  float *C;
+  int ldc;
+} carl_gemm_t;
+void carl_sgemm_batch(int n, const carl_gemm_t *g);
 
 /* ---- linear (no bias) ------------------------------------------------------------------------ */
 /* y [N, Out] = x [N, In] W^T, W [Out, In]. */
@@ -42,9 +70,9 @@ void carl_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
 /* qkv [B, S, 3d] (q | k | v, head h at columns h*hd.. of each third, hd = d / H);
  * out [B, S, d]; att [B, H, S, S] softmax probabilities (row i uses columns 0..i; the rest 0). */
 void carl_attention_fwd(float *out, float *att, const float *qkv, int B, int S, int d, int H);
-/* dqkv [B, S, 3d] overwritten. */
-void carl_attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int S, int d,
-                        int H);
+/* dqkv [B, S, 3d] overwritten; scratch [B, H, S, S] caller storage. */
+void carl_attention_bwd(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att, int B,
+                        int S, int d, int H);
 
 /* ---- SwiGLU: a = silu(h[:, :f]) * h[:, f:] --------------------------------------------------- */
 /* h [N, 2f]; a [N, f]. */

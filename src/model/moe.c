@@ -2,7 +2,6 @@
  * combine, and its backward. See moe.h. */
 #include "model/moe.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,20 +95,25 @@ carl_status carl__moe_forward(const carl__moe_t *L, const carl__moe_w_t *W, carl
   }
   const int64_t R = A->off[E];
   /* 3. gather */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * d >= CARL_OMP_MIN_WORK)
   for (int64_t r = 0; r < R; r++) memcpy(A->xg + r * d, x + (int64_t)A->row_tok[r] * d, sizeof(float) * (size_t)d);
-  /* 4. experts: H = X_e W13_e^T, A = swiglu(H), Y_e = A W2_e^T */
+  /* 4. experts: H = X_e W13_e^T, A = swiglu(H), Y_e = A W2_e^T; the products of all experts run
+   * in one parallel pass over their tiles (carl_sgemm_batch) */
+  carl_gemm_t *job = malloc(sizeof *job * 2 * (size_t)E);
+  if (!job) return carl_fail(CARL_ERR_NOMEM, "MoE layer: out of memory");
   for (int e = 0; e < E; e++) {
-    int64_t r0 = A->off[e], n = A->load[e];
-    if (!n) continue;
-    carl_linear_fwd(A->h + r0 * 2 * f, A->xg + r0 * d, W->w13 + (int64_t)e * 2 * f * d, n, d, 2 * f);
+    const int64_t r0 = A->off[e], n = A->load[e];
+    job[e] = (carl_gemm_t){0, 1, n, 2 * f, d, 1.0f, A->xg + r0 * d, d, W->w13 + (int64_t)e * 2 * f * d, d, 0.0f,
+                           A->h + r0 * 2 * f, 2 * f};
   }
+  carl_sgemm_batch(E, job);
   carl_swiglu_fwd(A->a, A->h, R, f);
   for (int e = 0; e < E; e++) {
-    int64_t r0 = A->off[e], n = A->load[e];
-    if (!n) continue;
-    carl_linear_fwd(A->ye + r0 * d, A->a + r0 * f, W->w2 + (int64_t)e * d * f, n, f, d);
+    const int64_t r0 = A->off[e], n = A->load[e];
+    job[e] = (carl_gemm_t){0, 1, n, d, f, 1.0f, A->a + r0 * f, f, W->w2 + (int64_t)e * d * f, f, 0.0f, A->ye + r0 * d, d};
   }
+  carl_sgemm_batch(E, job);
+  free(job);
   /* 5. shared expert (into y), then the weighted combine in slot order */
   if (L->fs) {
     carl_linear_fwd(A->sh_h, x, W->sw13, T, d, 2 * L->fs);
@@ -118,7 +122,7 @@ carl_status carl__moe_forward(const carl__moe_t *L, const carl__moe_w_t *W, carl
   } else {
     memset(y, 0, sizeof(float) * (size_t)T * (size_t)d);
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * d >= CARL_OMP_MIN_WORK)
   for (int64_t t = 0; t < T; t++) {
     float *yt = y + t * d;
     for (int s = 0; s < k; s++) {
@@ -139,7 +143,7 @@ carl_status carl__moe_backward(const carl__moe_t *L, const carl__moe_w_t *W, con
   const int64_t R = A->off[E];
   CARL_ASSERT(in->T == T);
   /* d(gates) and d(Y_e): dweights[t,s] = dy_t . Y_r;  dY_r = g[t,s] dy_t */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * d >= CARL_OMP_MIN_WORK)
   for (int64_t t = 0; t < T; t++) {
     const float *dyt = dy + t * d;
     for (int s = 0; s < k; s++) {
@@ -158,21 +162,33 @@ carl_status carl__moe_backward(const carl__moe_t *L, const carl__moe_w_t *W, con
       A->dweights[t * k + s] = (float)acc;
     }
   }
-  /* experts backward: dA = dY W2_e, dW2_e += dY^T A; dH = swiglu'; dW13_e += dH^T X; dX = dH W13_e */
+  /* experts backward: dA = dY W2_e, dW2_e += dY^T A; dH = swiglu'; dW13_e += dH^T X; dX = dH W13_e
+   * (each pass: the products of all experts over their tiles at once) */
+  carl_gemm_t *job = malloc(sizeof *job * 2 * (size_t)E);
+  if (!job) return carl_fail(CARL_ERR_NOMEM, "MoE layer: out of memory");
+  int nj = 0;
   for (int e = 0; e < E; e++) {
-    int64_t r0 = A->off[e], n = A->load[e];
-    if (!n) continue;
-    carl_linear_bwd(A->da + r0 * f, G->w2 + (int64_t)e * d * f, A->dye + r0 * d, A->a + r0 * f,
-                    W->w2 + (int64_t)e * d * f, n, f, d, 0);
+    const int64_t r0 = A->off[e], n = A->load[e];
+    if (!n) continue; /* an expert without rows gets no gradient (K = 0 would still scale by beta) */
+    const float *w2 = W->w2 + (int64_t)e * d * f;
+    job[nj++] = (carl_gemm_t){0, 0, n, f, d, 1.0f, A->dye + r0 * d, d, w2, f, 0.0f, A->da + r0 * f, f};
+    job[nj++] = (carl_gemm_t){1, 0, d, f, (int)n, 1.0f, A->dye + r0 * d, d, A->a + r0 * f, f, 1.0f,
+                              G->w2 + (int64_t)e * d * f, f};
   }
+  carl_sgemm_batch(nj, job);
   carl_swiglu_bwd(A->dh, A->da, A->h, R, f);
+  nj = 0;
   for (int e = 0; e < E; e++) {
-    int64_t r0 = A->off[e], n = A->load[e];
+    const int64_t r0 = A->off[e], n = A->load[e];
     if (!n) continue;
-    /* dX_e overwrites dY_e, which is no longer needed */
-    carl_linear_bwd(A->dye + r0 * d, G->w13 + (int64_t)e * 2 * f * d, A->dh + r0 * 2 * f, A->xg + r0 * d,
-                    W->w13 + (int64_t)e * 2 * f * d, n, d, 2 * f, 0);
+    const float *w13 = W->w13 + (int64_t)e * 2 * f * d;
+    job[nj++] = (carl_gemm_t){1, 0, 2 * f, d, (int)n, 1.0f, A->dh + r0 * 2 * f, 2 * f, A->xg + r0 * d, d, 1.0f,
+                              G->w13 + (int64_t)e * 2 * f * d, d};
+    /* dX_e overwrites dY_e, which the previous pass was the last to read */
+    job[nj++] = (carl_gemm_t){0, 0, n, d, 2 * f, 1.0f, A->dh + r0 * 2 * f, 2 * f, w13, d, 0.0f, A->dye + r0 * d, d};
   }
+  carl_sgemm_batch(nj, job);
+  free(job);
   /* shared expert: dx = its input gradient (or 0) */
   if (L->fs) {
     carl_linear_bwd(A->sh_da, G->sw2, dy, A->sh_a, W->sw2, T, L->fs, d, 0);
@@ -182,7 +198,7 @@ carl_status carl__moe_backward(const carl__moe_t *L, const carl__moe_w_t *W, con
     memset(dx, 0, sizeof(float) * (size_t)T * (size_t)d);
   }
   /* scatter back in slot order (no atomics) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * d >= CARL_OMP_MIN_WORK)
   for (int64_t t = 0; t < T; t++) {
     float *dxt = dx + t * d;
     for (int s = 0; s < k; s++) {

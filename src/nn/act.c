@@ -4,7 +4,7 @@
 #include "carl/nn.h"
 
 void carl_swiglu_fwd(float *a, const float *h, int64_t N, int f) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * f >= CARL_OMP_MIN_WORK)
   for (int64_t i = 0; i < N; i++) {
     const float *g = h + i * 2 * f, *u = g + f;
     float *ai = a + i * f;
@@ -17,7 +17,7 @@ void carl_swiglu_fwd(float *a, const float *h, int64_t N, int f) {
 
 /* d silu(g)/dg = s (1 + g (1 - s)). */
 void carl_swiglu_bwd(float *dh, const float *da, const float *h, int64_t N, int f) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * f >= CARL_OMP_MIN_WORK)
   for (int64_t i = 0; i < N; i++) {
     const float *g = h + i * 2 * f, *u = g + f, *dai = da + i * f;
     float *dg = dh + i * 2 * f, *du = dg + f;

@@ -8,7 +8,7 @@ double carl_xent_fwd(float *lse, const float *logits, const int32_t *targets, in
   /* per-row losses are summed in row order after the parallel loop */
   double total = 0;
   int64_t n = 0;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= CARL_OMP_MIN_WORK)
   for (int64_t i = 0; i < N; i++) {
     const float *z = logits + i * V;
     float mx = -INFINITY;
@@ -28,7 +28,7 @@ double carl_xent_fwd(float *lse, const float *logits, const int32_t *targets, in
 
 void carl_xent_bwd(float *dlogits, const float *logits, const float *lse, const int32_t *targets, int64_t N, int V,
                    float scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= CARL_OMP_MIN_WORK)
   for (int64_t i = 0; i < N; i++) {
     const float *z = logits + i * V;
     float *dz = dlogits + i * V;
@@ -45,7 +45,7 @@ void carl_xent_bwd(float *dlogits, const float *logits, const float *lse, const 
 
 void carl_embed_fwd(float *x, const int32_t *tokens, const float *tok_emb, const float *pos_emb, int B, int S,
                     int d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * S * d >= CARL_OMP_MIN_WORK)
   for (int64_t i = 0; i < (int64_t)B * S; i++) {
     const float *te = tok_emb + (int64_t)tokens[i] * d, *pe = pos_emb + (int64_t)(i % S) * d;
     float *xi = x + i * d;
@@ -57,7 +57,7 @@ void carl_embed_bwd(float *dtok_emb, float *dpos_emb, const float *dx, const int
   /* parallel over columns; tokens in order within each column block */
   const int CB = 16;
   int nb = (d + CB - 1) / CB;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * S * d >= CARL_OMP_MIN_WORK)
   for (int b = 0; b < nb; b++) {
     int j0 = b * CB, j1 = j0 + CB < d ? j0 + CB : d;
     for (int64_t i = 0; i < (int64_t)B * S; i++) {

@@ -4,7 +4,7 @@
 #include "carl/nn.h"
 
 void carl_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int64_t N, int d, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d >= CARL_OMP_MIN_WORK)
   for (int64_t i = 0; i < N; i++) {
     const float *xi = x + i * d;
     float *yi = y + i * d;
@@ -20,7 +20,7 @@ void carl_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int
 void carl_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w, const float *rstd,
                       int64_t N, int d, int dx_accum) {
   if (dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d >= CARL_OMP_MIN_WORK)
     for (int64_t i = 0; i < N; i++) {
       const float *xi = x + i * d, *dyi = dy + i * d;
       float *dxi = dx + i * d;
@@ -37,7 +37,7 @@ void carl_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
   if (dw) {
     const int CB = 16;
     int nb = (d + CB - 1) / CB;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d >= CARL_OMP_MIN_WORK)
     for (int b = 0; b < nb; b++) {
       int j0 = b * CB, j1 = j0 + CB < d ? j0 + CB : d;
       float acc[16] = {0};

@@ -15,7 +15,7 @@ void carl_adamw_update(float *p, const float *g, float *m, float *v, int64_t n, 
   const float b1 = c->beta1, b2 = c->beta2;
   const float bc1 = 1.0f - powf(b1, (float)t), bc2 = 1.0f - powf(b2, (float)t);
   const float wd = decay ? c->weight_decay : 0.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= CARL_OMP_MIN_WORK)
   for (int64_t i = 0; i < n; i++) {
     float gi = g[i];
     m[i] = b1 * m[i] + (1.0f - b1) * gi;

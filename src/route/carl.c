@@ -175,15 +175,7 @@ static carl_status carl_select_replicated(const carl_state *st, const carl_route
   for (int64_t t = 0; t < T; t++) {
     int32_t *ex = experts + t * k;
     const float *st_ = s + t * E;
-    for (int i = 1; i < k; i++) { /* by gate, ties to the lower index */
-      int32_t e = ex[i];
-      int p = i;
-      while (p > 0 && (st_[ex[p - 1]] < st_[e] || (st_[ex[p - 1]] == st_[e] && ex[p - 1] > e))) {
-        ex[p] = ex[p - 1];
-        p--;
-      }
-      ex[p] = e;
-    }
+    carl__sort_by_score(ex, k, st_); /* by gate, ties to the lower index */
     for (int j = 0; j < k; j++) {
       weights[t * k + j] = st_[ex[j]];
       prio[t * k + j] = sel[t * E + ex[j]] - lam * tp->cost[(size_t)tp->src[t] * E + ex[j]];

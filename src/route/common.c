@@ -65,8 +65,7 @@ static inline carl__v8 carl__exp8(carl__v8 x) {
 
 /* cols: when not NULL and E is a multiple of 32, receives the maxima of the 32 columns of z
  * viewed as [E/32, 32] (the bound of the fast top-k). */
-static inline __attribute__((always_inline)) float carl__score_row(const float *z, int E, int score, float *s, int need_lse,
-                                                                   carl__v8 *cols) {
+static inline __attribute__((always_inline)) float carl__row_max(const float *z, int E, carl__v8 *cols) {
   int e = 0;
   carl__v8 ma = carl__splat(-FLT_MAX), mb = ma, ba = carl__splat(0), bb = ba;
   if (cols && E % 32 == 0) {
@@ -105,7 +104,14 @@ static inline __attribute__((always_inline)) float carl__score_row(const float *
     mx = z[i] > mx ? z[i] : mx;
     bad += z[i] * 0.0f;
   }
-  if (bad != bad) return NAN;
+  return bad != bad ? NAN : mx;
+}
+
+static inline __attribute__((always_inline)) float carl__score_row(const float *z, int E, int score, float *s, int need_lse,
+                                                                   carl__v8 *cols) {
+  int e;
+  const float mx = carl__row_max(z, E, cols);
+  if (isnan(mx)) return NAN;
   if (score == CARL_SCORE_SIGMOID && !need_lse) {
     const carl__v8 one = carl__splat(1.0f);
     for (e = 0; e + 8 <= E; e += 8) carl__st(s + e, one / (one + carl__exp8(-carl__ld(z + e))));
@@ -146,14 +152,20 @@ CARL__CLONES float carl_route_score_row(const float *z, int E, int score, float 
 }
 
 /* Block partial sums of p (p = s, or s / sum(s) for sigmoid) and lse^2 for the registry. */
-static void carl__stats_row(const float *s, int E, int score, float lse, float *pp, double *zs) {
+static inline __attribute__((always_inline)) void carl__stats_row(const float *s, int E, int score, float lse, float *pp,
+                                                                  double *zs) {
+  int e = 0;
   if (score == CARL_SCORE_SIGMOID) {
-    float a = 0;
-    for (int e = 0; e < E; e++) a += s[e];
-    float inv = 1.0f / a;
-    for (int e = 0; e < E; e++) pp[e] += s[e] * inv;
+    carl__v8 av = carl__splat(0.0f);
+    for (; e + 8 <= E; e += 8) av += carl__ld(s + e);
+    float a = ((av[0] + av[1]) + (av[2] + av[3])) + ((av[4] + av[5]) + (av[6] + av[7]));
+    for (int i = e; i < E; i++) a += s[i];
+    const carl__v8 inv = carl__splat(1.0f / a);
+    for (e = 0; e + 8 <= E; e += 8) carl__st(pp + e, carl__ld(pp + e) + carl__ld(s + e) * inv);
+    for (; e < E; e++) pp[e] += s[e] * inv[0];
   } else {
-    for (int e = 0; e < E; e++) pp[e] += s[e];
+    for (; e + 8 <= E; e += 8) carl__st(pp + e, carl__ld(pp + e) + carl__ld(s + e));
+    for (; e < E; e++) pp[e] += s[e];
   }
   *zs += (double)lse * (double)lse;
 }
@@ -550,6 +562,7 @@ typedef struct {
   int E, k, G, grouped, need_sel, need_lse, stats;
   const int32_t *goff, *gmem;
   int eqsize;
+  int contig; /* groups are the consecutive blocks [g * eqsize, (g + 1) * eqsize), eqsize % 8 == 0 */
   uint64_t jbase, seed;
   const float *logits;
   int32_t *experts;
@@ -573,6 +586,26 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
   float *s = bf->s;
   carl__v8 cols[4] = {{0}};
   const int fast = !x->need_sel && !x->grouped && E % 32 == 0 && E >= 64 && k <= 32;
+  if (fast && !pp && !x->prio && x->c.renorm && x->c.score == CARL_SCORE_SOFTMAX) {
+    /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
+    const float mx = carl__row_max(z, E, cols);
+    if (isnan(mx)) {
+      for (int j = 0; j < k; j++) {
+        ex[j] = -1;
+        w[j] = 0;
+      }
+      return 1;
+    }
+    carl__topk_cols(z, E, k, cols[0], cols[1], cols[2], cols[3], ex, bf->valp);
+    float a = 0;
+    for (int j = 0; j < k; j++) {
+      w[j] = ex[j] >= 0 ? carl_expf(z[ex[j]] - mx) : 0.0f;
+      a += w[j];
+    }
+    const float inv = 1.0f / a;
+    for (int j = 0; j < k; j++) w[j] *= inv;
+    return 0;
+  }
   float lse = carl__score_row(z, E, x->c.score, s, x->need_lse, fast ? cols : NULL);
   if (isnan(lse)) {
     for (int j = 0; j < k; j++) {
@@ -600,7 +633,31 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
     const float *gb = sl->group_bonus ? sl->group_bonus + (size_t)(sl->bonus_row ? sl->bonus_row[t] : 0) * G : NULL;
     const int32_t *goff = x->goff, *gmem = x->gmem;
     float *gs = bf->gs;
-    if (x->eqsize > 0 && pg <= 2) {
+    if (x->contig && pg <= 2) {
+      /* per lane running top-2 over the group's 8-wide chunks, then the 16 lane values */
+      const int n = x->eqsize;
+      for (int g = 0; g < G; g++) {
+        const float *vg = v + (size_t)g * n;
+        carl__v8 a = carl__splat(-INFINITY), b = a;
+        for (int i = 0; i < n; i += 8) {
+          carl__v8 y = carl__ld(vg + i);
+          carl__v8 mn = carl__sel(y < a, y, a);
+          b = carl__sel(mn > b, mn, b);
+          a = carl__sel(y > a, y, a);
+        }
+        float a1 = -INFINITY, b1 = -INFINITY;
+        for (int j = 0; j < 8; j++) {
+          float y = a[j], mn = y < a1 ? y : a1;
+          b1 = mn > b1 ? mn : b1;
+          a1 = y > a1 ? y : a1;
+          y = b[j];
+          mn = y < a1 ? y : a1;
+          b1 = mn > b1 ? mn : b1;
+          a1 = y > a1 ? y : a1;
+        }
+        gs[g] = pg == 2 && n >= 2 ? a1 + b1 : a1;
+      }
+    } else if (x->eqsize > 0 && pg <= 2) {
       /* running top-2 of every group, all groups side by side (independent chains) */
       float *g2 = bf->g2;
       for (int g = 0; g < G; g++) gs[g] = g2[g] = -INFINITY;
@@ -747,7 +804,11 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
   int eqsize = grouped ? goff[1] - goff[0] : 0;
   for (int g = 1; g < G; g++)
     if (goff[g + 1] - goff[g] != eqsize) eqsize = 0;
-  carl__selctx_t x = {.sl = &sl, .c = c, .E = E, .k = k, .G = G, .grouped = grouped, .need_sel = need_sel,
+  int contig = eqsize > 0 && eqsize % 8 == 0;
+  for (int g = 0; g < G && contig; g++)
+    for (int i = 0; i < eqsize; i++)
+      if (gmem[goff[g] + i] != g * eqsize + i) contig = 0;
+  carl__selctx_t x = {.contig = contig, .sl = &sl, .c = c, .E = E, .k = k, .G = G, .grouped = grouped, .need_sel = need_sel,
                       .need_lse = c.z_coef > 0, .stats = stats, .goff = goff, .gmem = gmem, .eqsize = eqsize,
                       .jbase = (uint64_t)in->step * (uint64_t)T, .seed = in->seed, .logits = logits,
                       .experts = experts, .weights = weights, .prio = prio};

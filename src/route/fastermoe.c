@@ -131,16 +131,7 @@ static carl_status fastermoe_route(carl_router_t *r, const carl_route_in_t *in, 
         const uint8_t *loc = tp.local + (size_t)tp.node[t] * E;
         carl_topk_row_masked(st_, loc, E, k, ex, val);
         if (leave[t] == 1) ex[k - 1] = rem[t];
-        /* descending gate order, ties to the lower index */
-        for (int i = 1; i < k; i++) {
-          int32_t e = ex[i];
-          int p = i;
-          while (p > 0 && (st_[ex[p - 1]] < st_[e] || (st_[ex[p - 1]] == st_[e] && ex[p - 1] > e))) {
-            ex[p] = ex[p - 1];
-            p--;
-          }
-          ex[p] = e;
-        }
+        carl__sort_by_score(ex, k, st_); /* descending gate order, ties to the lower index */
       }
       for (int j = 0; j < k; j++) {
         out->weights[t * k + j] = st_[ex[j]];

@@ -25,6 +25,8 @@ void carl__seed_topo_free(carl__seed_topo_t *st);
  * C = 0: dropless) dropping the lowest prio first. Sets out->capacity and out->dropped. */
 carl_status carl__seed_finish(int64_t T, int k, int E, int64_t C, int renorm, int32_t *experts /* [T, k] */,
                               float *weights /* [T, k] */, const float *prio /* [T, k] */, carl_route_out_t *out);
+/* Sort one token's k experts by score s[e] descending (ties: lower expert id). */
+void carl__sort_by_score(int32_t *ex /* [k] */, int k, const float *s /* [E] */);
 /* Sort each token's slots by weight descending (ties: lower expert id; dropped slots last). */
 void carl__seed_sort_slots(int64_t T, int k, int32_t *experts /* [T, k] */, float *weights /* [T, k] */);
 

@@ -121,6 +121,18 @@ carl_status carl__seed_finish(int64_t T, int k, int E, int64_t C, int renorm, in
   return carl_route_apply_capacity(T, k, E, C, experts, prio, weights, renorm, &out->dropped);
 }
 
+void carl__sort_by_score(int32_t *ex, int k, const float *s) {
+  for (int i = 1; i < k; i++) {
+    int32_t e = ex[i];
+    int p = i;
+    while (p > 0 && (s[ex[p - 1]] < s[e] || (s[ex[p - 1]] == s[e] && ex[p - 1] > e))) {
+      ex[p] = ex[p - 1];
+      p--;
+    }
+    ex[p] = e;
+  }
+}
+
 void carl__seed_sort_slots(int64_t T, int k, int32_t *experts, float *weights) {
   for (int64_t t = 0; t < T; t++) {
     int32_t *ex = experts + t * k;
