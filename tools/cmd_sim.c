@@ -1,11 +1,142 @@
-/* carl sim: not built yet in this version. */
+/* carl sim: run a simulated routing study (router x topology x scenario x seed) and write reports. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
+#include "carl/sim.h"
 #include "cli.h"
 
+static void sim_usage(FILE *f) {
+  fprintf(f,
+          "usage: carl sim [--config FILE] [--out DIR] [--threads N] [--no-plots] [--replot] [--quiet]\n\n"
+          "Runs every router x topology x scenario x seed of the config: a linear gate per layer trained\n"
+          "by SGD on a teacher (KL) task plus the router's balancing terms, routed, costed on the topology.\n"
+          "With no --config, runs the default study (4 routers, 2 scenarios, 2x8 topology) and prints\n"
+          "its comparison table.\n\n"
+          "  --config FILE  experiment JSON (see docs/sim.md and configs/experiments/)\n"
+          "  --out DIR      output directory (default results/<name>): steps.csv, summary.csv,\n"
+          "                 summary.md, plots.gp and, with gnuplot installed, *.png\n"
+          "  --threads N    runs in parallel (default OMP_NUM_THREADS or all cores); the output does not\n"
+          "                 depend on it\n"
+          "  --no-plots     do not run gnuplot\n"
+          "  --replot       run nothing: rewrite DIR/plots.gp for the config and redraw from DIR/steps.csv\n"
+          "  --quiet        no progress bar, no table on stdout\n");
+}
+
+typedef struct {
+  double t0;
+  int tty;
+} progress_t;
+
+static void progress(void *ctx, int done, int total) {
+  progress_t *p = ctx;
+  if (!p->tty) return;
+  const int width = 40;
+  int fill = (int)((long)done * width / total);
+  double el = carl_now() - p->t0, eta = done ? el * (total - done) / done : 0;
+  fprintf(stderr, "\r[");
+  for (int i = 0; i < width; i++) fputc(i < fill ? '#' : '.', stderr);
+  fprintf(stderr, "] %d/%d runs  %.0fs elapsed, ~%.0fs left ", done, total, el, eta);
+  if (done == total) fputc('\n', stderr);
+  fflush(stderr);
+}
+
+/* gnuplot DIR/plots.gp when gnuplot is installed; 1 when the plots were drawn */
+static int run_gnuplot(const char *outdir, int quiet) {
+  if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    if (!quiet) fprintf(stderr, "carl sim: gnuplot not found: no PNG plots (run `gnuplot %s/plots.gp` later)\n", outdir);
+    return 0;
+  }
+  char cmd[8300];
+  snprintf(cmd, sizeof cmd, "gnuplot '%s/plots.gp' 2>/dev/null", outdir);
+  if (strchr(outdir, '\'') || system(cmd) != 0) {
+    fprintf(stderr, "carl sim: gnuplot failed on %s/plots.gp (the CSV files are complete)\n", outdir);
+    return 0;
+  }
+  return 1;
+}
+
 int carl_cmd_sim(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "carl sim: not available in this build yet\n");
-  return 2;
+  const char *config = NULL, *out = NULL;
+  int threads = 0, plots = 1, quiet = 0, replot = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      sim_usage(stdout);
+      return 0;
+    } else if (!strcmp(a, "--config") && i + 1 < argc) {
+      config = argv[++i];
+    } else if (!strcmp(a, "--out") && i + 1 < argc) {
+      out = argv[++i];
+    } else if (!strcmp(a, "--threads") && i + 1 < argc) {
+      char *end;
+      long v = strtol(argv[++i], &end, 10);
+      if (*end || v < 1 || v > 4096) {
+        fprintf(stderr, "carl sim: --threads: '%s' is not a positive integer\n", argv[i]);
+        return 2;
+      }
+      threads = (int)v;
+    } else if (!strcmp(a, "--no-plots")) {
+      plots = 0;
+    } else if (!strcmp(a, "--replot")) {
+      replot = 1;
+    } else if (!strcmp(a, "--quiet")) {
+      quiet = 1;
+    } else {
+      fprintf(stderr, "carl sim: unknown or incomplete option '%s'\n\n", a);
+      sim_usage(stderr);
+      return 2;
+    }
+  }
+#ifdef _OPENMP
+  if (threads > 0) omp_set_num_threads(threads);
+#endif
+  carl_sim_config_t cfg;
+  carl_status st = config ? carl_sim_config_load(config, &cfg) : carl_sim_config_default(&cfg);
+  if (st != CARL_OK) return carl_cli_error("sim", st);
+  char outdir[4096];
+  if (out)
+    snprintf(outdir, sizeof outdir, "%s", out);
+  else
+    snprintf(outdir, sizeof outdir, "results/%s", cfg.name);
+  if (replot) {
+    st = carl_sim_replot(&cfg, outdir);
+    carl_sim_config_free(&cfg);
+    if (st != CARL_OK) return carl_cli_error("sim", st);
+    return run_gnuplot(outdir, quiet) ? 0 : 1;
+  }
+  int nrun = cfg.nrouter * cfg.ntopo * cfg.nscen * cfg.nseed;
+  if (!quiet)
+    fprintf(stderr, "carl sim: %s: %d routers x %d topologies x %d scenarios x %d seeds = %d runs of %lld steps -> %s\n",
+            cfg.name, cfg.nrouter, cfg.ntopo, cfg.nscen, cfg.nseed, nrun, (long long)cfg.steps, outdir);
+  progress_t pr = {carl_now(), !quiet && isatty(2)};
+  carl_sim_result_t res;
+  st = carl_sim_run(&cfg, progress, &pr, &res);
+  if (st != CARL_OK) {
+    carl_sim_config_free(&cfg);
+    return carl_cli_error("sim", st);
+  }
+  st = carl_sim_write_reports(&cfg, &res, outdir);
+  if (st != CARL_OK) {
+    carl_sim_result_free(&res);
+    carl_sim_config_free(&cfg);
+    return carl_cli_error("sim", st);
+  }
+  if (plots) run_gnuplot(outdir, quiet);
+  if (!quiet) {
+    char *md = NULL;
+    if (carl_sim_table_md(&cfg, &res, &md) == CARL_OK) {
+      printf("%s", md);
+      free(md);
+    }
+    fprintf(stderr, "carl sim: wrote %s/{steps.csv,summary.csv,summary.md,plots.dat,plots.gp}%s in %.1f s\n", outdir,
+            plots ? " and PNG plots" : "", carl_now() - pr.t0);
+  }
+  carl_sim_result_free(&res);
+  carl_sim_config_free(&cfg);
+  return 0;
 }

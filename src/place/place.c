@@ -203,7 +203,7 @@ static carl_status place_traffic(const carl_topo_t *t, const carl_place_input_t 
   double *cn = malloc((size_t)N * N * sizeof *cn);    /* [N, N] cost node n -> node m */
   double *costE = malloc((size_t)E * N * sizeof *costE); /* [E, N] cost of e when its only replica is on m */
   double *nload = calloc((size_t)N, sizeof *nload);
-  int32_t *nroom = malloc((size_t)N * sizeof *nroom), *placed = calloc((size_t)E, sizeof *placed);
+  int32_t *nroom = malloc((size_t)(N > P ? N : P) * sizeof *nroom), *placed = calloc((size_t)E, sizeof *placed);
   pair_t *pairs = malloc((size_t)E * N * sizeof *pairs);
   int32_t *dev = malloc((size_t)P * S * sizeof *dev), *sub_e = malloc((size_t)P * S * sizeof *sub_e);
   double *sub_w = malloc((size_t)P * S * sizeof *sub_w);
