@@ -130,7 +130,7 @@ int main(int argc, char **argv) {
       return 1;
     }
     double t1 = carl_now();
-    openblas_set_num_threads(threads); /* the peer: OpenBLAS's own threading */
+    /* the peer: OpenBLAS's own threading (carl_sgemm restores the caller's OpenBLAS setting) */
     dense_ffn(R, d, f, xd, w13, w2, hd, ad, yd, dyd, dad, dhd, dxd, dw13, dw2);
     double t2 = carl_now();
     /* the same dense products through carl_sgemm's fixed tiles (what the layer uses) */

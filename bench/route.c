@@ -145,14 +145,15 @@ int main(int argc, char **argv) {
     const char *const *names = carl_router_names();
     int nnames = 0;
     while (names[nnames]) nnames++;
-    for (int n = 0; n <= nnames; n++) {
-      /* every registered router with its defaults, then topk without losses (no full softmax) */
-      const int nolosses = n == nnames;
-      const char *nm = nolosses ? "topk" : names[n];
+    for (int n = 0; n <= nnames + 1; n++) {
+      /* every registered router with its defaults, then topk without losses (no full softmax),
+       * then carl after its warm start (warm=0: the steady state of training) */
+      const int nolosses = n == nnames, steady = n == nnames + 1;
+      const char *nm = nolosses ? "topk" : steady ? "carl" : names[n];
       const char *only = getenv("BENCH_ROUTERS");
       if (only) {
         char pat[64];
-        snprintf(pat, sizeof pat, ",%s%s,", nm, nolosses ? "-nolosses" : "");
+        snprintf(pat, sizeof pat, ",%s%s,", nm, nolosses ? "-nolosses" : steady ? "-steady" : "");
         char list[1024];
         snprintf(list, sizeof list, ",%s,", only);
         if (!strstr(list, pat)) continue;
@@ -165,6 +166,10 @@ int main(int argc, char **argv) {
         keys[nset] = "aux";
         vals[nset++] = 0;
         keys[nset] = "z_loss";
+        vals[nset++] = 0;
+      }
+      if (steady) {
+        keys[nset] = "warm";
         vals[nset++] = 0;
       }
       if (strcmp(nm, "grouplimited") == 0) {
@@ -203,7 +208,7 @@ int main(int argc, char **argv) {
       char upd[32] = "";
       if (stateful && do_update) snprintf(upd, sizeof upd, "%.2f", tboth * 1e3);
       printf("| %s%s%s%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | %.1f | %s |\n", nm, kk != k ? " (k=1)" : "",
-             nolosses ? " (aux=0, z_loss=0)" : "", nrep == 1 ? " (1 run)" : "", (long long)T,
+             nolosses ? " (aux=0, z_loss=0)" : steady ? " (after warm start, warm=0)" : "", nrep == 1 ? " (1 run)" : "", (long long)T,
              troute * 1e3, T / troute / 1e6, tcopy / troute, croute * 1e3, ccopy / croute, cref / croute, upd);
       fflush(stdout);
       carl_router_free(rt);

@@ -115,7 +115,7 @@ static double att_loss(void *p) {
 static void test_attention(void **s) {
   (void)s;
   enum { B = 2, S = 5, d = 8, H = 2 };
-  float qkv[B * S * 3 * d], out[B * S * d], att[B * H * S * S], R[B * S * d], dqkv[B * S * 3 * d];
+  float qkv[B * S * 3 * d], out[B * S * d], att[B * H * S * S], R[B * S * d], dqkv[B * S * 3 * d], scr[B * H * S * S];
   fill(qkv, B * S * 3 * d, 7, 1); fill(R, B * S * d, 8, 1);
   att_ctx c = {qkv, out, att, R, B, S, d, H};
   att_loss(&c);
@@ -137,7 +137,7 @@ static void test_attention(void **s) {
   qkv[(S - 1) * 3 * d + 2 * d + 3] += 5.0f;
   att_loss(&c);
   assert_true(out[(S - 2) * d + 3] == before);
-  carl_attention_bwd(dqkv, R, qkv, att, B, S, d, H);
+  carl_attention_bwd(dqkv, scr, R, qkv, att, B, S, d, H);
   fd_check("attention dqkv", att_loss, &c, qkv, dqkv, B * S * 3 * d, 1e-2f, 2e-3, 5e-3);
   /* every element of dqkv, not only a sample, for one batch: step through all */
   for (int i = 0; i < S * 3 * d; i += 7) {

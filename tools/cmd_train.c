@@ -1,11 +1,191 @@
-/* carl train: not built yet in this version. */
+/* carl train: train the MoE transformer on the prepared corpus (carl/train.h). */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "carl/route.h"
+#include "carl/train.h"
 #include "cli.h"
 
+#define DEFAULT_CONFIG "configs/models/small.json"
+
+static void train_usage(FILE *f, const char *router) {
+  fprintf(f,
+          "usage: carl train [--config FILE] [options]\n\n"
+          "Train a Mixture-of-Experts transformer on the CPU on the prepared text corpus\n"
+          "(run scripts/prepare_data.sh first). Writes OUT/metrics.csv and checkpoints OUT/ckpt_<step>/\n"
+          "(model.safetensors, optimizer.safetensors, router state, state.json; OUT/latest names the newest).\n\n"
+          "options (default in brackets):\n"
+          "  --config FILE        model and training config [" DEFAULT_CONFIG "]\n"
+          "  --router NAME        router, replacing the config's (its options are then reset) [config's]\n"
+          "  --router-opt K=V     set a router option; repeatable [router defaults / config's router_opts]\n"
+          "  --topology FILE      simulated cluster for routing and dispatch accounting; 'none' = one device\n"
+          "                       [config's train.topology]\n"
+          "  --out DIR            output directory [out/<config name>-<router>]\n"
+          "  --steps N            total training steps (the schedule's length) [config's train.steps]\n"
+          "  --log-every N        progress line and CSV row every N steps [config's]\n"
+          "  --eval-every N       validation every N steps (0: only at the end) [config's]\n"
+          "  --ckpt-every N       checkpoint every N steps (0: only at the end) [config's]\n"
+          "  --seed N             model init and data order seed (sets model.seed and train.data_seed) [config's]\n"
+          "  --resume             continue from OUT's latest checkpoint, bitwise as if never stopped [off]\n"
+          "  --stop-after N       stop (with a checkpoint) after N steps, e.g. to resume later [run all]\n"
+          "  --dump-trace DIR     write router logits per layer (DIR/layer_<l>.npy [N, E] float32), token\n"
+          "                       source devices (DIR/src.npy [N] int32) and token ids (DIR/tokens.npy)\n"
+          "                       for `carl sim` [off]\n"
+          "  --dump-every N       record every N-th step into the trace [log-every]\n"
+          "  --quiet              no progress lines, only the summary [off]\n"
+          "  -h, --help           this help\n\n"
+          "routers:");
+  for (const char *const *n = carl_router_names(); *n; n++) fprintf(f, " %s", *n);
+  fprintf(f, "\n(`carl train --router NAME --help` lists that router's options with their defaults.)\n");
+  if (!router) return;
+  const carl_opt_t *opts[64];
+  int no = carl_router_options(router, opts, 64);
+  if (no < 0 || !carl_router_find(router)) {
+    fprintf(f, "\nunknown router '%s'\n", router);
+    return;
+  }
+  fprintf(f, "\noptions of router %s (--router-opt K=V; default in brackets):\n", router);
+  for (int i = 0; i < no && i < 64; i++) fprintf(f, "  %-14s %s [%g]\n", opts[i]->name, opts[i]->help, opts[i]->def);
+}
+
+static void progress(const carl_train_metrics_t *m, void *ud) {
+  (void)ud;
+  char val[64] = "";
+  if (m->has_val) snprintf(val, sizeof val, " | val %.4f (%.3f bpb)", m->val_ce, m->val_bpb);
+  printf("step %6lld/%lld | loss %.4f (ce %.4f)%s | %7.0f tok/s | skew E %.2f D %.2f N %.2f | inter %.2f MB/step "
+         "(%.0f%%) | lr %.2e\n",
+         (long long)m->step, (long long)m->steps, m->loss, m->ce, val, m->tokens_per_s,
+         m->skew_expert, m->skew_device, m->skew_node, m->inter_bytes / 1e6, 100 * m->inter_fraction, m->lr);
+  fflush(stdout);
+}
+
+static int parse_i64(const char *opt, const char *v, long long lo, long long *out) {
+  char *end;
+  errno = 0;
+  long long x = strtoll(v, &end, 10);
+  if (errno || end == v || *end || x < lo) {
+    fprintf(stderr, "carl train: %s needs an integer >= %lld, got '%s'\n", opt, lo, v);
+    return 0;
+  }
+  *out = x;
+  return 1;
+}
+
 int carl_cmd_train(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "carl train: not available in this build yet\n");
-  return 2;
+  const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL;
+  const char *ropt_k[CARL_MODEL_MAX_ROUTER_OPTS];
+  double ropt_v[CARL_MODEL_MAX_ROUTER_OPTS];
+  int nropt = 0, resume = 0, quiet = 0;
+  long long steps = -1, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      train_usage(stdout, router);
+      return 0;
+    }
+    if (!strcmp(a, "--resume")) {
+      resume = 1;
+      continue;
+    }
+    if (!strcmp(a, "--quiet")) {
+      quiet = 1;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      fprintf(stderr, "carl train: %s needs a value (carl train --help)\n", a);
+      return 2;
+    }
+    const char *v = argv[++i];
+    if (!strcmp(a, "--config")) config = v;
+    else if (!strcmp(a, "--router")) router = v;
+    else if (!strcmp(a, "--topology")) topology = v;
+    else if (!strcmp(a, "--out")) out = v;
+    else if (!strcmp(a, "--dump-trace")) trace = v;
+    else if (!strcmp(a, "--router-opt")) {
+      const char *eq = strchr(v, '=');
+      char *end;
+      double val = eq ? strtod(eq + 1, &end) : 0;
+      if (!eq || eq == v || end == eq + 1 || *end) {
+        fprintf(stderr, "carl train: --router-opt needs KEY=NUMBER, got '%s'\n", v);
+        return 2;
+      }
+      if (nropt == CARL_MODEL_MAX_ROUTER_OPTS) {
+        fprintf(stderr, "carl train: at most %d --router-opt\n", CARL_MODEL_MAX_ROUTER_OPTS);
+        return 2;
+      }
+      static char keys[CARL_MODEL_MAX_ROUTER_OPTS][32];
+      if ((size_t)(eq - v) >= sizeof keys[0]) {
+        fprintf(stderr, "carl train: --router-opt key too long in '%s'\n", v);
+        return 2;
+      }
+      memcpy(keys[nropt], v, (size_t)(eq - v));
+      keys[nropt][eq - v] = '\0';
+      ropt_k[nropt] = keys[nropt];
+      ropt_v[nropt++] = val;
+    } else if (!strcmp(a, "--steps")) {
+      if (!parse_i64(a, v, 1, &steps)) return 2;
+    } else if (!strcmp(a, "--log-every")) {
+      if (!parse_i64(a, v, 1, &log_every)) return 2;
+    } else if (!strcmp(a, "--eval-every")) {
+      if (!parse_i64(a, v, 0, &eval_every)) return 2;
+    } else if (!strcmp(a, "--ckpt-every")) {
+      if (!parse_i64(a, v, 0, &ckpt_every)) return 2;
+    } else if (!strcmp(a, "--seed")) {
+      if (!parse_i64(a, v, 0, &seed)) return 2;
+    } else if (!strcmp(a, "--stop-after")) {
+      if (!parse_i64(a, v, 1, &stop_after)) return 2;
+    } else if (!strcmp(a, "--dump-every")) {
+      if (!parse_i64(a, v, 1, &dump_every)) return 2;
+    } else {
+      fprintf(stderr, "carl train: unknown option '%s' (carl train --help)\n", a);
+      return 2;
+    }
+  }
+
+  carl_train_config_t cfg;
+  carl_status st = carl_train_config_load(config, &cfg);
+  if (st) return carl_cli_error("train", st);
+  if (router && (st = carl_train_config_set_router(&cfg, router))) return carl_cli_error("train", st);
+  for (int i = 0; i < nropt; i++)
+    if ((st = carl_model_config_set_router_opt(&cfg.model, ropt_k[i], ropt_v[i]))) return carl_cli_error("train", st);
+  if (topology) snprintf(cfg.topology, sizeof cfg.topology, "%s", strcmp(topology, "none") ? topology : "");
+  if (steps > 0) cfg.steps = steps;
+  if (log_every > 0) cfg.log_every = log_every;
+  if (eval_every >= 0) cfg.eval_every = eval_every;
+  if (ckpt_every >= 0) cfg.ckpt_every = ckpt_every;
+  if (seed >= 0) cfg.model.seed = cfg.data_seed = (uint64_t)seed;
+  /* re-check with the overrides (router name and options against the registry) */
+  char *text = carl_train_config_to_json(&cfg);
+  st = text ? carl_train_config_parse(text, strlen(text), "options", &cfg) : CARL_ERR_NOMEM;
+  free(text);
+  if (st) return carl_cli_error("train", st);
+
+  char outbuf[CARL_PATH_MAX];
+  if (!out) {
+    snprintf(outbuf, sizeof outbuf, "out/%s-%s", cfg.name, cfg.model.router);
+    out = outbuf;
+  }
+  if (!quiet) {
+    printf("carl train: %s, router %s, %d layers x %d experts (top-%d), d %d, batch %d x %d tokens, %lld steps, "
+           "topology %s -> %s%s\n",
+           cfg.name, cfg.model.router, cfg.model.n_layers, cfg.model.n_experts, cfg.model.top_k, cfg.model.d_model,
+           cfg.batch, cfg.seq_len, (long long)cfg.steps, cfg.topology[0] ? cfg.topology : "none", out,
+           resume ? " (resuming)" : "");
+    fflush(stdout);
+  }
+  carl_train_opts_t o = {.out_dir = out, .resume = resume, .dump_trace = trace, .dump_every = dump_every,
+                         .stop_after = stop_after, .progress = quiet ? NULL : progress};
+  carl_train_result_t res;
+  st = carl_train_run(&cfg, &o, &res);
+  if (st) return carl_cli_error("train", st);
+  char val[96] = "no validation yet";
+  if (res.val_ce == res.val_ce)
+    snprintf(val, sizeof val, "val %.4f nats/byte = %.3f bits/byte", res.val_ce, res.val_bpb);
+  printf("done: %lld steps, %s, %.0f tokens/s, simulated inter-node bytes %.3g, skew E %.2f D %.2f, checkpoint %s\n",
+         (long long)res.step, val, res.tokens_per_s, res.inter_bytes_total, res.skew_expert_mean, res.skew_device_mean,
+         res.last_ckpt);
+  if (trace) printf("trace: %s\n", trace);
+  return 0;
 }

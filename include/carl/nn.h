@@ -14,8 +14,8 @@
  * Determinism: float sums run in a fixed order that does not depend on the OpenMP thread count.
  * Matrix products go through carl_sgemm, which cuts the output into fixed tiles, runs one
  * single-threaded OpenBLAS sgemm per tile and spreads the tiles over OpenMP threads (OpenBLAS's own
- * threading changes the bits with the thread count). Side effect: every product sets OpenBLAS to
- * one thread for the process (openblas_set_num_threads(1)); parallelism comes from OpenMP.
+ * threading changes the bits with the thread count). OpenBLAS is set to one thread for the
+ * duration of each product and the caller's setting restored; parallelism comes from OpenMP.
  * Nothing here allocates except where stated; nothing prints.
  */
 #ifndef CARL_NN_H
@@ -70,9 +70,9 @@ void carl_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
 /* qkv [B, S, 3d] (q | k | v, head h at columns h*hd.. of each third, hd = d / H);
  * out [B, S, d]; att [B, H, S, S] softmax probabilities (row i uses columns 0..i; the rest 0). */
 void carl_attention_fwd(float *out, float *att, const float *qkv, int B, int S, int d, int H);
-/* dqkv [B, S, 3d] overwritten. */
-void carl_attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int S, int d,
-                        int H);
+/* dqkv [B, S, 3d] overwritten; scratch [B, H, S, S] caller storage. */
+void carl_attention_bwd(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att, int B,
+                        int S, int d, int H);
 
 /* ---- SwiGLU: a = silu(h[:, :f]) * h[:, f:] --------------------------------------------------- */
 /* h [N, 2f]; a [N, f]. */

@@ -56,6 +56,7 @@ struct carl_model {
   float *lse;     /* [T] */
   float *dh, *dtmp, *dtmp2; /* [T, d] backward scratch */
   float *dqkv;    /* [T, 3d] */
+  float *datt;    /* [B, H, S, S] attention backward scratch */
   int64_t ntargets;
 };
 
@@ -259,9 +260,9 @@ static void carl__free_acts(carl_model_t *m) {
     memset(a, 0, sizeof *a);
   }
   free(m->tokens); free(m->targets); free(m->h_final); free(m->nf); free(m->rstdf); free(m->logits);
-  free(m->dlogits); free(m->lse); free(m->dh); free(m->dtmp); free(m->dtmp2); free(m->dqkv);
+  free(m->dlogits); free(m->lse); free(m->dh); free(m->dtmp); free(m->dtmp2); free(m->dqkv); free(m->datt);
   m->tokens = m->targets = NULL;
-  m->h_final = m->nf = m->rstdf = m->logits = m->dlogits = m->lse = m->dh = m->dtmp = m->dtmp2 = m->dqkv = NULL;
+  m->h_final = m->nf = m->rstdf = m->logits = m->dlogits = m->lse = m->dh = m->dtmp = m->dtmp2 = m->dqkv = m->datt = NULL;
   m->cap_T = m->cap_att = 0;
 }
 
@@ -334,7 +335,7 @@ static carl_status carl__reserve(carl_model_t *m, int B, int S) {
   }
   ALLOC(m->tokens, T); ALLOC(m->targets, T); ALLOC(m->h_final, T * d); ALLOC(m->nf, T * d); ALLOC(m->rstdf, T);
   ALLOC(m->logits, T * V); ALLOC(m->dlogits, T * V); ALLOC(m->lse, T); ALLOC(m->dh, T * d);
-  ALLOC(m->dtmp, T * d); ALLOC(m->dtmp2, T * d); ALLOC(m->dqkv, T * 3 * d);
+  ALLOC(m->dtmp, T * d); ALLOC(m->dtmp2, T * d); ALLOC(m->dqkv, T * 3 * d); ALLOC(m->datt, natt);
 #undef ALLOC
   if (!ok) {
     carl__free_acts(m);
@@ -466,7 +467,7 @@ carl_status carl_model_backward(carl_model_t *m) {
     carl_rmsnorm_bwd(m->dh, G(m, x->moe_norm), m->dtmp, a->h_mid, P(m, x->moe_norm), a->rstd2, T, d, 1);
     /* attention block: dh_in = dh_mid + norm1'(attn'(dh_mid)) */
     carl_linear_bwd(m->dtmp, G(m, x->wo), m->dh, a->ao, P(m, x->wo), T, d, d, 0);
-    carl_attention_bwd(m->dqkv, m->dtmp, a->qkv, a->att, B, S, d, H);
+    carl_attention_bwd(m->dqkv, m->datt, m->dtmp, a->qkv, a->att, B, S, d, H);
     carl_linear_bwd(m->dtmp2, G(m, x->wqkv), m->dqkv, a->n1, P(m, x->wqkv), T, d, 3 * d, 0);
     carl_rmsnorm_bwd(m->dh, G(m, x->attn_norm), m->dtmp2, a->h_in, P(m, x->attn_norm), a->rstd1, T, d, 1);
   }

@@ -3,7 +3,8 @@
  * OpenBLAS's multi-threaded sgemm gives different bits for different thread counts (it changes
  * the kernels' tile shapes). So the output is cut into fixed tiles (CARL__TM x CARL__TN, the same
  * for every thread count), each tile is one single-threaded sgemm, and the tiles are spread over
- * OpenMP threads: the result depends on the shapes only. */
+ * OpenMP threads: the result depends on the shapes only. OpenBLAS is set to one thread for the
+ * duration of each call and the caller's setting restored afterwards. */
 #include <cblas.h>
 
 #include "carl/nn.h"
@@ -15,10 +16,15 @@
 #define CARL__TN 256
 #endif
 
-/* Called outside parallel regions, on every product: cheap when already 1, and it undoes a
- * caller that raised OpenBLAS's thread count in between. */
-static void carl__blas_single_thread(void) {
-  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+/* OpenBLAS runs single-threaded inside carl_sgemm_batch (the tiles are the parallelism); the
+ * caller's setting is restored on return. Called outside parallel regions only. */
+static int carl__blas_single_thread(void) {
+  int n = openblas_get_num_threads();
+  if (n != 1) openblas_set_num_threads(1);
+  return n;
+}
+static void carl__blas_restore(int n) {
+  if (n != 1) openblas_set_num_threads(n);
 }
 
 /* Tiles of one product: tm x tn of near-equal size (multiples of 16 but the last), from the
@@ -31,7 +37,6 @@ static void carl__tiles(const carl_gemm_t *g, int64_t *tm, int64_t *tn, int64_t 
 }
 
 void carl_sgemm_batch(int n, const carl_gemm_t *g) {
-  carl__blas_single_thread();
   /* tiles of all products, numbered product by product */
   int64_t total = 0;
   double work = 0;
@@ -43,6 +48,7 @@ void carl_sgemm_batch(int n, const carl_gemm_t *g) {
     work += (double)g[i].M * g[i].N * (g[i].K > 0 ? g[i].K : 1);
   }
   if (total == 0) return;
+  const int blas_threads = carl__blas_single_thread();
 #pragma omp parallel if (total > 1 && work >= 4.0 * CARL_OMP_MIN_WORK * 64)
   {
     int i = 0;
@@ -70,6 +76,7 @@ void carl_sgemm_batch(int n, const carl_gemm_t *g) {
                   p->K, p->alpha, a, p->lda, b, p->ldb, p->beta, p->C + i0 * p->ldc + j0, p->ldc);
     }
   }
+  carl__blas_restore(blas_threads);
 }
 
 void carl_sgemm(int transA, int transB, int64_t M, int N, int K, float alpha, const float *A, int lda,

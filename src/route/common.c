@@ -152,14 +152,20 @@ CARL__CLONES float carl_route_score_row(const float *z, int E, int score, float 
 }
 
 /* Block partial sums of p (p = s, or s / sum(s) for sigmoid) and lse^2 for the registry. */
-static void carl__stats_row(const float *s, int E, int score, float lse, float *pp, double *zs) {
+static inline __attribute__((always_inline)) void carl__stats_row(const float *s, int E, int score, float lse, float *pp,
+                                                                  double *zs) {
+  int e = 0;
   if (score == CARL_SCORE_SIGMOID) {
-    float a = 0;
-    for (int e = 0; e < E; e++) a += s[e];
-    float inv = 1.0f / a;
-    for (int e = 0; e < E; e++) pp[e] += s[e] * inv;
+    carl__v8 av = carl__splat(0.0f);
+    for (; e + 8 <= E; e += 8) av += carl__ld(s + e);
+    float a = ((av[0] + av[1]) + (av[2] + av[3])) + ((av[4] + av[5]) + (av[6] + av[7]));
+    for (int i = e; i < E; i++) a += s[i];
+    const carl__v8 inv = carl__splat(1.0f / a);
+    for (e = 0; e + 8 <= E; e += 8) carl__st(pp + e, carl__ld(pp + e) + carl__ld(s + e) * inv);
+    for (; e < E; e++) pp[e] += s[e] * inv[0];
   } else {
-    for (int e = 0; e < E; e++) pp[e] += s[e];
+    for (; e + 8 <= E; e += 8) carl__st(pp + e, carl__ld(pp + e) + carl__ld(s + e));
+    for (; e < E; e++) pp[e] += s[e];
   }
   *zs += (double)lse * (double)lse;
 }

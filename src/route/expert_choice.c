@@ -63,17 +63,25 @@ static carl_status ec_route(carl_router_t *r, const carl_route_in_t *in, carl_ro
   if (rc == CARL_OK) rc = carl_route_scores(r, in->logits, T, E, c.score, s);
   int nomem = 0;
   if (rc == CARL_OK) {
-    /* 1. each expert picks its top C tokens */
+    /* 1. each expert picks its top C tokens; the columns of 16 experts are gathered in one pass
+     *    over the scores (one cache line per token) */
+    enum { EC_CHUNK = 16 };
+    const int nchunk = (E + EC_CHUNK - 1) / EC_CHUNK;
 #pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(| : nomem)
     {
-      ec_pair_t *col = malloc((size_t)T * sizeof *col);
+      ec_pair_t *col = malloc((size_t)T * EC_CHUNK * sizeof *col);
       if (!col) nomem = 1;
 #pragma omp for schedule(dynamic, 1)
-      for (int e = 0; e < E; e++) {
+      for (int ch = 0; ch < nchunk; ch++) {
         if (!col) continue;
-        for (int64_t t = 0; t < T; t++) col[t] = (ec_pair_t){s[t * E + e], (int32_t)t};
-        ec_select(col, T, C);
-        for (int64_t i = 0; i < C; i++) chosen[(int64_t)e * C + i] = col[i].t;
+        const int e0 = ch * EC_CHUNK, ne = E - e0 < EC_CHUNK ? E - e0 : EC_CHUNK;
+        for (int64_t t = 0; t < T; t++)
+          for (int j = 0; j < ne; j++) col[(int64_t)j * T + t] = (ec_pair_t){s[t * E + e0 + j], (int32_t)t};
+        for (int j = 0; j < ne; j++) {
+          ec_pair_t *cj = col + (int64_t)j * T;
+          ec_select(cj, T, C);
+          for (int64_t i = 0; i < C; i++) chosen[(int64_t)(e0 + j) * C + i] = cj[i].t;
+        }
       }
       free(col);
     }

@@ -1,0 +1,1132 @@
+/* Training loop, config files, checkpoints, resume and sampling (carl/train.h). */
+#include "carl/train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "carl/array.h"
+#include "carl/data.h"
+#include "carl/json.h"
+#include "carl/safetensors.h"
+
+/* ============================== config ============================================================ */
+
+void carl_train_config_default(carl_train_config_t *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->name, sizeof c->name, "default");
+  carl_model_config_default(&c->model);
+  c->batch = 8;
+  c->seq_len = c->model.max_seq;
+  c->steps = 100;
+  c->lr = 3e-3;
+  c->lr_min = 3e-4;
+  c->warmup = 10;
+  c->weight_decay = 0.1;
+  c->grad_clip = 1.0;
+  c->beta1 = 0.9;
+  c->beta2 = 0.95;
+  c->adam_eps = 1e-8;
+  c->eval_every = 50;
+  c->eval_batches = 4;
+  c->ckpt_every = 100;
+  c->log_every = 10;
+  c->data_seed = 1;
+  snprintf(c->train_data, sizeof c->train_data, "data/kjv.train.txt");
+  snprintf(c->val_data, sizeof c->val_data, "data/kjv.val.txt");
+  c->topology[0] = '\0';
+}
+
+static carl_status carl__copy_str(char *dst, size_t cap, const char *src, const char *field) {
+  if (strlen(src) >= cap) return carl_fail(CARL_ERR_INVALID, "%s is too long (at most %zu characters)", field, cap - 1);
+  memcpy(dst, src, strlen(src) + 1);
+  return CARL_OK;
+}
+
+/* Check router name and option names against the registry. */
+static carl_status carl__check_router(const carl_model_config_t *m, const char *ctx) {
+  if (!carl_router_find(m->router)) {
+    char names[512] = "";
+    for (const char *const *n = carl_router_names(); *n; n++)
+      snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", names[0] ? ", " : "", *n);
+    return carl_fail(CARL_ERR_NOT_FOUND, "%srouter: unknown router \"%s\" (known: %s)", ctx, m->router, names);
+  }
+  const carl_opt_t *opts[64];
+  int no = carl_router_options(m->router, opts, 64);
+  for (int i = 0; i < m->n_router_opts; i++) {
+    int ok = 0;
+    for (int j = 0; j < no && j < 64; j++) ok |= !strcmp(opts[j]->name, m->router_keys[i]);
+    if (!ok) {
+      char names[1024] = "";
+      for (int j = 0; j < no && j < 64; j++)
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", j ? ", " : "", opts[j]->name);
+      return carl_fail(CARL_ERR_NOT_FOUND, "%srouter_opts: router \"%s\" has no option \"%s\" (options: %s)", ctx,
+                       m->router, m->router_keys[i], names);
+    }
+  }
+  /* create once to let the router validate the values */
+  const char *keys[CARL_MODEL_MAX_ROUTER_OPTS];
+  for (int i = 0; i < m->n_router_opts; i++) keys[i] = m->router_keys[i];
+  carl_router_t *r = NULL;
+  carl_status st = carl_router_create(m->router, m->n_router_opts, keys, m->router_vals, &r);
+  carl_router_free(r);
+  if (st != CARL_OK) return carl_errctx(st, "%srouter_opts", ctx);
+  return CARL_OK;
+}
+
+static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
+  static const char *const keys[] = {"vocab", "max_seq", "d_model", "n_layers", "n_heads", "d_ff", "n_experts",
+                                     "top_k", "d_shared", "init_std", "norm_eps", "seed", "router", "router_opts"};
+  const char *ctx = "model";
+  CARL_TRY(carl_json_expect_object(o, ctx));
+  CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
+  CARL_TRY(carl_json_opt_int(o, ctx, "vocab", 1, 1 << 20, m->vocab, &m->vocab));
+  CARL_TRY(carl_json_opt_int(o, ctx, "max_seq", 1, 1 << 16, m->max_seq, &m->max_seq));
+  CARL_TRY(carl_json_opt_int(o, ctx, "d_model", 1, 1 << 16, m->d_model, &m->d_model));
+  CARL_TRY(carl_json_opt_int(o, ctx, "n_layers", 1, 256, m->n_layers, &m->n_layers));
+  CARL_TRY(carl_json_opt_int(o, ctx, "n_heads", 1, 1024, m->n_heads, &m->n_heads));
+  CARL_TRY(carl_json_opt_int(o, ctx, "d_ff", 1, 1 << 18, m->d_ff, &m->d_ff));
+  CARL_TRY(carl_json_opt_int(o, ctx, "n_experts", 1, 4096, m->n_experts, &m->n_experts));
+  CARL_TRY(carl_json_opt_int(o, ctx, "top_k", 1, 4096, m->top_k, &m->top_k));
+  CARL_TRY(carl_json_opt_int(o, ctx, "d_shared", 0, 1 << 18, m->d_shared, &m->d_shared));
+  double v;
+  CARL_TRY(carl_json_opt_pos(o, ctx, "init_std", m->init_std, &v));
+  m->init_std = (float)v;
+  CARL_TRY(carl_json_opt_pos(o, ctx, "norm_eps", m->norm_eps, &v));
+  m->norm_eps = (float)v;
+  int64_t seed;
+  CARL_TRY(carl_json_opt_i64(o, ctx, "seed", 0, (int64_t)1 << 53, (int64_t)m->seed, &seed));
+  m->seed = (uint64_t)seed;
+  const char *router;
+  CARL_TRY(carl_json_opt_str(o, ctx, "router", m->router, &router));
+  if (strcmp(router, m->router)) {
+    CARL_TRY(carl__copy_str(m->router, sizeof m->router, router, "model.router"));
+    m->n_router_opts = 0;
+  }
+  const cJSON *ro = NULL;
+  CARL_TRY(carl_json_opt_obj(o, ctx, "router_opts", &ro));
+  if (ro) {
+    for (const cJSON *it = ro->child; it; it = it->next) {
+      char field[160];
+      carl_json_field(field, sizeof field, "model.router_opts", it->string);
+      if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
+        return carl_fail(CARL_ERR_INVALID, "%s must be a finite number, got %s", field, carl_json_type_name(it));
+      if (strlen(it->string) >= sizeof m->router_keys[0])
+        return carl_fail(CARL_ERR_INVALID, "%s: option name too long", field);
+      CARL_TRY(carl_model_config_set_router_opt(m, it->string, it->valuedouble));
+    }
+  }
+  /* a router option k sets the model's top_k (the model requires them equal) */
+  for (int i = 0; i < m->n_router_opts; i++)
+    if (!strcmp(m->router_keys[i], "k")) {
+      double k = m->router_vals[i];
+      if (!(k >= 1 && k <= 4096) || k != floor(k))
+        return carl_fail(CARL_ERR_INVALID, "model.router_opts.k must be a whole number >= 1, got %g", k);
+      m->top_k = (int)k;
+    }
+  return CARL_OK;
+}
+
+static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
+  static const char *const keys[] = {"batch", "seq_len", "steps", "lr", "lr_min", "warmup", "weight_decay",
+                                     "grad_clip", "beta1", "beta2", "adam_eps", "eval_every", "eval_batches",
+                                     "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology"};
+  const char *ctx = "train";
+  CARL_TRY(carl_json_expect_object(o, ctx));
+  CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
+  CARL_TRY(carl_json_opt_int(o, ctx, "batch", 1, 1 << 16, c->batch, &c->batch));
+  CARL_TRY(carl_json_opt_int(o, ctx, "seq_len", 1, 1 << 16, c->seq_len, &c->seq_len));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "steps", 1, (int64_t)1 << 40, c->steps, &c->steps));
+  CARL_TRY(carl_json_opt_pos(o, ctx, "lr", c->lr, &c->lr));
+  CARL_TRY(carl_json_opt_num(o, ctx, "lr_min", 0, INFINITY, c->lr_min, &c->lr_min));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "warmup", 0, (int64_t)1 << 40, c->warmup, &c->warmup));
+  CARL_TRY(carl_json_opt_num(o, ctx, "weight_decay", 0, INFINITY, c->weight_decay, &c->weight_decay));
+  CARL_TRY(carl_json_opt_num(o, ctx, "grad_clip", 0, INFINITY, c->grad_clip, &c->grad_clip));
+  CARL_TRY(carl_json_opt_num(o, ctx, "beta1", 0, 0.999999, c->beta1, &c->beta1));
+  CARL_TRY(carl_json_opt_num(o, ctx, "beta2", 0, 0.999999, c->beta2, &c->beta2));
+  CARL_TRY(carl_json_opt_pos(o, ctx, "adam_eps", c->adam_eps, &c->adam_eps));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "eval_every", 0, (int64_t)1 << 40, c->eval_every, &c->eval_every));
+  CARL_TRY(carl_json_opt_int(o, ctx, "eval_batches", 1, 1 << 20, c->eval_batches, &c->eval_batches));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "ckpt_every", 0, (int64_t)1 << 40, c->ckpt_every, &c->ckpt_every));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "log_every", 1, (int64_t)1 << 40, c->log_every, &c->log_every));
+  int64_t seed;
+  CARL_TRY(carl_json_opt_i64(o, ctx, "data_seed", 0, (int64_t)1 << 53, (int64_t)c->data_seed, &seed));
+  c->data_seed = (uint64_t)seed;
+  const char *s;
+  CARL_TRY(carl_json_opt_str(o, ctx, "train_data", c->train_data, &s));
+  CARL_TRY(carl__copy_str(c->train_data, sizeof c->train_data, s, "train.train_data"));
+  CARL_TRY(carl_json_opt_str(o, ctx, "val_data", c->val_data, &s));
+  CARL_TRY(carl__copy_str(c->val_data, sizeof c->val_data, s, "train.val_data"));
+  CARL_TRY(carl_json_opt_str(o, ctx, "topology", c->topology, &s));
+  CARL_TRY(carl__copy_str(c->topology, sizeof c->topology, s, "train.topology"));
+  return CARL_OK;
+}
+
+static carl_status carl__check_config(const carl_train_config_t *c) {
+  carl_status st = carl_model_config_check(&c->model);
+  if (st != CARL_OK) return carl_errctx(st, "model");
+  if (c->seq_len > c->model.max_seq)
+    return carl_fail(CARL_ERR_INVALID, "train.seq_len %d exceeds model.max_seq %d", c->seq_len, c->model.max_seq);
+  if (c->lr_min > c->lr) return carl_fail(CARL_ERR_INVALID, "train.lr_min %g exceeds train.lr %g", c->lr_min, c->lr);
+  return carl__check_router(&c->model, "model.");
+}
+
+carl_status carl_train_config_parse(const char *json, size_t len, const char *what, carl_train_config_t *c) {
+  carl_train_config_t tmp;
+  carl_train_config_default(&tmp);
+  cJSON *doc = NULL;
+  CARL_TRY(carl_json_parse(json, len, what, &doc));
+  static const char *const keys[] = {"name", "model", "train"};
+  carl_status st = carl_json_expect_object(doc, "");
+  if (!st) st = carl_json_check_keys(doc, "", keys, 3);
+  const char *name = NULL;
+  if (!st) st = carl_json_opt_str(doc, "", "name", tmp.name, &name);
+  if (!st) st = carl__copy_str(tmp.name, sizeof tmp.name, name, "name");
+  const cJSON *mo = NULL, *tr = NULL;
+  if (!st) st = carl_json_get_obj(doc, "", "model", &mo);
+  if (!st) st = carl__parse_model(mo, &tmp.model);
+  if (!st) {
+    tmp.seq_len = tmp.model.max_seq;
+    st = carl_json_opt_obj(doc, "", "train", &tr);
+  }
+  if (!st && tr) st = carl__parse_train(tr, &tmp);
+  if (!st) st = carl__check_config(&tmp);
+  carl_json_free(doc);
+  if (st != CARL_OK) return what ? carl_errctx(st, "%s", what) : st;
+  *c = tmp;
+  return CARL_OK;
+}
+
+carl_status carl_train_config_load(const char *path, carl_train_config_t *c) {
+  char *text;
+  size_t len;
+  carl_status st = carl_read_file(path, &text, &len);
+  if (st != CARL_OK) return st;
+  st = carl_train_config_parse(text, len, path, c);
+  free(text);
+  return st;
+}
+
+static cJSON *carl__config_json(const carl_train_config_t *c) {
+  cJSON *root = cJSON_CreateObject(), *m = cJSON_AddObjectToObject(root, "model"), *t;
+  cJSON_AddStringToObject(root, "name", c->name);
+  const carl_model_config_t *mc = &c->model;
+  cJSON_AddNumberToObject(m, "vocab", mc->vocab);
+  cJSON_AddNumberToObject(m, "max_seq", mc->max_seq);
+  cJSON_AddNumberToObject(m, "d_model", mc->d_model);
+  cJSON_AddNumberToObject(m, "n_layers", mc->n_layers);
+  cJSON_AddNumberToObject(m, "n_heads", mc->n_heads);
+  cJSON_AddNumberToObject(m, "d_ff", mc->d_ff);
+  cJSON_AddNumberToObject(m, "n_experts", mc->n_experts);
+  cJSON_AddNumberToObject(m, "top_k", mc->top_k);
+  cJSON_AddNumberToObject(m, "d_shared", mc->d_shared);
+  cJSON_AddNumberToObject(m, "init_std", mc->init_std);
+  cJSON_AddNumberToObject(m, "norm_eps", mc->norm_eps);
+  cJSON_AddNumberToObject(m, "seed", (double)mc->seed);
+  cJSON_AddStringToObject(m, "router", mc->router);
+  cJSON *ro = cJSON_AddObjectToObject(m, "router_opts");
+  for (int i = 0; i < mc->n_router_opts; i++) cJSON_AddNumberToObject(ro, mc->router_keys[i], mc->router_vals[i]);
+  t = cJSON_AddObjectToObject(root, "train");
+  cJSON_AddNumberToObject(t, "batch", c->batch);
+  cJSON_AddNumberToObject(t, "seq_len", c->seq_len);
+  cJSON_AddNumberToObject(t, "steps", (double)c->steps);
+  cJSON_AddNumberToObject(t, "lr", c->lr);
+  cJSON_AddNumberToObject(t, "lr_min", c->lr_min);
+  cJSON_AddNumberToObject(t, "warmup", (double)c->warmup);
+  cJSON_AddNumberToObject(t, "weight_decay", c->weight_decay);
+  cJSON_AddNumberToObject(t, "grad_clip", c->grad_clip);
+  cJSON_AddNumberToObject(t, "beta1", c->beta1);
+  cJSON_AddNumberToObject(t, "beta2", c->beta2);
+  cJSON_AddNumberToObject(t, "adam_eps", c->adam_eps);
+  cJSON_AddNumberToObject(t, "eval_every", (double)c->eval_every);
+  cJSON_AddNumberToObject(t, "eval_batches", c->eval_batches);
+  cJSON_AddNumberToObject(t, "ckpt_every", (double)c->ckpt_every);
+  cJSON_AddNumberToObject(t, "log_every", (double)c->log_every);
+  cJSON_AddNumberToObject(t, "data_seed", (double)c->data_seed);
+  cJSON_AddStringToObject(t, "train_data", c->train_data);
+  cJSON_AddStringToObject(t, "val_data", c->val_data);
+  cJSON_AddStringToObject(t, "topology", c->topology);
+  return root;
+}
+
+char *carl_train_config_to_json(const carl_train_config_t *c) {
+  cJSON *root = carl__config_json(c);
+  char *s = cJSON_Print(root);
+  cJSON_Delete(root);
+  return s;
+}
+
+carl_status carl_train_config_set_router(carl_train_config_t *c, const char *name) {
+  if (strcmp(c->model.router, name)) {
+    CARL_TRY(carl__copy_str(c->model.router, sizeof c->model.router, name, "router"));
+    c->model.n_router_opts = 0;
+  }
+  return CARL_OK;
+}
+
+int carl_train_config_model_diff(const carl_train_config_t *a, const carl_train_config_t *b, char *why, size_t cap) {
+  const carl_model_config_t *x = &a->model, *y = &b->model;
+#define CARL__DIFF_INT(f)                                                                                   \
+  if (x->f != y->f) {                                                                                        \
+    snprintf(why, cap, "model.%s is %lld in one and %lld in the other", #f, (long long)x->f, (long long)y->f); \
+    return 1;                                                                                                \
+  }
+  CARL__DIFF_INT(vocab)
+  CARL__DIFF_INT(max_seq)
+  CARL__DIFF_INT(d_model)
+  CARL__DIFF_INT(n_layers)
+  CARL__DIFF_INT(n_heads)
+  CARL__DIFF_INT(d_ff)
+  CARL__DIFF_INT(n_experts)
+  CARL__DIFF_INT(top_k)
+  CARL__DIFF_INT(d_shared)
+  CARL__DIFF_INT(seed)
+#undef CARL__DIFF_INT
+  if (x->init_std != y->init_std || x->norm_eps != y->norm_eps) {
+    snprintf(why, cap, "model.init_std or model.norm_eps differ (%g/%g vs %g/%g)", x->init_std, x->norm_eps,
+             y->init_std, y->norm_eps);
+    return 1;
+  }
+  if (strcmp(x->router, y->router)) {
+    snprintf(why, cap, "model.router is \"%s\" in one and \"%s\" in the other", x->router, y->router);
+    return 1;
+  }
+  for (int pass = 0; pass < 2; pass++) {
+    const carl_model_config_t *p = pass ? y : x, *q = pass ? x : y;
+    for (int i = 0; i < p->n_router_opts; i++) {
+      int found = 0;
+      for (int j = 0; j < q->n_router_opts; j++)
+        if (!strcmp(p->router_keys[i], q->router_keys[j])) {
+          found = 1;
+          if (p->router_vals[i] != q->router_vals[j]) {
+            snprintf(why, cap, "model.router_opts.%s is %g in one and %g in the other", p->router_keys[i],
+                     p->router_vals[i], q->router_vals[j]);
+            return 1;
+          }
+        }
+      if (!found) {
+        snprintf(why, cap, "model.router_opts.%s is set in one and not in the other", p->router_keys[i]);
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* ============================== files and directories ============================================= */
+
+static carl_status carl__mkdir_p(const char *path) {
+  char buf[CARL_PATH_MAX];
+  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+    return carl_fail(CARL_ERR_INVALID, "%s: path too long", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
+    *p = '/';
+  }
+  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
+  struct stat sb;
+  if (stat(buf, &sb) != 0 || !S_ISDIR(sb.st_mode)) return carl_fail(CARL_ERR_IO, "%s: not a directory", buf);
+  return CARL_OK;
+}
+
+static carl_status carl__fsync_dir(const char *path) {
+  int fd = open(path, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return carl_fail(CARL_ERR_IO, "%s: cannot open directory: %s", path, strerror(errno));
+  int r = fsync(fd);
+  close(fd);
+  if (r != 0 && errno != EINVAL) return carl_fail(CARL_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+  return CARL_OK;
+}
+
+/* Remove a directory holding plain files only (a checkpoint). Missing is fine. */
+static void carl__rm_dir(const char *path) {
+  DIR *d = opendir(path);
+  if (!d) return;
+  struct dirent *e;
+  char f[CARL_PATH_MAX * 2];
+  while ((e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    snprintf(f, sizeof f, "%s/%s", path, e->d_name);
+    unlink(f);
+  }
+  closedir(d);
+  rmdir(path);
+}
+
+static int carl__exists(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0;
+}
+
+/* ============================== checkpoints ======================================================= */
+
+typedef struct {
+  double inter_bytes_total;
+  double val_ce, val_bpb, loss;
+} carl__run_state_t;
+
+static carl_status carl__write_tensors(const char *path, carl_model_t *m, const float *base, const char *prefix,
+                                       const char *const *meta, const int64_t *adam_t) {
+  int n = carl_model_ntensors(m);
+  carl_st_tensor_t *t = calloc((size_t)n + 1, sizeof *t);
+  if (!t) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
+  for (int i = 0; i < n; i++) {
+    const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+    snprintf(t[i].name, sizeof t[i].name, "%s%s", prefix, ti->name);
+    t[i].dtype = CARL_F32;
+    t[i].ndim = ti->ndim;
+    for (int d = 0; d < ti->ndim; d++) t[i].shape[d] = ti->shape[d];
+    t[i].data = base + ti->offset;
+  }
+  int nt = n;
+  if (adam_t) {
+    snprintf(t[nt].name, sizeof t[nt].name, "adam_t");
+    t[nt].dtype = CARL_I64;
+    t[nt].ndim = 1;
+    t[nt].shape[0] = 1;
+    t[nt].data = adam_t;
+    nt++;
+  }
+  carl_status st = carl_st_write(path, t, nt, meta);
+  free(t);
+  return st;
+}
+
+/* Write both moment sets into one file: m.<name> then v.<name>, then adam_t. */
+static carl_status carl__write_optimizer(const char *path, carl_model_t *m) {
+  int n = carl_model_ntensors(m);
+  carl_st_tensor_t *t = calloc(2 * (size_t)n + 1, sizeof *t);
+  if (!t) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
+  const float *mm = carl_model_adam_m(m), *vv = carl_model_adam_v(m);
+  for (int pass = 0; pass < 2; pass++)
+    for (int i = 0; i < n; i++) {
+      const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+      carl_st_tensor_t *x = &t[pass * n + i];
+      snprintf(x->name, sizeof x->name, "%s%s", pass ? "v." : "m.", ti->name);
+      x->dtype = CARL_F32;
+      x->ndim = ti->ndim;
+      for (int d = 0; d < ti->ndim; d++) x->shape[d] = ti->shape[d];
+      x->data = (pass ? vv : mm) + ti->offset;
+    }
+  carl_st_tensor_t *at = &t[2 * n];
+  snprintf(at->name, sizeof at->name, "adam_t");
+  at->dtype = CARL_I64;
+  at->ndim = 1;
+  at->shape[0] = 1;
+  at->data = carl_model_adam_t(m);
+  carl_status st = carl_st_write(path, t, 2 * n + 1, NULL);
+  free(t);
+  return st;
+}
+
+static int carl__router_has_state(carl_model_t *m) {
+  carl_router_t *r = carl_model_router(m, 0);
+  return r && r->impl->save && r->impl->load;
+}
+
+/* Checkpoint directories are ckpt_<8-digit step>; returns step or -1 for other names. */
+static int64_t carl__ckpt_step(const char *name) {
+  if (strncmp(name, "ckpt_", 5) != 0) return -1;
+  const char *p = name + 5;
+  if (!*p) return -1;
+  int64_t v = 0;
+  for (; *p; p++) {
+    if (*p < '0' || *p > '9') return -1;
+    v = v * 10 + (*p - '0');
+  }
+  return v;
+}
+
+static void carl__prune(const char *out_dir, const char *keep_name, int keep) {
+  DIR *d = opendir(out_dir);
+  if (!d) return;
+  int64_t steps[4096];
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < 4096) {
+    int64_t s = carl__ckpt_step(e->d_name);
+    if (s >= 0) steps[n++] = s;
+  }
+  closedir(d);
+  /* sort descending */
+  for (int i = 1; i < n; i++)
+    for (int j = i; j > 0 && steps[j] > steps[j - 1]; j--) {
+      int64_t t = steps[j];
+      steps[j] = steps[j - 1];
+      steps[j - 1] = t;
+    }
+  for (int i = keep; i < n; i++) {
+    char name[64], path[CARL_PATH_MAX + 64];
+    snprintf(name, sizeof name, "ckpt_%08" PRId64, steps[i]);
+    if (!strcmp(name, keep_name)) continue;
+    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+    carl__rm_dir(path);
+  }
+}
+
+static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m, int64_t step,
+                                   const carl__run_state_t *rs, char *saved, size_t saved_cap) {
+  char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], old[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 128];
+  snprintf(name, sizeof name, "ckpt_%08" PRId64, step);
+  snprintf(dir, sizeof dir, "%s/%s", out_dir, name);
+  snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+  snprintf(old, sizeof old, "%s.old", dir);
+  carl__rm_dir(tmp);
+  if (mkdir(tmp, 0755) != 0) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+  cJSON *cj = carl__config_json(cfg);
+  char *cfg_text = cJSON_PrintUnformatted(cj);
+  char step_text[32];
+  snprintf(step_text, sizeof step_text, "%" PRId64, step);
+  const char *meta[] = {"format", "pt", "producer", "carl-moe", "step", step_text, "config", cfg_text, NULL};
+  carl_status st = CARL_OK;
+  snprintf(f, sizeof f, "%s/model.safetensors", tmp);
+  st = carl__write_tensors(f, m, carl_model_params(m), "", meta, NULL);
+  if (!st) {
+    snprintf(f, sizeof f, "%s/optimizer.safetensors", tmp);
+    st = carl__write_optimizer(f, m);
+  }
+  int has_router = carl__router_has_state(m);
+  for (int l = 0; !st && has_router && l < cfg->model.n_layers; l++) {
+    snprintf(f, sizeof f, "%s/router_%d.state", tmp, l);
+    st = carl_router_save(carl_model_router(m, l), f);
+  }
+  if (!st) {
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "format", "carl-checkpoint-1");
+    cJSON_AddNumberToObject(s, "step", (double)step);
+    cJSON_AddNumberToObject(s, "router_state_files", has_router ? cfg->model.n_layers : 0);
+    cJSON_AddNumberToObject(s, "inter_bytes_total", rs->inter_bytes_total);
+    cJSON *mt = cJSON_AddObjectToObject(s, "metrics");
+    cJSON_AddNumberToObject(mt, "loss", isfinite(rs->loss) ? rs->loss : 0);
+    cJSON_AddNumberToObject(mt, "val_ce", isfinite(rs->val_ce) ? rs->val_ce : 0);
+    cJSON_AddNumberToObject(mt, "val_bpb", isfinite(rs->val_bpb) ? rs->val_bpb : 0);
+    cJSON_AddItemToObject(s, "config", cj);
+    cj = NULL;
+    char *text = cJSON_Print(s);
+    cJSON_Delete(s);
+    snprintf(f, sizeof f, "%s/state.json", tmp);
+    st = text ? carl_write_file_atomic(f, text, strlen(text)) : carl_fail(CARL_ERR_NOMEM, "state.json: out of memory");
+    free(text);
+  }
+  cJSON_Delete(cj);
+  cJSON_free(cfg_text);
+  if (!st) st = carl__fsync_dir(tmp);
+  if (!st) {
+    /* replace an older checkpoint of the same step (a run resumed before this step) */
+    carl__rm_dir(old);
+    if (carl__exists(dir) && rename(dir, old) != 0)
+      st = carl_fail(CARL_ERR_IO, "%s: cannot move aside: %s", dir, strerror(errno));
+    if (!st && rename(tmp, dir) != 0) st = carl_fail(CARL_ERR_IO, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno));
+  }
+  if (!st) {
+    char latest[CARL_PATH_MAX + 16], line[80];
+    snprintf(latest, sizeof latest, "%s/latest", out_dir);
+    snprintf(line, sizeof line, "%s\n", name);
+    st = carl_write_file_atomic(latest, line, strlen(line));
+  }
+  if (!st) st = carl__fsync_dir(out_dir);
+  if (st != CARL_OK) {
+    carl__rm_dir(tmp);
+    return carl_errctx(st, "checkpoint at step %" PRId64, step);
+  }
+  carl__rm_dir(old);
+  carl__prune(out_dir, name, 2);
+  snprintf(saved, saved_cap, "%s", dir);
+  return CARL_OK;
+}
+
+carl_status carl_ckpt_resolve(const char *path, char *dir, size_t cap) {
+  char f[CARL_PATH_MAX + 128];
+  snprintf(f, sizeof f, "%s/state.json", path);
+  if (carl__exists(f)) {
+    snprintf(dir, cap, "%s", path);
+    return CARL_OK;
+  }
+  snprintf(f, sizeof f, "%s/latest", path);
+  if (!carl__exists(path)) return carl_fail(CARL_ERR_IO, "%s: no such checkpoint or output directory", path);
+  if (!carl__exists(f)) return carl_fail(CARL_ERR_NOT_FOUND, "%s: no checkpoint here (no 'latest' file and no state.json)", path);
+  char *text;
+  size_t len;
+  CARL_TRY(carl_read_file(f, &text, &len));
+  while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' ')) text[--len] = '\0';
+  if (carl__ckpt_step(text) < 0) {
+    carl_status st = carl_fail(CARL_ERR_PARSE, "%s: corrupt: expected a name ckpt_<step>, got \"%.40s\"", f, text);
+    free(text);
+    return st;
+  }
+  snprintf(dir, cap, "%s/%s", path, text);
+  free(text);
+  snprintf(f, sizeof f, "%s/state.json", dir);
+  if (!carl__exists(f)) return carl_fail(CARL_ERR_IO, "%s: checkpoint named by %s/latest is missing or incomplete", dir, path);
+  return CARL_OK;
+}
+
+static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *cfg, int64_t *step, carl__run_state_t *rs,
+                                    int *router_files) {
+  char f[CARL_PATH_MAX + 128];
+  snprintf(f, sizeof f, "%s/state.json", ckpt_dir);
+  cJSON *doc;
+  CARL_TRY(carl_json_load(f, &doc));
+  static const char *const keys[] = {"format", "step", "router_state_files", "inter_bytes_total", "metrics", "config"};
+  const cJSON *cj = NULL;
+  const char *fmt = NULL;
+  int64_t s = 0;
+  int rf = 0;
+  double ib = 0;
+  carl_status st = carl_json_check_keys(doc, "", keys, 6);
+  if (!st) st = carl_json_get_str(doc, "", "format", &fmt);
+  if (!st && strcmp(fmt, "carl-checkpoint-1"))
+    st = carl_fail(CARL_ERR_PARSE, "format \"%s\" is not carl-checkpoint-1", fmt);
+  if (!st) st = carl_json_get_i64(doc, "", "step", 0, (int64_t)1 << 50, &s);
+  if (!st) st = carl_json_opt_int(doc, "", "router_state_files", 0, 4096, 0, &rf);
+  if (!st) st = carl_json_opt_num(doc, "", "inter_bytes_total", 0, INFINITY, 0, &ib);
+  if (!st) st = carl_json_get_obj(doc, "", "config", &cj);
+  char *ctext = NULL;
+  if (!st) {
+    ctext = cJSON_PrintUnformatted(cj);
+    st = carl_train_config_parse(ctext, strlen(ctext), "config", cfg);
+  }
+  cJSON_free(ctext);
+  if (st != CARL_OK) {
+    carl_json_free(doc);
+    return carl_errctx(st, "%s", f);
+  }
+  *step = s;
+  if (rs) {
+    memset(rs, 0, sizeof *rs);
+    rs->inter_bytes_total = ib;
+    rs->val_ce = rs->val_bpb = rs->loss = NAN;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(doc, "metrics");
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_ce")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_ce = v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_bpb")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_bpb = v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(mt, "loss")) && cJSON_IsNumber(v)) rs->loss = v->valuedouble;
+  }
+  if (router_files) *router_files = rf;
+  carl_json_free(doc);
+  return CARL_OK;
+}
+
+carl_status carl_ckpt_read_config(const char *ckpt_dir, carl_train_config_t *cfg, int64_t *step) {
+  char dir[CARL_PATH_MAX + 64];
+  CARL_TRY(carl_ckpt_resolve(ckpt_dir, dir, sizeof dir));
+  return carl__read_state(dir, cfg, step, NULL, NULL);
+}
+
+static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_optimizer) {
+  char f[CARL_PATH_MAX + 128];
+  carl_st_file_t sf;
+  snprintf(f, sizeof f, "%s/model.safetensors", dir);
+  CARL_TRY(carl_st_read(f, &sf));
+  carl_status st = CARL_OK;
+  int n = carl_model_ntensors(m);
+  for (int i = 0; i < n && !st; i++) {
+    const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+    st = carl_st_get_f32(&sf, ti->name, ti->ndim, ti->shape, carl_model_params(m) + ti->offset);
+  }
+  carl_st_free(&sf);
+  if (st != CARL_OK) return carl_errctx(st, "%s", f);
+  if (!with_optimizer) return CARL_OK;
+  snprintf(f, sizeof f, "%s/optimizer.safetensors", dir);
+  CARL_TRY(carl_st_read(f, &sf));
+  char name[CARL_ST_NAME_MAX];
+  for (int pass = 0; pass < 2 && !st; pass++)
+    for (int i = 0; i < n && !st; i++) {
+      const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+      snprintf(name, sizeof name, "%s%s", pass ? "v." : "m.", ti->name);
+      st = carl_st_get_f32(&sf, name, ti->ndim, ti->shape, (pass ? carl_model_adam_v(m) : carl_model_adam_m(m)) + ti->offset);
+    }
+  if (!st) st = carl_st_get(&sf, "adam_t", CARL_I64, 1, (int64_t[]){1}, carl_model_adam_t(m));
+  carl_st_free(&sf);
+  if (st != CARL_OK) return carl_errctx(st, "%s", f);
+  return CARL_OK;
+}
+
+static carl_status carl__load_routers(const char *dir, carl_model_t *m, int files) {
+  int L = carl_model_config(m)->n_layers;
+  int has = carl__router_has_state(m);
+  if (has && files != L)
+    return carl_fail(CARL_ERR_STATE, "%s: router state for %d layers, the model has %d stateful router layers", dir, files, L);
+  char f[CARL_PATH_MAX + 128];
+  for (int l = 0; has && l < L; l++) {
+    snprintf(f, sizeof f, "%s/router_%d.state", dir, l);
+    carl_status st = carl_router_load(carl_model_router(m, l), f);
+    if (st != CARL_OK) return carl_errctx(st, "%s", f);
+  }
+  return CARL_OK;
+}
+
+carl_status carl_ckpt_load_model(const char *path, carl_train_config_t *cfg, carl_model_t **out, int64_t *step) {
+  *out = NULL;
+  char dir[CARL_PATH_MAX + 64];
+  CARL_TRY(carl_ckpt_resolve(path, dir, sizeof dir));
+  int rf = 0;
+  CARL_TRY(carl__read_state(dir, cfg, step, NULL, &rf));
+  carl_model_t *m;
+  CARL_TRY(carl_model_create(&cfg->model, &m));
+  carl_status st = carl__load_params(dir, m, 0);
+  if (!st) st = carl__load_routers(dir, m, rf);
+  if (st != CARL_OK) {
+    carl_model_free(m);
+    return st;
+  }
+  *out = m;
+  return CARL_OK;
+}
+
+/* ============================== metrics =========================================================== */
+
+const char *carl_train_csv_header(void) {
+  return "step,loss,ce,router_loss,val_ce,val_bpb,lr,grad_norm,tokens_per_s,skew_expert,skew_device,skew_node,"
+         "inter_bytes,intra_bytes,inter_bytes_total,inter_fraction,a2a_ms,drop_rate,elapsed_s";
+}
+
+void carl_train_csv_row(FILE *f, const carl_train_metrics_t *m) {
+  char vce[32] = "", vbpb[32] = "";
+  if (m->has_val) {
+    snprintf(vce, sizeof vce, "%.9g", m->val_ce);
+    snprintf(vbpb, sizeof vbpb, "%.9g", m->val_bpb);
+  }
+  fprintf(f, "%" PRId64 ",%.9g,%.9g,%.9g,%s,%s,%.6g,%.6g,%.1f,%.6g,%.6g,%.6g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.2f\n",
+          m->step, m->loss, m->ce, m->router_loss, vce, vbpb, m->lr, m->grad_norm, m->tokens_per_s, m->skew_expert,
+          m->skew_device, m->skew_node, m->inter_bytes, m->intra_bytes, m->inter_bytes_total, m->inter_fraction,
+          m->a2a_ms, m->drop_rate, m->elapsed_s);
+}
+
+/* Keep the header and rows with step <= keep_step; create the file with a header when missing. */
+static carl_status carl__csv_open(const char *path, int resume, int64_t keep_step, FILE **out) {
+  char *old = NULL;
+  size_t len = 0;
+  if (resume && carl__exists(path)) CARL_TRY(carl_read_file(path, &old, &len));
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    free(old);
+    return carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+  }
+  fprintf(f, "%s\n", carl_train_csv_header());
+  if (old) {
+    char *save = NULL;
+    int first = 1;
+    for (char *line = strtok_r(old, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+      if (first) {
+        first = 0;
+        continue; /* header */
+      }
+      char *end;
+      long long s = strtoll(line, &end, 10);
+      if (end != line && *end == ',' && s <= keep_step) fprintf(f, "%s\n", line);
+    }
+    free(old);
+  }
+  fflush(f);
+  *out = f;
+  return CARL_OK;
+}
+
+/* ============================== the loop ========================================================== */
+
+typedef struct {
+  const carl_topo_t *topo;
+  const carl_placement_t *pl;
+  int D, nodes, E;
+  double *dev, *node; /* [D], [nodes] scratch */
+} carl__skew_t;
+
+static double carl__maxmean(const double *x, int n) {
+  double s = 0, mx = 0;
+  for (int i = 0; i < n; i++) {
+    s += x[i];
+    if (x[i] > mx) mx = x[i];
+  }
+  return s > 0 ? mx / (s / n) : 1.0;
+}
+
+/* Fill skews, bytes, drops of the last forward into mt. */
+static carl_status carl__step_stats(carl_model_t *m, carl__skew_t *sk, carl_train_metrics_t *mt) {
+  const carl_model_config_t *c = carl_model_config(m);
+  double se = 0, sd = 0, sn = 0, inter = 0, intra = 0, a2a = 0, drop = 0, slots = 0;
+  double *le = malloc((size_t)c->n_experts * sizeof *le);
+  if (!le) return carl_fail(CARL_ERR_NOMEM, "metrics: out of memory");
+  for (int l = 0; l < c->n_layers; l++) {
+    carl_moe_stats_t st;
+    carl_status s = carl_model_layer_stats(m, l, &st);
+    if (s != CARL_OK) {
+      free(le);
+      return s;
+    }
+    for (int e = 0; e < st.E; e++) le[e] = (double)st.load[e];
+    se += carl__maxmean(le, st.E);
+    memset(sk->dev, 0, (size_t)sk->D * sizeof *sk->dev);
+    memset(sk->node, 0, (size_t)sk->nodes * sizeof *sk->node);
+    for (int e = 0; e < st.E; e++) {
+      int dv = sk->pl ? sk->pl->home[e] : 0;
+      sk->dev[dv] += le[e];
+      sk->node[sk->topo ? carl_topo_node(sk->topo, dv) : 0] += le[e];
+    }
+    sd += carl__maxmean(sk->dev, sk->D);
+    sn += carl__maxmean(sk->node, sk->nodes);
+    inter += st.bytes[CARL_LINK_INTER] + st.bytes[CARL_LINK_RACK];
+    intra += st.bytes[CARL_LINK_INTRA];
+    a2a += st.a2a_s;
+    drop += (double)st.dropped;
+    slots += (double)st.T * st.k;
+  }
+  free(le);
+  int L = c->n_layers;
+  mt->skew_expert = se / L;
+  mt->skew_device = sd / L;
+  mt->skew_node = sn / L;
+  mt->inter_bytes = inter;
+  mt->intra_bytes = intra;
+  mt->inter_fraction = inter + intra > 0 ? inter / (inter + intra) : 0;
+  mt->a2a_ms = a2a * 1e3;
+  mt->drop_rate = slots > 0 ? drop / slots : 0;
+  return CARL_OK;
+}
+
+/* Validation: eval_batches batches of B windows spread evenly over the validation split. */
+static carl_status carl__validate(carl_model_t *m, const carl_train_config_t *cfg, const carl_loader_t *vl, int32_t *x,
+                                  int32_t *y, double *ce) {
+  int B = cfg->batch, S = cfg->seq_len;
+  int64_t rows = (int64_t)cfg->eval_batches * B;
+  double sum = 0;
+  int64_t cnt = 0;
+  for (int b = 0; b < cfg->eval_batches; b++) {
+    for (int r = 0; r < B; r++) {
+      int64_t w = ((int64_t)b * B + r) * vl->windows / rows;
+      CARL_TRY(carl_loader_eval_batch(vl, w, 1, x + (int64_t)r * S, y + (int64_t)r * S));
+    }
+    carl_model_loss_t L;
+    CARL_TRY(carl_model_forward(m, x, y, B, S, &L));
+    sum += L.ce * (double)L.ntargets;
+    cnt += L.ntargets;
+  }
+  *ce = cnt > 0 ? sum / (double)cnt : 0;
+  if (!isfinite(*ce)) return carl_fail(CARL_ERR_NUMERIC, "validation loss is %f", *ce);
+  return CARL_OK;
+}
+
+typedef struct {
+  int L, E;
+  int64_t T, rows, cap; /* rows recorded, capacity in steps */
+  float **logits;       /* [L] -> [cap*T, E] */
+  int32_t *tokens;      /* [cap*T] */
+} carl__trace_t;
+
+static carl_status carl__trace_add(carl__trace_t *tr, carl_model_t *m, const int32_t *x) {
+  if (tr->rows + tr->T > tr->cap * tr->T) {
+    int64_t ncap = tr->cap ? tr->cap * 2 : 8;
+    for (int l = 0; l < tr->L; l++) {
+      float *p = realloc(tr->logits[l], (size_t)(ncap * tr->T * tr->E) * sizeof *p);
+      if (!p) return carl_fail(CARL_ERR_NOMEM, "trace: out of memory");
+      tr->logits[l] = p;
+    }
+    int32_t *t = realloc(tr->tokens, (size_t)(ncap * tr->T) * sizeof *t);
+    if (!t) return carl_fail(CARL_ERR_NOMEM, "trace: out of memory");
+    tr->tokens = t;
+    tr->cap = ncap;
+  }
+  for (int l = 0; l < tr->L; l++) {
+    carl_moe_stats_t st;
+    CARL_TRY(carl_model_layer_stats(m, l, &st));
+    memcpy(tr->logits[l] + tr->rows * tr->E, st.logits, (size_t)(tr->T * tr->E) * sizeof(float));
+  }
+  memcpy(tr->tokens + tr->rows, x, (size_t)tr->T * sizeof *x);
+  tr->rows += tr->T;
+  return CARL_OK;
+}
+
+static carl_status carl__trace_write(const carl__trace_t *tr, const char *dir, int D) {
+  CARL_TRY(carl__mkdir_p(dir));
+  char f[CARL_PATH_MAX + 128];
+  for (int l = 0; l < tr->L; l++) {
+    snprintf(f, sizeof f, "%s/layer_%d.npy", dir, l);
+    CARL_TRY(carl_npy_save(f, CARL_F32, 2, (int64_t[]){tr->rows, tr->E}, tr->logits[l]));
+  }
+  int32_t *src = malloc((size_t)(tr->rows > 0 ? tr->rows : 1) * sizeof *src);
+  if (!src) return carl_fail(CARL_ERR_NOMEM, "trace: out of memory");
+  /* the model spreads the T tokens of a step evenly over the devices in order: t*D/T */
+  for (int64_t i = 0; i < tr->rows; i++) src[i] = (int32_t)((i % tr->T) * D / tr->T);
+  snprintf(f, sizeof f, "%s/src.npy", dir);
+  carl_status st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, src);
+  free(src);
+  CARL_TRY(st);
+  snprintf(f, sizeof f, "%s/tokens.npy", dir);
+  return carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
+}
+
+carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_opts_t *o, carl_train_result_t *res) {
+  memset(res, 0, sizeof *res);
+  if (!o || !o->out_dir || !o->out_dir[0]) return carl_fail(CARL_ERR_INVALID, "train: no output directory given");
+  carl_train_config_t cfg = *cfg_in;
+  CARL_TRY(carl__check_config(&cfg));
+  const int B = cfg.batch, S = cfg.seq_len;
+  const int64_t T = (int64_t)B * S;
+
+  /* everything that can fail on input comes first: data, topology, the checkpoint to resume */
+  carl_text_t train = {0}, val = {0};
+  carl_loader_t tl = {0}, vl = {0};
+  carl_topo_t topo;
+  carl_placement_t pl = {0};
+  int have_topo = 0;
+  carl_model_t *m = NULL;
+  FILE *csv = NULL;
+  int32_t *x = NULL, *y = NULL;
+  carl__trace_t tr = {0};
+  carl__skew_t sk = {0};
+  char ckdir[CARL_PATH_MAX + 64] = "", path[CARL_PATH_MAX + 64];
+  int64_t start = 0;
+  carl__run_state_t rs = {0, NAN, NAN, NAN};
+  carl_status st;
+
+  st = carl_text_load(cfg.train_data, &train);
+  if (!st) st = carl_text_load(cfg.val_data, &val);
+  if (!st) st = carl_loader_init(&tl, &train, B, S, cfg.data_seed);
+  if (!st) st = carl_loader_init(&vl, &val, 1, S, cfg.data_seed);
+  if (!st && cfg.topology[0]) {
+    st = carl_topo_load(cfg.topology, &topo);
+    if (!st) st = carl_placement_contiguous(&pl, cfg.model.n_experts, topo.devices);
+    have_topo = !st;
+  }
+  if (!st && o->resume) {
+    carl_train_config_t ck;
+    int rf = 0;
+    st = carl_ckpt_resolve(o->out_dir, ckdir, sizeof ckdir);
+    if (!st) st = carl__read_state(ckdir, &ck, &start, &rs, &rf);
+    char why[256];
+    if (!st && carl_train_config_model_diff(&ck, &cfg, why, sizeof why))
+      st = carl_fail(CARL_ERR_STATE, "%s: the checkpoint does not match the config: %s (checkpoint vs config)", ckdir, why);
+    if (!st && (ck.batch != cfg.batch || ck.seq_len != cfg.seq_len || ck.data_seed != cfg.data_seed))
+      st = carl_fail(CARL_ERR_STATE, "%s: train.batch, train.seq_len or train.data_seed differ from the checkpoint's "
+                     "(%d, %d, %llu vs %d, %d, %llu)", ckdir, cfg.batch, cfg.seq_len, (unsigned long long)cfg.data_seed,
+                     ck.batch, ck.seq_len, (unsigned long long)ck.data_seed);
+    if (!st && ck.steps != cfg.steps)
+      CARL_WARN("train: resuming with steps = %lld (the checkpoint's run had %lld): the learning-rate schedule changes",
+                (long long)cfg.steps, (long long)ck.steps);
+    if (!st) st = carl_model_create(&cfg.model, &m);
+    if (!st) st = carl__load_params(ckdir, m, 1);
+    if (!st) st = carl__load_routers(ckdir, m, rf);
+    if (!st && start > cfg.steps)
+      st = carl_fail(CARL_ERR_STATE, "%s: checkpoint is at step %lld, past train.steps = %lld", ckdir, (long long)start,
+                     (long long)cfg.steps);
+    if (!st) snprintf(res->last_ckpt, sizeof res->last_ckpt, "%s", ckdir);
+  } else if (!st) {
+    st = carl_model_create(&cfg.model, &m);
+  }
+  if (!st) st = carl__mkdir_p(o->out_dir);
+  if (!st && have_topo) st = carl_model_set_topology(m, &topo, &pl);
+  if (!st) {
+    snprintf(path, sizeof path, "%s/metrics.csv", o->out_dir);
+    st = carl__csv_open(path, o->resume, start, &csv);
+  }
+  if (!st) {
+    x = malloc((size_t)T * sizeof *x);
+    y = malloc((size_t)T * sizeof *y);
+    sk.topo = have_topo ? &topo : NULL;
+    sk.pl = have_topo ? &pl : NULL;
+    sk.D = have_topo ? topo.devices : 1;
+    sk.nodes = have_topo ? topo.nodes : 1;
+    sk.E = cfg.model.n_experts;
+    sk.dev = calloc((size_t)sk.D, sizeof *sk.dev);
+    sk.node = calloc((size_t)sk.nodes, sizeof *sk.node);
+    tr.L = cfg.model.n_layers;
+    tr.E = cfg.model.n_experts;
+    tr.T = T;
+    tr.logits = calloc((size_t)tr.L, sizeof *tr.logits);
+    if (!x || !y || !sk.dev || !sk.node || !tr.logits) st = carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+  }
+
+  carl_adamw_cfg_t opt = carl_adamw_default();
+  opt.beta1 = (float)cfg.beta1;
+  opt.beta2 = (float)cfg.beta2;
+  opt.eps = (float)cfg.adam_eps;
+  opt.weight_decay = (float)cfg.weight_decay;
+  int64_t dump_every = o->dump_every > 0 ? o->dump_every : cfg.log_every;
+  int64_t end = cfg.steps;
+  if (o->stop_after > 0 && o->stop_after < end) end = o->stop_after;
+
+  double t0 = carl_now(), t_log = t0, train_time = 0;
+  double sum_loss = 0, sum_ce = 0, sum_router = 0, sum_se = 0, sum_sd = 0;
+  int64_t nacc = 0, nlogged = 0, tokens_since = 0, step = start;
+  carl_train_metrics_t mt;
+  memset(&mt, 0, sizeof mt);
+  for (; !st && step < end; step++) {
+    double ts = carl_now();
+    st = carl_loader_batch(&tl, step, x, y);
+    if (st) break;
+    carl_model_set_step(m, step);
+    carl_model_loss_t L;
+    st = carl_model_forward(m, x, y, B, S, &L);
+    if (st == CARL_ERR_NUMERIC) {
+      st = carl_errctx(CARL_ERR_NUMERIC, "step %lld: stopped on a non-finite value in the forward pass. Last good "
+                       "checkpoint: %s. Detail", (long long)step + 1, res->last_ckpt[0] ? res->last_ckpt : "none yet");
+      break;
+    }
+    if (st) break;
+    if (!isfinite(L.total)) {
+      st = carl_fail(CARL_ERR_NUMERIC, "step %lld: training loss is %f (cross-entropy %f, router %f); stopped. "
+                     "Last good checkpoint: %s", (long long)step + 1, L.total, L.ce, L.router,
+                     res->last_ckpt[0] ? res->last_ckpt : "none yet");
+      break;
+    }
+    carl_model_zero_grad(m);
+    st = carl_model_backward(m);
+    if (!st) st = carl_model_router_update(m);
+    if (st) break;
+    float gn = carl_model_clip_grad(m, (float)cfg.grad_clip);
+    if (!isfinite(gn)) {
+      st = carl_fail(CARL_ERR_NUMERIC, "step %lld: gradient norm is %f; stopped before the update. Last good "
+                     "checkpoint: %s", (long long)step + 1, gn, res->last_ckpt[0] ? res->last_ckpt : "none yet");
+      break;
+    }
+    float lr = carl_lr_cosine(step, cfg.warmup, cfg.steps, (float)cfg.lr, (float)cfg.lr_min);
+    st = carl_model_adamw_step(m, &opt, lr);
+    if (st) break;
+    /* statistics of this step's forward (before any validation forward overwrites them) */
+    st = carl__step_stats(m, &sk, &mt);
+    if (!st && o->dump_trace && step % dump_every == 0) st = carl__trace_add(&tr, m, x);
+    if (st) break;
+    train_time += carl_now() - ts;
+    rs.inter_bytes_total += mt.inter_bytes;
+    sum_loss += L.total;
+    sum_ce += L.ce;
+    sum_router += L.router;
+    nacc++;
+    tokens_since += T;
+    int64_t done = step + 1;
+    int last = done == end;
+    if (done % cfg.log_every == 0 || last) {
+      double now = carl_now();
+      mt.step = done;
+      mt.steps = cfg.steps;
+      mt.loss = sum_loss / (double)nacc;
+      mt.ce = sum_ce / (double)nacc;
+      mt.router_loss = sum_router / (double)nacc;
+      mt.lr = lr;
+      mt.grad_norm = gn;
+      mt.tokens_per_s = now > t_log ? (double)tokens_since / (now - t_log) : 0;
+      mt.inter_bytes_total = rs.inter_bytes_total;
+      mt.has_val = 0;
+      if ((cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == cfg.steps) {
+        double vce;
+        st = carl__validate(m, &cfg, &vl, x, y, &vce);
+        if (st) break;
+        mt.has_val = 1;
+        mt.val_ce = vce;
+        mt.val_bpb = vce / log(2.0);
+        rs.val_ce = vce;
+        rs.val_bpb = mt.val_bpb;
+      }
+      mt.elapsed_s = carl_now() - t0;
+      rs.loss = mt.loss;
+      carl_train_csv_row(csv, &mt);
+      fflush(csv);
+      if (o->progress) o->progress(&mt, o->ud);
+      sum_se += mt.skew_expert;
+      sum_sd += mt.skew_device;
+      nlogged++;
+      res->final_loss = mt.loss;
+      sum_loss = sum_ce = sum_router = 0;
+      nacc = 0;
+      tokens_since = 0;
+      t_log = carl_now();
+    }
+    if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
+      st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      if (st) break;
+    }
+  }
+  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, sk.D);
+
+  res->step = step;
+  res->val_ce = rs.val_ce;
+  res->val_bpb = rs.val_bpb;
+  res->inter_bytes_total = rs.inter_bytes_total;
+  res->tokens_per_s = train_time > 0 ? (double)(step - start) * (double)T / train_time : 0;
+  res->skew_expert_mean = nlogged ? sum_se / (double)nlogged : 0;
+  res->skew_device_mean = nlogged ? sum_sd / (double)nlogged : 0;
+
+  if (csv) fclose(csv);
+  for (int l = 0; tr.logits && l < tr.L; l++) free(tr.logits[l]);
+  free(tr.logits);
+  free(tr.tokens);
+  free(sk.dev);
+  free(sk.node);
+  free(x);
+  free(y);
+  carl_model_free(m);
+  carl_placement_free(&pl);
+  carl_loader_free(&tl);
+  carl_loader_free(&vl);
+  carl_text_free(&train);
+  carl_text_free(&val);
+  return st;
+}
+
+/* ============================== sampling ========================================================== */
+
+carl_status carl_sample_text(carl_model_t *m, const char *prompt, int n, double temperature, uint64_t seed, char *out,
+                             size_t cap) {
+  if (!out || cap == 0) return carl_fail(CARL_ERR_INVALID, "sample: no output buffer");
+  if (n < 0) return carl_fail(CARL_ERR_INVALID, "sample: negative length %d", n);
+  const carl_model_config_t *c = carl_model_config(m);
+  if (c->vocab != CARL_BYTE_VOCAB)
+    return carl_fail(CARL_ERR_INVALID, "sample: the model's vocabulary is %d, the byte tokenizer needs 256", c->vocab);
+  size_t pl = prompt ? strlen(prompt) : 0;
+  int64_t total = (int64_t)pl + n + 1;
+  int32_t *ids = malloc((size_t)total * sizeof *ids);
+  double *p = malloc((size_t)c->vocab * sizeof *p);
+  if (!ids || !p) {
+    free(ids);
+    free(p);
+    return carl_fail(CARL_ERR_NOMEM, "sample: out of memory");
+  }
+  int64_t len = 0;
+  if (pl == 0)
+    ids[len++] = '\n';
+  else
+    len = carl_tok_encode(prompt, (int64_t)pl, ids);
+  carl_status st = CARL_OK;
+  for (int i = 0; i < n && !st; i++) {
+    int S = len < c->max_seq ? (int)len : c->max_seq;
+    carl_model_loss_t L;
+    st = carl_model_forward(m, ids + len - S, NULL, 1, S, &L);
+    if (st) break;
+    const float *lg = carl_model_logits(m) + (int64_t)(S - 1) * c->vocab;
+    int next = 0;
+    if (temperature <= 0) {
+      for (int v = 1; v < c->vocab; v++)
+        if (lg[v] > lg[next]) next = v;
+    } else {
+      double mx = lg[0], z = 0;
+      for (int v = 1; v < c->vocab; v++) mx = lg[v] > mx ? lg[v] : mx;
+      for (int v = 0; v < c->vocab; v++) z += p[v] = exp((lg[v] - mx) / temperature);
+      double u = carl_rng_uniform64(seed, CARL_STREAM_SAMPLE, (uint64_t)i) * z, acc = 0;
+      next = c->vocab - 1;
+      for (int v = 0; v < c->vocab; v++) {
+        acc += p[v];
+        if (u < acc) {
+          next = v;
+          break;
+        }
+      }
+    }
+    ids[len++] = next;
+  }
+  if (!st) {
+    int64_t from = pl == 0 ? 1 : 0, k = 0;
+    for (int64_t i = from; i < len && (size_t)k + 1 < cap; i++) out[k++] = (char)(uint8_t)ids[i];
+    out[k] = '\0';
+  }
+  free(ids);
+  free(p);
+  return st;
+}
