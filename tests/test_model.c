@@ -314,6 +314,10 @@ static void test_errors(void **s) {
   carl_model_config_set_router_opt(&c, "bogus", 1);
   assert_int_equal(carl_model_create(&c, &m), CARL_ERR_NOT_FOUND);
   assert_non_null(strstr(carl_errmsg(), "bogus"));
+  tiny_config(&c); /* router option k = 1 against top_k = 2: the message names both values */
+  carl_model_config_set_router_opt(&c, "k", 1);
+  assert_int_equal(carl_model_create(&c, &m), CARL_ERR_INVALID);
+  assert_non_null(strstr(carl_errmsg(), "k = 1 differs from top_k = 2"));
   tiny_config(&c);
   assert_int_equal(carl_model_create(&c, &m), CARL_OK);
   assert_int_equal(carl_model_backward(m), CARL_ERR_STATE);

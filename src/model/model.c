@@ -243,8 +243,9 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
     }
     double k = carl_router_get(m->routers[l], "k");
     if (k != c->top_k) {
+      const int top_k = c->top_k; /* c points into m */
       carl_model_free(m);
-      return carl_fail(CARL_ERR_INVALID, "model config: router option k = %g differs from top_k = %d", k, c->top_k);
+      return carl_fail(CARL_ERR_INVALID, "model config: router option k = %g differs from top_k = %d", k, top_k);
     }
   }
   *out = m;
