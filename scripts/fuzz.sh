@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh            # every fuzz/fuzz_*.c for 60 s
 #   scripts/fuzz.sh 180 npy    # fuzz_npy for 3 minutes
 # Seeds come from fuzz/corpus/<name>/ (committed, read only); inputs the fuzzer finds go to
-# build-fuzz/work/<name>/, crashes to build-fuzz/crashes/, logs to build-fuzz/logs/. Exit status 1
+# build-fuzz/found/<name>/, crashes to build-fuzz/crashes/, logs to build-fuzz/logs/. Exit status 1
 # when a harness crashed (the reproducer path is printed; replay it with build-fuzz/fuzz_<name> FILE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +26,11 @@ for n in "${names[@]}"; do
   [ -x "$bin" ] || { echo "no harness $bin" >&2; exit 2; }
   dict=fuzz/json.dict
   [ "$n" = npy ] && dict=fuzz/npy.dict
-  mkdir -p "build-fuzz/work/$n"
+  mkdir -p "build-fuzz/found/$n"
   log=build-fuzz/logs/$n.log
   rc=0
   "$bin" -max_total_time="$secs" -timeout=10 -print_final_stats=1 -dict="$dict" \
-    -artifact_prefix="build-fuzz/crashes/$n-" "build-fuzz/work/$n" "fuzz/corpus/$n" >"$log" 2>&1 || rc=$?
+    -artifact_prefix="build-fuzz/crashes/$n-" "build-fuzz/found/$n" "fuzz/corpus/$n" >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   last=$(grep -E '^#[0-9]+' "$log" | tail -1)
