@@ -286,7 +286,7 @@ static void plan_masks_init(plan_masks *mk, const carl_topo_t *t, uint64_t *devb
   mk->devbit1 = devbit1 + 1;
   mk->nodebit1 = nodebit1 + 1;
   mk->shift = -1;
-  for (int sh = 0; sh <= 25 && (p->E >> sh) >= t->devices; sh++) { /* 25: see plan_or8_shift512 */
+  for (int sh = 0; sh <= 25 && (p->E >> sh) >= t->devices; sh++) { /* 25: see plan_or8x2_shift512 */
     int e = 0;
     while (e < p->E && p->home[e] == e >> sh) e++;
     if (e == p->E) {
