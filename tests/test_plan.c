@@ -343,6 +343,16 @@ static void test_random_fast_vs_ref(void **s) {
   random_case(&t, 256, 8, 20000, seed++, 0); /* sources NULL: long runs of one source device */
   random_case(&t, 256, 8, 20001, seed++, 1);
   random_case(&t, 256, 8, 20000, seed++, 1);
+  /* contiguous placements with 2^s experts per device and k = 8 (even seeds: no replicas), where the
+   * AVX-512 kernel forms device(e) = e >> s without a table; odd T leaves one token after the pairs */
+  random_case(&t, 64, 8, 3001, 200, 1);   /* s = 0 */
+  random_case(&t, 512, 8, 5003, 202, 1);  /* s = 3 */
+  random_case(&t, 128, 8, 20001, 204, 0); /* s = 1, sources NULL */
+  assert_int_equal(carl_topo_make(&t, 4, 4, 160, 3.4, 50, 9.6), CARL_OK); /* 4 devices per node */
+  random_case(&t, 32, 8, 2001, 206, 1);   /* s = 1 */
+  random_case(&t, 256, 8, 3000, 208, 1);  /* s = 4 */
+  assert_int_equal(carl_topo_make(&t, 2, 16, 160, 3.4, 50, 9.6), CARL_OK); /* 16 devices per node */
+  random_case(&t, 128, 8, 2999, 210, 1);  /* s = 2 */
   }
   carl__plan_simd = -1;
 }

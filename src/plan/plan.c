@@ -270,6 +270,8 @@ typedef struct {
   const uint64_t *devbit1;  /* [E + 1] indexed by expert + 1: 1 << device, 0 for a dropped choice */
   const uint64_t *nodebit1; /* [E + 1] 1 << node */
   uint64_t nodemask[64];    /* devices of node n */
+  int shift;                /* device(e) = e >> shift for every expert (contiguous placement, 2^shift
+                               experts per device), or -1 */
 } plan_masks;
 
 static void plan_masks_init(plan_masks *mk, const carl_topo_t *t, uint64_t *devbit1, uint64_t *nodebit1,
@@ -283,6 +285,15 @@ static void plan_masks_init(plan_masks *mk, const carl_topo_t *t, uint64_t *devb
   }
   mk->devbit1 = devbit1 + 1;
   mk->nodebit1 = nodebit1 + 1;
+  mk->shift = -1;
+  for (int sh = 0; sh <= 25 && (p->E >> sh) >= t->devices; sh++) { /* 25: see plan_or8x2_shift512 */
+    int e = 0;
+    while (e < p->E && p->home[e] == e >> sh) e++;
+    if (e == p->E) {
+      mk->shift = sh;
+      break;
+    }
+  }
   memset(mk->nodemask, 0, sizeof mk->nodemask);
   for (int n = 0; n < N; n++) mk->nodemask[n] = (P == 64 ? ~0ull : ((1ull << P) - 1)) << (n * P);
 }
@@ -340,7 +351,7 @@ typedef struct {
   __m512i *acc; /* [2 D] */
   int *fill;    /* [2 D] masks added since the row's last flush (< 255) */
   int64_t *flat, *any;
-  int D, N;
+  int D, N, P;
   int a, n;       /* source device whose two rows are held in vf, va; masks added since loading */
   __m512i vf, va;
 } plan_acc512;
@@ -375,36 +386,67 @@ PLAN_AVX512 static void plan_flush_held512(plan_acc512 *s) {
   s->n = 0;
 }
 
-/* Tokens [b0, b1), instantiated with constant k and mode. movm gives 0xFF (= -1) in each selected
+/* Device masks of two tokens' 8 expert ids each (16 ids at ex) when device(e) = e >> sh, without
+ * table loads: per 64-bit lane 1 << (id >> sh), OR-reduced for both tokens at once. A dropped choice
+ * (-1) becomes 0xFFFFFFFF >> sh >= 127 after the logical shift (sh <= 25), and a variable shift by
+ * 64 or more gives 0, as the table's 0 does. */
+PLAN_AVX512 static inline __attribute__((always_inline)) __m128i plan_or8x2_shift512(const int32_t *ex,
+                                                                                         __m128i sh) {
+  const __m512i id = _mm512_srl_epi32(_mm512_loadu_si512((const void *)ex), sh);
+  const __m512i one = _mm512_set1_epi64(1);
+  const __m512i u = _mm512_sllv_epi64(one, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(id)));
+  const __m512i v = _mm512_sllv_epi64(one, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(id, 1)));
+  __m512i w = _mm512_or_si512(_mm512_unpacklo_epi64(u, v), _mm512_unpackhi_epi64(u, v)); /* [u, v] x 4 */
+  __m256i y = _mm256_or_si256(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
+  return _mm_or_si128(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1)); /* [m(u), m(v)] */
+}
+
+/* Adds device mask m of one token from source device a. movm gives 0xFF (= -1) in each selected
  * byte: subtracting it adds 1. Node bits: lane n of the 8 node masks tested against m. */
+PLAN_AVX512 static inline __attribute__((always_inline)) void plan_add512(plan_acc512 *s, const plan_masks *mk,
+                                                                              int a, uint64_t m, int hier,
+                                                                              __m512i nodes, int wide) {
+  if (a != s->a) plan_switch512(s, a);
+  const __m512i f = _mm512_movm_epi8(m);
+  s->vf = _mm512_sub_epi8(s->vf, f);
+  if (hier && s->P == 8) { /* node n = byte lanes 8n..8n+7 of f: its 64-bit lane n */
+    s->va = _mm512_sub_epi8(s->va, _mm512_movm_epi8(_mm512_test_epi64_mask(f, f)));
+  } else if (hier) {
+    const __m512i mm = _mm512_set1_epi64((long long)m);
+    uint64_t nm = _mm512_test_epi64_mask(mm, nodes);
+    if (wide) /* more than 8 nodes: 8 more node masks at a time */
+      for (int g = 8; g < s->N; g += 8)
+        nm |= (uint64_t)_mm512_test_epi64_mask(mm, _mm512_loadu_si512((const void *)(mk->nodemask + g))) << g;
+    s->va = _mm512_sub_epi8(s->va, _mm512_movm_epi8(nm));
+  }
+  if (++s->n == 255) plan_flush_held512(s);
+}
+
+/* Tokens [b0, b1), instantiated with constant k, mode and mask source (contig: k = 8 and
+ * mk->shift >= 0, two tokens at a time). */
 PLAN_AVX512 static inline __attribute__((always_inline)) void plan_tokens512(const plan_ctx *x,
                                                                                  const plan_masks *mk, int64_t b0,
                                                                                  int64_t b1, plan_acc512 *s, int k,
-                                                                                 int hier) {
+                                                                                 int hier, int contig) {
   const __m512i nodes = _mm512_loadu_si512((const void *)mk->nodemask); /* nodes 0..7 */
   const int wide = s->N > 8;
-  for (int64_t i = b0; i < b1; i++) {
-    const int a = plan_src(x, i);
-    const int32_t *ex = x->experts + i * k;
-    const uint64_t m = plan_or(mk->devbit1, ex, k);
-    if (a != s->a) plan_switch512(s, a);
-    s->vf = _mm512_sub_epi8(s->vf, _mm512_movm_epi8(m));
-    if (hier) {
-      const __m512i mm = _mm512_set1_epi64((long long)m);
-      uint64_t nm = _mm512_test_epi64_mask(mm, nodes);
-      if (wide) /* more than 8 nodes: 8 more node masks at a time */
-        for (int g = 8; g < s->N; g += 8)
-          nm |= (uint64_t)_mm512_test_epi64_mask(mm, _mm512_loadu_si512((const void *)(mk->nodemask + g))) << g;
-      s->va = _mm512_sub_epi8(s->va, _mm512_movm_epi8(nm));
+  int64_t i = b0;
+  if (contig) {
+    const __m128i sh = _mm_cvtsi32_si128(mk->shift);
+    for (; i + 2 <= b1; i += 2) {
+      const __m128i m2 = plan_or8x2_shift512(x->experts + i * 8, sh);
+      plan_add512(s, mk, plan_src(x, i), (uint64_t)_mm_cvtsi128_si64(m2), hier, nodes, wide);
+      plan_add512(s, mk, plan_src(x, i + 1), (uint64_t)_mm_extract_epi64(m2, 1), hier, nodes, wide);
     }
-    if (++s->n == 255) plan_flush_held512(s);
   }
+  for (; i < b1; i++)
+    plan_add512(s, mk, plan_src(x, i), plan_or(mk->devbit1, x->experts + i * k, k), hier, nodes, wide);
 }
 
 PLAN_AVX512 static int plan_mask_avx512(const plan_ctx *x, const plan_masks *mk, int64_t t0, int64_t t1,
                                         int64_t *flat, int64_t *any) {
   const int D = x->D, R = 2 * D;
-  plan_acc512 s = {.flat = flat, .any = any, .D = D, .N = x->t->nodes, .a = 0};
+  plan_acc512 s = {.flat = flat, .any = any, .D = D, .N = x->t->nodes, .P = x->P, .a = 0};
   s.acc = aligned_alloc(64, (size_t)R * sizeof *s.acc);
   s.fill = calloc((size_t)R, sizeof *s.fill);
   if (!s.acc || !s.fill) {
@@ -422,12 +464,16 @@ PLAN_AVX512 static int plan_mask_avx512(const plan_ctx *x, const plan_masks *mk,
       bad = 1;
       break;
     }
-    if (x->k == 8 && hier)
-      plan_tokens512(x, mk, b0, b1, &s, 8, 1);
+    if (x->k == 8 && mk->shift >= 0 && hier)
+      plan_tokens512(x, mk, b0, b1, &s, 8, 1, 1);
+    else if (x->k == 8 && mk->shift >= 0)
+      plan_tokens512(x, mk, b0, b1, &s, 8, 0, 1);
+    else if (x->k == 8 && hier)
+      plan_tokens512(x, mk, b0, b1, &s, 8, 1, 0);
     else if (x->k == 8)
-      plan_tokens512(x, mk, b0, b1, &s, 8, 0);
+      plan_tokens512(x, mk, b0, b1, &s, 8, 0, 0);
     else
-      plan_tokens512(x, mk, b0, b1, &s, x->k, hier);
+      plan_tokens512(x, mk, b0, b1, &s, x->k, hier, 0);
   }
   s.acc[s.a] = s.vf;
   s.acc[D + s.a] = s.va;
