@@ -91,6 +91,9 @@ carl_status carl_retained_mass(const float *logits /* [T, E] */, int64_t T, int 
 /* Mean over tokens of |S_t & TopK(s_t)| / |S_t | TopK(s_t)| (1 when both are empty). */
 carl_status carl_topk_jaccard(const float *logits /* [T, E] */, int64_t T, int E, int score,
                               const int32_t *experts /* [T, k] */, int k, double *jaccard);
+/* Entropy (nats) of one token's routing distribution from its scores s [E] (carl_route_score_row):
+ * p = s for softmax (0), p = s / sum(s) for sigmoid (1); -sum_e p ln p in double. */
+double carl_score_entropy(const float *s /* [E] */, int E, int score);
 /* Routing entropy: mean over tokens of -sum_e p[t,e] ln p[t,e] (nats; p as in the losses), and
  * the entropy of the expert load distribution -sum_e (l_e/L) ln(l_e/L) (either pointer may be NULL). */
 carl_status carl_routing_entropy(const float *logits /* [T, E] */, int64_t T, int E, int score,

@@ -7,6 +7,20 @@
 
 #define CARL__BLK 256
 
+double carl_score_entropy(const float *s, int E, int score) {
+  double a = 0, h = 0;
+  if (score == CARL_SCORE_SIGMOID)
+    for (int e = 0; e < E; e++) a += s[e];
+  else
+    a = 1;
+  for (int e = 0; e < E; e++) {
+    double p = s[e] / a;
+    if (p > 0) h -= p * log(p);
+  }
+  return h;
+}
+
+
 void carl_load_experts(const int32_t *experts, int64_t T, int k, int E, double *load) {
   for (int e = 0; e < E; e++) load[e] = 0;
   for (int64_t i = 0; i < T * k; i++) {
@@ -130,16 +144,7 @@ static carl_status carl__per_token(const float *logits, int64_t T, int E, int sc
         }
         const int32_t *ex = experts ? experts + t * k : NULL;
         if (which == 2) {
-          double a = 0, h = 0;
-          if (score == CARL_SCORE_SIGMOID)
-            for (int e = 0; e < E; e++) a += s[e];
-          else
-            a = 1;
-          for (int e = 0; e < E; e++) {
-            double p = s[e] / a;
-            if (p > 0) h -= p * log(p);
-          }
-          part[b] += h;
+          part[b] += carl_score_entropy(s, E, score);
           continue;
         }
         carl_topk_row(s, E, k, idx, val);

@@ -26,16 +26,7 @@ static carl_status selectivity(const float *z, int64_t T, int E, int k, int scor
       st = carl_fail(CARL_ERR_NUMERIC, "logits: token %lld has a NaN or infinite value", (long long)t);
       break;
     }
-    double a = 0, h = 0;
-    if (score == CARL_SCORE_SIGMOID)
-      for (int e = 0; e < E; e++) a += s[e];
-    else
-      a = 1;
-    for (int e = 0; e < E; e++) {
-      double p = s[e] / a;
-      if (p > 0) h -= p * log(p);
-    }
-    ent += h;
+    ent += carl_score_entropy(s, E, score);
     carl_topk_row(s, E, k, idx, val);
     const int32_t *ex = experts + (size_t)t * k;
     double num = 0, den = 0;
