@@ -52,6 +52,26 @@ static void routing_of(carl_model_t *m, int32_t *buf) {
   }
 }
 
+/* Central difference of the total loss in parameter i with step h: *fd receives it. Returns
+ * nonzero when either perturbation changes a routing decision (against r0 [RT]; r1 is scratch),
+ * where the loss is not differentiable and the element must be skipped. p[i] is restored. */
+static int central_diff(carl_model_t *m, const int32_t *tok, const int32_t *tgt, int B, int S, float *p, int64_t i,
+                        float h, const int32_t *r0, int32_t *r1, int64_t RT, double *fd) {
+  const float x0 = p[i];
+  carl_model_loss_t lp, lm;
+  p[i] = x0 + h;
+  assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lp), CARL_OK);
+  routing_of(m, r1);
+  int changed = memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
+  p[i] = x0 - h;
+  assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lm), CARL_OK);
+  routing_of(m, r1);
+  changed |= memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
+  p[i] = x0;
+  *fd = (lp.total - lm.total) / ((double)(x0 + h) - (double)(x0 - h));
+  return changed;
+}
+
 static void test_grad_check(void **s) {
   (void)s;
   carl_model_config_t c;
@@ -86,22 +106,11 @@ static void test_grad_check(void **s) {
     for (int j = 0; j < n; j++) {
       int64_t i = t->offset + (int64_t)((double)j / n * (double)t->numel) + (j * 7) % 3;
       if (i >= t->offset + t->numel) i = t->offset + t->numel - 1;
-      float x0 = p[i];
-      carl_model_loss_t lp, lm;
-      p[i] = x0 + h;
-      assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lp), CARL_OK);
-      routing_of(m, r1);
-      int changed = memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
-      p[i] = x0 - h;
-      assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lm), CARL_OK);
-      routing_of(m, r1);
-      changed |= memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
-      p[i] = x0;
-      if (changed) {
+      double fd;
+      if (central_diff(m, tok, tgt, B, S, p, i, h, r0, r1, RT, &fd)) {
         skipped++;
         continue;
       }
-      double fd = (lp.total - lm.total) / ((double)(x0 + h) - (double)(x0 - h));
       double err = fabs(fd - g[i]), tol = 1e-3 + 2e-2 * fmax(fabs(fd), fabs(g[i]));
       if (err > tol) fail_msg("%s[%lld]: analytic %.6g, finite difference %.6g", t->name, (long long)(i - t->offset), g[i], fd);
       done++;
@@ -459,19 +468,8 @@ static void test_every_router(void **s) {
       const carl_tensor_info_t *t = carl_model_tensor(m, carl_model_find_tensor(m, check[ci]));
       for (int j = 0; j < 4; j++) {
         int64_t i = t->offset + (j * 5 + 1) % t->numel;
-        float x0 = p[i];
-        carl_model_loss_t lp, lm;
-        p[i] = x0 + h;
-        assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lp), CARL_OK);
-        routing_of(m, r1);
-        int changed = memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
-        p[i] = x0 - h;
-        assert_int_equal(carl_model_forward(m, tok, tgt, B, S, &lm), CARL_OK);
-        routing_of(m, r1);
-        changed |= memcmp(r0, r1, sizeof(int32_t) * RT) != 0;
-        p[i] = x0;
-        if (changed) continue;
-        double fd = (lp.total - lm.total) / ((double)(x0 + h) - (double)(x0 - h));
+        double fd;
+        if (central_diff(m, tok, tgt, B, S, p, i, h, r0, r1, RT, &fd)) continue;
         if (fabs(fd - g[i]) > 1e-3 + 2e-2 * fmax(fabs(fd), fabs(g[i])))
           fail_msg("router %s, %s[%lld]: analytic %.6g, finite difference %.6g", names[ri], t->name,
                    (long long)(i - t->offset), g[i], fd);
