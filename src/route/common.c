@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "carl/route_util.h"
+#include "route/select_internal.h"
 
 /* Tokens per block for the statistics: sums over a block, then over blocks in order, so results do
  * not depend on the thread count. */
@@ -147,8 +148,13 @@ static inline __attribute__((always_inline)) float carl__score_row(const float *
   return lse;
 }
 
-CARL__CLONES float carl_route_score_row(const float *z, int E, int score, float *s) {
+CARL__CLONES static float carl__score_row_portable(const float *z, int E, int score, float *s) {
   return carl__score_row(z, E, score, s, 1, NULL);
+}
+
+float carl_route_score_row(const float *z, int E, int score, float *s) {
+  if (E % 16 == 0 && E <= 1024 && carl__route_avx512_on()) return carl__score_row_avx512(z, E, score, s);
+  return carl__score_row_portable(z, E, score, s);
 }
 
 /* Block partial sums of p (p = s, or s / sum(s) for sigmoid) and lse^2 for the registry. */
@@ -238,25 +244,6 @@ static inline void carl__topk_push(float x, int32_t i, int k, int *m, int32_t *i
     p = (*m)++;
   }
   while (p > 0 && val[p - 1] < x) {
-    val[p] = val[p - 1];
-    idx[p] = idx[p - 1];
-    p--;
-  }
-  val[p] = x;
-  idx[p] = i;
-}
-
-/* Insert (x, i) into the buffer ordered by value descending, then index ascending: the order
- * of the pushes does not matter. */
-static inline void carl__topk_push_any(float x, int32_t i, int k, int *m, int32_t *idx, float *val) {
-  int p;
-  if (*m == k) {
-    if (!(x > val[k - 1] || (x == val[k - 1] && i < idx[k - 1]))) return;
-    p = k - 1;
-  } else {
-    p = (*m)++;
-  }
-  while (p > 0 && (val[p - 1] < x || (val[p - 1] == x && idx[p - 1] > i))) {
     val[p] = val[p - 1];
     idx[p] = idx[p - 1];
     p--;
@@ -555,27 +542,7 @@ carl_status carl_route_gate_backward(const float *logits, int64_t T, int E, int 
   return CARL_OK;
 }
 
-/* ---- the fused top-k kernel: one token -------------------------------------------------------- */
-typedef struct {
-  const carl_select_t *sl;
-  carl_route_common_t c;
-  int E, k, G, grouped, need_sel, need_lse, stats;
-  const int32_t *goff, *gmem;
-  int eqsize;
-  int contig; /* groups are the consecutive blocks [g * eqsize, (g + 1) * eqsize), eqsize % 8 == 0 */
-  uint64_t jbase, seed;
-  const float *logits;
-  int32_t *experts;
-  float *weights;
-  float *prio;
-} carl__selctx_t;
-
-typedef struct {
-  float *s, *sel, *sel2, *gs, *g2, *gval, *valp;
-  int32_t *gidx, *pidx;
-  uint8_t *mask;
-} carl__selbuf_t;
-
+/* ---- the fused top-k kernel: one token (portable executor) ---------------------------------- */
 /* Route token t; returns 1 when its logits are not finite. */
 CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf_t *bf, int64_t t, float *pp, double *zs) {
   const carl_select_t *sl = x->sl;
@@ -813,6 +780,7 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
                       .jbase = (uint64_t)in->step * (uint64_t)T, .seed = in->seed, .logits = logits,
                       .experts = experts, .weights = weights, .prio = prio};
   const int pg = sl.per_group;
+  const int use512 = carl__select_avx512_fits(&x);
   int64_t bad = INT64_MAX;
   int nomem = 0;
 #pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
@@ -836,8 +804,15 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
     for (int64_t b = 0; b < nb; b++) {
       if (nomem) continue;
       int64_t t1 = (b + 1) * CARL__BLK < T ? (b + 1) * CARL__BLK : T;
+      float *pp = stats ? part + b * E : NULL;
+      double *zs = stats ? &zpart[b] : NULL;
+      if (use512) {
+        int64_t tb = carl__select_tokens_avx512(&x, b * CARL__BLK, t1, pp, zs);
+        if (tb < bad) bad = tb;
+        continue;
+      }
       for (int64_t t = b * CARL__BLK; t < t1; t++)
-        if (carl__select_token(&x, &bf, t, stats ? part + b * E : NULL, stats ? &zpart[b] : NULL) && t < bad) bad = t;
+        if (carl__select_token(&x, &bf, t, pp, zs) && t < bad) bad = t;
     }
     free(bf.s);
     free(bf.sel);

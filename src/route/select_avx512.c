@@ -1,0 +1,464 @@
+/* The AVX-512 executor of the fused selection kernel (select_internal.h): one token's scores,
+ * loss statistics, group limit and top-k on 16-wide vectors, reading the logits row once from
+ * memory. It takes the decisions of the portable executor (carl__select_token in common.c), step
+ * by step; only its exp differs (fused multiply-adds), by a few units in the last place.
+ *
+ * Top-k: the row is viewed as [E/16, 16]; the k-th largest of the 16 lane maxima is a lower bound
+ * thr of the k-th largest value (k lanes each hold a value >= it), so the k largest are among the
+ * values >= thr, which are compacted (in index order) and ranked; more than 16 of them (many equal
+ * values) falls back to an insertion over all values >= thr. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "route/select_internal.h"
+
+int carl__route_simd = -1;
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define SEL_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi2,fma")))
+#define SEL_NVMAX 64 /* E <= 1024 */
+
+int carl__route_avx512_on(void) {
+  return carl__route_simd != 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2") &&
+         __builtin_cpu_supports("fma");
+}
+
+int carl__select_avx512_fits(const carl__selctx_t *x) {
+  if (!carl__route_avx512_on() || x->E % 16 != 0 || x->E > 16 * SEL_NVMAX || x->k > 16 || x->c.jitter > 0) return 0;
+  if (!x->grouped) return 1;
+  return x->contig && x->eqsize % 16 == 0 && x->G <= 16 && x->sl->per_group <= 2;
+}
+
+/* exp(x) as carl_expf (Cephes, clamped to [-87, 88]; NaN stays NaN), with fused multiply-adds */
+SEL_AVX512 static inline __m512 sel_exp(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* the second operand is returned for NaN */
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+static int sel_all_finite(const float *z, int E) {
+  for (int e = 0; e < E; e++)
+    if (!isfinite(z[e])) return 0;
+  return 1;
+}
+
+/* Pass 1 over a row: *lanes = the 16 lane maxima of z viewed as [nv, 16]; returns max(z), or NAN
+ * when z holds a NaN or an infinity (a sum of the row that is not finite is checked exactly). */
+SEL_AVX512 static inline float sel_max(const float *z, int nv, __m512 *lanes) {
+  __m512 m0 = _mm512_loadu_ps(z), m1 = m0, f0 = m0, f1 = _mm512_setzero_ps();
+  for (int i = 1; i < nv; i++) {
+    const __m512 y = _mm512_loadu_ps(z + 16 * i);
+    if (i & 1) {
+      m1 = _mm512_max_ps(m1, y);
+      f1 = _mm512_add_ps(f1, y);
+    } else {
+      m0 = _mm512_max_ps(m0, y);
+      f0 = _mm512_add_ps(f0, y);
+    }
+  }
+  *lanes = _mm512_max_ps(m0, m1);
+  if (!isfinite(_mm512_reduce_add_ps(_mm512_add_ps(f0, f1))) && !sel_all_finite(z, 16 * nv)) return NAN;
+  return _mm512_reduce_max_ps(*lanes);
+}
+
+/* s = softmax(z) or sigmoid(z) (mx = max z, finite). Returns logsumexp(z) when needed (softmax,
+ * or need_lse), else 0. pp (not NULL): pp += p with p = s (softmax) or s / sum(s) (sigmoid). */
+SEL_AVX512 static inline float sel_scores(const float *z, int nv, int score, int need_lse, float mx, float *s, float *pp) {
+  float lse = 0;
+  if (score == CARL_SCORE_SOFTMAX || need_lse) {
+    const __m512 vm = _mm512_set1_ps(mx);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    for (int i = 0; i < nv; i++) {
+      const __m512 e = sel_exp(_mm512_sub_ps(_mm512_loadu_ps(z + 16 * i), vm));
+      if (score == CARL_SCORE_SOFTMAX) _mm512_storeu_ps(s + 16 * i, e);
+      if (i & 1) a1 = _mm512_add_ps(a1, e);
+      else a0 = _mm512_add_ps(a0, e);
+    }
+    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    lse = mx + logf(sum);
+    if (score == CARL_SCORE_SOFTMAX) {
+      const __m512 inv = _mm512_set1_ps(1.0f / sum);
+      for (int i = 0; i < nv; i++) {
+        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(s + 16 * i), inv);
+        _mm512_storeu_ps(s + 16 * i, p);
+        if (pp) _mm512_storeu_ps(pp + 16 * i, _mm512_add_ps(_mm512_loadu_ps(pp + 16 * i), p));
+      }
+    }
+  }
+  if (score == CARL_SCORE_SIGMOID) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    for (int i = 0; i < nv; i++) {
+      const __m512 y = _mm512_div_ps(one, _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)))));
+      _mm512_storeu_ps(s + 16 * i, y);
+      if (i & 1) a1 = _mm512_add_ps(a1, y);
+      else a0 = _mm512_add_ps(a0, y);
+    }
+    if (pp) {
+      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)));
+      for (int i = 0; i < nv; i++)
+        _mm512_storeu_ps(pp + 16 * i, _mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * i), inv, _mm512_loadu_ps(pp + 16 * i)));
+    }
+  }
+  return lse;
+}
+
+SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float *s) {
+  __m512 lanes;
+  const float mx = sel_max(z, E / 16, &lanes);
+  if (isnan(mx)) return NAN;
+  return sel_scores(z, E / 16, score, 1, mx, s, NULL);
+}
+
+/* The latency-bound steps (ranks, sorting networks) run on SEL_NT tokens in lockstep, so that the
+ * processor overlaps their dependency chains. */
+#define SEL_NT 4
+#define SEL_INLINE static inline __attribute__((always_inline))
+
+/* Rank of each lane of v[u] in descending order, equal values: the lower lane first (a permutation
+ * of 0..15). Lane i compares with lane j = i + r (mod 16) for r = 1..15. */
+#define SEL_RANK_STEP(r)                                                                                              \
+  do {                                                                                                                \
+    const __mmask16 ahead = (__mmask16)((1u << (16 - (r))) - 1u); /* j > i: only a larger value ranks ahead */        \
+    for (int u = 0; u < n; u++) {                                                                                     \
+      const __m512 q = _mm512_castsi512_ps(_mm512_alignr_epi32(vi[u], vi[u], r));                                   \
+      const __mmask16 m = _mm512_mask_cmp_ps_mask(ahead, q, v[u], _CMP_GT_OQ) |                                      \
+                          _mm512_mask_cmp_ps_mask((__mmask16)~ahead, q, v[u], _CMP_GE_OQ);                           \
+      cnt[u] = _mm512_mask_add_epi32(cnt[u], m, cnt[u], one);                                                        \
+    }                                                                                                                 \
+  } while (0)
+
+SEL_AVX512 SEL_INLINE void sel_rank_n(int n, const __m512 *v, __m512i *cnt) {
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i vi[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    vi[u] = _mm512_castps_si512(v[u]);
+    cnt[u] = _mm512_setzero_si512();
+  }
+  SEL_RANK_STEP(1);
+  SEL_RANK_STEP(2);
+  SEL_RANK_STEP(3);
+  SEL_RANK_STEP(4);
+  SEL_RANK_STEP(5);
+  SEL_RANK_STEP(6);
+  SEL_RANK_STEP(7);
+  SEL_RANK_STEP(8);
+  SEL_RANK_STEP(9);
+  SEL_RANK_STEP(10);
+  SEL_RANK_STEP(11);
+  SEL_RANK_STEP(12);
+  SEL_RANK_STEP(13);
+  SEL_RANK_STEP(14);
+  SEL_RANK_STEP(15);
+}
+
+/* thr[u] = the k-th largest lane of v[u] (1 <= k <= 16): a bitonic sort of the 16 lanes,
+ * descending. Lane i of a compare-exchange at distance d within blocks of size b keeps the larger
+ * of itself and lane i ^ d when (i & d) == 0 differs from (i & b) != 0. */
+SEL_AVX512 SEL_INLINE __m512 sel_x1(__m512 v) { return _mm512_permute_ps(v, 0xB1); }
+SEL_AVX512 SEL_INLINE __m512 sel_x2(__m512 v) { return _mm512_permute_ps(v, 0x4E); }
+SEL_AVX512 SEL_INLINE __m512 sel_x4(__m512 v) { return _mm512_shuffle_f32x4(v, v, 0xB1); }
+SEL_AVX512 SEL_INLINE __m512 sel_x8(__m512 v) { return _mm512_shuffle_f32x4(v, v, 0x4E); }
+#define SEL_SORT_STEP(d, b)                                                                                           \
+  do {                                                                                                                \
+    __mmask16 big = 0;                                                                                                \
+    for (int i = 0; i < 16; i++) big |= (__mmask16)((((i & (d)) == 0) != ((i & (b)) != 0)) << i);                   \
+    for (int u = 0; u < n; u++) {                                                                                     \
+      const __m512 p = sel_x##d(w[u]);                                                                                \
+      w[u] = _mm512_mask_max_ps(_mm512_min_ps(w[u], p), big, w[u], p);                                               \
+    }                                                                                                                 \
+  } while (0)
+
+SEL_AVX512 SEL_INLINE void sel_kth_n(int n, const __m512 *v, int k, float *thr) {
+  __m512 w[SEL_NT];
+  for (int u = 0; u < n; u++) w[u] = v[u];
+  SEL_SORT_STEP(1, 2);
+  SEL_SORT_STEP(2, 4);
+  SEL_SORT_STEP(1, 4);
+  SEL_SORT_STEP(4, 8);
+  SEL_SORT_STEP(2, 8);
+  SEL_SORT_STEP(1, 8);
+  SEL_SORT_STEP(8, 16);
+  SEL_SORT_STEP(4, 16);
+  SEL_SORT_STEP(2, 16);
+  SEL_SORT_STEP(1, 16);
+  for (int u = 0; u < n; u++) thr[u] = _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), w[u]));
+}
+
+/* Indices (16-bit, index order) of the values >= thr of v [nv, 16] in the vectors kept by keep,
+ * two vectors at a time; stops once more than 16 are found. Returns their number. */
+SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float thr, uint16_t *cw /* [48] */) {
+  static const uint16_t iota16[32] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
+                                      16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+  const __m512i iota = _mm512_loadu_si512(iota16);
+  const __m512 th = _mm512_set1_ps(thr);
+  int nc = 0;
+  for (int i = 0; i < nv && nc <= 16; i += 2) {
+    const __mmask16 m0 = _mm512_mask_cmp_ps_mask((__mmask16)(-(int)((keep >> i) & 1u)), _mm512_loadu_ps(v + 16 * i), th,
+                                                 _CMP_GE_OQ);
+    const __mmask16 m1 = i + 1 < nv ? _mm512_mask_cmp_ps_mask((__mmask16)(-(int)((keep >> (i + 1)) & 1u)),
+                                                              _mm512_loadu_ps(v + 16 * i + 16), th, _CMP_GE_OQ)
+                                    : 0;
+    const __mmask32 m = _mm512_kunpackw((__mmask32)m1, (__mmask32)m0);
+    _mm512_storeu_si512(cw + nc, _mm512_maskz_compress_epi16(m, _mm512_add_epi16(iota, _mm512_set1_epi16((short)(16 * i)))));
+    nc += __builtin_popcount((unsigned)m);
+  }
+  return nc;
+}
+
+/* For each token u: the k (<= 16) largest of v[u] [nv, 16] over the vectors kept by keep[u] (k
+ * values among them), descending, ties to the lower index; lanes[u] = lane maxima over those
+ * vectors. More than 16 values >= thr (many equal values) take an insertion over all of them. */
+SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, const __m512 *lanes, const uint64_t *keep,
+                                      int k, int32_t (*idx)[16], float (*val)[16]) {
+  float thr[SEL_NT];
+  sel_kth_n(n, lanes, k, thr);
+  uint16_t cw[SEL_NT][48];
+  int nc[SEL_NT];
+  for (int u = 0; u < n; u++) nc[u] = sel_cands(v[u], nv, keep[u], thr[u], cw[u]);
+  __m512 cv[SEL_NT];
+  __m512i ci[SEL_NT], rk[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    const __mmask16 have = nc[u] <= 16 ? (__mmask16)((1u << nc[u]) - 1u) : 0;
+    ci[u] = _mm512_maskz_cvtepu16_epi32(have, _mm256_loadu_si256((const __m256i *)cw[u]));
+    cv[u] = _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), have, ci[u], v[u], 4);
+  }
+  sel_rank_n(n, cv, rk);
+  for (int u = 0; u < n; u++) {
+    if (nc[u] > 16) {
+      int m = 0;
+      for (int i = 0; i < 16 * nv; i++)
+        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx[u], val[u]);
+      for (; m < k; m++) {
+        idx[u][m] = -1;
+        val[u][m] = -INFINITY;
+      }
+      continue;
+    }
+    int32_t r[16], ii[16], oi[17];
+    float vv[16], ov[17];
+    _mm512_storeu_si512(r, rk[u]);
+    _mm512_storeu_si512(ii, ci[u]);
+    _mm512_storeu_ps(vv, cv[u]);
+    for (int j = 0; j < nc[u]; j++) { /* slot k collects the rest */
+      const int p = r[j] < k ? r[j] : k;
+      oi[p] = ii[j];
+      ov[p] = vv[j];
+    }
+    memcpy(idx[u], oi, (size_t)k * sizeof *oi);
+    memcpy(val[u], ov, (size_t)k * sizeof *ov);
+  }
+}
+
+/* top-2 merge of (a1, b1) and (a2, b2) (a >= b lane by lane) */
+#define SEL_MERGE(A1, B1, A2, B2, pg, outA, outB)                                                                     \
+  do {                                                                                                                \
+    const __m512 a1_ = (A1), a2_ = (A2);                                                                             \
+    if ((pg) == 2) (outB) = _mm512_max_ps(_mm512_min_ps(a1_, a2_), _mm512_max_ps((B1), (B2)));                        \
+    (outA) = _mm512_max_ps(a1_, a2_);                                                                                \
+  } while (0)
+
+/* Group limit over contiguous groups of m vectors: scores = sum of the per_group (1 or 2) largest
+ * v of each group + bonus; returns the kept groups (the M best, ties to the lower group) as a mask
+ * over the vectors. The 16 lanes of every group are reduced side by side: pairs of groups are
+ * merged by 128-bit block shuffles (16 -> 8 -> 4 lanes per group), then within blocks (4 -> 2 -> 1),
+ * which leaves group 4c + q in lane 4q + c (P = 16 groups, padded with empty ones). */
+SEL_AVX512 static inline uint64_t sel_groups(const carl__selctx_t *x, const float *v, int64_t t) {
+  const carl_select_t *sl = x->sl;
+  const int G = x->G, m = x->eqsize / 16, pg = sl->per_group;
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 A[16], B[16];
+  int P = 4;
+  while (P < G) P *= 2;
+  for (int g = 0; g < P; g++) {
+    A[g] = B[g] = ninf;
+    for (int j = 0; g < G && j < m; j++) {
+      const __m512 y = _mm512_loadu_ps(v + 16 * (g * m + j));
+      if (pg == 2) B[g] = _mm512_max_ps(B[g], _mm512_min_ps(A[g], y));
+      A[g] = _mm512_max_ps(A[g], y);
+    }
+  }
+  /* 16 -> 8 lanes: blocks {0,1} and {2,3} of groups 2j and 2j+1 */
+  for (int j = 0; j < P / 2; j++)
+    SEL_MERGE(_mm512_shuffle_f32x4(A[2 * j], A[2 * j + 1], 0x44), _mm512_shuffle_f32x4(B[2 * j], B[2 * j + 1], 0x44),
+              _mm512_shuffle_f32x4(A[2 * j], A[2 * j + 1], 0xEE), _mm512_shuffle_f32x4(B[2 * j], B[2 * j + 1], 0xEE), pg,
+              A[j], B[j]);
+  /* 8 -> 4 lanes: block q of vector j now holds group 4j + q */
+  for (int j = 0; j < P / 4; j++)
+    SEL_MERGE(_mm512_shuffle_f32x4(A[2 * j], A[2 * j + 1], 0x88), _mm512_shuffle_f32x4(B[2 * j], B[2 * j + 1], 0x88),
+              _mm512_shuffle_f32x4(A[2 * j], A[2 * j + 1], 0xDD), _mm512_shuffle_f32x4(B[2 * j], B[2 * j + 1], 0xDD), pg,
+              A[j], B[j]);
+  /* 4 -> 2 lanes: vectors 0 and 1 (groups 0..3 and 4..7; P = 4 pairs vector 0 with itself) */
+  const int h = P >= 8 ? 1 : 0;
+  __m512 A0, B0 = ninf, A1 = ninf, B1 = ninf;
+  SEL_MERGE(_mm512_shuffle_ps(A[0], A[h], 0x44), _mm512_shuffle_ps(B[0], B[h], 0x44), _mm512_shuffle_ps(A[0], A[h], 0xEE),
+            _mm512_shuffle_ps(B[0], B[h], 0xEE), pg, A0, B0);
+  if (P == 16)
+    SEL_MERGE(_mm512_shuffle_ps(A[2], A[3], 0x44), _mm512_shuffle_ps(B[2], B[3], 0x44), _mm512_shuffle_ps(A[2], A[3], 0xEE),
+              _mm512_shuffle_ps(B[2], B[3], 0xEE), pg, A1, B1);
+  else {
+    A1 = A0;
+    B1 = B0;
+  }
+  /* 2 -> 1 lane */
+  __m512 FA, FB = ninf;
+  SEL_MERGE(_mm512_shuffle_ps(A0, A1, 0x88), _mm512_shuffle_ps(B0, B1, 0x88), _mm512_shuffle_ps(A0, A1, 0xDD),
+            _mm512_shuffle_ps(B0, B1, 0xDD), pg, FA, FB);
+  const __m512 F = pg == 2 && m * 16 >= 2 ? _mm512_add_ps(FA, FB) : FA;
+  /* group g sits in lane 4 (g % 4) + g / 4 (P = 16), 4 (g % 4) + g / 4 (P = 8: g / 4 in 0..1),
+   * 4 g (P = 4) */
+  int32_t map[16];
+  for (int g = 0; g < 16; g++) map[g] = P == 4 ? 4 * (g % 4) : 4 * (g % 4) + g / 4;
+  const __mmask16 real = (__mmask16)((1u << G) - 1u);
+  __m512 gs = _mm512_mask_permutexvar_ps(ninf, real, _mm512_loadu_si512(map), F);
+  if (sl->group_bonus)
+    gs = _mm512_add_ps(gs, _mm512_maskz_loadu_ps(real, sl->group_bonus + (size_t)(sl->bonus_row ? sl->bonus_row[t] : 0) * G));
+  __m512i rk;
+  sel_rank_n(1, &gs, &rk);
+  const __mmask16 kept = _mm512_mask_cmplt_epi32_mask(real, rk, _mm512_set1_epi32(sl->M));
+  uint64_t keep = 0;
+  for (int g = 0; g < G; g++)
+    if ((kept >> g) & 1u) keep |= ((1ull << m) - 1ull) << (g * m);
+  return keep;
+}
+
+/* Tokens t0 .. t0 + n - 1 (n <= SEL_NT). Returns 0; 1 when n == 1 and the token's logits are not
+ * finite (its slots get -1 and weight 0); -1 when n > 1 and some token's logits are not finite,
+ * before anything is written (the caller then takes the tokens one at a time). */
+SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, float *pp, double *zs) {
+  const carl_select_t *sl = x->sl;
+  const int E = x->E, k = x->k, nv = E / 16, score = x->c.score;
+  const float *z[SEL_NT];
+  float mx[SEL_NT];
+  __m512 zl[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    z[u] = x->logits + (t0 + u) * E;
+    mx[u] = sel_max(z[u], nv, &zl[u]);
+  }
+  if (n > 1) /* the next block's rows (a prefetch past the end of the logits does not fault) */
+    for (int i = 0; i < n * nv; i++) _mm_prefetch((const char *)(z[0] + (size_t)n * E + 16 * i), _MM_HINT_T0);
+  for (int u = 0; u < n; u++)
+    if (isnan(mx[u])) {
+      if (n > 1) return -1;
+      for (int j = 0; j < k; j++) {
+        x->experts[t0 * k + j] = -1;
+        x->weights[t0 * k + j] = 0;
+      }
+      return 1;
+    }
+  const __mmask16 km = (__mmask16)((1u << k) - 1u);
+  const int plain = !x->need_sel && !x->grouped;
+  int32_t idx[SEL_NT][16];
+  float val[SEL_NT][16];
+  uint64_t keep[SEL_NT];
+  for (int u = 0; u < n; u++) keep[u] = ~0ull;
+  if (plain && !pp && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX) {
+    /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
+    sel_topk_n(n, z, nv, zl, keep, k, idx, val);
+    for (int u = 0; u < n; u++) {
+      const __m512 e =
+          _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, val[u]), _mm512_set1_ps(mx[u]))));
+      _mm512_mask_storeu_ps(x->weights + (t0 + u) * k, km, _mm512_mul_ps(e, _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(e))));
+      memcpy(x->experts + (t0 + u) * k, idx[u], (size_t)k * sizeof **idx);
+    }
+    return 0;
+  }
+  /* scores and selection values of token u at s[u], vb[u]: consecutive rows (no 4 KiB aliasing) */
+  __attribute__((aligned(64))) float sbuf[2 * SEL_NT * 16 * SEL_NVMAX];
+  float *s[SEL_NT], *vb[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    s[u] = sbuf + (size_t)u * E;
+    vb[u] = sbuf + (size_t)(n + u) * E;
+  }
+  for (int u = 0; u < n; u++) {
+    const float lse = sel_scores(z[u], nv, score, x->need_lse, mx[u], s[u], pp);
+    if (pp) *zs += (double)lse * (double)lse;
+  }
+  const float *v[SEL_NT];
+  __m512 vl[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    if (plain) { /* selection on z: softmax and sigmoid are increasing, so TopK(s) = TopK(z) with the
+                  * same tie rule on equal logits; the capacity priority is s */
+      v[u] = z[u];
+      vl[u] = zl[u];
+      continue;
+    }
+    v[u] = s[u];
+    if (x->need_sel) {
+      const float *base = sl->on_logits ? z[u] : s[u];
+      const float *b = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
+      for (int i = 0; i < nv; i++) {
+        const __m512 y = _mm512_loadu_ps(base + 16 * i);
+        _mm512_store_ps(vb[u] + 16 * i, b ? _mm512_add_ps(y, _mm512_loadu_ps(b + 16 * i)) : y);
+      }
+      v[u] = vb[u];
+    }
+    if (x->grouped) keep[u] = sel_groups(x, v[u], t0 + u);
+    vl[u] = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < nv; i++)
+      vl[u] = _mm512_mask_max_ps(vl[u], (__mmask16)(-(int)((keep[u] >> i) & 1u)), vl[u], _mm512_loadu_ps(v[u] + 16 * i));
+  }
+  sel_topk_n(n, v, nv, vl, keep, k, idx, val);
+  for (int u = 0; u < n; u++) {
+    int32_t *ex = x->experts + (t0 + u) * k;
+    float *w = x->weights + (t0 + u) * k;
+    float a = 0;
+    for (int j = 0; j < k; j++) {
+      ex[j] = idx[u][j];
+      w[j] = idx[u][j] >= 0 ? s[u][idx[u][j]] : 0.0f;
+      if (plain) val[u][j] = w[j];
+      a += w[j];
+    }
+    if (x->c.renorm && a > 0) {
+      const float inv = 1.0f / a;
+      for (int j = 0; j < k; j++) w[j] *= inv;
+    }
+    if (x->prio) memcpy(x->prio + (t0 + u) * k, val[u], (size_t)k * sizeof **val);
+  }
+  return 0;
+}
+
+SEL_AVX512 int64_t carl__select_tokens_avx512(const carl__selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
+  int64_t bad = INT64_MAX;
+  for (int64_t t = t0; t < t1;) {
+    if (t + SEL_NT <= t1 && sel_block(x, t, SEL_NT, pp, zs) == 0) {
+      t += SEL_NT;
+      continue;
+    }
+    const int64_t te = t + SEL_NT <= t1 ? t + SEL_NT : t1;
+    for (; t < te; t++)
+      if (sel_block(x, t, 1, pp, zs) && t < bad) bad = t;
+  }
+  return bad;
+}
+
+#else /* no AVX-512 executor on this platform */
+int carl__route_avx512_on(void) { return 0; }
+int carl__select_avx512_fits(const carl__selctx_t *x) {
+  (void)x;
+  return 0;
+}
+int64_t carl__select_tokens_avx512(const carl__selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
+  (void)x, (void)t0, (void)t1, (void)pp, (void)zs;
+  return INT64_MAX;
+}
+float carl__score_row_avx512(const float *z, int E, int score, float *s) {
+  (void)z, (void)E, (void)score, (void)s;
+  return NAN;
+}
+#endif
