@@ -18,7 +18,7 @@ int carl__route_simd = -1;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define SEL_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi2,fma")))
+#define SEL_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi2,fma,bmi2")))
 #define SEL_NVMAX 64 /* E <= 1024 */
 #define SEL_INLINE static inline __attribute__((always_inline))
 /* The latency-bound steps (ranks, sorting networks) run on SEL_NT tokens in lockstep, so that the
@@ -28,7 +28,7 @@ int carl__route_simd = -1;
 int carl__route_avx512_on(void) {
   return carl__route_simd != 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2") &&
-         __builtin_cpu_supports("fma");
+         __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
 }
 
 int carl__select_avx512_fits(const carl__selctx_t *x) {
@@ -100,7 +100,10 @@ SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s) {
   const __m512 one = _mm512_set1_ps(1.0f);
   __m512 a0 = _mm512_setzero_ps(), a1 = a0;
   for (int i = 0; i < nv; i++) {
-    const __m512 y = _mm512_div_ps(one, _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)), 1)));
+    /* 1 / d by the 14-bit reciprocal and one Newton step (within an ulp or two of the division) */
+    const __m512 d = _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)), 1));
+    const __m512 r = _mm512_rcp14_ps(d);
+    const __m512 y = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
     _mm512_storeu_ps(s + 16 * i, y);
     if (i & 1) a1 = _mm512_add_ps(a1, y);
     else a0 = _mm512_add_ps(a0, y);
@@ -126,23 +129,24 @@ SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float 
 }
 
 /* Rank of each lane of v[u] in descending order, equal values: the lower lane first (a permutation
- * of 0..15). Lane i compares with lane j = i + r (mod 16) for r = 1..15. */
+ * of 0..15; no NaN). The values become order-preserving integers (-0 as +0); lane i counts the lanes
+ * j = i + r (mod 16), r = 1..15, ahead of it: key_j > key_i when j > i, key_j >= key_i (that is
+ * key_j + 1 > key_i) when j < i. */
 #define SEL_RANK_STEP(r)                                                                                              \
   do {                                                                                                                \
-    const __mmask16 ahead = (__mmask16)((1u << (16 - (r))) - 1u); /* j > i: only a larger value ranks ahead */        \
+    const __m512i c = _mm512_mask_set1_epi32(_mm512_setzero_si512(), (__mmask16) ~((1u << (16 - (r))) - 1u), 1);     \
     for (int u = 0; u < n; u++) {                                                                                     \
-      const __m512 q = _mm512_castsi512_ps(_mm512_alignr_epi32(vi[u], vi[u], r));                                   \
-      const __mmask16 m = _mm512_mask_cmp_ps_mask(ahead, q, v[u], _CMP_GT_OQ) |                                      \
-                          _mm512_mask_cmp_ps_mask((__mmask16)~ahead, q, v[u], _CMP_GE_OQ);                           \
-      cnt[u] = _mm512_mask_add_epi32(cnt[u], m, cnt[u], one);                                                        \
+      const __m512i q = _mm512_add_epi32(_mm512_alignr_epi32(key[u], key[u], r), c);                                 \
+      cnt[u] = _mm512_mask_add_epi32(cnt[u], _mm512_cmpgt_epi32_mask(q, key[u]), cnt[u], one);                       \
     }                                                                                                                 \
   } while (0)
 
 SEL_AVX512 SEL_INLINE void sel_rank_n(int n, const __m512 *v, __m512i *cnt) {
-  const __m512i one = _mm512_set1_epi32(1);
-  __m512i vi[SEL_NT];
+  const __m512i one = _mm512_set1_epi32(1), low = _mm512_set1_epi32(0x7FFFFFFF);
+  __m512i key[SEL_NT];
   for (int u = 0; u < n; u++) {
-    vi[u] = _mm512_castps_si512(v[u]);
+    const __m512i b = _mm512_castps_si512(_mm512_add_ps(v[u], _mm512_setzero_ps())); /* -0 + 0 = +0 */
+    key[u] = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), low));
     cnt[u] = _mm512_setzero_si512();
   }
   SEL_RANK_STEP(1);
@@ -220,7 +224,7 @@ SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float
  * values among them), descending, ties to the lower index; lanes[u] = lane maxima over those
  * vectors. More than 16 values >= thr (many equal values) take an insertion over all of them. */
 SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, const __m512 *lanes, const uint64_t *keep,
-                                      int k, int32_t (*idx)[16], float (*val)[16]) {
+                                      int k, int32_t (*idx)[16]) {
   float thr[SEL_NT];
   sel_kth_n(n, lanes, k, thr);
   uint16_t cw[SEL_NT][48];
@@ -237,26 +241,16 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
   for (int u = 0; u < n; u++) {
     if (nc[u] > 16) {
       int m = 0;
+      float val[16];
       for (int i = 0; i < 16 * nv; i++)
-        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx[u], val[u]);
-      for (; m < k; m++) {
-        idx[u][m] = -1;
-        val[u][m] = -INFINITY;
-      }
+        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx[u], val);
+      for (; m < k; m++) idx[u][m] = -1;
       continue;
     }
-    int32_t r[16], ii[16], oi[17];
-    float vv[16], ov[17];
+    int32_t r[16], ii[16];
     _mm512_storeu_si512(r, rk[u]);
     _mm512_storeu_si512(ii, ci[u]);
-    _mm512_storeu_ps(vv, cv[u]);
-    for (int j = 0; j < nc[u]; j++) { /* slot k collects the rest */
-      const int p = r[j] < k ? r[j] : k;
-      oi[p] = ii[j];
-      ov[p] = vv[j];
-    }
-    memcpy(idx[u], oi, (size_t)k * sizeof *oi);
-    memcpy(val[u], ov, (size_t)k * sizeof *ov);
+    for (int j = 0; j < 16; j++) idx[u][r[j]] = ii[j]; /* ranks: a permutation of 0..15, padding last */
   }
 }
 
@@ -325,17 +319,21 @@ SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const fl
   const int G = x->G, m = x->eqsize / 16, pg = sl->per_group;
   const __mmask16 real = (__mmask16)((1u << G) - 1u);
   __m512 gs[SEL_NT];
-  __m512i rk[SEL_NT];
+  float thr[SEL_NT];
   for (int u = 0; u < n; u++) {
     gs[u] = G <= 4 ? sel_group_scores(v[u], G, m, pg, 4)
                    : G <= 8 ? sel_group_scores(v[u], G, m, pg, 8) : sel_group_scores(v[u], G, m, pg, 16);
     if (sl->group_bonus)
       gs[u] = _mm512_add_ps(gs[u], _mm512_maskz_loadu_ps(real, sl->group_bonus + (size_t)(sl->bonus_row ? sl->bonus_row[t0 + u] : 0) * G));
   }
-  sel_rank_n(n, gs, rk);
+  /* the M best: those above the M-th largest score, then the first of those equal to it */
+  sel_kth_n(n, gs, sl->M, thr);
   const uint64_t gbits = m == 64 ? ~0ull : (1ull << m) - 1ull;
   for (int u = 0; u < n; u++) {
-    const unsigned kept = _mm512_mask_cmplt_epi32_mask(real, rk[u], _mm512_set1_epi32(sl->M));
+    const __m512 th = _mm512_set1_ps(thr[u]);
+    const unsigned above = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_GT_OQ);
+    const unsigned equal = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_EQ_OQ);
+    const unsigned kept = above | _pdep_u32((1u << (sl->M - __builtin_popcount(above))) - 1u, equal);
     keep[u] = 0;
     for (int g = 0; g < G; g++) keep[u] |= (0ull - ((kept >> g) & 1u)) & (gbits << (g * m));
   }
@@ -368,15 +366,14 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   const __mmask16 km = (__mmask16)((1u << k) - 1u);
   const int plain = !x->need_sel && !x->grouped;
   int32_t idx[SEL_NT][16];
-  float val[SEL_NT][16];
   uint64_t keep[SEL_NT];
   for (int u = 0; u < n; u++) keep[u] = ~0ull;
   if (plain && !pp && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX) {
     /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
-    sel_topk_n(n, z, nv, zl, keep, k, idx, val);
+    sel_topk_n(n, z, nv, zl, keep, k, idx);
     for (int u = 0; u < n; u++) {
-      const __m512 e =
-          _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, val[u]), _mm512_set1_ps(mx[u])), 0));
+      const __m512 zk = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, _mm512_loadu_si512(idx[u]), z[u], 4);
+      const __m512 e = _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(zk, _mm512_set1_ps(mx[u])), 0));
       _mm512_mask_storeu_ps(x->weights + (t0 + u) * k, km, _mm512_mul_ps(e, _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(e))));
       memcpy(x->experts + (t0 + u) * k, idx[u], (size_t)k * sizeof **idx);
     }
@@ -391,7 +388,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   }
   /* scores: softmax s = e * inv with e = exp(z - mx), inv = 1 / sum(e) (plain selection leaves s
    * as e and scales the k gates); sigmoid s = sigmoid(z), inv = 1 / sum(s) for the statistics */
-  float inv[SEL_NT];
+  float inv[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f};
   for (int u = 0; u < n; u++) {
     float lse = 0;
     if (score == CARL_SCORE_SOFTMAX || x->need_lse) {
@@ -444,29 +441,28 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     for (int i = 0; i < nv; i++)
       vl[u] = _mm512_mask_max_ps(vl[u], (__mmask16)(-(int)((keep[u] >> i) & 1u)), vl[u], _mm512_loadu_ps(v[u] + 16 * i));
   }
-  sel_topk_n(n, v, nv, vl, keep, k, idx, val);
+  sel_topk_n(n, v, nv, vl, keep, k, idx);
   for (int u = 0; u < n; u++) {
     int32_t *ex = x->experts + (t0 + u) * k;
     float *w = x->weights + (t0 + u) * k;
-    float a = 0;
+    float *pr = x->prio ? x->prio + (t0 + u) * k : NULL;
     const float g = plain && score == CARL_SCORE_SOFTMAX ? inv[u] : 1.0f; /* plain softmax: s holds e */
+    float a = 0;
     for (int j = 0; j < k; j++) {
-      ex[j] = idx[u][j];
-      w[j] = idx[u][j] >= 0 ? (g == 1.0f ? s[u][idx[u][j]] : s[u][idx[u][j]] * g) : 0.0f;
-      if (plain) val[u][j] = w[j];
+      const int32_t e = idx[u][j];
+      ex[j] = e;
+      w[j] = e >= 0 ? s[u][e] * g : 0.0f;
       a += w[j];
+      if (pr) pr[j] = plain ? w[j] : e >= 0 ? v[u][e] : -INFINITY; /* the selection value (plain: s) */
     }
     if (x->c.renorm && a > 0) {
-      const float inv = 1.0f / a;
-      for (int j = 0; j < k; j++) w[j] *= inv;
+      const float r = 1.0f / a;
+      for (int j = 0; j < k; j++) w[j] *= r;
     }
-    if (x->prio) memcpy(x->prio + (t0 + u) * k, val[u], (size_t)k * sizeof **val);
   }
   return 0;
 }
 
-/* E = 256 (a common size: 16 vectors) gets its own copy with constant trip counts, which the
- * compiler unrolls and keeps in registers. */
 SEL_AVX512 SEL_INLINE int64_t sel_tokens(const carl__selctx_t *x, int64_t t0, int64_t t1, int nv, float *pp, double *zs) {
   int64_t bad = INT64_MAX;
   for (int64_t t = t0; t < t1;) {
