@@ -73,6 +73,13 @@ static void check_fd(int which, int score) {
     assert_int_equal(carl_loss_dual(z, T, E, score, ex, k, grp, G, 0.3, 0.9, &vE, &vG, dd), CARL_OK);
     assert_float_equal(vE, 0.3 * ref_loss(0, z, T, E, score, ex, k, grp, G), 1e-6);
     assert_float_equal(vG, 0.9 * ref_loss(1, z, T, E, score, ex, k, grp, G), 1e-6);
+    /* the same values from statistics at hand: psum = T * P of the reference */
+    double P[6], psum[6], wE = 0, wG = 0;
+    ref_P(z, T, E, score, P);
+    for (int e = 0; e < E; e++) psum[e] = P[e] * T;
+    assert_int_equal(carl_loss_dual_value(ex, T, k, E, psum, grp, G, 0.3, 0.9, &wE, &wG), CARL_OK);
+    assert_float_equal(wE, 0.3 * ref_loss(0, z, T, E, score, ex, k, grp, G), 1e-9);
+    assert_float_equal(wG, 0.9 * ref_loss(1, z, T, E, score, ex, k, grp, G), 1e-9);
     for (int i = 0; i < T * E; i++) {
       float zp[42], zm[42];
       memcpy(zp, z, sizeof zp);

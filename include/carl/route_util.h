@@ -159,6 +159,7 @@ typedef struct {
   const float *group_bonus; /* [nbrows, ngroups] or NULL */
   int nbrows;
   const int32_t *bonus_row; /* [T] or NULL: row 0 */
+  int stats;                /* 1: leave the loss statistics (r->psum, r->zsum) even without aux/z losses */
 } carl_select_t;
 carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
                               const carl_select_t *sel);

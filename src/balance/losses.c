@@ -147,20 +147,26 @@ carl_status carl_loss_group(const float *logits, int64_t T, int E, int score, co
   return st;
 }
 
+/* cE = coef_E * E * f (L_E), cG = coef_G * f' of the expert's group (L_G), f from experts. */
+static carl_status carl__dual_coef(const int32_t *experts, int64_t T, int k, int E, const int32_t *group, int G,
+                                   double coef_E, double coef_G, double *cE, double *cG) {
+  double *f = calloc((size_t)E, sizeof *f);
+  carl_status st = f ? carl__fractions(experts, T, k, E, f) : carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory");
+  if (st == CARL_OK) st = carl__group_coef(f, E, group, G, coef_G, cG);
+  for (int e = 0; st == CARL_OK && e < E; e++) cE[e] = coef_E * E * f[e];
+  free(f);
+  return st;
+}
+
 carl_status carl_loss_dual(const float *logits, int64_t T, int E, int score, const int32_t *experts, int k,
                            const int32_t *group, int G, double coef_E, double coef_G, double *L_E, double *L_G,
                            float *dlogits) {
-  double *f = calloc((size_t)E, sizeof *f), *cE = calloc((size_t)E, sizeof *cE), *cG = calloc((size_t)E, sizeof *cG),
+  double *cE = calloc((size_t)E, sizeof *cE), *cG = calloc((size_t)E, sizeof *cG), *c = calloc((size_t)E, sizeof *c),
          *P = calloc((size_t)E, sizeof *P);
-  carl_status st = (!f || !cE || !cG || !P) ? carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory") : CARL_OK;
-  if (st == CARL_OK) st = carl__fractions(experts, T, k, E, f);
-  if (st == CARL_OK) st = carl__group_coef(f, E, group, G, coef_G, cG);
+  carl_status st = (!c || !cE || !cG || !P) ? carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory") : CARL_OK;
+  if (st == CARL_OK) st = carl__dual_coef(experts, T, k, E, group, G, coef_E, coef_G, cE, cG);
   if (st == CARL_OK) {
-    double *c = f; /* reuse: c = cE + cG */
-    for (int e = 0; e < E; e++) {
-      cE[e] = coef_E * E * f[e];
-      c[e] = cE[e] + cG[e];
-    }
+    for (int e = 0; e < E; e++) c[e] = cE[e] + cG[e];
     double v;
     st = carl_loss_linear_p(logits, T, E, score, c, &v, P, dlogits);
   }
@@ -173,10 +179,31 @@ carl_status carl_loss_dual(const float *logits, int64_t T, int E, int score, con
     if (L_E) *L_E = a;
     if (L_G) *L_G = b;
   }
-  free(f);
+  free(c);
   free(cE);
   free(cG);
   free(P);
+  return st;
+}
+
+carl_status carl_loss_dual_value(const int32_t *experts, int64_t T, int k, int E, const double *psum, const int32_t *group,
+                                 int G, double coef_E, double coef_G, double *L_E, double *L_G) {
+  if (!experts || !psum) return carl_fail(CARL_ERR_INVALID, "dual loss: NULL argument");
+  if (T < 1 || E < 1) return carl_fail(CARL_ERR_INVALID, "dual loss: T = %lld, E = %d must be >= 1", (long long)T, E);
+  double *cE = calloc((size_t)E, sizeof *cE), *cG = calloc((size_t)E, sizeof *cG);
+  carl_status st = (!cE || !cG) ? carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory") : CARL_OK;
+  if (st == CARL_OK) st = carl__dual_coef(experts, T, k, E, group, G, coef_E, coef_G, cE, cG);
+  if (st == CARL_OK) {
+    double a = 0, b = 0;
+    for (int e = 0; e < E; e++) {
+      a += cE[e] * (psum[e] / (double)T);
+      b += cG[e] * (psum[e] / (double)T);
+    }
+    if (L_E) *L_E = a;
+    if (L_G) *L_G = b;
+  }
+  free(cE);
+  free(cG);
   return st;
 }
 

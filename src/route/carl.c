@@ -231,6 +231,8 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     }
     free(cnt);
   }
+  /* the balancing losses of this step (after the warm start) read P from the kernel's statistics */
+  const int balance = !warm && (st->aE.alpha > 0 || st->aG.alpha > 0);
   float *bias = NULL, *s = NULL, *u = NULL, *prio = NULL, *sel = NULL, *bonus = NULL;
   int32_t *group = NULL;
   int resort = 1;
@@ -277,7 +279,8 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     if (rc == CARL_OK) {
       carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL,
                           .group = group, .ngroups = G, .M = M, .per_group = k / M > 0 ? k / M : 1,
-                          .group_bonus = bonus, .nbrows = bonus ? G : 0, .bonus_row = bonus ? tp.node : NULL};
+                          .group_bonus = bonus, .nbrows = bonus ? G : 0, .bonus_row = bonus ? tp.node : NULL,
+                          .stats = balance};
       rc = carl_route_select(r, in, out, &sl);
     }
   } else if (rc == CARL_OK && hier) {
@@ -299,7 +302,8 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     resort = 0;
   } else if (rc == CARL_OK) {
     /* flat selection: the topk kernel with a per-source-device bias -lambda_c * c^ */
-    rc = carl_route_topk_biased(r, in, out, bias, bias ? tp.D : 0, bias ? tp.src : NULL);
+    carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL, .stats = balance};
+    rc = carl_route_select(r, in, out, &sl);
     resort = bias != NULL;
   }
   /* the shared kernels list the slots by u; the interface lists them by gate */
@@ -321,7 +325,9 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   int G = 0;
   double LE = 0, LG = 0;
   rc = carl_route_expert_groups(in, st->group, group, &G);
-  if (rc == CARL_OK)
+  if (rc == CARL_OK && !out->dlogits && r->have_psum) /* values only: from the statistics of the selection */
+    rc = carl_loss_dual_value(out->experts, T, k, E, r->psum, group, G, aE, aG, &LE, &LG);
+  else if (rc == CARL_OK)
     rc = carl_loss_dual(in->logits, T, E, c.score, out->experts, k, group, G, aE, aG, &LE, &LG, out->dlogits);
   free(group);
   if (rc != CARL_OK) return rc;

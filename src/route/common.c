@@ -751,7 +751,7 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
   }
   const int64_t C = carl_route_capacity(c.cf, T, k, E);
   const int need_sel = sl.bias || c.jitter > 0 || sl.on_logits;
-  const int stats = r->psum && r->psum_cap >= E && (c.aux_coef > 0 || c.z_coef > 0);
+  const int stats = r->psum && r->psum_cap >= E && (c.aux_coef > 0 || c.z_coef > 0 || sl.stats);
   const int64_t nb = (T + CARL__BLK - 1) / CARL__BLK;
   float *part = stats ? calloc((size_t)nb * (size_t)E, sizeof *part) : NULL;
   double *zpart = stats ? calloc((size_t)nb, sizeof *zpart) : NULL;

@@ -18,13 +18,17 @@ int carl__route_simd = -1;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define SEL_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi2,fma")))
+#define SEL_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi2,fma,bmi2")))
 #define SEL_NVMAX 64 /* E <= 1024 */
+#define SEL_INLINE static inline __attribute__((always_inline))
+/* The latency-bound steps (ranks, sorting networks) run on SEL_NT tokens in lockstep, so that the
+ * processor overlaps their dependency chains. */
+#define SEL_NT 4
 
 int carl__route_avx512_on(void) {
   return carl__route_simd != 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2") &&
-         __builtin_cpu_supports("fma");
+         __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
 }
 
 int carl__select_avx512_fits(const carl__selctx_t *x) {
@@ -33,10 +37,11 @@ int carl__select_avx512_fits(const carl__selctx_t *x) {
   return x->contig && x->eqsize % 16 == 0 && x->G <= 16 && x->sl->per_group <= 2;
 }
 
-/* exp(x) as carl_expf (Cephes, clamped to [-87, 88]; NaN stays NaN), with fused multiply-adds */
-SEL_AVX512 static inline __m512 sel_exp(__m512 x) {
+/* exp(x) as carl_expf (Cephes polynomial, x clamped to [-87, 88]; NaN stays NaN), with fused
+ * multiply-adds; upper = 0 skips the upper clamp (x <= 0 in softmax). */
+SEL_AVX512 SEL_INLINE __m512 sel_exp(__m512 x, const int upper) {
   x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* the second operand is returned for NaN */
-  x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+  if (upper) x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -47,7 +52,8 @@ SEL_AVX512 static inline __m512 sel_exp(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
 
@@ -76,78 +82,71 @@ SEL_AVX512 static inline float sel_max(const float *z, int nv, __m512 *lanes) {
   return _mm512_reduce_max_ps(*lanes);
 }
 
-/* s = softmax(z) or sigmoid(z) (mx = max z, finite). Returns logsumexp(z) when needed (softmax,
- * or need_lse), else 0. pp (not NULL): pp += p with p = s (softmax) or s / sum(s) (sigmoid). */
-SEL_AVX512 static inline float sel_scores(const float *z, int nv, int score, int need_lse, float mx, float *s, float *pp) {
-  float lse = 0;
-  if (score == CARL_SCORE_SOFTMAX || need_lse) {
-    const __m512 vm = _mm512_set1_ps(mx);
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-    for (int i = 0; i < nv; i++) {
-      const __m512 e = sel_exp(_mm512_sub_ps(_mm512_loadu_ps(z + 16 * i), vm));
-      if (score == CARL_SCORE_SOFTMAX) _mm512_storeu_ps(s + 16 * i, e);
-      if (i & 1) a1 = _mm512_add_ps(a1, e);
-      else a0 = _mm512_add_ps(a0, e);
-    }
-    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    lse = mx + logf(sum);
-    if (score == CARL_SCORE_SOFTMAX) {
-      const __m512 inv = _mm512_set1_ps(1.0f / sum);
-      for (int i = 0; i < nv; i++) {
-        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(s + 16 * i), inv);
-        _mm512_storeu_ps(s + 16 * i, p);
-        if (pp) _mm512_storeu_ps(pp + 16 * i, _mm512_add_ps(_mm512_loadu_ps(pp + 16 * i), p));
-      }
-    }
+/* e = exp(z - mx) (mx = max z, finite; e NULL: not stored); returns sum(e). */
+SEL_AVX512 SEL_INLINE float sel_exp_row(const float *z, int nv, float mx, float *e) {
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  for (int i = 0; i < nv; i++) {
+    const __m512 y = sel_exp(_mm512_sub_ps(_mm512_loadu_ps(z + 16 * i), vm), 0);
+    if (e) _mm512_storeu_ps(e + 16 * i, y);
+    if (i & 1) a1 = _mm512_add_ps(a1, y);
+    else a0 = _mm512_add_ps(a0, y);
   }
-  if (score == CARL_SCORE_SIGMOID) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-    for (int i = 0; i < nv; i++) {
-      const __m512 y = _mm512_div_ps(one, _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)))));
-      _mm512_storeu_ps(s + 16 * i, y);
-      if (i & 1) a1 = _mm512_add_ps(a1, y);
-      else a0 = _mm512_add_ps(a0, y);
-    }
-    if (pp) {
-      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)));
-      for (int i = 0; i < nv; i++)
-        _mm512_storeu_ps(pp + 16 * i, _mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * i), inv, _mm512_loadu_ps(pp + 16 * i)));
-    }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+/* s = sigmoid(z); returns sum(s). */
+SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  for (int i = 0; i < nv; i++) {
+    /* 1 / d by the 14-bit reciprocal and one Newton step (within an ulp or two of the division) */
+    const __m512 d = _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)), 1));
+    const __m512 r = _mm512_rcp14_ps(d);
+    const __m512 y = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+    _mm512_storeu_ps(s + 16 * i, y);
+    if (i & 1) a1 = _mm512_add_ps(a1, y);
+    else a0 = _mm512_add_ps(a0, y);
   }
-  return lse;
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+/* x[i] *= c */
+SEL_AVX512 SEL_INLINE void sel_scale(float *x, int nv, float c) {
+  const __m512 vc = _mm512_set1_ps(c);
+  for (int i = 0; i < nv; i++) _mm512_storeu_ps(x + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(x + 16 * i), vc));
 }
 
 SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float *s) {
   __m512 lanes;
-  const float mx = sel_max(z, E / 16, &lanes);
+  const int nv = E / 16;
+  const float mx = sel_max(z, nv, &lanes);
   if (isnan(mx)) return NAN;
-  return sel_scores(z, E / 16, score, 1, mx, s, NULL);
+  const float sum = sel_exp_row(z, nv, mx, score == CARL_SCORE_SOFTMAX ? s : NULL);
+  if (score == CARL_SCORE_SOFTMAX) sel_scale(s, nv, 1.0f / sum);
+  else sel_sigmoid_row(z, nv, s);
+  return mx + logf(sum);
 }
 
-/* The latency-bound steps (ranks, sorting networks) run on SEL_NT tokens in lockstep, so that the
- * processor overlaps their dependency chains. */
-#define SEL_NT 4
-#define SEL_INLINE static inline __attribute__((always_inline))
-
 /* Rank of each lane of v[u] in descending order, equal values: the lower lane first (a permutation
- * of 0..15). Lane i compares with lane j = i + r (mod 16) for r = 1..15. */
+ * of 0..15; no NaN). The values become order-preserving integers (-0 as +0); lane i counts the lanes
+ * j = i + r (mod 16), r = 1..15, ahead of it: key_j > key_i when j > i, key_j >= key_i (that is
+ * key_j + 1 > key_i) when j < i. */
 #define SEL_RANK_STEP(r)                                                                                              \
   do {                                                                                                                \
-    const __mmask16 ahead = (__mmask16)((1u << (16 - (r))) - 1u); /* j > i: only a larger value ranks ahead */        \
+    const __m512i c = _mm512_mask_set1_epi32(_mm512_setzero_si512(), (__mmask16) ~((1u << (16 - (r))) - 1u), 1);     \
     for (int u = 0; u < n; u++) {                                                                                     \
-      const __m512 q = _mm512_castsi512_ps(_mm512_alignr_epi32(vi[u], vi[u], r));                                   \
-      const __mmask16 m = _mm512_mask_cmp_ps_mask(ahead, q, v[u], _CMP_GT_OQ) |                                      \
-                          _mm512_mask_cmp_ps_mask((__mmask16)~ahead, q, v[u], _CMP_GE_OQ);                           \
-      cnt[u] = _mm512_mask_add_epi32(cnt[u], m, cnt[u], one);                                                        \
+      const __m512i q = _mm512_add_epi32(_mm512_alignr_epi32(key[u], key[u], r), c);                                 \
+      cnt[u] = _mm512_mask_add_epi32(cnt[u], _mm512_cmpgt_epi32_mask(q, key[u]), cnt[u], one);                       \
     }                                                                                                                 \
   } while (0)
 
 SEL_AVX512 SEL_INLINE void sel_rank_n(int n, const __m512 *v, __m512i *cnt) {
-  const __m512i one = _mm512_set1_epi32(1);
-  __m512i vi[SEL_NT];
+  const __m512i one = _mm512_set1_epi32(1), low = _mm512_set1_epi32(0x7FFFFFFF);
+  __m512i key[SEL_NT];
   for (int u = 0; u < n; u++) {
-    vi[u] = _mm512_castps_si512(v[u]);
+    const __m512i b = _mm512_castps_si512(_mm512_add_ps(v[u], _mm512_setzero_ps())); /* -0 + 0 = +0 */
+    key[u] = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), low));
     cnt[u] = _mm512_setzero_si512();
   }
   SEL_RANK_STEP(1);
@@ -225,7 +224,7 @@ SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float
  * values among them), descending, ties to the lower index; lanes[u] = lane maxima over those
  * vectors. More than 16 values >= thr (many equal values) take an insertion over all of them. */
 SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, const __m512 *lanes, const uint64_t *keep,
-                                      int k, int32_t (*idx)[16], float (*val)[16]) {
+                                      int k, int32_t (*idx)[16]) {
   float thr[SEL_NT];
   sel_kth_n(n, lanes, k, thr);
   uint16_t cw[SEL_NT][48];
@@ -242,26 +241,16 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
   for (int u = 0; u < n; u++) {
     if (nc[u] > 16) {
       int m = 0;
+      float val[16];
       for (int i = 0; i < 16 * nv; i++)
-        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx[u], val[u]);
-      for (; m < k; m++) {
-        idx[u][m] = -1;
-        val[u][m] = -INFINITY;
-      }
+        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx[u], val);
+      for (; m < k; m++) idx[u][m] = -1;
       continue;
     }
-    int32_t r[16], ii[16], oi[17];
-    float vv[16], ov[17];
+    int32_t r[16], ii[16];
     _mm512_storeu_si512(r, rk[u]);
     _mm512_storeu_si512(ii, ci[u]);
-    _mm512_storeu_ps(vv, cv[u]);
-    for (int j = 0; j < nc[u]; j++) { /* slot k collects the rest */
-      const int p = r[j] < k ? r[j] : k;
-      oi[p] = ii[j];
-      ov[p] = vv[j];
-    }
-    memcpy(idx[u], oi, (size_t)k * sizeof *oi);
-    memcpy(val[u], ov, (size_t)k * sizeof *ov);
+    for (int j = 0; j < 16; j++) idx[u][r[j]] = ii[j]; /* ranks: a permutation of 0..15, padding last */
   }
 }
 
@@ -273,18 +262,15 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
     (outA) = _mm512_max_ps(a1_, a2_);                                                                                \
   } while (0)
 
-/* Group limit over contiguous groups of m vectors: scores = sum of the per_group (1 or 2) largest
- * v of each group + bonus; returns the kept groups (the M best, ties to the lower group) as a mask
- * over the vectors. The 16 lanes of every group are reduced side by side: pairs of groups are
- * merged by 128-bit block shuffles (16 -> 8 -> 4 lanes per group), then within blocks (4 -> 2 -> 1),
- * which leaves group 4c + q in lane 4q + c (P = 16 groups, padded with empty ones). */
-SEL_AVX512 static inline uint64_t sel_groups(const carl__selctx_t *x, const float *v, int64_t t) {
-  const carl_select_t *sl = x->sl;
-  const int G = x->G, m = x->eqsize / 16, pg = sl->per_group;
+/* Group scores over contiguous groups of m vectors: the sum of the per_group (1 or 2) largest v of
+ * each group, in lanes 0..G-1 (-inf beyond). The 16 lanes of every group are reduced side by side
+ * (P = 4, 8 or 16 groups, padded with empty ones): pairs of groups are merged by 128-bit block
+ * shuffles (16 -> 8 -> 4 lanes per group), then within blocks (4 -> 2 -> 1), which leaves group
+ * 4c + q in lane 4q + c (P = 16; P = 8 fills c = 0, 1 and repeats; P = 4 fills every lane of block
+ * q with group q). */
+SEL_AVX512 SEL_INLINE __m512 sel_group_scores(const float *v, int G, int m, int pg, const int P) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   __m512 A[16], B[16];
-  int P = 4;
-  while (P < G) P *= 2;
   for (int g = 0; g < P; g++) {
     A[g] = B[g] = ninf;
     for (int j = 0; g < G && j < m; j++) {
@@ -319,30 +305,46 @@ SEL_AVX512 static inline uint64_t sel_groups(const carl__selctx_t *x, const floa
   __m512 FA, FB = ninf;
   SEL_MERGE(_mm512_shuffle_ps(A0, A1, 0x88), _mm512_shuffle_ps(B0, B1, 0x88), _mm512_shuffle_ps(A0, A1, 0xDD),
             _mm512_shuffle_ps(B0, B1, 0xDD), pg, FA, FB);
-  const __m512 F = pg == 2 && m * 16 >= 2 ? _mm512_add_ps(FA, FB) : FA;
-  /* group g sits in lane 4 (g % 4) + g / 4 (P = 16), 4 (g % 4) + g / 4 (P = 8: g / 4 in 0..1),
-   * 4 g (P = 4) */
-  int32_t map[16];
-  for (int g = 0; g < 16; g++) map[g] = P == 4 ? 4 * (g % 4) : 4 * (g % 4) + g / 4;
+  const __m512 F = pg == 2 ? _mm512_add_ps(FA, FB) : FA;
+  /* group g to lane g: from lane 4 (g % 4) + g / 4 (P = 8, 16) or 4 g (P = 4) */
+  static const int32_t map8[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+  static const int32_t map4[16] = {0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm512_mask_permutexvar_ps(ninf, (__mmask16)((1u << G) - 1u), _mm512_loadu_si512(P == 4 ? map4 : map8), F);
+}
+
+/* Group limit for n tokens: keep[u] = the vectors of the M best groups of token t0 + u (group score
+ * + bonus; equal scores: the lower group first). */
+SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const float *const *v, int64_t t0, uint64_t *keep) {
+  const carl_select_t *sl = x->sl;
+  const int G = x->G, m = x->eqsize / 16, pg = sl->per_group;
   const __mmask16 real = (__mmask16)((1u << G) - 1u);
-  __m512 gs = _mm512_mask_permutexvar_ps(ninf, real, _mm512_loadu_si512(map), F);
-  if (sl->group_bonus)
-    gs = _mm512_add_ps(gs, _mm512_maskz_loadu_ps(real, sl->group_bonus + (size_t)(sl->bonus_row ? sl->bonus_row[t] : 0) * G));
-  __m512i rk;
-  sel_rank_n(1, &gs, &rk);
-  const __mmask16 kept = _mm512_mask_cmplt_epi32_mask(real, rk, _mm512_set1_epi32(sl->M));
-  uint64_t keep = 0;
-  for (int g = 0; g < G; g++)
-    if ((kept >> g) & 1u) keep |= ((1ull << m) - 1ull) << (g * m);
-  return keep;
+  __m512 gs[SEL_NT];
+  float thr[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    gs[u] = G <= 4 ? sel_group_scores(v[u], G, m, pg, 4)
+                   : G <= 8 ? sel_group_scores(v[u], G, m, pg, 8) : sel_group_scores(v[u], G, m, pg, 16);
+    if (sl->group_bonus)
+      gs[u] = _mm512_add_ps(gs[u], _mm512_maskz_loadu_ps(real, sl->group_bonus + (size_t)(sl->bonus_row ? sl->bonus_row[t0 + u] : 0) * G));
+  }
+  /* the M best: those above the M-th largest score, then the first of those equal to it */
+  sel_kth_n(n, gs, sl->M, thr);
+  const uint64_t gbits = m == 64 ? ~0ull : (1ull << m) - 1ull;
+  for (int u = 0; u < n; u++) {
+    const __m512 th = _mm512_set1_ps(thr[u]);
+    const unsigned above = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_GT_OQ);
+    const unsigned equal = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_EQ_OQ);
+    const unsigned kept = above | _pdep_u32((1u << (sl->M - __builtin_popcount(above))) - 1u, equal);
+    keep[u] = 0;
+    for (int g = 0; g < G; g++) keep[u] |= (0ull - ((kept >> g) & 1u)) & (gbits << (g * m));
+  }
 }
 
 /* Tokens t0 .. t0 + n - 1 (n <= SEL_NT). Returns 0; 1 when n == 1 and the token's logits are not
  * finite (its slots get -1 and weight 0); -1 when n > 1 and some token's logits are not finite,
  * before anything is written (the caller then takes the tokens one at a time). */
-SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, float *pp, double *zs) {
+SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, int nv, float *pp, double *zs) {
   const carl_select_t *sl = x->sl;
-  const int E = x->E, k = x->k, nv = E / 16, score = x->c.score;
+  const int E = 16 * nv, k = x->k, score = x->c.score;
   const float *z[SEL_NT];
   float mx[SEL_NT];
   __m512 zl[SEL_NT];
@@ -364,15 +366,14 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   const __mmask16 km = (__mmask16)((1u << k) - 1u);
   const int plain = !x->need_sel && !x->grouped;
   int32_t idx[SEL_NT][16];
-  float val[SEL_NT][16];
   uint64_t keep[SEL_NT];
   for (int u = 0; u < n; u++) keep[u] = ~0ull;
   if (plain && !pp && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX) {
     /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
-    sel_topk_n(n, z, nv, zl, keep, k, idx, val);
+    sel_topk_n(n, z, nv, zl, keep, k, idx);
     for (int u = 0; u < n; u++) {
-      const __m512 e =
-          _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, val[u]), _mm512_set1_ps(mx[u]))));
+      const __m512 zk = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, _mm512_loadu_si512(idx[u]), z[u], 4);
+      const __m512 e = _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(zk, _mm512_set1_ps(mx[u])), 0));
       _mm512_mask_storeu_ps(x->weights + (t0 + u) * k, km, _mm512_mul_ps(e, _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(e))));
       memcpy(x->experts + (t0 + u) * k, idx[u], (size_t)k * sizeof **idx);
     }
@@ -385,20 +386,41 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     s[u] = sbuf + (size_t)u * E;
     vb[u] = sbuf + (size_t)(n + u) * E;
   }
+  /* scores: softmax s = e * inv with e = exp(z - mx), inv = 1 / sum(e) (plain selection leaves s
+   * as e and scales the k gates); sigmoid s = sigmoid(z), inv = 1 / sum(s) for the statistics */
+  float inv[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f};
   for (int u = 0; u < n; u++) {
-    const float lse = sel_scores(z[u], nv, score, x->need_lse, mx[u], s[u], pp);
+    float lse = 0;
+    if (score == CARL_SCORE_SOFTMAX || x->need_lse) {
+      const float sum = sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL);
+      lse = mx[u] + logf(sum);
+      inv[u] = 1.0f / sum;
+      if (score == CARL_SCORE_SOFTMAX && !plain) sel_scale(s[u], nv, inv[u]);
+    }
+    if (score == CARL_SCORE_SIGMOID) {
+      const float sum = sel_sigmoid_row(z[u], nv, s[u]);
+      inv[u] = 1.0f / sum;
+    }
     if (pp) *zs += (double)lse * (double)lse;
   }
+  /* statistics: pp += p over the block's tokens, p = s (softmax) or s / sum(s) (sigmoid) */
+  if (pp) {
+    const int scaled = score == CARL_SCORE_SOFTMAX && !plain;
+    for (int i = 0; i < nv; i++) {
+      __m512 acc = _mm512_loadu_ps(pp + 16 * i);
+      for (int u = 0; u < n; u++)
+        acc = scaled ? _mm512_add_ps(acc, _mm512_load_ps(s[u] + 16 * i))
+                     : _mm512_fmadd_ps(_mm512_load_ps(s[u] + 16 * i), _mm512_set1_ps(inv[u]), acc);
+      _mm512_storeu_ps(pp + 16 * i, acc);
+    }
+  }
+
   const float *v[SEL_NT];
   __m512 vl[SEL_NT];
   for (int u = 0; u < n; u++) {
-    if (plain) { /* selection on z: softmax and sigmoid are increasing, so TopK(s) = TopK(z) with the
-                  * same tie rule on equal logits; the capacity priority is s */
-      v[u] = z[u];
-      vl[u] = zl[u];
-      continue;
-    }
-    v[u] = s[u];
+    /* plain: selection on z: softmax and sigmoid are increasing, so TopK(s) = TopK(z) with the same
+     * tie rule on equal logits; the capacity priority is s */
+    v[u] = plain ? z[u] : s[u];
     if (x->need_sel) {
       const float *base = sl->on_logits ? z[u] : s[u];
       const float *b = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
@@ -408,43 +430,56 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       }
       v[u] = vb[u];
     }
-    if (x->grouped) keep[u] = sel_groups(x, v[u], t0 + u);
+  }
+  if (x->grouped) sel_groups_n(n, x, v, t0, keep);
+  for (int u = 0; u < n; u++) {
+    if (plain) {
+      vl[u] = zl[u];
+      continue;
+    }
     vl[u] = _mm512_set1_ps(-INFINITY);
     for (int i = 0; i < nv; i++)
       vl[u] = _mm512_mask_max_ps(vl[u], (__mmask16)(-(int)((keep[u] >> i) & 1u)), vl[u], _mm512_loadu_ps(v[u] + 16 * i));
   }
-  sel_topk_n(n, v, nv, vl, keep, k, idx, val);
+  sel_topk_n(n, v, nv, vl, keep, k, idx);
   for (int u = 0; u < n; u++) {
     int32_t *ex = x->experts + (t0 + u) * k;
     float *w = x->weights + (t0 + u) * k;
+    float *pr = x->prio ? x->prio + (t0 + u) * k : NULL;
+    const float g = plain && score == CARL_SCORE_SOFTMAX ? inv[u] : 1.0f; /* plain softmax: s holds e */
     float a = 0;
     for (int j = 0; j < k; j++) {
-      ex[j] = idx[u][j];
-      w[j] = idx[u][j] >= 0 ? s[u][idx[u][j]] : 0.0f;
-      if (plain) val[u][j] = w[j];
+      const int32_t e = idx[u][j];
+      ex[j] = e;
+      w[j] = e >= 0 ? s[u][e] * g : 0.0f;
       a += w[j];
+      if (pr) pr[j] = plain ? w[j] : e >= 0 ? v[u][e] : -INFINITY; /* the selection value (plain: s) */
     }
     if (x->c.renorm && a > 0) {
-      const float inv = 1.0f / a;
-      for (int j = 0; j < k; j++) w[j] *= inv;
+      const float r = 1.0f / a;
+      for (int j = 0; j < k; j++) w[j] *= r;
     }
-    if (x->prio) memcpy(x->prio + (t0 + u) * k, val[u], (size_t)k * sizeof **val);
   }
   return 0;
 }
 
-SEL_AVX512 int64_t carl__select_tokens_avx512(const carl__selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
+SEL_AVX512 SEL_INLINE int64_t sel_tokens(const carl__selctx_t *x, int64_t t0, int64_t t1, int nv, float *pp, double *zs) {
   int64_t bad = INT64_MAX;
   for (int64_t t = t0; t < t1;) {
-    if (t + SEL_NT <= t1 && sel_block(x, t, SEL_NT, pp, zs) == 0) {
+    if (t + SEL_NT <= t1 && sel_block(x, t, SEL_NT, nv, pp, zs) == 0) {
       t += SEL_NT;
       continue;
     }
     const int64_t te = t + SEL_NT <= t1 ? t + SEL_NT : t1;
     for (; t < te; t++)
-      if (sel_block(x, t, 1, pp, zs) && t < bad) bad = t;
+      if (sel_block(x, t, 1, nv, pp, zs) && t < bad) bad = t;
   }
   return bad;
+}
+
+SEL_AVX512 int64_t carl__select_tokens_avx512(const carl__selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
+  if (x->E == 256) return sel_tokens(x, t0, t1, 16, pp, zs);
+  return sel_tokens(x, t0, t1, x->E / 16, pp, zs);
 }
 
 #else /* no AVX-512 executor on this platform */
