@@ -520,6 +520,8 @@ static void test_carl(void **st) {
  * in either executor, so the tie rule (lower index first) must give the same experts exactly. */
 static void test_ties(void **st) {
   (void)st;
+  carl_topo_t t84;
+  assert_int_equal(carl_topo_make(&t84, 8, 4, 160, 3, 50, 10), CARL_OK);
   const double lims[] = {1.0, 4.0};
   for (int il = 0; il < 2; il++) {
     for (int ie = 0; ie < 2; ie++) {
@@ -535,6 +537,8 @@ static void test_ties(void **st) {
         compare_router("grouplimited", "groups=4 M=2 k=4", TMID, E, z, (run_opt_t){0});
         compare_router("grouplimited", "groups=16 M=1 k=2", TMID, E, z, (run_opt_t){0});
         compare_router("grouplimited", "groups=8 M=7 k=14 capacity_factor=1", TMID, E, z, (run_opt_t){0});
+        /* node-limited with a node bonus of 0.25 and no cost term: equal node scores */
+        compare_router("carl", "warm=0 comm=0 M=4 k=8 lambda_loc=0.25", TMID, E, z, (run_opt_t){.topo = &t84});
       }
     }
     float *z = logits_ties(1, TMID, 1024, lims[il], 920 + (uint64_t)il);
