@@ -464,6 +464,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       const float r = 1.0f / a;
       for (int j = 0; j < k; j++) w[j] *= r;
     }
+    if (sl->gate_order) carl__slots_by_gate(k, ex, w, pr);
   }
   return 0;
 }
