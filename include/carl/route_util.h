@@ -160,6 +160,8 @@ typedef struct {
   int nbrows;
   const int32_t *bonus_row; /* [T] or NULL: row 0 */
   int stats;                /* 1: leave the loss statistics (r->psum, r->zsum) even without aux/z losses */
+  int gate_order;           /* 1: list a token's slots by gate (descending, equal: lower expert first)
+                               instead of by selection value (capacity drops stay in place) */
 } carl_select_t;
 carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
                               const carl_select_t *sel);

@@ -262,7 +262,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     free(d0);
     free(d1);
     if (rc == CARL_OK) {
-      carl_select_t sl = {.bias = bias, .nrows = tp.D, .bias_row = tp.src};
+      carl_select_t sl = {.bias = bias, .nrows = tp.D, .bias_row = tp.src, .gate_order = 1};
       rc = carl_route_select(r, in, out, &sl);
     }
   } else if (rc == CARL_OK && hier && !carl_multi_node(&tp, E)) {
@@ -280,7 +280,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
       carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL,
                           .group = group, .ngroups = G, .M = M, .per_group = k / M > 0 ? k / M : 1,
                           .group_bonus = bonus, .nbrows = bonus ? G : 0, .bonus_row = bonus ? tp.node : NULL,
-                          .stats = balance};
+                          .stats = balance, .gate_order = bias != NULL};
       rc = carl_route_select(r, in, out, &sl);
     }
   } else if (rc == CARL_OK && hier) {
@@ -302,12 +302,13 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     resort = 0;
   } else if (rc == CARL_OK) {
     /* flat selection: the topk kernel with a per-source-device bias -lambda_c * c^ */
-    carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL, .stats = balance};
+    carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL, .stats = balance,
+                        .gate_order = bias != NULL};
     rc = carl_route_select(r, in, out, &sl);
     resort = bias != NULL;
   }
-  /* the shared kernels list the slots by u; the interface lists them by gate */
-  if (rc == CARL_OK && resort) carl__seed_sort_slots(T, k, out->experts, out->weights);
+  /* the interface lists the slots by gate (the kernel does, before capacity): dropped slots last */
+  if (rc == CARL_OK && resort && out->dropped > 0) carl__seed_sort_slots(T, k, out->experts, out->weights);
   if (sel && sel != s) free(sel);
   free(s);
   free(u);

@@ -690,6 +690,7 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
   }
   if (x->prio)
     for (int j = 0; j < k; j++) x->prio[t * k + j] = bf->valp[j];
+  if (sl->gate_order) carl__slots_by_gate(k, ex, w, x->prio ? x->prio + t * k : NULL);
   if (pp) carl__stats_row(s, E, x->c.score, lse, pp, zs);
   return 0;
 }

@@ -42,14 +42,29 @@ carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_n
     carl__seed_topo_free(st);
     return carl_fail(CARL_ERR_NOMEM, "routing topology: T=%lld D=%d E=%d", (long long)T, D, E);
   }
-  for (int64_t t = 0; t < T; t++) {
-    int32_t a = in->src ? in->src[t] : (int32_t)(t * D / T);
-    if (a < 0 || a >= D) {
-      carl__seed_topo_free(st);
-      return carl_fail(CARL_ERR_INVALID, "src[%lld]: device %d out of range [0, %d)", (long long)t, a, D);
+  int32_t *node_of = malloc((size_t)D * sizeof *node_of);
+  if (!node_of) {
+    carl__seed_topo_free(st);
+    return carl_fail(CARL_ERR_NOMEM, "routing topology: D=%d", D);
+  }
+  for (int a = 0; a < D; a++) node_of[a] = tp ? carl_topo_node(tp, a) : 0;
+  if (in->src) {
+    for (int64_t t = 0; t < T; t++) {
+      const int32_t a = in->src[t];
+      if (a < 0 || a >= D) {
+        free(node_of);
+        carl__seed_topo_free(st);
+        return carl_fail(CARL_ERR_INVALID, "src[%lld]: device %d out of range [0, %d)", (long long)t, a, D);
+      }
+      st->src[t] = a;
+      st->node[t] = node_of[a];
     }
-    st->src[t] = a;
-    st->node[t] = tp ? carl_topo_node(tp, a) : 0;
+  } else { /* t * D / T = a for t in [ceil(a T / D), ceil((a + 1) T / D)) */
+    for (int a = 0; a < D; a++)
+      for (int64_t t = ((int64_t)a * T + D - 1) / D; t < ((int64_t)(a + 1) * T + D - 1) / D; t++) {
+        st->src[t] = a;
+        st->node[t] = node_of[a];
+      }
   }
   /* (device, expert) pairs of the placement: replicas allowed */
   int slots = pl ? pl->slots : 1;
@@ -71,31 +86,34 @@ carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_n
     }
   for (int n = 0; n < N; n++)
     for (int e = 0; e < E; e++) st->nlocal[n] += st->local[(size_t)n * E + e];
-  if (!want_cost && !want_node_cost) return CARL_OK;
+  if (!want_cost && !want_node_cost) {
+    free(node_of);
+    return CARL_OK;
+  }
   for (size_t i = 0; want_cost && i < (size_t)D * E; i++) st->cost[i] = INFINITY;
   for (size_t i = 0; want_node_cost && i < (size_t)D * N * E; i++) st->cost_node[i] = INFINITY;
-  for (int a = 0; a < D; a++)
+  for (int a = 0; a < D; a++) {
+    if (!pl) { /* contiguous placement: expert x sits on device x * D / E only */
+      for (int x = 0; x < E; x++) {
+        const int b = (int)((int64_t)x * D / E);
+        const float c = tp ? (float)carl_topo_cost(tp, a, b) : 0.0f;
+        if (want_cost) st->cost[(size_t)a * E + x] = c;
+        if (want_node_cost) st->cost_node[((size_t)a * N + node_of[b]) * E + x] = c;
+      }
+      continue;
+    }
     for (int b = 0; b < D; b++) {
-      float c = tp ? (float)carl_topo_cost(tp, a, b) : 0.0f;
-      int nb = tp ? carl_topo_node(tp, b) : 0;
+      const float c = tp ? (float)carl_topo_cost(tp, a, b) : 0.0f;
       for (int j = 0; j < slots; j++) {
-        int e = pl ? pl->slot_expert[(size_t)b * slots + j] : -1;
-        if (!pl && j == 0) {
-          /* contiguous placement: the experts whose home is b */
-          for (int x = 0; x < E; x++) {
-            if ((int)((int64_t)x * D / E) != b) continue;
-            if (want_cost && c < st->cost[(size_t)a * E + x]) st->cost[(size_t)a * E + x] = c;
-            float *cn = want_node_cost ? &st->cost_node[((size_t)a * N + nb) * E + x] : NULL;
-            if (cn && c < *cn) *cn = c;
-          }
-          continue;
-        }
+        const int e = pl->slot_expert[(size_t)b * slots + j];
         if (e < 0) continue;
         if (want_cost && c < st->cost[(size_t)a * E + e]) st->cost[(size_t)a * E + e] = c;
-        float *cn = want_node_cost ? &st->cost_node[((size_t)a * N + nb) * E + e] : NULL;
+        float *cn = want_node_cost ? &st->cost_node[((size_t)a * N + node_of[b]) * E + e] : NULL;
         if (cn && c < *cn) *cn = c;
       }
     }
+  }
+  free(node_of);
   for (int e = 0; want_cost && e < E; e++)
     if (isinf(st->cost[e])) {
       int miss = e;

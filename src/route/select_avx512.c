@@ -268,7 +268,7 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
  * shuffles (16 -> 8 -> 4 lanes per group), then within blocks (4 -> 2 -> 1), which leaves group
  * 4c + q in lane 4q + c (P = 16; P = 8 fills c = 0, 1 and repeats; P = 4 fills every lane of block
  * q with group q). */
-SEL_AVX512 SEL_INLINE __m512 sel_group_scores(const float *v, int G, int m, int pg, const int P) {
+SEL_AVX512 SEL_INLINE __m512 sel_group_scores(const float *v, int G, int m, int pg, const int P, __m512 *gmax /* [P] */) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   __m512 A[16], B[16];
   for (int g = 0; g < P; g++) {
@@ -278,6 +278,7 @@ SEL_AVX512 SEL_INLINE __m512 sel_group_scores(const float *v, int G, int m, int 
       if (pg == 2) B[g] = _mm512_max_ps(B[g], _mm512_min_ps(A[g], y));
       A[g] = _mm512_max_ps(A[g], y);
     }
+    gmax[g] = A[g];
   }
   /* 16 -> 8 lanes: blocks {0,1} and {2,3} of groups 2j and 2j+1 */
   for (int j = 0; j < P / 2; j++)
@@ -313,29 +314,38 @@ SEL_AVX512 SEL_INLINE __m512 sel_group_scores(const float *v, int G, int m, int 
 }
 
 /* Group limit for n tokens: keep[u] = the vectors of the M best groups of token t0 + u (group score
- * + bonus; equal scores: the lower group first). */
-SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const float *const *v, int64_t t0, uint64_t *keep) {
+ * + bonus; equal scores: the lower group first); lanes[u] = the lane maxima over those vectors.
+ * 8 groups of 32 experts with the top-2 sum (DeepSeek-V3's node limit) get constant trip counts. */
+SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const float *const *v, int64_t t0, uint64_t *keep,
+                                        __m512 *lanes) {
   const carl_select_t *sl = x->sl;
   const int G = x->G, m = x->eqsize / 16, pg = sl->per_group;
   const __mmask16 real = (__mmask16)((1u << G) - 1u);
-  __m512 gs[SEL_NT];
+  __m512 gs[SEL_NT], gmax[SEL_NT][16];
   float thr[SEL_NT];
   for (int u = 0; u < n; u++) {
-    gs[u] = G <= 4 ? sel_group_scores(v[u], G, m, pg, 4)
-                   : G <= 8 ? sel_group_scores(v[u], G, m, pg, 8) : sel_group_scores(v[u], G, m, pg, 16);
+    if (G == 8 && m == 2 && pg == 2) gs[u] = sel_group_scores(v[u], 8, 2, 2, 8, gmax[u]);
+    else if (G <= 4) gs[u] = sel_group_scores(v[u], G, m, pg, 4, gmax[u]);
+    else if (G <= 8) gs[u] = sel_group_scores(v[u], G, m, pg, 8, gmax[u]);
+    else gs[u] = sel_group_scores(v[u], G, m, pg, 16, gmax[u]);
     if (sl->group_bonus)
       gs[u] = _mm512_add_ps(gs[u], _mm512_maskz_loadu_ps(real, sl->group_bonus + (size_t)(sl->bonus_row ? sl->bonus_row[t0 + u] : 0) * G));
   }
   /* the M best: those above the M-th largest score, then the first of those equal to it */
   sel_kth_n(n, gs, sl->M, thr);
-  const uint64_t gbits = m == 64 ? ~0ull : (1ull << m) - 1ull;
+  const uint64_t gbits = (1ull << m) - 1ull; /* m <= 32: at least two groups */
   for (int u = 0; u < n; u++) {
     const __m512 th = _mm512_set1_ps(thr[u]);
     const unsigned above = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_GT_OQ);
     const unsigned equal = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_EQ_OQ);
     const unsigned kept = above | _pdep_u32((1u << (sl->M - __builtin_popcount(above))) - 1u, equal);
     keep[u] = 0;
-    for (int g = 0; g < G; g++) keep[u] |= (0ull - ((kept >> g) & 1u)) & (gbits << (g * m));
+    lanes[u] = _mm512_set1_ps(-INFINITY);
+    for (int g = 0; g < G; g++) {
+      const unsigned on = (kept >> g) & 1u;
+      keep[u] |= (0ull - on) & (gbits << (g * m));
+      lanes[u] = _mm512_mask_max_ps(lanes[u], (__mmask16)(0u - on), lanes[u], gmax[u][g]);
+    }
   }
 }
 
@@ -386,8 +396,10 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     s[u] = sbuf + (size_t)u * E;
     vb[u] = sbuf + (size_t)(n + u) * E;
   }
-  /* scores: softmax s = e * inv with e = exp(z - mx), inv = 1 / sum(e) (plain selection leaves s
-   * as e and scales the k gates); sigmoid s = sigmoid(z), inv = 1 / sum(s) for the statistics */
+  /* scores: softmax s = e * inv with e = exp(z - mx), inv = 1 / sum(e), formed in place only where
+   * s itself is selected on (group limit without bias); elsewhere s[u] keeps e and the gates are
+   * e * inv. Sigmoid: s = sigmoid(z), inv = 1 / sum(s) for the statistics. */
+  const int sc = score == CARL_SCORE_SOFTMAX && !plain && !x->need_sel;
   float inv[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f};
   for (int u = 0; u < n; u++) {
     float lse = 0;
@@ -395,7 +407,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       const float sum = sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL);
       lse = mx[u] + logf(sum);
       inv[u] = 1.0f / sum;
-      if (score == CARL_SCORE_SOFTMAX && !plain) sel_scale(s[u], nv, inv[u]);
+      if (sc) sel_scale(s[u], nv, inv[u]);
     }
     if (score == CARL_SCORE_SIGMOID) {
       const float sum = sel_sigmoid_row(z[u], nv, s[u]);
@@ -404,49 +416,42 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     if (pp) *zs += (double)lse * (double)lse;
   }
   /* statistics: pp += p over the block's tokens, p = s (softmax) or s / sum(s) (sigmoid) */
-  if (pp) {
-    const int scaled = score == CARL_SCORE_SOFTMAX && !plain;
+  if (pp)
     for (int i = 0; i < nv; i++) {
       __m512 acc = _mm512_loadu_ps(pp + 16 * i);
       for (int u = 0; u < n; u++)
-        acc = scaled ? _mm512_add_ps(acc, _mm512_load_ps(s[u] + 16 * i))
-                     : _mm512_fmadd_ps(_mm512_load_ps(s[u] + 16 * i), _mm512_set1_ps(inv[u]), acc);
+        acc = sc ? _mm512_add_ps(acc, _mm512_load_ps(s[u] + 16 * i))
+                 : _mm512_fmadd_ps(_mm512_load_ps(s[u] + 16 * i), _mm512_set1_ps(inv[u]), acc);
       _mm512_storeu_ps(pp + 16 * i, acc);
     }
-  }
-
+  /* selection values v and their lane maxima: plain: z (softmax and sigmoid are increasing, so
+   * TopK(s) = TopK(z) with the same tie rule on equal logits; the capacity priority is s);
+   * need_sel: (z or s) + bias, s = e * inv by one fused multiply-add; group limit: s */
   const float *v[SEL_NT];
   __m512 vl[SEL_NT];
   for (int u = 0; u < n; u++) {
-    /* plain: selection on z: softmax and sigmoid are increasing, so TopK(s) = TopK(z) with the same
-     * tie rule on equal logits; the capacity priority is s */
     v[u] = plain ? z[u] : s[u];
-    if (x->need_sel) {
-      const float *base = sl->on_logits ? z[u] : s[u];
-      const float *b = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
-      for (int i = 0; i < nv; i++) {
-        const __m512 y = _mm512_loadu_ps(base + 16 * i);
-        _mm512_store_ps(vb[u] + 16 * i, b ? _mm512_add_ps(y, _mm512_loadu_ps(b + 16 * i)) : y);
-      }
-      v[u] = vb[u];
-    }
-  }
-  if (x->grouped) sel_groups_n(n, x, v, t0, keep);
-  for (int u = 0; u < n; u++) {
-    if (plain) {
-      vl[u] = zl[u];
-      continue;
-    }
+    vl[u] = zl[u];
+    if (!x->need_sel) continue;
+    const float *b = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
+    const __m512 g = _mm512_set1_ps(score == CARL_SCORE_SOFTMAX && !sl->on_logits ? inv[u] : 1.0f);
+    const float *base = sl->on_logits ? z[u] : s[u];
     vl[u] = _mm512_set1_ps(-INFINITY);
-    for (int i = 0; i < nv; i++)
-      vl[u] = _mm512_mask_max_ps(vl[u], (__mmask16)(-(int)((keep[u] >> i) & 1u)), vl[u], _mm512_loadu_ps(v[u] + 16 * i));
+    for (int i = 0; i < nv; i++) {
+      const __m512 y = _mm512_loadu_ps(base + 16 * i);
+      const __m512 w = b ? _mm512_fmadd_ps(y, g, _mm512_loadu_ps(b + 16 * i)) : _mm512_mul_ps(y, g);
+      _mm512_store_ps(vb[u] + 16 * i, w);
+      if (!x->grouped) vl[u] = _mm512_max_ps(vl[u], w);
+    }
+    v[u] = vb[u];
   }
+  if (x->grouped) sel_groups_n(n, x, v, t0, keep, vl);
   sel_topk_n(n, v, nv, vl, keep, k, idx);
   for (int u = 0; u < n; u++) {
     int32_t *ex = x->experts + (t0 + u) * k;
     float *w = x->weights + (t0 + u) * k;
     float *pr = x->prio ? x->prio + (t0 + u) * k : NULL;
-    const float g = plain && score == CARL_SCORE_SOFTMAX ? inv[u] : 1.0f; /* plain softmax: s holds e */
+    const float g = score == CARL_SCORE_SOFTMAX && !sc ? inv[u] : 1.0f; /* s holds e */
     float a = 0;
     for (int j = 0; j < k; j++) {
       const int32_t e = idx[u][j];
@@ -459,6 +464,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       const float r = 1.0f / a;
       for (int j = 0; j < k; j++) w[j] *= r;
     }
+    if (sl->gate_order) carl__slots_by_gate(k, ex, w, pr);
   }
   return 0;
 }

@@ -46,6 +46,25 @@ static inline void carl__topk_push_any(float x, int32_t i, int k, int *m, int32_
   idx[p] = i;
 }
 
+/* Reorder the k slots of a token by gate: w descending, equal w: the lower expert first, empty
+ * slots (expert -1) last; prio (may be NULL) moves with its slot. */
+static inline void carl__slots_by_gate(int k, int32_t *ex, float *w, float *prio) {
+  for (int i = 1; i < k; i++) {
+    const int32_t e = ex[i];
+    const float v = w[i], q = prio ? prio[i] : 0;
+    int p = i;
+    while (p > 0 && (ex[p - 1] < 0 ? e >= 0 : e >= 0 && (v > w[p - 1] || (v == w[p - 1] && e < ex[p - 1])))) {
+      ex[p] = ex[p - 1];
+      w[p] = w[p - 1];
+      if (prio) prio[p] = prio[p - 1];
+      p--;
+    }
+    ex[p] = e;
+    w[p] = v;
+    if (prio) prio[p] = q;
+  }
+}
+
 /* Test hook: 0 keeps the routing kernels on their portable executor; -1 (default) uses the AVX-512
  * executor where the CPU has it and the shapes fit (carl__select_avx512_fits). The two give the
  * same selections; scores and gates agree to a few units in the last place (the AVX-512 exp uses
