@@ -406,7 +406,13 @@ static void test_few_tokens(void **st) {
  * z + log d1): 3 steps each, compared at every step; from the second step on the lossfree and bip
  * biases are not zero. The bip duals and the Sinkhorn scalings are computed from scores
  * (carl_route_scores, which runs the AVX-512 score row too), so those biases may differ in the last
- * bits between the runs; a selection could then flip only between values within a few ulp. */
+ * bits between the runs.
+ * Not asserted: any selection on scores plus a bias (these routers, carl's cost term) can differ
+ * between the executors where two selection values are within an ulp, since the scores differ by
+ * an ulp: e.g. sigmoid(2.58398485f) is 0x1.dc11dep-1 on the portable executor and 0x1.dc11dcp-1
+ * (the correctly rounded value) on the AVX-512 one, so with bias 0.0485858843f on expert 3
+ * (z3 = 2.00420618f) the two tie on the portable executor and expert 1 wins, expert 3 on the other.
+ * The random data here holds no such near-tie. */
 static void test_biased(void **st) {
   (void)st;
   const int steps = 3;
