@@ -671,10 +671,11 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
         ex[j] = -1;
         bf->valp[j] = -INFINITY;
       }
-  } else if (fast) {
+  } else if (!x->need_sel) {
     /* selection on z: softmax and sigmoid are increasing, so TopK(s) = TopK(z) with the same tie
-     * rule on equal logits; the capacity priority is s */
-    carl__topk_cols(z, E, k, cols[0], cols[1], cols[2], cols[3], ex, bf->valp);
+     * rule on equal logits (and no ties made by rounding s); the capacity priority is s */
+    if (fast) carl__topk_cols(z, E, k, cols[0], cols[1], cols[2], cols[3], ex, bf->valp);
+    else carl_topk_row(z, E, k, ex, bf->valp);
     for (int j = 0; j < k; j++) bf->valp[j] = ex[j] >= 0 ? s[ex[j]] : -INFINITY;
   } else {
     carl_topk_row(v, E, k, ex, bf->valp);
