@@ -13,9 +13,8 @@
  * capacity_factor = 1. T = 1003 = 3 * 256 + 235 gives several 256-token statistics blocks, the
  * 4-token blocks and a 3-token tail (235 = 58 * 4 + 3).
  * The outside reference: carl_route_score_row against softmax / sigmoid evaluated in double here,
- * for both executors, and the tie rule of ALGORITHMS.md on scores that round to equal values.
- * KNOWN DISCREPANCY (test_saturated_*, test_huge_finite; see there): equal fp32 scores of distinct
- * logits are ranked by score in one executor and by logit in the other. */
+ * for both executors, and the selection rule (TopK of the exact scores, ties to the lower index) on
+ * hand-computed rows whose fp32 scores round to equal values. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -633,8 +632,7 @@ static void test_nonfinite(void **st) {
 
 /* Rows holding +-FLT_MAX in several lanes (tokens 1, 6 and 517): finite, so they must route,
  * although sums over them overflow. The other scores of such a row saturate (exp clamped at -87),
- * so the rows also meet the discrepancy of test_saturated_sigmoid / _softmax below: E = 16 fails
- * there (run last). */
+ * so they also meet the case of test_saturated_* below. */
 static void test_huge_finite(void **st) {
   (void)st;
   const int Eset[] = {64, 256, 1024, 40, 48, 16};
@@ -650,19 +648,12 @@ static void test_huge_finite(void **st) {
 }
 
 /* ---- saturated scores ------------------------------------------------------------------------ */
-/* KNOWN DISCREPANCY (left failing on purpose; it is a report, not a tolerance to widen):
- * distinct logits can give equal fp32 scores (sigmoid(z) rounds to 1.0f for z >= 17; softmax
- * scores of logits more than 87 below the maximum all get exp(-87) from the clamped exp). Without
- * bias or groups the AVX-512 executor always ranks the logits z ("softmax and sigmoid are
- * increasing"), while the portable executor ranks the scores s, except on its E % 32 == 0,
- * E >= 64 path, which also ranks z. So for E = 16, 48, 80, ... the two pick different experts
- * among experts whose scores are equal.
- * Smallest case: router topk "k=2 score=1 aux=0 z_loss=0", E = 16, T = 1,
- *   z = 0 except z[0] = 20, z[5] = 30, z[9] = 25: s[0] = s[5] = s[9] = 1.0f.
- *   portable: experts {0, 5} (TopK(s), the lower index among equal scores: ALGORITHMS.md);
- *   avx512:   experts {5, 9} (TopK(z)); weights 0.5, 0.5 in both.
- * Softmax: topk "k=2", E = 16, T = 1, z = 0 except z[3] = 100, z[11] = 1: every score but s[3] is
- *   exp(-87) / sum; portable {3, 0}, avx512 {3, 11}. */
+/* Distinct logits can give equal fp32 scores: sigmoid(z) rounds to 1.0f for z >= 17, and softmax
+ * scores of logits more than 87 below the maximum all get exp(-87) from the clamped exp. Plain
+ * top-k (no bias, no groups) ranks the logits in both executors (TopK(s) = TopK(z) for the exact,
+ * increasing s), so rounding makes no ties; equal logits tie, and the lower index wins.
+ * (Before that rule the portable executor ranked the fp32 scores wherever E % 32 != 0 or E < 64,
+ * and these cases differed: sigmoid {0, 5} vs {5, 9}, softmax {3, 0} vs {3, 11}.) */
 static void test_saturated_sigmoid(void **st) {
   (void)st;
   float z[16] = {0};
@@ -677,32 +668,45 @@ static void test_saturated_softmax(void **st) {
   compare_router("topk", "k=2", 1, 16, z, (run_opt_t){0});
 }
 
-/* The rule of ALGORITHMS.md (fp32 scores, ties to the lower expert index) on the sigmoid case
- * above, for E = 16 (portable: the TopK(s) path) and E = 64 (portable: the TopK(z) path), on both
- * executors. sigmoid(20), sigmoid(25), sigmoid(30) all round to 1.0f (1 + e^-17 < 1 + eps/2), so
- * S = {0, 5}, each gate 1/2. KNOWN DISCREPANCY as above: every path that ranks z gives {5, 9}. */
-static void test_saturated_spec(void **st) {
+/* The rule on hand-computed rows, E = 16, 48, 64 (three shapes of the portable top-k), both
+ * executors, k = 2:
+ *   sigmoid, z = 0 but z[0] = 20, z[5] = 30, z[9] = 25: s(30) > s(25) > s(20) exactly, so {5, 9};
+ *     both scores round to 1.0f (1 + e^-25 < 1 + eps/2), so the renormalised gates are 1/2, 1/2;
+ *   softmax, z = 0 but z[3] = 100, z[11] = 1: s[11] = e^-99 / (1 + ...) > s[0] = e^-100 / (...),
+ *     so {3, 11}; the gates are 1 and a value below 1e-30 (e^-99 ~ 1e-43; the float kernel
+ *     clamps exp at -87, e^-87 ~ 1.6e-38);
+ *   softmax, z = 0 but z[2] = z[7] = z[12] = 5: three equal logits, the lower indices {2, 7},
+ *     gates 1/2, 1/2. */
+static void test_saturated_rule(void **st) {
   (void)st;
   int nbad = 0;
-  for (int E = 16; E <= 64; E += 48)
-    for (int simd = 0; simd >= -1; simd--) {
-      float z[64] = {0};
-      z[0] = 20, z[5] = 30, z[9] = 25;
-      carl_router_t *r;
-      assert_int_equal(tu_create("topk", "k=2 score=1 aux=0 z_loss=0", &r), CARL_OK);
-      res_t o;
-      res_init(&o, 1, 2);
-      carl_route_in_t in = {.T = 1, .E = E, .logits = z};
-      route_with(r, &in, simd, &o, 1, 2);
-      assert_int_equal(o.rc, CARL_OK);
-      const int ok = o.ex[0] == 0 && o.ex[1] == 5 && fabsf(o.w[0] - 0.5f) <= 1e-7f && fabsf(o.w[1] - 0.5f) <= 1e-7f;
-      if (!ok)
-        print_error("E=%d %s: experts {%d, %d} weights {%g, %g}; the rule gives {0, 5}, {0.5, 0.5}\n", E,
-                    simd ? "avx512" : "portable", o.ex[0], o.ex[1], (double)o.w[0], (double)o.w[1]);
-      nbad += !ok;
-      res_free(&o);
-      carl_router_free(r);
-    }
+  for (int E = 16; E <= 64; E += 16) {
+    if (E == 32) continue;
+    for (int simd = 0; simd >= -1; simd--)
+      for (int c = 0; c < 3; c++) {
+        float z[64] = {0};
+        if (c == 0) z[0] = 20, z[5] = 30, z[9] = 25;
+        if (c == 1) z[3] = 100, z[11] = 1;
+        if (c == 2) z[2] = z[7] = z[12] = 5;
+        const int32_t want[3][2] = {{5, 9}, {3, 11}, {2, 7}};
+        const double w0[3] = {0.5, 1, 0.5}, w1[3] = {0.5, 0, 0.5};
+        carl_router_t *r;
+        assert_int_equal(tu_create("topk", c == 0 ? "k=2 score=1 aux=0 z_loss=0" : "k=2", &r), CARL_OK);
+        res_t o;
+        res_init(&o, 1, 2);
+        carl_route_in_t in = {.T = 1, .E = E, .logits = z};
+        route_with(r, &in, simd, &o, 1, 2);
+        const int ok = o.rc == CARL_OK && o.ex[0] == want[c][0] && o.ex[1] == want[c][1] &&
+                       fabs(o.w[0] - w0[c]) <= 1e-7 && fabs(o.w[1] - w1[c]) <= (c == 1 ? 1e-30 : 1e-7);
+        if (!ok)
+          print_error("case %d E=%d %s: experts {%d, %d} weights {%g, %g}; want {%d, %d}, {%g, %g}\n", c, E,
+                      simd ? "avx512" : "portable", o.ex[0], o.ex[1], (double)o.w[0], (double)o.w[1], want[c][0],
+                      want[c][1], w0[c], w1[c]);
+        nbad += !ok;
+        res_free(&o);
+        carl_router_free(r);
+      }
+  }
   assert_int_equal(nbad, 0);
 }
 
@@ -801,7 +805,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_huge_finite, release_all),
       cmocka_unit_test_teardown(test_saturated_sigmoid, release_all),
       cmocka_unit_test_teardown(test_saturated_softmax, release_all),
-      cmocka_unit_test_teardown(test_saturated_spec, release_all),
+      cmocka_unit_test_teardown(test_saturated_rule, release_all),
       cmocka_unit_test_teardown(test_report, release_all),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
