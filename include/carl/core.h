@@ -99,7 +99,9 @@ typedef struct {
 void carl_arena_init(carl_arena_t *a, size_t block_size);
 /* 64-byte aligned, zero-filled; NULL (with carl_errmsg set) when out of memory. */
 void *carl_arena_alloc(carl_arena_t *a, size_t bytes);
-/* Forget all allocations but keep the largest block for reuse. */
+/* Forget all allocations. One block is kept for reuse; when the step needed several, they are
+ * freed and the next allocation gets one block as large as all of them (so a repeated step stops
+ * allocating after its first two runs). */
 void carl_arena_reset(carl_arena_t *a);
 void carl_arena_free(carl_arena_t *a);
 

@@ -91,6 +91,9 @@ struct carl_router {
   int have_psum;
   double zsum;   /* sum over tokens of logsumexp(z_t)^2 in the last route, valid when have_zsum */
   int have_zsum;
+  /* Scratch of the kernels during one route (carl_arena_alloc), reset by the registry before each
+   * route and kept between routes, so that repeated routes do not map fresh memory. */
+  carl_arena_t scratch;
   /* Set by a router's init to replace the default gate backward (NULL: gates are s at the chosen
    * experts, renormalised when the renorm option is set; carl_route_gate_backward). */
   carl_status (*backward)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out,

@@ -41,20 +41,15 @@ void *carl_arena_alloc(carl_arena_t *a, size_t bytes) {
 }
 
 void carl_arena_reset(carl_arena_t *a) {
-  carl_arena_block_t *keep = NULL;
-  for (carl_arena_block_t *b = a->head; b; b = b->next)
-    if (!keep || b->size > keep->size) keep = b;
-  carl_arena_block_t *b = a->head;
-  while (b) {
-    carl_arena_block_t *n = b->next;
-    if (b != keep) free(b);
-    b = n;
+  if (a->head && a->head->next) {
+    /* several blocks: the next step gets one block holding them all */
+    size_t total = 0;
+    for (carl_arena_block_t *b = a->head; b; b = b->next) total += b->size;
+    carl_arena_free(a);
+    if (total > a->block_size) a->block_size = total;
+    return;
   }
-  if (keep) {
-    keep->next = NULL;
-    keep->used = 0;
-  }
-  a->head = keep;
+  if (a->head) a->head->used = 0;
 }
 
 void carl_arena_free(carl_arena_t *a) {

@@ -204,7 +204,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   const int warm = st->warm && st->steps < st->W;
   const int hier = st->hier && !warm;
   carl__seed_topo_t tp;
-  CARL_TRY(carl__seed_topo(in, st->comm || warm || hier, hier, &tp));
+  CARL_TRY(carl__seed_topo(&r->scratch, in, st->comm || warm || hier, hier, &tp));
   const int M = st->M ? st->M : (tp.N < k ? tp.N : k);
   const float lam = st->comm ? (float)st->lambda_c : 0.0f;
   carl_status rc = CARL_OK;
@@ -237,7 +237,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   int32_t *group = NULL;
   int resort = 1;
   if (rc == CARL_OK && (st->comm || warm)) {
-    bias = malloc((size_t)tp.D * E * sizeof *bias);
+    bias = carl_arena_alloc(&r->scratch, (size_t)tp.D * E * sizeof *bias);
     if (!bias) rc = carl_fail(CARL_ERR_NOMEM, "carl: bias [%d, %d]", tp.D, E);
     for (int64_t i = 0; bias && i < (int64_t)tp.D * E; i++) bias[i] = -lam * tp.cost[i];
   }
@@ -268,11 +268,11 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   } else if (rc == CARL_OK && hier && !carl_multi_node(&tp, E)) {
     /* node-limited selection by the shared kernel: groups = nodes, bonus lambda_loc on the own node */
     int G = 0;
-    group = malloc((size_t)E * sizeof *group);
+    group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
     if (!group) rc = carl_fail(CARL_ERR_NOMEM, "carl: groups");
     if (rc == CARL_OK) rc = carl_route_expert_groups(in, 1, group, &G);
     if (rc == CARL_OK && st->lambda_loc > 0) {
-      bonus = calloc((size_t)G * G, sizeof *bonus);
+      bonus = carl_arena_alloc(&r->scratch, (size_t)G * G * sizeof *bonus);
       if (!bonus) rc = carl_fail(CARL_ERR_NOMEM, "carl: bonus");
       for (int n = 0; bonus && n < G; n++) bonus[(size_t)n * G + n] = (float)st->lambda_loc;
     }
@@ -313,15 +313,11 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   free(s);
   free(u);
   free(prio);
-  free(bias);
-  free(bonus);
-  free(group);
-  carl__seed_topo_free(&tp);
   if (rc != CARL_OK || warm) return rc; /* no balancing losses during the warm start */
   /* dual-level balancing losses with the current coefficients */
   double aE = st->aE.alpha, aG = st->aG.alpha;
   if (aE <= 0 && aG <= 0) return CARL_OK;
-  group = malloc((size_t)E * sizeof *group);
+  group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
   if (!group) return carl_fail(CARL_ERR_NOMEM, "carl: groups");
   int G = 0;
   double LE = 0, LG = 0;
@@ -330,7 +326,6 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     rc = carl_loss_dual_value(out->experts, T, k, E, r->psum, group, G, aE, aG, &LE, &LG);
   else if (rc == CARL_OK)
     rc = carl_loss_dual(in->logits, T, E, c.score, out->experts, k, group, G, aE, aG, &LE, &LG, out->dlogits);
-  free(group);
   if (rc != CARL_OK) return rc;
   if (aE > 0) carl_route_add_loss(out, "L_E", LE);
   if (aG > 0) carl_route_add_loss(out, "L_G", LG);

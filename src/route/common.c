@@ -726,46 +726,28 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
       for (int64_t t = 0; t < T; t++)
         if (sl.bonus_row[t] < 0 || sl.bonus_row[t] >= sl.nbrows)
           return carl_fail(CARL_ERR_INVALID, "group bonus row of token %lld: %d, outside 0..%d", (long long)t, sl.bonus_row[t], sl.nbrows - 1);
-    goff = calloc((size_t)G + 1, sizeof *goff);
-    gmem = malloc((size_t)E * sizeof *gmem);
-    if (!goff || !gmem) {
-      free(goff);
-      free(gmem);
-      return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
-    }
+    goff = carl_arena_alloc(&r->scratch, ((size_t)G + 1) * sizeof *goff);
+    gmem = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *gmem);
+    int32_t *fill = carl_arena_alloc(&r->scratch, (size_t)G * sizeof *fill);
+    if (!goff || !gmem || !fill) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
     for (int e = 0; e < E; e++) {
-      if (sl.group[e] < 0 || sl.group[e] >= G) {
-        free(goff);
-        free(gmem);
+      if (sl.group[e] < 0 || sl.group[e] >= G)
         return carl_fail(CARL_ERR_INVALID, "group of expert %d: %d, outside 0..%d", e, sl.group[e], G - 1);
-      }
       goff[sl.group[e] + 1]++;
     }
     for (int g = 0; g < G; g++) goff[g + 1] += goff[g];
-    int32_t *fill = calloc((size_t)G, sizeof *fill);
-    if (!fill) {
-      free(goff);
-      free(gmem);
-      return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
-    }
     for (int e = 0; e < E; e++) gmem[goff[sl.group[e]] + fill[sl.group[e]]++] = e; /* ascending within a group */
-    free(fill);
   }
   const int64_t C = carl_route_capacity(c.cf, T, k, E);
   const int need_sel = sl.bias || c.jitter > 0 || sl.on_logits;
   const int stats = r->psum && r->psum_cap >= E && (c.aux_coef > 0 || c.z_coef > 0 || sl.stats);
   const int64_t nb = (T + CARL__BLK - 1) / CARL__BLK;
-  float *part = stats ? calloc((size_t)nb * (size_t)E, sizeof *part) : NULL;
-  double *zpart = stats ? calloc((size_t)nb, sizeof *zpart) : NULL;
-  float *prio = C > 0 ? malloc((size_t)T * (size_t)k * sizeof *prio) : NULL;
-  if ((stats && (!part || !zpart)) || (C > 0 && !prio)) {
-    free(part);
-    free(zpart);
-    free(prio);
-    free(goff);
-    free(gmem);
+  /* scratch of this route (zero-filled): block partial sums of the statistics, capacity priorities */
+  float *part = stats ? carl_arena_alloc(&r->scratch, (size_t)nb * (size_t)E * sizeof *part) : NULL;
+  double *zpart = stats ? carl_arena_alloc(&r->scratch, (size_t)nb * sizeof *zpart) : NULL;
+  float *prio = C > 0 ? carl_arena_alloc(&r->scratch, (size_t)T * (size_t)k * sizeof *prio) : NULL;
+  if ((stats && (!part || !zpart)) || (C > 0 && !prio))
     return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
-  }
   const float *logits = in->logits;
   int32_t *experts = out->experts;
   float *weights = out->weights;
@@ -835,11 +817,6 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
     st = carl_route_apply_capacity(T, k, E, C, experts, prio, weights, c.renorm, &out->dropped);
   }
   if (st == CARL_OK && stats) carl__stats_finish(r, part, zpart, nb, E);
-  free(part);
-  free(zpart);
-  free(prio);
-  free(goff);
-  free(gmem);
   return st;
 }
 

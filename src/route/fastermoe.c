@@ -65,7 +65,7 @@ static carl_status fastermoe_route(carl_router_t *r, const carl_route_in_t *in, 
   const int64_t T = in->T;
   const int E = in->E, k = c.k;
   carl__seed_topo_t tp;
-  CARL_TRY(carl__seed_topo(in, 0, 0, &tp));
+  CARL_TRY(carl__seed_topo(&r->scratch, in, 0, 0, &tp));
   carl_status rc = CARL_OK;
   for (int n = 0; n < tp.N && rc == CARL_OK; n++)
     if (tp.nlocal[n] < k)
@@ -140,7 +140,6 @@ static carl_status fastermoe_route(carl_router_t *r, const carl_route_in_t *in, 
     }
     rc = carl__seed_finish(T, k, E, carl_route_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
   }
-  carl__seed_topo_free(&tp);
   free(s); free(prio); free(val); free(plain); free(leave); free(cand); free(key); free(rem);
   return rc;
 }

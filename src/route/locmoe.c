@@ -123,7 +123,7 @@ static carl_status locmoe_route(carl_router_t *r, const carl_route_in_t *in, car
     if (!s || !prio || !top1) rc = carl_fail(CARL_ERR_NOMEM, "locmoe: T=%lld E=%d", (long long)T, E);
   }
   if (rc == CARL_OK) rc = carl_route_scores(r, z, T, E, c.score, s);
-  if (rc == CARL_OK) rc = carl__seed_topo(in, 0, 0, &tp);
+  if (rc == CARL_OK) rc = carl__seed_topo(&r->scratch, in, 0, 0, &tp);
   if (rc == CARL_OK) {
     for (int64_t t = 0; t < T; t++) {
       float v;
@@ -179,7 +179,6 @@ static carl_status locmoe_route(carl_router_t *r, const carl_route_in_t *in, car
     rc = carl_locality_loss(T, E, s, tp.node, tp.N, tp.local, st->eps, st->mu, &v, out->dlogits);
     if (rc == CARL_OK) carl_route_add_loss(out, "loc", v);
   }
-  carl__seed_topo_free(&tp);
   free(zbuf);
   free(s);
   free(prio);

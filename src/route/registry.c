@@ -145,6 +145,7 @@ carl_status carl_router_create(const char *name, int nset, const char *const *ke
   carl_router_t *r = calloc(1, sizeof *r);
   if (!r) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", impl->name);
   r->impl = impl;
+  carl_arena_init(&r->scratch, 0);
   int n = carl__opt_table(impl, r->opt_def, 64);
   CARL_ASSERT(n <= 64);
   r->nopt = n;
@@ -252,6 +253,7 @@ carl_status carl_router_route(carl_router_t *r, const carl_route_in_t *in, carl_
   }
   r->have_psum = 0;
   r->have_zsum = 0;
+  carl_arena_reset(&r->scratch);
   CARL_TRY(r->impl->route(r, in, out));
   return carl__common_losses(r, in, out);
 }
@@ -290,5 +292,6 @@ void carl_router_free(carl_router_t *r) {
   if (!r) return;
   if (r->impl && r->impl->free) r->impl->free(r);
   free(r->psum);
+  carl_arena_free(&r->scratch);
   free(r);
 }

@@ -16,9 +16,10 @@ typedef struct {
                         holds none (want_node_cost), else NULL */
 } carl__seed_topo_t;
 
-/* Fills st from in (topology, placement, src); errors name the offending input. */
-carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_node_cost, carl__seed_topo_t *st);
-void carl__seed_topo_free(carl__seed_topo_t *st);
+/* Fills st from in (topology, placement, src), its arrays in the arena a (the router's per-route
+ * scratch: valid until the next route); errors name the offending input. */
+carl_status carl__seed_topo(carl_arena_t *a, const carl_route_in_t *in, int want_cost, int want_node_cost,
+                            carl__seed_topo_t *st);
 
 /* Finish a selection: renormalise each token's weights when renorm (as the fused top-k kernel does:
  * float sum in slot order, multiply by its inverse), then keep at most C pairs per expert (C > 0;

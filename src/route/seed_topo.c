@@ -6,17 +6,8 @@
 #include "carl/route_util.h"
 #include "route/seed_internal.h"
 
-void carl__seed_topo_free(carl__seed_topo_t *st) {
-  free(st->src);
-  free(st->node);
-  free(st->local);
-  free(st->nlocal);
-  free(st->cost);
-  free(st->cost_node);
-  memset(st, 0, sizeof *st);
-}
-
-carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_node_cost, carl__seed_topo_t *st) {
+carl_status carl__seed_topo(carl_arena_t *a, const carl_route_in_t *in, int want_cost, int want_node_cost,
+                             carl__seed_topo_t *st) {
   memset(st, 0, sizeof *st);
   const carl_topo_t *tp = in->topo;
   const int E = in->E;
@@ -32,38 +23,30 @@ carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_n
   }
   st->D = D;
   st->N = N;
-  st->src = malloc((size_t)(T ? T : 1) * sizeof *st->src);
-  st->node = malloc((size_t)(T ? T : 1) * sizeof *st->node);
-  st->local = calloc((size_t)N * E, 1);
-  st->nlocal = calloc((size_t)N, sizeof *st->nlocal);
-  if (want_cost) st->cost = malloc((size_t)D * E * sizeof *st->cost);
-  if (want_node_cost) st->cost_node = malloc((size_t)D * N * E * sizeof *st->cost_node);
-  if (!st->src || !st->node || !st->local || !st->nlocal || (want_cost && !st->cost) || (want_node_cost && !st->cost_node)) {
-    carl__seed_topo_free(st);
+  st->src = carl_arena_alloc(a, (size_t)(T ? T : 1) * sizeof *st->src);
+  st->node = carl_arena_alloc(a, (size_t)(T ? T : 1) * sizeof *st->node);
+  st->local = carl_arena_alloc(a, (size_t)N * E);
+  st->nlocal = carl_arena_alloc(a, (size_t)N * sizeof *st->nlocal);
+  if (want_cost) st->cost = carl_arena_alloc(a, (size_t)D * E * sizeof *st->cost);
+  if (want_node_cost) st->cost_node = carl_arena_alloc(a, (size_t)D * N * E * sizeof *st->cost_node);
+  int32_t *node_of = carl_arena_alloc(a, (size_t)D * sizeof *node_of);
+  if (!st->src || !st->node || !st->local || !st->nlocal || (want_cost && !st->cost) ||
+      (want_node_cost && !st->cost_node) || !node_of)
     return carl_fail(CARL_ERR_NOMEM, "routing topology: T=%lld D=%d E=%d", (long long)T, D, E);
-  }
-  int32_t *node_of = malloc((size_t)D * sizeof *node_of);
-  if (!node_of) {
-    carl__seed_topo_free(st);
-    return carl_fail(CARL_ERR_NOMEM, "routing topology: D=%d", D);
-  }
-  for (int a = 0; a < D; a++) node_of[a] = tp ? carl_topo_node(tp, a) : 0;
+  for (int d = 0; d < D; d++) node_of[d] = tp ? carl_topo_node(tp, d) : 0;
   if (in->src) {
     for (int64_t t = 0; t < T; t++) {
-      const int32_t a = in->src[t];
-      if (a < 0 || a >= D) {
-        free(node_of);
-        carl__seed_topo_free(st);
-        return carl_fail(CARL_ERR_INVALID, "src[%lld]: device %d out of range [0, %d)", (long long)t, a, D);
-      }
-      st->src[t] = a;
-      st->node[t] = node_of[a];
+      const int32_t d = in->src[t];
+      if (d < 0 || d >= D)
+        return carl_fail(CARL_ERR_INVALID, "src[%lld]: device %d out of range [0, %d)", (long long)t, d, D);
+      st->src[t] = d;
+      st->node[t] = node_of[d];
     }
   } else { /* t * D / T = a for t in [ceil(a T / D), ceil((a + 1) T / D)) */
-    for (int a = 0; a < D; a++)
-      for (int64_t t = ((int64_t)a * T + D - 1) / D; t < ((int64_t)(a + 1) * T + D - 1) / D; t++) {
-        st->src[t] = a;
-        st->node[t] = node_of[a];
+    for (int d = 0; d < D; d++)
+      for (int64_t t = ((int64_t)d * T + D - 1) / D; t < ((int64_t)(d + 1) * T + D - 1) / D; t++) {
+        st->src[t] = d;
+        st->node[t] = node_of[d];
       }
   }
   /* (device, expert) pairs of the placement: replicas allowed */
@@ -73,10 +56,8 @@ carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_n
       int e;
       if (pl) e = pl->slot_expert[(size_t)d * slots + j];
       else e = -1; /* contiguous: filled below */
-      if (e < -1 || e >= E) {
-        carl__seed_topo_free(st);
+      if (e < -1 || e >= E)
         return carl_fail(CARL_ERR_INVALID, "place: device %d slot %d holds expert %d, out of range [0, %d)", d, j, e, E);
-      }
       if (e >= 0) st->local[(size_t)(tp ? carl_topo_node(tp, d) : 0) * E + e] = 1;
     }
   if (!pl)
@@ -86,10 +67,7 @@ carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_n
     }
   for (int n = 0; n < N; n++)
     for (int e = 0; e < E; e++) st->nlocal[n] += st->local[(size_t)n * E + e];
-  if (!want_cost && !want_node_cost) {
-    free(node_of);
-    return CARL_OK;
-  }
+  if (!want_cost && !want_node_cost) return CARL_OK;
   for (size_t i = 0; want_cost && i < (size_t)D * E; i++) st->cost[i] = INFINITY;
   for (size_t i = 0; want_node_cost && i < (size_t)D * N * E; i++) st->cost_node[i] = INFINITY;
   for (int a = 0; a < D; a++) {
@@ -113,13 +91,8 @@ carl_status carl__seed_topo(const carl_route_in_t *in, int want_cost, int want_n
       }
     }
   }
-  free(node_of);
   for (int e = 0; want_cost && e < E; e++)
-    if (isinf(st->cost[e])) {
-      int miss = e;
-      carl__seed_topo_free(st);
-      return carl_fail(CARL_ERR_INVALID, "place: expert %d has no device", miss);
-    }
+    if (isinf(st->cost[e])) return carl_fail(CARL_ERR_INVALID, "place: expert %d has no device", e);
   return CARL_OK;
 }
 
