@@ -57,6 +57,30 @@ SEL_AVX512 SEL_INLINE __m512 sel_exp(__m512 x, const int upper) {
   return _mm512_scalef_ps(p, n);
 }
 
+/* log(x) for positive normal x (Cephes logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-8
+ * polynomial in m - 1; about 1 ulp). */
+SEL_AVX512 SEL_INLINE __m512 sel_log(__m512 x) {
+  __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_p5_1, _MM_MANT_SIGN_zero); /* [0.5, 1) */
+  __m512 e = _mm512_add_ps(_mm512_getexp_ps(x), _mm512_set1_ps(1.0f));    /* x = m 2^e */
+  const __mmask16 lo = _mm512_cmp_ps_mask(m, _mm512_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+  e = _mm512_mask_sub_ps(e, lo, e, _mm512_set1_ps(1.0f));
+  m = _mm512_mask_add_ps(m, lo, m, m); /* m in [sqrt(1/2), sqrt(2)) */
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f)), f2 = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), f2);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(f2, _mm512_set1_ps(0.5f), y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+}
+
 static int sel_all_finite(const float *z, int E) {
   for (int e = 0; e < E; e++)
     if (!isfinite(z[e])) return 0;
@@ -125,7 +149,7 @@ SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float 
   const float sum = sel_exp_row(z, nv, mx, score == CARL_SCORE_SOFTMAX ? s : NULL);
   if (score == CARL_SCORE_SOFTMAX) sel_scale(s, nv, 1.0f / sum);
   else sel_sigmoid_row(z, nv, s);
-  return mx + logf(sum);
+  return mx + _mm512_cvtss_f32(sel_log(_mm512_set1_ps(sum)));
 }
 
 /* Rank of each lane of v[u] in descending order, equal values: the lower lane first (a permutation
@@ -400,30 +424,34 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
    * s itself is selected on (group limit without bias); elsewhere s[u] keeps e and the gates are
    * e * inv. Sigmoid: s = sigmoid(z), inv = 1 / sum(s) for the statistics. */
   const int sc = score == CARL_SCORE_SOFTMAX && !plain && !x->need_sel;
-  float inv[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f};
+  float inv[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f}, sum[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f};
+  const int need_exp = score == CARL_SCORE_SOFTMAX || x->need_lse;
   for (int u = 0; u < n; u++) {
-    float lse = 0;
-    if (score == CARL_SCORE_SOFTMAX || x->need_lse) {
-      const float sum = sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL);
-      lse = mx[u] + logf(sum);
-      inv[u] = 1.0f / sum;
-      if (sc) sel_scale(s[u], nv, inv[u]);
+    if (need_exp) {
+      sum[u] = sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL);
+      inv[u] = 1.0f / sum[u];
+      if (sc && !pp) sel_scale(s[u], nv, inv[u]);
     }
-    if (score == CARL_SCORE_SIGMOID) {
-      const float sum = sel_sigmoid_row(z[u], nv, s[u]);
-      inv[u] = 1.0f / sum;
-    }
-    if (pp) *zs += (double)lse * (double)lse;
+    if (score == CARL_SCORE_SIGMOID) inv[u] = 1.0f / sel_sigmoid_row(z[u], nv, s[u]);
   }
-  /* statistics: pp += p over the block's tokens, p = s (softmax) or s / sum(s) (sigmoid) */
-  if (pp)
+  /* statistics: sum of lse^2 (lse = mx + log(sum), the block's tokens in one vector) and pp += p,
+   * p = s (softmax; scaled here when s is selected on) or s / sum(s) (sigmoid) */
+  if (pp) {
+    float lse[16] = {0};
+    if (need_exp)
+      _mm512_storeu_ps(lse, _mm512_add_ps(_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), mx),
+                                          sel_log(_mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), (__mmask16)((1u << n) - 1u), sum))));
+    for (int u = 0; u < n; u++) *zs += (double)lse[u] * (double)lse[u];
     for (int i = 0; i < nv; i++) {
       __m512 acc = _mm512_loadu_ps(pp + 16 * i);
-      for (int u = 0; u < n; u++)
-        acc = sc ? _mm512_add_ps(acc, _mm512_load_ps(s[u] + 16 * i))
-                 : _mm512_fmadd_ps(_mm512_load_ps(s[u] + 16 * i), _mm512_set1_ps(inv[u]), acc);
+      for (int u = 0; u < n; u++) {
+        const __m512 y = _mm512_mul_ps(_mm512_load_ps(s[u] + 16 * i), _mm512_set1_ps(inv[u]));
+        if (sc) _mm512_store_ps(s[u] + 16 * i, y);
+        acc = _mm512_add_ps(acc, y);
+      }
       _mm512_storeu_ps(pp + 16 * i, acc);
     }
+  }
   /* selection values v and their lane maxima: plain: z (softmax and sigmoid are increasing, so
    * TopK(s) = TopK(z) with the same tie rule on equal logits; the capacity priority is s);
    * need_sel: (z or s) + bias, s = e * inv by one fused multiply-add; group limit: s */
