@@ -363,13 +363,16 @@ SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const fl
     const unsigned above = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_GT_OQ);
     const unsigned equal = _mm512_mask_cmp_ps_mask(real, gs[u], th, _CMP_EQ_OQ);
     const unsigned kept = above | _pdep_u32((1u << (sl->M - __builtin_popcount(above))) - 1u, equal);
-    keep[u] = 0;
-    lanes[u] = _mm512_set1_ps(-INFINITY);
-    for (int g = 0; g < G; g++) {
-      const unsigned on = (kept >> g) & 1u;
-      keep[u] |= (0ull - on) & (gbits << (g * m));
-      lanes[u] = _mm512_mask_max_ps(lanes[u], (__mmask16)(0u - on), lanes[u], gmax[u][g]);
+    if (m == 2) { /* each group bit becomes two vector bits */
+      const uint64_t b = _pdep_u64(kept, 0x5555555555555555ull);
+      keep[u] = b | b << 1;
+    } else {
+      keep[u] = 0;
+      for (int g = 0; g < G; g++) keep[u] |= (0ull - ((kept >> g) & 1u)) & (gbits << (g * m));
     }
+    lanes[u] = _mm512_set1_ps(-INFINITY);
+    for (int g = 0; g < G; g++)
+      lanes[u] = _mm512_mask_max_ps(lanes[u], (__mmask16)(0u - ((kept >> g) & 1u)), lanes[u], gmax[u][g]);
   }
 }
 
