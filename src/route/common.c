@@ -160,6 +160,8 @@ float carl_route_score_row(const float *z, int E, int score, float *s) {
 /* Block partial sums of p (p = s, or s / sum(s) for sigmoid) and lse^2 for the registry. */
 static inline __attribute__((always_inline)) void carl__stats_row(const float *s, int E, int score, float lse, float *pp,
                                                                   double *zs) {
+  *zs += (double)lse * (double)lse;
+  if (!pp) return;
   int e = 0;
   if (score == CARL_SCORE_SIGMOID) {
     carl__v8 av = carl__splat(0.0f);
@@ -173,20 +175,19 @@ static inline __attribute__((always_inline)) void carl__stats_row(const float *s
     for (; e + 8 <= E; e += 8) carl__st(pp + e, carl__ld(pp + e) + carl__ld(s + e));
     for (; e < E; e++) pp[e] += s[e];
   }
-  *zs += (double)lse * (double)lse;
 }
 
+/* part NULL: only the logsumexp statistic was gathered. */
 static void carl__stats_finish(carl_router_t *r, const float *part, const double *zpart, int64_t nb, int E) {
   if (!r || !r->psum || r->psum_cap < E) return;
-  for (int e = 0; e < E; e++) r->psum[e] = 0;
+  for (int e = 0; part && e < E; e++) r->psum[e] = 0;
   double z = 0;
   for (int64_t b = 0; b < nb; b++) {
-    const float *pp = part + b * E;
-    for (int e = 0; e < E; e++) r->psum[e] += pp[e];
+    for (int e = 0; part && e < E; e++) r->psum[e] += part[b * E + e];
     z += zpart[b];
   }
   r->zsum = z;
-  r->have_psum = 1;
+  r->have_psum = part != NULL;
   r->have_zsum = 1;
 }
 
@@ -553,7 +554,7 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
   float *s = bf->s;
   carl__v8 cols[4] = {{0}};
   const int fast = !x->need_sel && !x->grouped && E % 32 == 0 && E >= 64 && k <= 32;
-  if (fast && !pp && !x->prio && x->c.renorm && x->c.score == CARL_SCORE_SOFTMAX) {
+  if (fast && !zs && !x->prio && x->c.renorm && x->c.score == CARL_SCORE_SOFTMAX) {
     /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
     const float mx = carl__row_max(z, E, cols);
     if (isnan(mx)) {
@@ -692,7 +693,7 @@ CARL__CLONES static int carl__select_token(const carl__selctx_t *x, carl__selbuf
   if (x->prio)
     for (int j = 0; j < k; j++) x->prio[t * k + j] = bf->valp[j];
   if (sl->gate_order) carl__slots_by_gate(k, ex, w, x->prio ? x->prio + t * k : NULL);
-  if (pp) carl__stats_row(s, E, x->c.score, lse, pp, zs);
+  if (zs) carl__stats_row(s, E, x->c.score, lse, pp, zs);
   return 0;
 }
 
@@ -741,12 +742,13 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
   const int64_t C = carl_route_capacity(c.cf, T, k, E);
   const int need_sel = sl.bias || c.jitter > 0 || sl.on_logits;
   const int stats = r->psum && r->psum_cap >= E && (c.aux_coef > 0 || c.z_coef > 0 || sl.stats);
+  const int need_p = stats && (c.aux_coef > 0 || sl.stats); /* P_e; the z-loss needs logsumexp only */
   const int64_t nb = (T + CARL__BLK - 1) / CARL__BLK;
   /* scratch of this route (zero-filled): block partial sums of the statistics, capacity priorities */
-  float *part = stats ? carl_arena_alloc(&r->scratch, (size_t)nb * (size_t)E * sizeof *part) : NULL;
+  float *part = need_p ? carl_arena_alloc(&r->scratch, (size_t)nb * (size_t)E * sizeof *part) : NULL;
   double *zpart = stats ? carl_arena_alloc(&r->scratch, (size_t)nb * sizeof *zpart) : NULL;
   float *prio = C > 0 ? carl_arena_alloc(&r->scratch, (size_t)T * (size_t)k * sizeof *prio) : NULL;
-  if ((stats && (!part || !zpart)) || (C > 0 && !prio))
+  if ((need_p && !part) || (stats && !zpart) || (C > 0 && !prio))
     return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
   const float *logits = in->logits;
   int32_t *experts = out->experts;
@@ -788,7 +790,7 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
     for (int64_t b = 0; b < nb; b++) {
       if (nomem) continue;
       int64_t t1 = (b + 1) * CARL__BLK < T ? (b + 1) * CARL__BLK : T;
-      float *pp = stats ? part + b * E : NULL;
+      float *pp = need_p ? part + b * E : NULL;
       double *zs = stats ? &zpart[b] : NULL;
       if (use512) {
         int64_t tb = carl__select_tokens_avx512(&x, b * CARL__BLK, t1, pp, zs);

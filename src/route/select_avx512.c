@@ -405,7 +405,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   int32_t idx[SEL_NT][16];
   uint64_t keep[SEL_NT];
   for (int u = 0; u < n; u++) keep[u] = ~0ull;
-  if (plain && !pp && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX) {
+  if (plain && !zs && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX) {
     /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
     sel_topk_n(n, z, nv, zl, keep, k, idx);
     for (int u = 0; u < n; u++) {
@@ -439,12 +439,14 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   }
   /* statistics: sum of lse^2 (lse = mx + log(sum), the block's tokens in one vector) and pp += p,
    * p = s (softmax; scaled here when s is selected on) or s / sum(s) (sigmoid) */
-  if (pp) {
+  if (zs) {
     float lse[16] = {0};
     if (need_exp)
       _mm512_storeu_ps(lse, _mm512_add_ps(_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), mx),
                                           sel_log(_mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), (__mmask16)((1u << n) - 1u), sum))));
     for (int u = 0; u < n; u++) *zs += (double)lse[u] * (double)lse[u];
+  }
+  if (pp)
     for (int i = 0; i < nv; i++) {
       __m512 acc = _mm512_loadu_ps(pp + 16 * i);
       for (int u = 0; u < n; u++) {
@@ -454,7 +456,6 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       }
       _mm512_storeu_ps(pp + 16 * i, acc);
     }
-  }
   /* selection values v and their lane maxima: plain: z (softmax and sigmoid are increasing, so
    * TopK(s) = TopK(z) with the same tie rule on equal logits; the capacity priority is s);
    * need_sel: (z or s) + bias, s = e * inv by one fused multiply-add; group limit: s */
