@@ -278,6 +278,58 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
   }
 }
 
+/* Slots by gate (carl__slots_by_gate) for n tokens of k <= 8 slots: 64-bit keys (gate bits, then
+ * the complement of the expert; empty slots lowest) ranked by rotations, then placed by rank. */
+SEL_AVX512 SEL_INLINE void sel_gate_order_n(int n, int k, int32_t *ex /* [n, k] */, float *w /* [n, k] */,
+                                            float *prio /* [n, k] or NULL */) {
+  const __mmask8 km = (__mmask8)((1u << k) - 1u);
+  __m512i key[SEL_NT], cnt[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    const __m256i e = _mm256_maskz_loadu_epi32(km, ex + u * k);
+    const __m256i g = _mm256_castps_si256(_mm256_maskz_loadu_ps(km, w + u * k)); /* gates >= 0: integer order */
+    __m512i kk = _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(g), 32),
+                                 _mm512_cvtepu32_epi64(_mm256_sub_epi32(_mm256_set1_epi32(-1), e)));
+    /* empty slots (expert -1) and padding lanes last */
+    const __mmask8 empty = (__mmask8)(_mm256_cmplt_epi32_mask(e, _mm256_setzero_si256()) | (uint8_t)~km);
+    key[u] = _mm512_mask_mov_epi64(kk, empty, _mm512_set1_epi64(INT64_MIN));
+    cnt[u] = _mm512_setzero_si512();
+  }
+  /* lane i counts lanes j = i + r (mod 8) ahead of it; keys of real slots are distinct, padding
+   * lanes tie with each other and rank after the k real ones (ties: the lower lane first) */
+#define SEL_GATE_STEP(r)                                                                                              \
+  do {                                                                                                                \
+    const __m512i c = _mm512_mask_set1_epi64(_mm512_setzero_si512(), (__mmask8) ~((1u << (8 - (r))) - 1u), 1);       \
+    for (int u = 0; u < n; u++) {                                                                                     \
+      const __m512i q = _mm512_add_epi64(_mm512_alignr_epi64(key[u], key[u], r), c);                                  \
+      cnt[u] = _mm512_mask_add_epi64(cnt[u], _mm512_cmpgt_epi64_mask(q, key[u]), cnt[u], _mm512_set1_epi64(1));      \
+    }                                                                                                                 \
+  } while (0)
+  SEL_GATE_STEP(1);
+  SEL_GATE_STEP(2);
+  SEL_GATE_STEP(3);
+  SEL_GATE_STEP(4);
+  SEL_GATE_STEP(5);
+  SEL_GATE_STEP(6);
+  SEL_GATE_STEP(7);
+#undef SEL_GATE_STEP
+  for (int u = 0; u < n; u++) {
+    int64_t r[8];
+    int32_t e2[8];
+    float w2[8], p2[8];
+    _mm512_storeu_si512(r, cnt[u]);
+    for (int j = 0; j < k; j++) {
+      e2[r[j]] = ex[u * k + j];
+      w2[r[j]] = w[u * k + j];
+      if (prio) p2[r[j]] = prio[u * k + j];
+    }
+    for (int j = 0; j < k; j++) {
+      ex[u * k + j] = e2[j];
+      w[u * k + j] = w2[j];
+      if (prio) prio[u * k + j] = p2[j];
+    }
+  }
+}
+
 /* top-2 merge of (a1, b1) and (a2, b2) (a >= b lane by lane) */
 #define SEL_MERGE(A1, B1, A2, B2, pg, outA, outB)                                                                     \
   do {                                                                                                                \
@@ -496,8 +548,9 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       const float r = 1.0f / a;
       for (int j = 0; j < k; j++) w[j] *= r;
     }
-    if (sl->gate_order) carl__slots_by_gate(k, ex, w, pr);
+    if (sl->gate_order && k > 8) carl__slots_by_gate(k, ex, w, pr);
   }
+  if (sl->gate_order && k <= 8) sel_gate_order_n(n, k, x->experts + t0 * k, x->weights + t0 * k, x->prio ? x->prio + t0 * k : NULL);
   return 0;
 }
 
