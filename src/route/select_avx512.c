@@ -322,11 +322,9 @@ SEL_AVX512 SEL_INLINE void sel_gate_order_n(int n, int k, int32_t *ex /* [n, k] 
       w2[r[j]] = w[u * k + j];
       if (prio) p2[r[j]] = prio[u * k + j];
     }
-    for (int j = 0; j < k; j++) {
-      ex[u * k + j] = e2[j];
-      w[u * k + j] = w2[j];
-      if (prio) prio[u * k + j] = p2[j];
-    }
+    _mm256_mask_storeu_epi32(ex + u * k, km, _mm256_loadu_si256((const __m256i *)e2));
+    _mm256_mask_storeu_ps(w + u * k, km, _mm256_loadu_ps(w2));
+    if (prio) _mm256_mask_storeu_ps(prio + u * k, km, _mm256_loadu_ps(p2));
   }
 }
 
@@ -464,7 +462,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       const __m512 zk = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, _mm512_loadu_si512(idx[u]), z[u], 4);
       const __m512 e = _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(zk, _mm512_set1_ps(mx[u])), 0));
       _mm512_mask_storeu_ps(x->weights + (t0 + u) * k, km, _mm512_mul_ps(e, _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(e))));
-      memcpy(x->experts + (t0 + u) * k, idx[u], (size_t)k * sizeof **idx);
+      _mm512_mask_storeu_epi32(x->experts + (t0 + u) * k, km, _mm512_loadu_si512(idx[u]));
     }
     return 0;
   }
