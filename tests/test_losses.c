@@ -77,7 +77,14 @@ static void check_fd(int which, int score) {
     double P[6], psum[6], wE = 0, wG = 0;
     ref_P(z, T, E, score, P);
     for (int e = 0; e < E; e++) psum[e] = P[e] * T;
-    assert_int_equal(carl_loss_dual_value(ex, T, k, E, psum, grp, G, 0.3, 0.9, &wE, &wG), CARL_OK);
+    assert_int_equal(carl_loss_dual_value(ex, NULL, T, k, E, psum, grp, G, 0.3, 0.9, &wE, &wG), CARL_OK);
+    assert_float_equal(wE, 0.3 * ref_loss(0, z, T, E, score, ex, k, grp, G), 1e-9);
+    assert_float_equal(wG, 0.9 * ref_loss(1, z, T, E, score, ex, k, grp, G), 1e-9);
+    /* and with the loads given: kept pairs per expert, counted here */
+    double load[6] = {0};
+    for (int i = 0; i < T * k; i++)
+      if (ex[i] >= 0) load[ex[i]] += 1;
+    assert_int_equal(carl_loss_dual_value(NULL, load, T, k, E, psum, grp, G, 0.3, 0.9, &wE, &wG), CARL_OK);
     assert_float_equal(wE, 0.3 * ref_loss(0, z, T, E, score, ex, k, grp, G), 1e-9);
     assert_float_equal(wG, 0.9 * ref_loss(1, z, T, E, score, ex, k, grp, G), 1e-9);
     for (int i = 0; i < T * E; i++) {

@@ -54,10 +54,11 @@ carl_status carl_loss_dual(const float *logits /* [T, E] */, int64_t T, int E, i
 
 /* The values of carl_loss_dual from statistics at hand (no pass over the logits, no gradient):
  * psum [E] = sum_t p[t, e] as the routing kernels leave it in the router (p = s for softmax,
- * s / sum(s) for sigmoid). */
-carl_status carl_loss_dual_value(const int32_t *experts /* [T, k] */, int64_t T, int k, int E,
-                                 const double *psum /* [E] */, const int32_t *group /* [E] */, int G, double coef_E,
-                                 double coef_G, double *L_E, double *L_G);
+ * s / sum(s) for sigmoid); the loads from load [E] (kept pairs per expert) when not NULL, else
+ * counted from experts. */
+carl_status carl_loss_dual_value(const int32_t *experts /* [T, k] or NULL */, const double *load /* [E] or NULL */,
+                                 int64_t T, int k, int E, const double *psum /* [E] */, const int32_t *group /* [E] */,
+                                 int G, double coef_E, double coef_G, double *L_E, double *L_G);
 
 /* The general form behind the three: value = sum_e c[e] * P_e; dlogits += d(value)/d(logits).
  * P (may be NULL) receives P_e = mean_t p[t, e]. */

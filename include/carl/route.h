@@ -91,6 +91,8 @@ struct carl_router {
   int have_psum;
   double zsum;   /* sum over tokens of logsumexp(z_t)^2 in the last route, valid when have_zsum */
   int have_zsum;
+  double *load;  /* [psum_cap] kept (token, slot) pairs per expert in the last route, valid when have_load */
+  int have_load;
   /* Scratch of the kernels during one route (carl_arena_alloc), reset by the registry before each
    * route and kept between routes, so that repeated routes do not map fresh memory. */
   carl_arena_t scratch;

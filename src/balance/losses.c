@@ -147,11 +147,16 @@ carl_status carl_loss_group(const float *logits, int64_t T, int E, int score, co
   return st;
 }
 
-/* cE = coef_E * E * f (L_E), cG = coef_G * f' of the expert's group (L_G), f from experts. */
-static carl_status carl__dual_coef(const int32_t *experts, int64_t T, int k, int E, const int32_t *group, int G,
-                                   double coef_E, double coef_G, double *cE, double *cG) {
+/* cE = coef_E * E * f (L_E), cG = coef_G * f' of the expert's group (L_G); f from load [E] (kept
+ * pairs per expert) when given, else from experts. */
+static carl_status carl__dual_coef(const int32_t *experts, const double *load, int64_t T, int k, int E,
+                                   const int32_t *group, int G, double coef_E, double coef_G, double *cE, double *cG) {
   double *f = calloc((size_t)E, sizeof *f);
-  carl_status st = f ? carl__fractions(experts, T, k, E, f) : carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory");
+  carl_status st = f ? CARL_OK : carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory");
+  if (st == CARL_OK && load)
+    for (int e = 0; e < E; e++) f[e] = load[e] / ((double)T * (double)k);
+  else if (st == CARL_OK)
+    st = carl__fractions(experts, T, k, E, f);
   if (st == CARL_OK) st = carl__group_coef(f, E, group, G, coef_G, cG);
   for (int e = 0; st == CARL_OK && e < E; e++) cE[e] = coef_E * E * f[e];
   free(f);
@@ -164,7 +169,7 @@ carl_status carl_loss_dual(const float *logits, int64_t T, int E, int score, con
   double *cE = calloc((size_t)E, sizeof *cE), *cG = calloc((size_t)E, sizeof *cG), *c = calloc((size_t)E, sizeof *c),
          *P = calloc((size_t)E, sizeof *P);
   carl_status st = (!c || !cE || !cG || !P) ? carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory") : CARL_OK;
-  if (st == CARL_OK) st = carl__dual_coef(experts, T, k, E, group, G, coef_E, coef_G, cE, cG);
+  if (st == CARL_OK) st = carl__dual_coef(experts, NULL, T, k, E, group, G, coef_E, coef_G, cE, cG);
   if (st == CARL_OK) {
     for (int e = 0; e < E; e++) c[e] = cE[e] + cG[e];
     double v;
@@ -186,13 +191,13 @@ carl_status carl_loss_dual(const float *logits, int64_t T, int E, int score, con
   return st;
 }
 
-carl_status carl_loss_dual_value(const int32_t *experts, int64_t T, int k, int E, const double *psum, const int32_t *group,
-                                 int G, double coef_E, double coef_G, double *L_E, double *L_G) {
-  if (!experts || !psum) return carl_fail(CARL_ERR_INVALID, "dual loss: NULL argument");
+carl_status carl_loss_dual_value(const int32_t *experts, const double *load, int64_t T, int k, int E, const double *psum,
+                                 const int32_t *group, int G, double coef_E, double coef_G, double *L_E, double *L_G) {
+  if ((!experts && !load) || !psum) return carl_fail(CARL_ERR_INVALID, "dual loss: NULL argument");
   if (T < 1 || E < 1) return carl_fail(CARL_ERR_INVALID, "dual loss: T = %lld, E = %d must be >= 1", (long long)T, E);
   double *cE = calloc((size_t)E, sizeof *cE), *cG = calloc((size_t)E, sizeof *cG);
   carl_status st = (!cE || !cG) ? carl_fail(CARL_ERR_NOMEM, "dual loss: out of memory") : CARL_OK;
-  if (st == CARL_OK) st = carl__dual_coef(experts, T, k, E, group, G, coef_E, coef_G, cE, cG);
+  if (st == CARL_OK) st = carl__dual_coef(experts, load, T, k, E, group, G, coef_E, coef_G, cE, cG);
   if (st == CARL_OK) {
     double a = 0, b = 0;
     for (int e = 0; e < E; e++) {

@@ -323,7 +323,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   double LE = 0, LG = 0;
   rc = carl_route_expert_groups(in, st->group, group, &G);
   if (rc == CARL_OK && !out->dlogits && r->have_psum) /* values only: from the statistics of the selection */
-    rc = carl_loss_dual_value(out->experts, T, k, E, r->psum, group, G, aE, aG, &LE, &LG);
+    rc = carl_loss_dual_value(out->experts, r->have_load ? r->load : NULL, T, k, E, r->psum, group, G, aE, aG, &LE, &LG);
   else if (rc == CARL_OK)
     rc = carl_loss_dual(in->logits, T, E, c.score, out->experts, k, group, G, aE, aG, &LE, &LG, out->dlogits);
   if (rc != CARL_OK) return rc;

@@ -767,10 +767,16 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
                       .experts = experts, .weights = weights, .prio = prio};
   const int pg = sl.per_group;
   const int use512 = carl__select_avx512_fits(&x);
+  /* loads of the dropless selection for the losses (per-thread integer counts: any order is exact) */
+  const int count = need_p && C == 0 && r->load;
+  const int nth = omp_get_max_threads();
+  int32_t *cnt = count ? carl_arena_alloc(&r->scratch, (size_t)nth * (size_t)E * sizeof *cnt) : NULL;
+  if (count && !cnt) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
   int64_t bad = INT64_MAX;
   int nomem = 0;
 #pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
   {
+    int32_t *mycnt = count ? cnt + (size_t)omp_get_thread_num() * E : NULL;
     carl__selbuf_t bf = {0};
     bf.s = malloc((size_t)E * sizeof *bf.s);
     bf.sel = need_sel ? malloc((size_t)E * sizeof *bf.sel) : NULL;
@@ -795,10 +801,12 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
       if (use512) {
         int64_t tb = carl__select_tokens_avx512(&x, b * CARL__BLK, t1, pp, zs);
         if (tb < bad) bad = tb;
-        continue;
+      } else {
+        for (int64_t t = b * CARL__BLK; t < t1; t++)
+          if (carl__select_token(&x, &bf, t, pp, zs) && t < bad) bad = t;
       }
-      for (int64_t t = b * CARL__BLK; t < t1; t++)
-        if (carl__select_token(&x, &bf, t, pp, zs) && t < bad) bad = t;
+      for (int64_t i = b * CARL__BLK * k; mycnt && i < t1 * k; i++)
+        if (experts[i] >= 0) mycnt[experts[i]]++;
     }
     free(bf.s);
     free(bf.sel);
@@ -819,6 +827,14 @@ carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_
     st = carl_route_apply_capacity(T, k, E, C, experts, prio, weights, c.renorm, &out->dropped);
   }
   if (st == CARL_OK && stats) carl__stats_finish(r, part, zpart, nb, E);
+  if (st == CARL_OK && count) {
+    for (int e = 0; e < E; e++) {
+      int64_t n = 0;
+      for (int h = 0; h < nth; h++) n += cnt[(size_t)h * E + e];
+      r->load[e] = (double)n;
+    }
+    r->have_load = 1;
+  }
   return st;
 }
 

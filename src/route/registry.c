@@ -224,7 +224,9 @@ static carl_status carl__common_losses(carl_router_t *r, const carl_route_in_t *
   }
   if (c.aux_coef > 0) {
     double v;
-    if (r->have_psum && !out->dlogits) {
+    if (r->have_psum && r->have_load && !out->dlogits) {
+      v = carl_loss_expert_value(r->load, r->psum, T, c.k, E, c.aux_coef);
+    } else if (r->have_psum && !out->dlogits) {
       double *load = calloc((size_t)E, sizeof *load);
       if (!load) return carl_fail(CARL_ERR_NOMEM, "aux loss: out of memory");
       carl_load_experts(out->experts, T, c.k, E, load);
@@ -247,11 +249,14 @@ carl_status carl_router_route(carl_router_t *r, const carl_route_in_t *in, carl_
   if (out->dlogits) memset(out->dlogits, 0, (size_t)in->T * (size_t)in->E * sizeof(float));
   if (r->psum_cap < in->E) {
     double *p = realloc(r->psum, (size_t)in->E * sizeof *p);
-    if (!p) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
-    r->psum = p;
+    if (p) r->psum = p;
+    double *l = p ? realloc(r->load, (size_t)in->E * sizeof *l) : NULL;
+    if (!p || !l) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
+    r->load = l;
     r->psum_cap = in->E;
   }
   r->have_psum = 0;
+  r->have_load = 0;
   r->have_zsum = 0;
   carl_arena_reset(&r->scratch);
   CARL_TRY(r->impl->route(r, in, out));
@@ -292,6 +297,7 @@ void carl_router_free(carl_router_t *r) {
   if (!r) return;
   if (r->impl && r->impl->free) r->impl->free(r);
   free(r->psum);
+  free(r->load);
   carl_arena_free(&r->scratch);
   free(r);
 }
