@@ -119,20 +119,29 @@ SEL_AVX512 SEL_INLINE float sel_exp_row(const float *z, int nv, float mx, float 
   return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-/* s = sigmoid(z); returns sum(s). */
-SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s) {
+/* s = sigmoid(z); returns sum(s) when want_sum (else 0). vb not NULL: also vb = s + b (b NULL: s)
+ * and *lanes = the lane maxima of vb, in the same pass. */
+SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s, int want_sum, const float *b, float *vb,
+                                            __m512 *lanes) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, l = _mm512_set1_ps(-INFINITY);
   for (int i = 0; i < nv; i++) {
     /* 1 / d by the 14-bit reciprocal and one Newton step (within an ulp or two of the division) */
     const __m512 d = _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)), 1));
     const __m512 r = _mm512_rcp14_ps(d);
     const __m512 y = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
     _mm512_storeu_ps(s + 16 * i, y);
+    if (vb) {
+      const __m512 w = b ? _mm512_add_ps(y, _mm512_loadu_ps(b + 16 * i)) : y;
+      _mm512_storeu_ps(vb + 16 * i, w);
+      l = _mm512_max_ps(l, w);
+    }
+    if (!want_sum) continue;
     if (i & 1) a1 = _mm512_add_ps(a1, y);
     else a0 = _mm512_add_ps(a0, y);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  if (vb) *lanes = l;
+  return want_sum ? _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) : 0.0f;
 }
 
 /* x[i] *= c */
@@ -148,7 +157,7 @@ SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float 
   if (isnan(mx)) return NAN;
   const float sum = sel_exp_row(z, nv, mx, score == CARL_SCORE_SOFTMAX ? s : NULL);
   if (score == CARL_SCORE_SOFTMAX) sel_scale(s, nv, 1.0f / sum);
-  else sel_sigmoid_row(z, nv, s);
+  else sel_sigmoid_row(z, nv, s, 0, NULL, NULL, NULL);
   return mx + _mm512_cvtss_f32(sel_log(_mm512_set1_ps(sum)));
 }
 
@@ -479,13 +488,20 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   const int sc = score == CARL_SCORE_SOFTMAX && !plain && !x->need_sel;
   float inv[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f}, sum[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f};
   const int need_exp = score == CARL_SCORE_SOFTMAX || x->need_lse;
+  const int fuse = score == CARL_SCORE_SIGMOID && x->need_sel && !sl->on_logits;
+  __m512 vl[SEL_NT];
+  for (int u = 0; u < n; u++) vl[u] = zl[u];
   for (int u = 0; u < n; u++) {
     if (need_exp) {
       sum[u] = sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL);
       inv[u] = 1.0f / sum[u];
       if (sc && !pp) sel_scale(s[u], nv, inv[u]);
     }
-    if (score == CARL_SCORE_SIGMOID) inv[u] = 1.0f / sel_sigmoid_row(z[u], nv, s[u]);
+    if (score == CARL_SCORE_SIGMOID) { /* with a bias on s: the selection values in the same pass */
+      const float *b = fuse && sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
+      const float a = sel_sigmoid_row(z[u], nv, s[u], pp != NULL, b, fuse ? vb[u] : NULL, &vl[u]);
+      if (pp) inv[u] = 1.0f / a;
+    }
   }
   /* statistics: sum of lse^2 (lse = mx + log(sum), the block's tokens in one vector) and pp += p,
    * p = s (softmax; scaled here when s is selected on) or s / sum(s) (sigmoid) */
@@ -510,11 +526,9 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
    * TopK(s) = TopK(z) with the same tie rule on equal logits; the capacity priority is s);
    * need_sel: (z or s) + bias, s = e * inv by one fused multiply-add; group limit: s */
   const float *v[SEL_NT];
-  __m512 vl[SEL_NT];
   for (int u = 0; u < n; u++) {
-    v[u] = plain ? z[u] : s[u];
-    vl[u] = zl[u];
-    if (!x->need_sel) continue;
+    v[u] = fuse ? vb[u] : plain ? z[u] : s[u];
+    if (!x->need_sel || fuse) continue;
     const float *b = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
     const __m512 g = _mm512_set1_ps(score == CARL_SCORE_SOFTMAX && !sl->on_logits ? inv[u] : 1.0f);
     const float *base = sl->on_logits ? z[u] : s[u];
