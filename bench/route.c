@@ -8,13 +8,19 @@
  *        timed only for T <= 65536; BENCH_ROUTERS=a,b,... limits the routers (the copy bound and
  *        the reference always run). Run with OMP_WAIT_POLICY=passive on a shared machine.
  * Prints a Markdown table (medians of the repeats): wall-clock time, and CPU time (seconds used by
- * all threads): on a shared machine the CPU-time ratios are the steadier ones. */
+ * all threads): on a shared machine the CPU-time ratios are the steadier ones.
+ * c2r gets its collaboration table from the co-activation counts of the top-k sets of the same
+ * logits (its profile), with Tc = 2k collaborators per expert. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include "carl/array.h"
 #include "carl/balance.h"
+#include "carl/route_seed.h"
 #include "carl/route.h"
 #include "carl/route_util.h"
 
@@ -172,6 +178,10 @@ int main(int argc, char **argv) {
         keys[nset] = "warm";
         vals[nset++] = 0;
       }
+      if (strcmp(nm, "c2r") == 0) {
+        keys[nset] = "Tc";
+        vals[nset++] = 2 * k; /* each expert collaborates with 2k others (the default 5 is for small k) */
+      }
       if (strcmp(nm, "grouplimited") == 0) {
         keys[nset] = "M";
         vals[nset++] = 4; /* node-limited, 4 of 8 nodes (DeepSeek-V3) */
@@ -180,6 +190,24 @@ int main(int argc, char **argv) {
       if (carl_router_create(nm, nset, keys, vals, &rt) != CARL_OK) {
         printf("| %s | %lld | (not created: %s) | | | | | | |\n", nm, (long long)T, carl_errmsg());
         continue;
+      }
+      if (strcmp(nm, "c2r") == 0) {
+        /* its collaboration table: co-activation counts of the top-k sets of these logits (the
+         * profile C2R takes from a trained model), through a counts file */
+        int64_t *cnt = calloc((size_t)E * E, sizeof *cnt);
+        char path[64];
+        snprintf(path, sizeof path, "bench_route_c2r_%d.npy", (int)getpid());
+        const int64_t shape[2] = {E, E};
+        carl_status cs = cnt ? carl_c2r_count_logits(T, E, k, z, cnt) : CARL_ERR_NOMEM;
+        if (cs == CARL_OK) cs = carl_npy_save(path, CARL_I64, 2, shape, cnt);
+        if (cs == CARL_OK) cs = carl_router_load(rt, path);
+        remove(path);
+        free(cnt);
+        if (cs != CARL_OK) {
+          printf("| %s | %lld | (no table: %s) | | | | | | |\n", nm, (long long)T, carl_errmsg());
+          carl_router_free(rt);
+          continue;
+        }
       }
       carl_route_in_t in = {.T = T, .E = E, .logits = z, .token_ids = ids, .topo = &topo, .seed = 1};
       carl_route_out_t out = {.experts = ex, .weights = w};
