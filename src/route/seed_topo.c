@@ -5,6 +5,7 @@
 
 #include "carl/route_util.h"
 #include "route/seed_internal.h"
+#include "route/select_internal.h"
 
 carl_status carl__seed_topo(carl_arena_t *a, const carl_route_in_t *in, int want_cost, int want_node_cost,
                              carl__seed_topo_t *st) {
@@ -125,27 +126,5 @@ void carl__sort_by_score(int32_t *ex, int k, const float *s) {
 }
 
 void carl__seed_sort_slots(int64_t T, int k, int32_t *experts, float *weights) {
-  for (int64_t t = 0; t < T; t++) {
-    int32_t *ex = experts + t * k;
-    float *w = weights + t * k;
-    for (int i = 1; i < k; i++) {
-      int32_t e = ex[i];
-      float v = w[i];
-      int p = i;
-      while (p > 0) {
-        int32_t pe = ex[p - 1];
-        float pv = w[p - 1];
-        int before; /* does (e, v) go before (pe, pv)? */
-        if (e < 0) before = 0;
-        else if (pe < 0) before = 1;
-        else before = v > pv || (v == pv && e < pe);
-        if (!before) break;
-        ex[p] = pe;
-        w[p] = pv;
-        p--;
-      }
-      ex[p] = e;
-      w[p] = v;
-    }
-  }
+  for (int64_t t = 0; t < T; t++) carl__slots_by_gate(k, experts + t * k, weights + t * k, NULL);
 }
