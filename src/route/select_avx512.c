@@ -15,6 +15,13 @@
 
 int carl__route_simd = -1;
 
+/* CARL_ROUTE_SIMD=0 in the environment keeps the routing kernels on the portable executor (results
+ * identical on every machine); read once when the library is loaded. */
+__attribute__((constructor)) static void sel_env(void) {
+  const char *e = getenv("CARL_ROUTE_SIMD");
+  if (e && strcmp(e, "0") == 0) carl__route_simd = 0;
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
