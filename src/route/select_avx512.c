@@ -555,18 +555,15 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     float *w = x->weights + (t0 + u) * k;
     float *pr = x->prio ? x->prio + (t0 + u) * k : NULL;
     const float g = score == CARL_SCORE_SOFTMAX && !sc ? inv[u] : 1.0f; /* s holds e */
-    float a = 0;
-    for (int j = 0; j < k; j++) {
-      const int32_t e = idx[u][j];
-      ex[j] = e;
-      w[j] = e >= 0 ? s[u][e] * g : 0.0f;
-      a += w[j];
-      if (pr) pr[j] = plain ? w[j] : e >= 0 ? v[u][e] : -INFINITY; /* the selection value (plain: s) */
-    }
-    if (x->c.renorm && a > 0) {
-      const float r = 1.0f / a;
-      for (int j = 0; j < k; j++) w[j] *= r;
-    }
+    const __m512i iv = _mm512_loadu_si512(idx[u]);
+    const __mmask16 on = _mm512_mask_cmpge_epi32_mask(km, iv, _mm512_setzero_si512());
+    __m512 wv = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), on, iv, s[u], 4), _mm512_set1_ps(g));
+    _mm512_mask_storeu_epi32(ex, km, iv);
+    if (pr) /* the selection value (plain: s) */
+      _mm512_mask_storeu_ps(pr, km, plain ? wv : _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), on, iv, v[u], 4));
+    const float a = _mm512_reduce_add_ps(wv);
+    if (x->c.renorm && a > 0) wv = _mm512_mul_ps(wv, _mm512_set1_ps(1.0f / a));
+    _mm512_mask_storeu_ps(w, km, wv);
     if (sl->gate_order && k > 8) carl__slots_by_gate(k, ex, w, pr);
   }
   if (sl->gate_order && k <= 8) sel_gate_order_n(n, k, x->experts + t0 * k, x->weights + t0 * k, x->prio ? x->prio + t0 * k : NULL);
