@@ -22,15 +22,8 @@
 #include "carl/nn.h"
 #include "carl/route.h"
 #include "model/moe.h"
+#include "bench_util.h"
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 static float *randn(int64_t n, uint64_t seed, float s) {
   float *p = malloc(sizeof(float) * (size_t)n);
   if (!p) {
@@ -150,7 +143,7 @@ int main(int argc, char **argv) {
     }
     for (int e = 0; e < E; e++) maxload = A.load[e] > maxload ? A.load[e] : maxload;
   }
-  double mm = median(tm, reps), md = median(td, reps), mr = median(tr, reps), mt = median(tt, reps);
+  double mm = bench_median(tm, reps), md = bench_median(td, reps), mr = bench_median(tr, reps), mt = bench_median(tt, reps);
   double mhz = cpu_mhz(), peak = threads * mhz * 1e6 * 64.0; /* AVX-512: 2 FMA x 16 fp32 x 2 per cycle */
   printf("bench/moe_cpu: T=%lld d=%d f=%d E=%d k=%d, %d threads, %d repeats (medians)\n", (long long)T, d, f, E, k,
          threads, reps);

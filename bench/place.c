@@ -22,21 +22,12 @@
 #include <string.h>
 
 #include "carl/place.h"
+#include "bench_util.h"
 
 enum { NODES = 8, PER = 8, D = NODES * PER, E = 256, K = 8, CLUSTERS = 64 };
 static const double ZIPF = 0.6, BOOST = 5.0;
 
-static double cpu_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static int cmp_desc(const void *a, const void *b) { return cmp_d(b, a); }
+static int cmp_desc(const void *a, const void *b) { return bench_cmp_double(b, a); }
 
 int main(int argc, char **argv) {
   int runs = argc > 1 ? atoi(argv[1]) : 7;
@@ -124,18 +115,18 @@ int main(int argc, char **argv) {
       carl_status s = CARL_OK;
       for (int i = 0; i < runs && s == CARL_OK; i++) {
         if (i) carl_placement_free(&p);
-        double t0 = carl_now(), c0 = cpu_now();
+        double t0 = carl_now(), c0 = bench_thread_cpu_seconds();
         s = carl_place_compute(&topo, &in, &o, &p);
         times[i < 64 ? i : 63] = (carl_now() - t0) * 1e3;
-        cpus[i < 64 ? i : 63] = (cpu_now() - c0) * 1e3;
+        cpus[i < 64 ? i : 63] = (bench_thread_cpu_seconds() - c0) * 1e3;
       }
       if (s != CARL_OK) {
         printf("| %s | %d | %s: %s |\n", carl_place_algo_name(o.algo), R, carl_strerror(s), carl_errmsg());
         continue;
       }
       int nt = runs < 64 ? runs : 64;
-      qsort(times, (size_t)nt, sizeof *times, cmp_d);
-      qsort(cpus, (size_t)nt, sizeof *cpus, cmp_d);
+      qsort(times, (size_t)nt, sizeof *times, bench_cmp_double);
+      qsort(cpus, (size_t)nt, sizeof *cpus, bench_cmp_double);
       carl_place_eval_t ev;
       carl_place_evaluate(&topo, &in, &p, token_bytes, &ev);
       carl_placement_free(&p);

@@ -19,24 +19,9 @@
 
 #include "carl/plan.h"
 #include "plan/plan_internal.h"
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "bench_util.h"
 
 /* CPU seconds of the whole process (all threads): less disturbed than wall time on a shared machine. */
-static double cpu_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Streaming read of the assignment bytes: the least any plan must do. The read is repeated
  * BOUND_PASSES times and the time divided, so that the bound is measured over a window as long
  * as the plan's own (on a shared machine a 2 ms read fits in one scheduler slice, a 20 ms run
@@ -126,18 +111,18 @@ int main(int argc, char **argv) {
     for (int mode = 0; mode < 2; mode++) {
       for (int r = 0; r < repeats; r++) {
         /* bound, fast and reference back to back, so that they share the machine's state */
-        double c0 = cpu_now();
+        double c0 = bench_cpu_seconds();
         tb[r] = read_bound_s(ex, src, T * K, T);
-        cb[r] = (cpu_now() - c0) / BOUND_PASSES;
+        cb[r] = (bench_cpu_seconds() - c0) / BOUND_PASSES;
         carl_cost_reset(&c);
-        c0 = cpu_now();
+        c0 = bench_cpu_seconds();
         double t0 = carl_now();
         if (carl_plan_cost(&topo, &pl, ex, src, T, K, token_bytes, (carl_plan_mode)mode, &c) != CARL_OK) {
           fprintf(stderr, "bench_plan: %s\n", carl_errmsg());
           return 1;
         }
         tf[r] = carl_now() - t0;
-        cf[r] = cpu_now() - c0;
+        cf[r] = bench_cpu_seconds() - c0;
         inter[mode] = c.bytes[CARL_LINK_INTER];
         a2a[mode] = c.a2a_s;
         carl_cost_reset(&c);
@@ -152,8 +137,8 @@ int main(int argc, char **argv) {
           return 1;
         }
       }
-      double mb = median(tb, repeats), mf = median(tf, repeats), mr = median(tr, repeats);
-      double mcb = median(cb, repeats), mcf = median(cf, repeats);
+      double mb = bench_median(tb, repeats), mf = bench_median(tf, repeats), mr = bench_median(tr, repeats);
+      double mcb = bench_median(cb, repeats), mcf = bench_median(cf, repeats);
       printf("%-7d %-5s %10.3f %10.2f %9.3f %11.1f %8.1f%% %9.1f %8.1fx %11.1f%%\n", threads, mode ? "hier" : "flat",
              mb * 1e3, bytes_read / mb / 1e9, mf * 1e3, T / mf / 1e6, 100 * mb / mf, mr * 1e3, mr / mf,
              100 * mcb / mcf);

@@ -23,23 +23,7 @@
 #include "carl/route_seed.h"
 #include "carl/route.h"
 #include "carl/route_util.h"
-
-#include <time.h>
-
-static double cpu_now(void) { /* CPU seconds of all threads of the process */
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int dcmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, dcmp);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "bench_util.h"
 
 /* ---- the peer: a plain sort-based top-k ------------------------------------------------------ */
 typedef struct {
@@ -128,24 +112,24 @@ int main(int argc, char **argv) {
     double tm[64], tc[64];
     par_copy(dst, z, (size_t)T * E); /* first touch */
     for (int r = 0; r < reps; r++) {
-      double c0 = cpu_now(), t0 = carl_now();
+      double c0 = bench_cpu_seconds(), t0 = carl_now();
       par_copy(dst, z, (size_t)T * E);
       tm[r] = carl_now() - t0;
-      tc[r] = cpu_now() - c0;
+      tc[r] = bench_cpu_seconds() - c0;
     }
-    double tcopy = median(tm, reps), ccopy = median(tc, reps);
+    double tcopy = bench_median(tm, reps), ccopy = bench_median(tc, reps);
     printf("| copy of the logits (bound) | %lld | %.2f | %.2f | 1.00 | %.2f | 1.00 | | |\n", (long long)T, tcopy * 1e3,
            T / tcopy / 1e6, ccopy * 1e3);
     double rw0 = carl_now();
     ref_topk(z, T, E, k, ex, w);
     const int rrep = carl_now() - rw0 > 2.0 ? 1 : reps;
     for (int r = 0; r < rrep; r++) {
-      double c0 = cpu_now(), t0 = carl_now();
+      double c0 = bench_cpu_seconds(), t0 = carl_now();
       ref_topk(z, T, E, k, ex, w);
       tm[r] = carl_now() - t0;
-      tc[r] = cpu_now() - c0;
+      tc[r] = bench_cpu_seconds() - c0;
     }
-    double tref = median(tm, rrep), cref = median(tc, rrep);
+    double tref = bench_median(tm, rrep), cref = bench_median(tc, rrep);
     printf("| reference (sort-based top-k)%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | 1.00 | |\n", rrep == 1 ? " (1 run)" : "", (long long)T, tref * 1e3,
            T / tref / 1e6, tcopy / tref, cref * 1e3, ccopy / cref);
     const char *const *names = carl_router_names();
@@ -223,15 +207,15 @@ int main(int argc, char **argv) {
       double tu[64];
       for (int r = 0; r < nrep; r++) {
         in.step = r + 1;
-        double c0 = cpu_now(), t0 = carl_now();
+        double c0 = bench_cpu_seconds(), t0 = carl_now();
         carl_router_route(rt, &in, &out);
         double t1 = carl_now();
-        tc[r] = cpu_now() - c0;
+        tc[r] = bench_cpu_seconds() - c0;
         if (do_update) carl_router_update(rt, &in, &out);
         tm[r] = t1 - t0;
         tu[r] = carl_now() - t0;
       }
-      double troute = median(tm, nrep), tboth = median(tu, nrep), croute = median(tc, nrep);
+      double troute = bench_median(tm, nrep), tboth = bench_median(tu, nrep), croute = bench_median(tc, nrep);
       int stateful = rt->impl->update != NULL;
       char upd[32] = "";
       if (stateful && do_update) snprintf(upd, sizeof upd, "%.2f", tboth * 1e3);

@@ -30,22 +30,7 @@
 #include <string.h>
 
 #include "carl/sim.h"
-
-static double cpu_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "bench_util.h"
 
 static double time_run(const char *router, int E, int64_t T, int steps, int reps, double *wall) {
   char json[2048];
@@ -64,18 +49,18 @@ static double time_run(const char *router, int E, int64_t T, int steps, int reps
   double t[64], w[64];
   for (int r = 0; r < reps; r++) {
     carl_sim_run_t run;
-    double c0 = cpu_now(), t0 = carl_now();
+    double c0 = bench_cpu_seconds(), t0 = carl_now();
     if (carl_sim_run_cell(&cfg, 0, 0, 0, 0, &run) != CARL_OK) {
       fprintf(stderr, "bench_sim: %s\n", carl_errmsg());
       exit(1);
     }
-    t[r] = cpu_now() - c0;
+    t[r] = bench_cpu_seconds() - c0;
     w[r] = carl_now() - t0;
     free(run.rows);
   }
   carl_sim_config_free(&cfg);
-  *wall = median(w, reps);
-  return median(t, reps);
+  *wall = bench_median(w, reps);
+  return bench_median(t, reps);
 }
 
 /* seconds per simulated step: difference of two run lengths */

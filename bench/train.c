@@ -19,15 +19,7 @@
 
 #include "carl/data.h"
 #include "carl/train.h"
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "bench_util.h"
 
 static double sgemm_gflops(int M, int N, int K, int reps) {
   float *a = calloc((size_t)M * K, 4), *b = calloc((size_t)N * K, 4), *c = calloc((size_t)M * N, 4);
@@ -113,7 +105,7 @@ int main(int argc, char **argv) {
     g_shape[r] = sgemm_gflops((int)T, 3 * d, d, 10);
     g_big[r] = sgemm_gflops(1024, 1024, 1024, 3);
   }
-  double mt = median(tps, reps), mg = median(g_model, reps), ms = median(g_shape, reps), mb = median(g_big, reps);
+  double mt = bench_median(tps, reps), mg = bench_median(g_model, reps), ms = bench_median(g_shape, reps), mb = bench_median(g_big, reps);
   printf("bench_train: %s (router %s, %d layers, d %d, %d experts top-%d, d_ff %d, batch %d x %d), %d threads, "
          "%d repeats x %d steps\n",
          path, mc->router, mc->n_layers, d, mc->n_experts, mc->top_k, mc->d_ff, B, S, omp_get_max_threads(), reps,
