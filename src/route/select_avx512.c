@@ -497,7 +497,11 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   const int need_exp = score == CARL_SCORE_SOFTMAX || x->need_lse;
   const int fuse = score == CARL_SCORE_SIGMOID && x->need_sel && !sl->on_logits;
   __m512 vl[SEL_NT];
-  for (int u = 0; u < n; u++) vl[u] = zl[u];
+  const float *brow[SEL_NT]; /* the bias row of each token, or NULL */
+  for (int u = 0; u < n; u++) {
+    vl[u] = zl[u];
+    brow[u] = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
+  }
   for (int u = 0; u < n; u++) {
     if (need_exp) {
       sum[u] = sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL);
@@ -505,8 +509,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       if (sc && !pp) sel_scale(s[u], nv, inv[u]);
     }
     if (score == CARL_SCORE_SIGMOID) { /* with a bias on s: the selection values in the same pass */
-      const float *b = fuse && sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
-      const float a = sel_sigmoid_row(z[u], nv, s[u], pp != NULL, b, fuse ? vb[u] : NULL, &vl[u]);
+      const float a = sel_sigmoid_row(z[u], nv, s[u], pp != NULL, fuse ? brow[u] : NULL, fuse ? vb[u] : NULL, &vl[u]);
       if (pp) inv[u] = 1.0f / a;
     }
   }
@@ -536,7 +539,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   for (int u = 0; u < n; u++) {
     v[u] = fuse ? vb[u] : plain ? z[u] : s[u];
     if (!x->need_sel || fuse) continue;
-    const float *b = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
+    const float *b = brow[u];
     const __m512 g = _mm512_set1_ps(score == CARL_SCORE_SOFTMAX && !sl->on_logits ? inv[u] : 1.0f);
     const float *base = sl->on_logits ? z[u] : s[u];
     vl[u] = _mm512_set1_ps(-INFINITY);
