@@ -16,10 +16,13 @@
 int carl__route_simd = -1;
 
 /* CARL_ROUTE_SIMD=0 in the environment keeps the routing kernels on the portable executor (results
- * identical on every machine); read once when the library is loaded. */
+ * identical on every machine), 1 (the default) allows AVX-512; read once when the library is
+ * loaded. */
 __attribute__((constructor)) static void sel_env(void) {
   const char *e = getenv("CARL_ROUTE_SIMD");
-  if (e && strcmp(e, "0") == 0) carl__route_simd = 0;
+  if (!e) return;
+  if (strcmp(e, "0") == 0) carl__route_simd = 0;
+  else if (strcmp(e, "1") != 0) CARL_WARN("CARL_ROUTE_SIMD=%s: expected 0 (portable) or 1 (AVX-512 where available); ignored", e);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
