@@ -20,8 +20,11 @@
  *     losses with carl_route_add_loss(); it reports non-finite logits with CARL_ERR_NUMERIC naming
  *     the token (the scoring helpers here do that);
  *   - after route() the registry adds the common losses (z-loss, Switch aux loss) from out->experts;
- *     when the router used carl_route_topk_biased() or carl_route_scores(), the statistics they
- *     left in r->psum / r->zsum are reused, otherwise the registry recomputes them from the logits.
+ *     when the router used carl_route_select() / carl_route_topk_biased() or carl_route_scores(),
+ *     the statistics they left in r->psum / r->zsum (and the loads in r->load) are reused,
+ *     otherwise the registry recomputes them from the logits and the experts;
+ *   - scratch memory needed only during one route may come from r->scratch (carl_arena_alloc),
+ *     which the registry resets before each route.
  * Ownership: nothing here keeps pointers to caller buffers; carl_route_scores writes caller storage.
  */
 #ifndef CARL_ROUTE_UTIL_H
