@@ -33,7 +33,7 @@ __attribute__((constructor)) static void sel_env(void) {
 #define SEL_INLINE static inline __attribute__((always_inline))
 /* The latency-bound steps (ranks, sorting networks) run on SEL_NT tokens in lockstep, so that the
  * processor overlaps their dependency chains. */
-#define SEL_NT 4
+#define SEL_NT 8
 
 int carl__route_avx512_on(void) {
   return carl__route_simd != 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -47,21 +47,20 @@ int carl__select_avx512_fits(const carl__selctx_t *x) {
   return x->contig && x->eqsize % 16 == 0 && x->G <= 16 && x->sl->per_group <= 2;
 }
 
-/* exp(x) as carl_expf (Cephes polynomial, x clamped to [-87, 88]; NaN stays NaN), with fused
- * multiply-adds; upper = 0 skips the upper clamp (x <= 0 in softmax). */
-SEL_AVX512 SEL_INLINE __m512 sel_exp(__m512 x, const int upper) {
-  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* the second operand is returned for NaN */
-  if (upper) x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+SEL_AVX512 SEL_INLINE __m512 sel_exp(__m512 x, const int clamp) {
+  if (clamp) {
+    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* the second operand is returned for NaN */
+    if (clamp == 2) x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+  }
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 p = _mm512_set1_ps(1.3814608101e-03f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3687109873e-03f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1668388993e-02f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666521132e-01f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999994040e-01f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
@@ -99,29 +98,33 @@ static int sel_all_finite(const float *z, int E) {
 
 /* Pass 1 over a row: *lanes = the 16 lane maxima of z viewed as [nv, 16]; returns max(z), or NAN
  * when z holds a NaN or an infinity (a sum of the row that is not finite is checked exactly). */
-SEL_AVX512 static inline float sel_max(const float *z, int nv, __m512 *lanes) {
-  __m512 m0 = _mm512_loadu_ps(z), m1 = m0, f0 = m0, f1 = _mm512_setzero_ps();
+SEL_AVX512 static inline float sel_max(const float *z, int nv, __m512 *lanes, float *mn) {
+  __m512 m0 = _mm512_loadu_ps(z), m1 = m0, f0 = m0, f1 = mn ? m0 : _mm512_setzero_ps();
   for (int i = 1; i < nv; i++) {
     const __m512 y = _mm512_loadu_ps(z + 16 * i);
     if (i & 1) {
       m1 = _mm512_max_ps(m1, y);
-      f1 = _mm512_add_ps(f1, y);
+      f1 = mn ? _mm512_min_ps(f1, y) : _mm512_add_ps(f1, y);
     } else {
       m0 = _mm512_max_ps(m0, y);
-      f0 = _mm512_add_ps(f0, y);
+      f0 = mn ? _mm512_min_ps(f0, y) : _mm512_add_ps(f0, y);
     }
   }
   *lanes = _mm512_max_ps(m0, m1);
+  if (mn) {
+    *mn = _mm512_reduce_min_ps(_mm512_min_ps(f0, f1));
+    return _mm512_reduce_max_ps(*lanes);
+  }
   if (!isfinite(_mm512_reduce_add_ps(_mm512_add_ps(f0, f1))) && !sel_all_finite(z, 16 * nv)) return NAN;
   return _mm512_reduce_max_ps(*lanes);
 }
 
 /* e = exp(z - mx) (mx = max z, finite; e NULL: not stored); returns sum(e). */
-SEL_AVX512 SEL_INLINE float sel_exp_row(const float *z, int nv, float mx, float *e) {
+SEL_AVX512 SEL_INLINE float sel_exp_row(const float *z, int nv, float mx, float *e, const int clamp) {
   const __m512 vm = _mm512_set1_ps(mx);
   __m512 a0 = _mm512_setzero_ps(), a1 = a0;
   for (int i = 0; i < nv; i++) {
-    const __m512 y = sel_exp(_mm512_sub_ps(_mm512_loadu_ps(z + 16 * i), vm), 0);
+    const __m512 y = sel_exp(_mm512_sub_ps(_mm512_loadu_ps(z + 16 * i), vm), clamp);
     if (e) _mm512_storeu_ps(e + 16 * i, y);
     if (i & 1) a1 = _mm512_add_ps(a1, y);
     else a0 = _mm512_add_ps(a0, y);
@@ -132,12 +135,12 @@ SEL_AVX512 SEL_INLINE float sel_exp_row(const float *z, int nv, float mx, float 
 /* s = sigmoid(z); returns sum(s) when want_sum (else 0). vb not NULL: also vb = s + b (b NULL: s)
  * and *lanes = the lane maxima of vb, in the same pass. */
 SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s, int want_sum, const float *b, float *vb,
-                                            __m512 *lanes) {
+                                            __m512 *lanes, const int clamp) {
   const __m512 one = _mm512_set1_ps(1.0f);
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, l = _mm512_set1_ps(-INFINITY);
   for (int i = 0; i < nv; i++) {
     /* 1 / d by the 14-bit reciprocal and one Newton step (within an ulp or two of the division) */
-    const __m512 d = _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)), 1));
+    const __m512 d = _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)), clamp));
     const __m512 r = _mm512_rcp14_ps(d);
     const __m512 y = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
     _mm512_storeu_ps(s + 16 * i, y);
@@ -163,50 +166,12 @@ SEL_AVX512 SEL_INLINE void sel_scale(float *x, int nv, float c) {
 SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float *s) {
   __m512 lanes;
   const int nv = E / 16;
-  const float mx = sel_max(z, nv, &lanes);
+  const float mx = sel_max(z, nv, &lanes, NULL);
   if (isnan(mx)) return NAN;
-  const float sum = sel_exp_row(z, nv, mx, score == CARL_SCORE_SOFTMAX ? s : NULL);
+  const float sum = sel_exp_row(z, nv, mx, score == CARL_SCORE_SOFTMAX ? s : NULL, 1);
   if (score == CARL_SCORE_SOFTMAX) sel_scale(s, nv, 1.0f / sum);
-  else sel_sigmoid_row(z, nv, s, 0, NULL, NULL, NULL);
+  else sel_sigmoid_row(z, nv, s, 0, NULL, NULL, NULL, 2);
   return mx + _mm512_cvtss_f32(sel_log(_mm512_set1_ps(sum)));
-}
-
-/* Rank of each lane of v[u] in descending order, equal values: the lower lane first (a permutation
- * of 0..15; no NaN). The values become order-preserving integers (-0 as +0); lane i counts the lanes
- * j = i + r (mod 16), r = 1..15, ahead of it: key_j > key_i when j > i, key_j >= key_i (that is
- * key_j + 1 > key_i) when j < i. */
-#define SEL_RANK_STEP(r)                                                                                              \
-  do {                                                                                                                \
-    const __m512i c = _mm512_mask_set1_epi32(_mm512_setzero_si512(), (__mmask16) ~((1u << (16 - (r))) - 1u), 1);     \
-    for (int u = 0; u < n; u++) {                                                                                     \
-      const __m512i q = _mm512_add_epi32(_mm512_alignr_epi32(key[u], key[u], r), c);                                 \
-      cnt[u] = _mm512_mask_add_epi32(cnt[u], _mm512_cmpgt_epi32_mask(q, key[u]), cnt[u], one);                       \
-    }                                                                                                                 \
-  } while (0)
-
-SEL_AVX512 SEL_INLINE void sel_rank_n(int n, const __m512 *v, __m512i *cnt) {
-  const __m512i one = _mm512_set1_epi32(1), low = _mm512_set1_epi32(0x7FFFFFFF);
-  __m512i key[SEL_NT];
-  for (int u = 0; u < n; u++) {
-    const __m512i b = _mm512_castps_si512(_mm512_add_ps(v[u], _mm512_setzero_ps())); /* -0 + 0 = +0 */
-    key[u] = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), low));
-    cnt[u] = _mm512_setzero_si512();
-  }
-  SEL_RANK_STEP(1);
-  SEL_RANK_STEP(2);
-  SEL_RANK_STEP(3);
-  SEL_RANK_STEP(4);
-  SEL_RANK_STEP(5);
-  SEL_RANK_STEP(6);
-  SEL_RANK_STEP(7);
-  SEL_RANK_STEP(8);
-  SEL_RANK_STEP(9);
-  SEL_RANK_STEP(10);
-  SEL_RANK_STEP(11);
-  SEL_RANK_STEP(12);
-  SEL_RANK_STEP(13);
-  SEL_RANK_STEP(14);
-  SEL_RANK_STEP(15);
 }
 
 /* thr[u] = the k-th largest lane of v[u] (1 <= k <= 16): a bitonic sort of the 16 lanes,
@@ -263,87 +228,120 @@ SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float
   return nc;
 }
 
+/* Bitonic compare-exchange of 64-bit keys at lane distance d (1, 2, 4) within a vector of 8: lane
+ * i keeps the larger of itself and lane i ^ d where big has bit i. */
+SEL_AVX512 SEL_INLINE __m512i sel_k64_x(__m512i w, int d) {
+  return d == 1 ? _mm512_shuffle_epi32(w, (_MM_PERM_ENUM)0x4E) : d == 2 ? _mm512_shuffle_i64x2(w, w, 0xB1) : _mm512_shuffle_i64x2(w, w, 0x4E);
+}
+#define SEL_K64_STEP(W, d, big)                                                                                       \
+  do {                                                                                                                \
+    for (int u = 0; u < n; u++) {                                                                                     \
+      const __m512i p_ = sel_k64_x(W[u], d);                                                                          \
+      W[u] = _mm512_mask_max_epi64(_mm512_min_epi64(W[u], p_), (__mmask8)(big), W[u], p_);                          \
+    }                                                                                                                 \
+  } while (0)
+/* big-lane masks of an 8-lane step at distance d in blocks of b (b = 16: descending) */
+#define SEL_BIG8(d, b) ((__mmask8)(((((0 & (d)) == 0) != ((0 & (b)) != 0)) << 0) | ((((1 & (d)) == 0) != ((1 & (b)) != 0)) << 1) | \
+  ((((2 & (d)) == 0) != ((2 & (b)) != 0)) << 2) | ((((3 & (d)) == 0) != ((3 & (b)) != 0)) << 3) |                    \
+  ((((4 & (d)) == 0) != ((4 & (b)) != 0)) << 4) | ((((5 & (d)) == 0) != ((5 & (b)) != 0)) << 5) |                    \
+  ((((6 & (d)) == 0) != ((6 & (b)) != 0)) << 6) | ((((7 & (d)) == 0) != ((7 & (b)) != 0)) << 7)))
+
 /* For each token u: the k (<= 16) largest of v[u] [nv, 16] over the vectors kept by keep[u] (k
- * values among them), descending, ties to the lower index; lanes[u] = lane maxima over those
- * vectors. More than 16 values >= thr (many equal values) take an insertion over all of them. */
+ * values among them), descending, ties to the lower index, in iv[u] (lanes >= k undefined);
+ * lanes[u] = lane maxima over those vectors. The candidates (at most 16) become 64-bit keys (the
+ * order-preserving integer of the value, then 0xFFFF - index: distinct, and descending keys are
+ * the order wanted), sorted by a bitonic network on two vectors of 8. More than 16 values >= thr
+ * (many equal values) take an insertion over all of them. */
 SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, const __m512 *lanes, const uint64_t *keep,
-                                      int k, int32_t (*idx)[16]) {
+                                      int k, __m512i *iv) {
   float thr[SEL_NT];
   sel_kth_n(n, lanes, k, thr);
   uint16_t cw[SEL_NT][48];
   int nc[SEL_NT];
   for (int u = 0; u < n; u++) nc[u] = sel_cands(v[u], nv, keep[u], thr[u], cw[u]);
-  __m512 cv[SEL_NT];
-  __m512i ci[SEL_NT], rk[SEL_NT];
+  __m512i A[SEL_NT], B[SEL_NT];
+  const __m512i low = _mm512_set1_epi32(0x7FFFFFFF);
   for (int u = 0; u < n; u++) {
     const __mmask16 have = nc[u] <= 16 ? (__mmask16)((1u << nc[u]) - 1u) : 0;
-    ci[u] = _mm512_maskz_cvtepu16_epi32(have, _mm256_loadu_si256((const __m256i *)cw[u]));
-    cv[u] = _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), have, ci[u], v[u], 4);
+    const __m512i ci = _mm512_maskz_cvtepu16_epi32(have, _mm256_loadu_si256((const __m256i *)cw[u]));
+    const __m512 cv = _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), have, ci, v[u], 4);
+    const __m512i b = _mm512_castps_si512(_mm512_add_ps(cv, _mm512_setzero_ps())); /* -0 + 0 = +0 */
+    const __m512i key = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), low));
+    const __m512i lo = _mm512_sub_epi32(_mm512_set1_epi32(0xFFFF), ci);
+    A[u] = _mm512_unpacklo_epi32(lo, key); /* any 8 of the 16 candidates */
+    B[u] = _mm512_unpackhi_epi32(lo, key);
   }
-  sel_rank_n(n, cv, rk);
+  /* A ascending-descending runs and B the mirror: bitonic sort of 16 as (d, b) steps */
+  SEL_K64_STEP(A, 1, SEL_BIG8(1, 2));
+  SEL_K64_STEP(B, 1, SEL_BIG8(1, 2));
+  SEL_K64_STEP(A, 2, SEL_BIG8(2, 4));
+  SEL_K64_STEP(B, 2, SEL_BIG8(2, 4));
+  SEL_K64_STEP(A, 1, SEL_BIG8(1, 4));
+  SEL_K64_STEP(B, 1, SEL_BIG8(1, 4));
+  SEL_K64_STEP(A, 4, SEL_BIG8(4, 8));
+  SEL_K64_STEP(B, 4, (__mmask8)~SEL_BIG8(4, 8)); /* lanes 8..15: i & 8 set */
+  SEL_K64_STEP(A, 2, SEL_BIG8(2, 8));
+  SEL_K64_STEP(B, 2, (__mmask8)~SEL_BIG8(2, 8));
+  SEL_K64_STEP(A, 1, SEL_BIG8(1, 8));
+  SEL_K64_STEP(B, 1, (__mmask8)~SEL_BIG8(1, 8));
+  for (int u = 0; u < n; u++) { /* distance 8: lanes 0..7 keep the larger */
+    const __m512i hi = _mm512_max_epi64(A[u], B[u]);
+    B[u] = _mm512_min_epi64(A[u], B[u]);
+    A[u] = hi;
+  }
+  SEL_K64_STEP(A, 4, SEL_BIG8(4, 16));
+  SEL_K64_STEP(A, 2, SEL_BIG8(2, 16));
+  SEL_K64_STEP(A, 1, SEL_BIG8(1, 16));
+  if (k > 8) {
+    SEL_K64_STEP(B, 4, SEL_BIG8(4, 16));
+    SEL_K64_STEP(B, 2, SEL_BIG8(2, 16));
+    SEL_K64_STEP(B, 1, SEL_BIG8(1, 16));
+  }
+  const __m512i m16 = _mm512_set1_epi64(0xFFFF);
   for (int u = 0; u < n; u++) {
     if (nc[u] > 16) {
       int m = 0;
+      int32_t idx[16];
       float val[16];
       for (int i = 0; i < 16 * nv; i++)
-        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx[u], val);
-      for (; m < k; m++) idx[u][m] = -1;
+        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx, val);
+      for (; m < k; m++) idx[m] = -1;
+      iv[u] = _mm512_maskz_loadu_epi32((__mmask16)((1u << k) - 1u), idx);
       continue;
     }
-    int32_t r[16], ii[16];
-    _mm512_storeu_si512(r, rk[u]);
-    _mm512_storeu_si512(ii, ci[u]);
-    for (int j = 0; j < 16; j++) idx[u][r[j]] = ii[j]; /* ranks: a permutation of 0..15, padding last */
+    const __m256i ia = _mm512_cvtepi64_epi32(_mm512_sub_epi64(m16, _mm512_and_si512(A[u], m16)));
+    iv[u] = _mm512_zextsi256_si512(ia);
+    if (k > 8) iv[u] = _mm512_inserti64x4(iv[u], _mm512_cvtepi64_epi32(_mm512_sub_epi64(m16, _mm512_and_si512(B[u], m16))), 1);
   }
 }
 
-/* Slots by gate (carl__slots_by_gate) for n tokens of k <= 8 slots: 64-bit keys (gate bits, then
- * the complement of the expert; empty slots lowest) ranked by rotations, then placed by rank. */
-SEL_AVX512 SEL_INLINE void sel_gate_order_n(int n, int k, int32_t *ex /* [n, k] */, float *w /* [n, k] */,
-                                            float *prio /* [n, k] or NULL */) {
+/* Slots by gate (carl__slots_by_gate) of n tokens with k <= 8 slots, in registers: lanes 0..k-1 of
+ * ex, w and (not NULL) pr. 64-bit keys: the gate's bits (gates >= 0: integer order), then
+ * 1023 - expert and the slot; empty slots (expert -1) after the real ones, lanes >= k last. */
+SEL_AVX512 SEL_INLINE void sel_gate_order_n(int n, int k, __m512i *ex, __m512 *w, __m512 *pr) {
   const __mmask8 km = (__mmask8)((1u << k) - 1u);
-  __m512i key[SEL_NT], cnt[SEL_NT];
+  const __m512i slot = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i rest = _mm512_mask_or_epi64(_mm512_or_si512(_mm512_set1_epi64(INT64_MIN), slot), km,
+                                            _mm512_set1_epi64(INT64_MIN + 16), slot);
+  __m512i key[SEL_NT];
   for (int u = 0; u < n; u++) {
-    const __m256i e = _mm256_maskz_loadu_epi32(km, ex + u * k);
-    const __m256i g = _mm256_castps_si256(_mm256_maskz_loadu_ps(km, w + u * k)); /* gates >= 0: integer order */
-    __m512i kk = _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(g), 32),
-                                 _mm512_cvtepu32_epi64(_mm256_sub_epi32(_mm256_set1_epi32(-1), e)));
-    /* empty slots (expert -1) and padding lanes last */
-    const __mmask8 empty = (__mmask8)(_mm256_cmplt_epi32_mask(e, _mm256_setzero_si256()) | (uint8_t)~km);
-    key[u] = _mm512_mask_mov_epi64(kk, empty, _mm512_set1_epi64(INT64_MIN));
-    cnt[u] = _mm512_setzero_si512();
+    const __m256i e = _mm512_castsi512_si256(ex[u]);
+    const __m256i g = _mm256_castps_si256(_mm512_castps512_ps256(w[u]));
+    const __m256i lo = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(1023), e), 4);
+    const __m512i kk = _mm512_or_si512(_mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(g), 32), _mm512_cvtepu32_epi64(lo)), slot);
+    key[u] = _mm512_mask_mov_epi64(rest, _mm256_mask_cmpge_epi32_mask(km, e, _mm256_setzero_si256()), kk);
   }
-  /* lane i counts lanes j = i + r (mod 8) ahead of it; keys of real slots are distinct, padding
-   * lanes tie with each other and rank after the k real ones (ties: the lower lane first) */
-#define SEL_GATE_STEP(r)                                                                                              \
-  do {                                                                                                                \
-    const __m512i c = _mm512_mask_set1_epi64(_mm512_setzero_si512(), (__mmask8) ~((1u << (8 - (r))) - 1u), 1);       \
-    for (int u = 0; u < n; u++) {                                                                                     \
-      const __m512i q = _mm512_add_epi64(_mm512_alignr_epi64(key[u], key[u], r), c);                                  \
-      cnt[u] = _mm512_mask_add_epi64(cnt[u], _mm512_cmpgt_epi64_mask(q, key[u]), cnt[u], _mm512_set1_epi64(1));      \
-    }                                                                                                                 \
-  } while (0)
-  SEL_GATE_STEP(1);
-  SEL_GATE_STEP(2);
-  SEL_GATE_STEP(3);
-  SEL_GATE_STEP(4);
-  SEL_GATE_STEP(5);
-  SEL_GATE_STEP(6);
-  SEL_GATE_STEP(7);
-#undef SEL_GATE_STEP
+  SEL_K64_STEP(key, 1, SEL_BIG8(1, 2));
+  SEL_K64_STEP(key, 2, SEL_BIG8(2, 4));
+  SEL_K64_STEP(key, 1, SEL_BIG8(1, 4));
+  SEL_K64_STEP(key, 4, SEL_BIG8(4, 8));
+  SEL_K64_STEP(key, 2, SEL_BIG8(2, 8));
+  SEL_K64_STEP(key, 1, SEL_BIG8(1, 8));
   for (int u = 0; u < n; u++) {
-    int64_t r[8];
-    int32_t e2[8];
-    float w2[8], p2[8];
-    _mm512_storeu_si512(r, cnt[u]);
-    for (int j = 0; j < k; j++) {
-      e2[r[j]] = ex[u * k + j];
-      w2[r[j]] = w[u * k + j];
-      if (prio) p2[r[j]] = prio[u * k + j];
-    }
-    _mm256_mask_storeu_epi32(ex + u * k, km, _mm256_loadu_si256((const __m256i *)e2));
-    _mm256_mask_storeu_ps(w + u * k, km, _mm256_loadu_ps(w2));
-    if (prio) _mm256_mask_storeu_ps(prio + u * k, km, _mm256_loadu_ps(p2));
+    const __m256i idx = _mm512_cvtepi64_epi32(_mm512_and_si512(key[u], _mm512_set1_epi64(7)));
+    ex[u] = _mm512_zextsi256_si512(_mm256_permutexvar_epi32(idx, _mm512_castsi512_si256(ex[u])));
+    w[u] = _mm512_zextps256_ps512(_mm256_permutexvar_ps(idx, _mm512_castps512_ps256(w[u])));
+    if (pr) pr[u] = _mm512_zextps256_ps512(_mm256_permutexvar_ps(idx, _mm512_castps512_ps256(pr[u])));
   }
 }
 
@@ -452,14 +450,18 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   const carl_select_t *sl = x->sl;
   const int E = 16 * nv, k = x->k, score = x->c.score;
   const float *z[SEL_NT];
-  float mx[SEL_NT];
+  float mx[SEL_NT], mn[SEL_NT] = {0};
   __m512 zl[SEL_NT];
+  /* with exp or sigmoid: the row's range (NaN shows in the sum of the scores) */
+  const int need_exp = score == CARL_SCORE_SOFTMAX || x->need_lse;
+  const int plain = !x->need_sel && !x->grouped;
+  const int nogate = plain && !zs && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX;
+  const int rng = !nogate && (need_exp || score == CARL_SCORE_SIGMOID);
   for (int u = 0; u < n; u++) {
     z[u] = x->logits + (t0 + u) * E;
-    mx[u] = sel_max(z[u], nv, &zl[u]);
+    mx[u] = sel_max(z[u], nv, &zl[u], rng ? &mn[u] : NULL);
+    if (rng && !(isfinite(mx[u]) && isfinite(mn[u]))) mx[u] = NAN;
   }
-  if (n > 1) /* the next block's rows (a prefetch past the end of the logits does not fault) */
-    for (int i = 0; i < n * nv; i++) _mm_prefetch((const char *)(z[0] + (size_t)n * E + 16 * i), _MM_HINT_T0);
   for (int u = 0; u < n; u++)
     if (isnan(mx[u])) {
       if (n > 1) return -1;
@@ -470,18 +472,19 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
       return 1;
     }
   const __mmask16 km = (__mmask16)((1u << k) - 1u);
-  const int plain = !x->need_sel && !x->grouped;
-  int32_t idx[SEL_NT][16];
+  __m512i iv[SEL_NT];
   uint64_t keep[SEL_NT];
   for (int u = 0; u < n; u++) keep[u] = ~0ull;
-  if (plain && !zs && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX) {
+  if (nogate) {
     /* nothing needs the full softmax: renormalised gates over S are exp(z_j - z_max) / sum over S */
-    sel_topk_n(n, z, nv, zl, keep, k, idx);
+    if (n > 1) /* the next block's rows (a prefetch past the end of the logits does not fault) */
+      for (int i = 0; i < n * nv; i++) _mm_prefetch((const char *)(z[0] + (size_t)n * E + 16 * i), _MM_HINT_T0);
+    sel_topk_n(n, z, nv, zl, keep, k, iv);
     for (int u = 0; u < n; u++) {
-      const __m512 zk = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, _mm512_loadu_si512(idx[u]), z[u], 4);
-      const __m512 e = _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(zk, _mm512_set1_ps(mx[u])), 0));
+      const __m512 zk = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, iv[u], z[u], 4);
+      const __m512 e = _mm512_maskz_mov_ps(km, sel_exp(_mm512_sub_ps(zk, _mm512_set1_ps(mx[u])), 1));
       _mm512_mask_storeu_ps(x->weights + (t0 + u) * k, km, _mm512_mul_ps(e, _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(e))));
-      _mm512_mask_storeu_epi32(x->experts + (t0 + u) * k, km, _mm512_loadu_si512(idx[u]));
+      _mm512_mask_storeu_epi32(x->experts + (t0 + u) * k, km, iv[u]);
     }
     return 0;
   }
@@ -496,8 +499,8 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
    * s itself is selected on (group limit without bias); elsewhere s[u] keeps e and the gates are
    * e * inv. Sigmoid: s = sigmoid(z), inv = 1 / sum(s) for the statistics. */
   const int sc = score == CARL_SCORE_SOFTMAX && !plain && !x->need_sel;
-  float inv[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f}, sum[SEL_NT] = {1.0f, 1.0f, 1.0f, 1.0f};
-  const int need_exp = score == CARL_SCORE_SOFTMAX || x->need_lse;
+  float inv[SEL_NT], sum[SEL_NT], ssum[SEL_NT];
+  for (int u = 0; u < SEL_NT; u++) inv[u] = sum[u] = ssum[u] = 1.0f;
   const int fuse = score == CARL_SCORE_SIGMOID && x->need_sel && !sl->on_logits;
   __m512 vl[SEL_NT];
   const float *brow[SEL_NT]; /* the bias row of each token, or NULL */
@@ -506,16 +509,32 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     brow[u] = sl->bias ? sl->bias + (size_t)(sl->bias_row ? sl->bias_row[t0 + u] : 0) * E : NULL;
   }
   for (int u = 0; u < n; u++) {
+    if (n > 1) /* the next block's row u (a prefetch past the end of the logits does not fault) */
+      for (int i = 0; i < nv; i++) _mm_prefetch((const char *)(z[u] + (size_t)n * E + 16 * i), _MM_HINT_T0);
     if (need_exp) {
-      sum[u] = sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL);
+      sum[u] = mn[u] - mx[u] >= -87.0f ? sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL, 0)
+                                       : sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL, 1);
       inv[u] = 1.0f / sum[u];
-      if (sc && !pp) sel_scale(s[u], nv, inv[u]);
     }
     if (score == CARL_SCORE_SIGMOID) { /* with a bias on s: the selection values in the same pass */
-      const float a = sel_sigmoid_row(z[u], nv, s[u], pp != NULL, fuse ? brow[u] : NULL, fuse ? vb[u] : NULL, &vl[u]);
-      if (pp) inv[u] = 1.0f / a;
+      const float *b = fuse ? brow[u] : NULL;
+      float *o = fuse ? vb[u] : NULL;
+      ssum[u] = mx[u] <= 87.0f && mn[u] >= -87.0f ? sel_sigmoid_row(z[u], nv, s[u], 1, b, o, &vl[u], 0)
+                                                  : sel_sigmoid_row(z[u], nv, s[u], 1, b, o, &vl[u], 2);
+      if (pp) inv[u] = 1.0f / ssum[u];
     }
   }
+  for (int u = 0; u < n; u++)
+    if (!isfinite(need_exp ? sum[u] : 1.0f) || !isfinite(score == CARL_SCORE_SIGMOID ? ssum[u] : 1.0f)) { /* a NaN */
+      if (n > 1) return -1;
+      for (int j = 0; j < k; j++) {
+        x->experts[t0 * k + j] = -1;
+        x->weights[t0 * k + j] = 0;
+      }
+      return 1;
+    }
+  if (sc && !pp)
+    for (int u = 0; u < n; u++) sel_scale(s[u], nv, inv[u]);
   /* statistics: sum of lse^2 (lse = mx + log(sum), the block's tokens in one vector) and pp += p,
    * p = s (softmax; scaled here when s is selected on) or s / sum(s) (sigmoid) */
   if (zs) {
@@ -529,8 +548,12 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     for (int i = 0; i < nv; i++) {
       __m512 acc = _mm512_loadu_ps(pp + 16 * i);
       for (int u = 0; u < n; u++) {
+        if (!sc) {
+          acc = _mm512_fmadd_ps(_mm512_load_ps(s[u] + 16 * i), _mm512_set1_ps(inv[u]), acc);
+          continue;
+        }
         const __m512 y = _mm512_mul_ps(_mm512_load_ps(s[u] + 16 * i), _mm512_set1_ps(inv[u]));
-        if (sc) _mm512_store_ps(s[u] + 16 * i, y);
+        _mm512_store_ps(s[u] + 16 * i, y);
         acc = _mm512_add_ps(acc, y);
       }
       _mm512_storeu_ps(pp + 16 * i, acc);
@@ -555,24 +578,27 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     v[u] = vb[u];
   }
   if (x->grouped) sel_groups_n(n, x, v, t0, keep, vl);
-  sel_topk_n(n, v, nv, vl, keep, k, idx);
+  sel_topk_n(n, v, nv, vl, keep, k, iv);
+  __m512 wv[SEL_NT], pv[SEL_NT];
+  for (int u = 0; u < n; u++) {
+    const float g = score == CARL_SCORE_SOFTMAX && !sc ? inv[u] : 1.0f; /* s holds e */
+    const __mmask16 on = _mm512_mask_cmpge_epi32_mask(km, iv[u], _mm512_setzero_si512());
+    wv[u] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), on, iv[u], s[u], 4), _mm512_set1_ps(g));
+    if (x->prio) /* the selection value (plain: s) */
+      pv[u] = plain ? wv[u] : _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), on, iv[u], v[u], 4);
+    const float a = _mm512_reduce_add_ps(wv[u]);
+    if (x->c.renorm && a > 0) wv[u] = _mm512_mul_ps(wv[u], _mm512_set1_ps(1.0f / a));
+  }
+  if (sl->gate_order && k <= 8) sel_gate_order_n(n, k, iv, wv, x->prio ? pv : NULL);
   for (int u = 0; u < n; u++) {
     int32_t *ex = x->experts + (t0 + u) * k;
     float *w = x->weights + (t0 + u) * k;
     float *pr = x->prio ? x->prio + (t0 + u) * k : NULL;
-    const float g = score == CARL_SCORE_SOFTMAX && !sc ? inv[u] : 1.0f; /* s holds e */
-    const __m512i iv = _mm512_loadu_si512(idx[u]);
-    const __mmask16 on = _mm512_mask_cmpge_epi32_mask(km, iv, _mm512_setzero_si512());
-    __m512 wv = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), on, iv, s[u], 4), _mm512_set1_ps(g));
-    _mm512_mask_storeu_epi32(ex, km, iv);
-    if (pr) /* the selection value (plain: s) */
-      _mm512_mask_storeu_ps(pr, km, plain ? wv : _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), on, iv, v[u], 4));
-    const float a = _mm512_reduce_add_ps(wv);
-    if (x->c.renorm && a > 0) wv = _mm512_mul_ps(wv, _mm512_set1_ps(1.0f / a));
-    _mm512_mask_storeu_ps(w, km, wv);
+    _mm512_mask_storeu_epi32(ex, km, iv[u]);
+    _mm512_mask_storeu_ps(w, km, wv[u]);
+    if (pr) _mm512_mask_storeu_ps(pr, km, pv[u]);
     if (sl->gate_order && k > 8) carl__slots_by_gate(k, ex, w, pr);
   }
-  if (sl->gate_order && k <= 8) sel_gate_order_n(n, k, x->experts + t0 * k, x->weights + t0 * k, x->prio ? x->prio + t0 * k : NULL);
   return 0;
 }
 
