@@ -47,14 +47,14 @@ int carl__select_avx512_fits(const carl__selctx_t *x) {
   return x->contig && x->eqsize % 16 == 0 && x->G <= 16 && x->sl->per_group <= 2;
 }
 
-SEL_AVX512 SEL_INLINE __m512 sel_exp(__m512 x, const int clamp) {
-  if (clamp) {
-    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* the second operand is returned for NaN */
-    if (clamp == 2) x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+SEL_AVX512 SEL_INLINE __m512 sel_exp_sign(__m512 x, const int clamp, const int neg) {
+  if (clamp) { /* -x in [-87, 88] */
+    x = neg ? _mm512_min_ps(_mm512_set1_ps(87.0f), x) : _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* NaN stays */
+    if (clamp == 2) x = neg ? _mm512_max_ps(_mm512_set1_ps(-88.0f), x) : _mm512_min_ps(_mm512_set1_ps(88.0f), x);
   }
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(neg ? -1.44269504088896341f : 1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  __m512 r = neg ? _mm512_fnmsub_ps(n, _mm512_set1_ps(0.693359375f), x) : _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.3814608101e-03f);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3687109873e-03f));
@@ -65,6 +65,8 @@ SEL_AVX512 SEL_INLINE __m512 sel_exp(__m512 x, const int clamp) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
+
+SEL_AVX512 SEL_INLINE __m512 sel_exp(__m512 x, const int clamp) { return sel_exp_sign(x, clamp, 0); }
 
 /* log(x) for positive normal x (Cephes logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-8
  * polynomial in m - 1; about 1 ulp). */
@@ -140,7 +142,7 @@ SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s, in
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, l = _mm512_set1_ps(-INFINITY);
   for (int i = 0; i < nv; i++) {
     /* 1 / d by the 14-bit reciprocal and one Newton step (within an ulp or two of the division) */
-    const __m512 d = _mm512_add_ps(one, sel_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(z + 16 * i)), clamp));
+    const __m512 d = _mm512_add_ps(one, sel_exp_sign(_mm512_loadu_ps(z + 16 * i), clamp, 1));
     const __m512 r = _mm512_rcp14_ps(d);
     const __m512 y = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
     _mm512_storeu_ps(s + 16 * i, y);
@@ -364,9 +366,10 @@ SEL_AVX512 SEL_INLINE __m512 sel_group_scores(const float *v, int G, int m, int 
   __m512 A[16], B[16];
   for (int g = 0; g < P; g++) {
     A[g] = B[g] = ninf;
-    for (int j = 0; g < G && j < m; j++) {
+    if (g < G) A[g] = _mm512_loadu_ps(v + 16 * g * m);
+    for (int j = 1; g < G && j < m; j++) {
       const __m512 y = _mm512_loadu_ps(v + 16 * (g * m + j));
-      if (pg == 2) B[g] = _mm512_max_ps(B[g], _mm512_min_ps(A[g], y));
+      if (pg == 2) B[g] = j == 1 ? _mm512_min_ps(A[g], y) : _mm512_max_ps(B[g], _mm512_min_ps(A[g], y));
       A[g] = _mm512_max_ps(A[g], y);
     }
     gmax[g] = A[g];
