@@ -209,25 +209,41 @@ SEL_AVX512 SEL_INLINE void sel_kth_n(int n, const __m512 *v, int k, float *thr) 
   for (int u = 0; u < n; u++) thr[u] = _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), w[u]));
 }
 
-/* Indices (16-bit, index order) of the values >= thr of v [nv, 16] in the vectors kept by keep,
- * two vectors at a time; stops once more than 16 are found. Returns their number. */
-SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float thr, uint16_t *cw /* [48] */) {
-  static const uint16_t iota16[32] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
-                                      16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
-  const __m512i iota = _mm512_loadu_si512(iota16);
+/* The indices (index order) of the values >= thr of v [nv, 16] in the vectors kept by keep, into
+ * buf: as bytes, four vectors at a time, where E <= 256 (nv = 4, 8, 12 or 16: sel_bytes), else as
+ * 16-bit words, two vectors at a time. Returns their number, or some number above 16 once more
+ * than 16 are found. sel_cand_idx reads the first 16 back, zero-extended (later, so that the
+ * compacting stores have landed). */
+#define SEL_BYTES(nv) ((nv) % 4 == 0 && (nv) <= 16)
+SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float thr, uint8_t *buf /* [128] */) {
+  static const uint8_t iota8[64] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                    22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
+                                    44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
   const __m512 th = _mm512_set1_ps(thr);
+#define SEL_CMP(i) _mm512_mask_cmp_ps_mask((__mmask16)(-(int)((keep >> (i)) & 1u)), _mm512_loadu_ps(v + 16 * (i)), th, _CMP_GE_OQ)
   int nc = 0;
+  if (SEL_BYTES(nv)) {
+    const __m512i iota = _mm512_loadu_si512(iota8);
+    for (int i = 0; i < nv && nc <= 16; i += 4) {
+      const __mmask64 m = _mm512_kunpackd(_mm512_kunpackw(SEL_CMP(i + 3), SEL_CMP(i + 2)), _mm512_kunpackw(SEL_CMP(i + 1), SEL_CMP(i)));
+      _mm512_storeu_si512(buf + nc, _mm512_maskz_compress_epi8(m, _mm512_add_epi8(iota, _mm512_set1_epi8((char)(16 * i)))));
+      nc += (int)__builtin_popcountll(m);
+    }
+    return nc;
+  }
+  const __m512i iota = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)iota8));
   for (int i = 0; i < nv && nc <= 16; i += 2) {
-    const __mmask16 m0 = _mm512_mask_cmp_ps_mask((__mmask16)(-(int)((keep >> i) & 1u)), _mm512_loadu_ps(v + 16 * i), th,
-                                                 _CMP_GE_OQ);
-    const __mmask16 m1 = i + 1 < nv ? _mm512_mask_cmp_ps_mask((__mmask16)(-(int)((keep >> (i + 1)) & 1u)),
-                                                              _mm512_loadu_ps(v + 16 * i + 16), th, _CMP_GE_OQ)
-                                    : 0;
-    const __mmask32 m = _mm512_kunpackw((__mmask32)m1, (__mmask32)m0);
-    _mm512_storeu_si512(cw + nc, _mm512_maskz_compress_epi16(m, _mm512_add_epi16(iota, _mm512_set1_epi16((short)(16 * i)))));
+    const __mmask32 m = _mm512_kunpackw(i + 1 < nv ? (__mmask32)SEL_CMP(i + 1) : 0, (__mmask32)SEL_CMP(i));
+    _mm512_storeu_si512(buf + 2 * nc, _mm512_maskz_compress_epi16(m, _mm512_add_epi16(iota, _mm512_set1_epi16((short)(16 * i)))));
     nc += __builtin_popcount((unsigned)m);
   }
+#undef SEL_CMP
   return nc;
+}
+
+SEL_AVX512 SEL_INLINE __m512i sel_cand_idx(const uint8_t *buf, int nv, __mmask16 have) {
+  return SEL_BYTES(nv) ? _mm512_maskz_cvtepu8_epi32(have, _mm_loadu_si128((const __m128i *)buf))
+                       : _mm512_maskz_cvtepu16_epi32(have, _mm256_loadu_si256((const __m256i *)buf));
 }
 
 /* Bitonic compare-exchange of 64-bit keys at lane distance d (1, 2, 4) within a vector of 8: lane
@@ -258,14 +274,14 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
                                       int k, __m512i *iv) {
   float thr[SEL_NT];
   sel_kth_n(n, lanes, k, thr);
-  uint16_t cw[SEL_NT][48];
   int nc[SEL_NT];
-  for (int u = 0; u < n; u++) nc[u] = sel_cands(v[u], nv, keep[u], thr[u], cw[u]);
+  uint8_t cbuf[SEL_NT][128];
+  for (int u = 0; u < n; u++) nc[u] = sel_cands(v[u], nv, keep[u], thr[u], cbuf[u]);
   __m512i A[SEL_NT], B[SEL_NT];
   const __m512i low = _mm512_set1_epi32(0x7FFFFFFF);
   for (int u = 0; u < n; u++) {
     const __mmask16 have = nc[u] <= 16 ? (__mmask16)((1u << nc[u]) - 1u) : 0;
-    const __m512i ci = _mm512_maskz_cvtepu16_epi32(have, _mm256_loadu_si256((const __m256i *)cw[u]));
+    const __m512i ci = sel_cand_idx(cbuf[u], nv, have);
     const __m512 cv = _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), have, ci, v[u], 4);
     const __m512i b = _mm512_castps_si512(_mm512_add_ps(cv, _mm512_setzero_ps())); /* -0 + 0 = +0 */
     const __m512i key = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), low));
