@@ -1,12 +1,14 @@
 /* The AVX-512 executor of the fused selection kernel (select_internal.h): one token's scores,
  * loss statistics, group limit and top-k on 16-wide vectors, reading the logits row once from
  * memory. It takes the decisions of the portable executor (carl__select_token in common.c), step
- * by step; only its exp differs (fused multiply-adds), by a few units in the last place.
+ * by step; only its exp differs (its own polynomial, fused multiply-adds), by a few units in the
+ * last place.
  *
  * Top-k: the row is viewed as [E/16, 16]; the k-th largest of the 16 lane maxima is a lower bound
  * thr of the k-th largest value (k lanes each hold a value >= it), so the k largest are among the
- * values >= thr, which are compacted (in index order) and ranked; more than 16 of them (many equal
- * values) falls back to an insertion over all values >= thr. */
+ * values >= thr, which are compacted (in index order) and sorted as 64-bit keys (value, then
+ * index) by a bitonic network in registers; more than 16 of them (many equal values) falls back
+ * to an insertion over all values >= thr. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +33,8 @@ __attribute__((constructor)) static void sel_env(void) {
 #define SEL_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi2,fma,bmi2")))
 #define SEL_NVMAX 64 /* E <= 1024 */
 #define SEL_INLINE static inline __attribute__((always_inline))
-/* The latency-bound steps (ranks, sorting networks) run on SEL_NT tokens in lockstep, so that the
- * processor overlaps their dependency chains. */
+/* The latency-bound steps (sorting networks, compaction) run on SEL_NT tokens in lockstep, so
+ * that the processor overlaps their dependency chains. */
 #define SEL_NT 8
 
 int carl__route_avx512_on(void) {
@@ -47,9 +49,14 @@ int carl__select_avx512_fits(const carl__selctx_t *x) {
   return x->contig && x->eqsize % 16 == 0 && x->G <= 16 && x->sl->per_group <= 2;
 }
 
+/* exp(t) for t = x (neg = 0) or t = -x (neg = 1): t = n ln2 + r (n = round(t / ln2), ln2 in two
+ * parts), exp(r) by a degree-6 polynomial fitted for relative error on |r| <= ln2/2 (3e-9; about an
+ * ulp in float, like carl_expf's Cephes polynomial, which needs degree 7), times 2^n by scalef.
+ * clamp 1: t clamped below at -87 as carl_expf does; 2: also above at 88; 0: no clamp, for
+ * arguments known to lie in [-87, 88] (then t = -inf or NaN gives NaN). NaN stays NaN. */
 SEL_AVX512 SEL_INLINE __m512 sel_exp_sign(__m512 x, const int clamp, const int neg) {
-  if (clamp) { /* -x in [-87, 88] */
-    x = neg ? _mm512_min_ps(_mm512_set1_ps(87.0f), x) : _mm512_max_ps(_mm512_set1_ps(-87.0f), x); /* NaN stays */
+  if (clamp) { /* the second operand is returned for NaN */
+    x = neg ? _mm512_min_ps(_mm512_set1_ps(87.0f), x) : _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
     if (clamp == 2) x = neg ? _mm512_max_ps(_mm512_set1_ps(-88.0f), x) : _mm512_min_ps(_mm512_set1_ps(88.0f), x);
   }
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(neg ? -1.44269504088896341f : 1.44269504088896341f)),
@@ -98,8 +105,10 @@ static int sel_all_finite(const float *z, int E) {
   return 1;
 }
 
-/* Pass 1 over a row: *lanes = the 16 lane maxima of z viewed as [nv, 16]; returns max(z), or NAN
- * when z holds a NaN or an infinity (a sum of the row that is not finite is checked exactly). */
+/* Pass 1 over a row: *lanes = the 16 lane maxima of z viewed as [nv, 16]; returns max(z).
+ * mn NULL: returns NAN when z holds a NaN or an infinity (a sum of the row that is not finite is
+ * checked exactly). mn not NULL: *mn = min(z) instead of the sum (for the caller whose exp or
+ * sigmoid pass shows a NaN in its sum; an infinity makes max or min not finite). */
 SEL_AVX512 static inline float sel_max(const float *z, int nv, __m512 *lanes, float *mn) {
   __m512 m0 = _mm512_loadu_ps(z), m1 = m0, f0 = m0, f1 = mn ? m0 : _mm512_setzero_ps();
   for (int i = 1; i < nv; i++) {
@@ -121,7 +130,7 @@ SEL_AVX512 static inline float sel_max(const float *z, int nv, __m512 *lanes, fl
   return _mm512_reduce_max_ps(*lanes);
 }
 
-/* e = exp(z - mx) (mx = max z, finite; e NULL: not stored); returns sum(e). */
+/* e = exp(z - mx) (mx = max z, finite; e NULL: not stored; clamp as sel_exp_sign); returns sum(e). */
 SEL_AVX512 SEL_INLINE float sel_exp_row(const float *z, int nv, float mx, float *e, const int clamp) {
   const __m512 vm = _mm512_set1_ps(mx);
   __m512 a0 = _mm512_setzero_ps(), a1 = a0;
@@ -134,10 +143,10 @@ SEL_AVX512 SEL_INLINE float sel_exp_row(const float *z, int nv, float mx, float 
   return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-/* s = sigmoid(z); returns sum(s) when want_sum (else 0). vb not NULL: also vb = s + b (b NULL: s)
- * and *lanes = the lane maxima of vb, in the same pass. */
-SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s, int want_sum, const float *b, float *vb,
-                                            __m512 *lanes, const int clamp) {
+/* s = sigmoid(z) (clamp as sel_exp_sign for exp(-z)); returns sum(s). vb not NULL: also
+ * vb = s + b (b NULL: s) and *lanes = the lane maxima of vb, in the same pass. */
+SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s, const float *b, float *vb, __m512 *lanes,
+                                            const int clamp) {
   const __m512 one = _mm512_set1_ps(1.0f);
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, l = _mm512_set1_ps(-INFINITY);
   for (int i = 0; i < nv; i++) {
@@ -151,12 +160,11 @@ SEL_AVX512 SEL_INLINE float sel_sigmoid_row(const float *z, int nv, float *s, in
       _mm512_storeu_ps(vb + 16 * i, w);
       l = _mm512_max_ps(l, w);
     }
-    if (!want_sum) continue;
     if (i & 1) a1 = _mm512_add_ps(a1, y);
     else a0 = _mm512_add_ps(a0, y);
   }
   if (vb) *lanes = l;
-  return want_sum ? _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) : 0.0f;
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
 /* x[i] *= c */
@@ -172,7 +180,7 @@ SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float 
   if (isnan(mx)) return NAN;
   const float sum = sel_exp_row(z, nv, mx, score == CARL_SCORE_SOFTMAX ? s : NULL, 1);
   if (score == CARL_SCORE_SOFTMAX) sel_scale(s, nv, 1.0f / sum);
-  else sel_sigmoid_row(z, nv, s, 0, NULL, NULL, NULL, 2);
+  else sel_sigmoid_row(z, nv, s, NULL, NULL, NULL, 2);
   return mx + _mm512_cvtss_f32(sel_log(_mm512_set1_ps(sum)));
 }
 
@@ -462,6 +470,17 @@ SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const fl
   }
 }
 
+/* A block of n tokens from t0 holds logits that are not finite: -1 when n > 1 (nothing written);
+ * n = 1: the token's slots get -1 and weight 0, returns 1. */
+static int sel_not_finite(const carl__selctx_t *x, int64_t t0, int n) {
+  if (n > 1) return -1;
+  for (int j = 0; j < x->k; j++) {
+    x->experts[t0 * x->k + j] = -1;
+    x->weights[t0 * x->k + j] = 0;
+  }
+  return 1;
+}
+
 /* Tokens t0 .. t0 + n - 1 (n <= SEL_NT). Returns 0; 1 when n == 1 and the token's logits are not
  * finite (its slots get -1 and weight 0); -1 when n > 1 and some token's logits are not finite,
  * before anything is written (the caller then takes the tokens one at a time). */
@@ -471,7 +490,8 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   const float *z[SEL_NT];
   float mx[SEL_NT], mn[SEL_NT] = {0};
   __m512 zl[SEL_NT];
-  /* with exp or sigmoid: the row's range (NaN shows in the sum of the scores) */
+  /* with exp or sigmoid: the row's range, which may spare the exp its clamp (a NaN shows in the
+   * sum of the scores instead) */
   const int need_exp = score == CARL_SCORE_SOFTMAX || x->need_lse;
   const int plain = !x->need_sel && !x->grouped;
   const int nogate = plain && !zs && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX;
@@ -482,14 +502,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     if (rng && !(isfinite(mx[u]) && isfinite(mn[u]))) mx[u] = NAN;
   }
   for (int u = 0; u < n; u++)
-    if (isnan(mx[u])) {
-      if (n > 1) return -1;
-      for (int j = 0; j < k; j++) {
-        x->experts[t0 * k + j] = -1;
-        x->weights[t0 * k + j] = 0;
-      }
-      return 1;
-    }
+    if (isnan(mx[u])) return sel_not_finite(x, t0, n);
   const __mmask16 km = (__mmask16)((1u << k) - 1u);
   __m512i iv[SEL_NT];
   uint64_t keep[SEL_NT];
@@ -530,7 +543,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
   for (int u = 0; u < n; u++) {
     if (n > 1) /* the next block's row u (a prefetch past the end of the logits does not fault) */
       for (int i = 0; i < nv; i++) _mm_prefetch((const char *)(z[u] + (size_t)n * E + 16 * i), _MM_HINT_T0);
-    if (need_exp) {
+    if (need_exp) { /* no clamp needed when every z - mx >= -87 */
       sum[u] = mn[u] - mx[u] >= -87.0f ? sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL, 0)
                                        : sel_exp_row(z[u], nv, mx[u], score == CARL_SCORE_SOFTMAX ? s[u] : NULL, 1);
       inv[u] = 1.0f / sum[u];
@@ -538,20 +551,13 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     if (score == CARL_SCORE_SIGMOID) { /* with a bias on s: the selection values in the same pass */
       const float *b = fuse ? brow[u] : NULL;
       float *o = fuse ? vb[u] : NULL;
-      ssum[u] = mx[u] <= 87.0f && mn[u] >= -87.0f ? sel_sigmoid_row(z[u], nv, s[u], 1, b, o, &vl[u], 0)
-                                                  : sel_sigmoid_row(z[u], nv, s[u], 1, b, o, &vl[u], 2);
+      ssum[u] = mx[u] <= 87.0f && mn[u] >= -87.0f ? /* -z within the clamps */ sel_sigmoid_row(z[u], nv, s[u], b, o, &vl[u], 0)
+                                                  : sel_sigmoid_row(z[u], nv, s[u], b, o, &vl[u], 2);
       if (pp) inv[u] = 1.0f / ssum[u];
     }
   }
-  for (int u = 0; u < n; u++)
-    if (!isfinite(need_exp ? sum[u] : 1.0f) || !isfinite(score == CARL_SCORE_SIGMOID ? ssum[u] : 1.0f)) { /* a NaN */
-      if (n > 1) return -1;
-      for (int j = 0; j < k; j++) {
-        x->experts[t0 * k + j] = -1;
-        x->weights[t0 * k + j] = 0;
-      }
-      return 1;
-    }
+  for (int u = 0; u < n; u++) /* a NaN in the row */
+    if (!isfinite(sum[u]) || !isfinite(ssum[u])) return sel_not_finite(x, t0, n);
   if (sc && !pp)
     for (int u = 0; u < n; u++) sel_scale(s[u], nv, inv[u]);
   /* statistics: sum of lse^2 (lse = mx + log(sum), the block's tokens in one vector) and pp += p,
