@@ -632,7 +632,8 @@ static void test_nonfinite(void **st) {
 
 /* Rows holding +-FLT_MAX in several lanes (tokens 1, 6 and 517): finite, so they must route,
  * although sums over them overflow. The other scores of such a row saturate (exp clamped at -87),
- * so they also meet the case of test_saturated_* below. */
+ * so they also meet the case of test_saturated_* below; the AVX-512 exp takes its clamped form
+ * there (the row's range exceeds 87), in blocks of tokens and alone. */
 static void test_huge_finite(void **st) {
   (void)st;
   const int Eset[] = {64, 256, 1024, 40, 48, 16};
@@ -644,6 +645,8 @@ static void test_huge_finite(void **st) {
       for (int e = j; e < E; e += 5) z[huge[j] * E + e] = e % 2 ? FLT_MAX : -FLT_MAX;
     compare_router("topk", "k=2 score=1 aux=0 z_loss=0 renorm=0", TMID, E, z, (run_opt_t){0});
     compare_router("topk", "k=2", TMID, E, z, (run_opt_t){0});
+    compare_router("lossfree", "k=2", TMID, E, z, (run_opt_t){0});            /* sigmoid + bias, one pass */
+    compare_router("grouplimited", "groups=4 M=2 k=4", TMID, E, z, (run_opt_t){0}); /* selection on s */
   }
 }
 
