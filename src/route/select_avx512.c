@@ -223,12 +223,15 @@ SEL_AVX512 SEL_INLINE void sel_kth_n(int n, const __m512 *v, int k, float *thr) 
  * than 16 are found. sel_cand_idx reads the first 16 back, zero-extended (later, so that the
  * compacting stores have landed). */
 #define SEL_BYTES(nv) ((nv) % 4 == 0 && (nv) <= 16)
-SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float thr, uint8_t *buf /* [128] */) {
+SEL_AVX512 SEL_INLINE int sel_cands_all(const float *v, int nv, uint64_t keep, float thr, uint8_t *buf /* [128] */,
+                                         const int all /* keep = all vectors: plain compares */) {
   static const uint8_t iota8[64] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
                                     22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
                                     44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
   const __m512 th = _mm512_set1_ps(thr);
-#define SEL_CMP(i) _mm512_mask_cmp_ps_mask((__mmask16)(-(int)((keep >> (i)) & 1u)), _mm512_loadu_ps(v + 16 * (i)), th, _CMP_GE_OQ)
+#define SEL_CMP(i)                                                                                                    \
+  (all ? _mm512_cmp_ps_mask(_mm512_loadu_ps(v + 16 * (i)), th, _CMP_GE_OQ)                                           \
+       : _mm512_mask_cmp_ps_mask((__mmask16)(-(int)((keep >> (i)) & 1u)), _mm512_loadu_ps(v + 16 * (i)), th, _CMP_GE_OQ))
   int nc = 0;
   if (SEL_BYTES(nv)) {
     const __m512i iota = _mm512_loadu_si512(iota8);
@@ -247,6 +250,10 @@ SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float
   }
 #undef SEL_CMP
   return nc;
+}
+
+SEL_AVX512 SEL_INLINE int sel_cands(const float *v, int nv, uint64_t keep, float thr, uint8_t *buf) {
+  return keep == ~0ull ? sel_cands_all(v, nv, keep, thr, buf, 1) : sel_cands_all(v, nv, keep, thr, buf, 0);
 }
 
 SEL_AVX512 SEL_INLINE __m512i sel_cand_idx(const uint8_t *buf, int nv, __mmask16 have) {
