@@ -116,6 +116,23 @@ double carl_drop_rate(const int32_t *experts, int64_t T, int k) {
   return (double)d / (double)(T * k);
 }
 
+void carl_token_selectivity(const float *s, int E, int k, const int32_t *ex, int32_t *idx, float *val, double *retained,
+                            double *jaccard) {
+  carl_topk_row(s, E, k, idx, val);
+  double num = 0, den = 0;
+  int inter = 0, nsel = 0;
+  for (int j = 0; j < k; j++) {
+    den += val[j];
+    if (ex[j] < 0 || ex[j] >= E) continue;
+    num += s[ex[j]];
+    nsel++;
+    for (int i = 0; i < k; i++) inter += idx[i] == ex[j];
+  }
+  *retained = den > 0 ? num / den : 1.0;
+  const int uni = nsel + k - inter;
+  *jaccard = uni > 0 ? (double)inter / uni : 1.0;
+}
+
 /* Per-token selectivity figures, summed in fixed blocks: which = 0 retained mass, 1 Jaccard,
  * 2 token entropy. */
 static carl_status carl__per_token(const float *logits, int64_t T, int E, int score, const int32_t *experts, int k,
@@ -147,24 +164,9 @@ static carl_status carl__per_token(const float *logits, int64_t T, int E, int sc
           part[b] += carl_score_entropy(s, E, score);
           continue;
         }
-        carl_topk_row(s, E, k, idx, val);
-        if (which == 0) {
-          double num = 0, den = 0;
-          for (int j = 0; j < k; j++) {
-            den += val[j];
-            if (ex[j] >= 0 && ex[j] < E) num += s[ex[j]];
-          }
-          part[b] += den > 0 ? num / den : 1.0;
-        } else {
-          int inter = 0, nsel = 0;
-          for (int j = 0; j < k; j++) {
-            if (ex[j] < 0 || ex[j] >= E) continue;
-            nsel++;
-            for (int i = 0; i < k; i++) inter += idx[i] == ex[j];
-          }
-          int uni = nsel + k - inter;
-          part[b] += uni > 0 ? (double)inter / uni : 1.0;
-        }
+        double ret, jac;
+        carl_token_selectivity(s, E, k, ex, idx, val, &ret, &jac);
+        part[b] += which == 0 ? ret : jac;
       }
     }
     free(s);

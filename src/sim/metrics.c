@@ -9,8 +9,8 @@
 #include "carl/sim.h"
 
 /* Retained mass, Jaccard with the unconstrained top-k and routing entropy in one pass over the
- * tokens (one score row each), with the same definitions as carl_retained_mass,
- * carl_topk_jaccard and carl_routing_entropy (tests/test_sim_run.c checks the agreement). */
+ * tokens (one score row each), with the per-token terms of carl_retained_mass, carl_topk_jaccard
+ * and carl_routing_entropy (tests/test_sim_run.c checks the agreement). */
 static carl_status selectivity(const float *z, int64_t T, int E, int k, int score, const int32_t *experts,
                                carl_sim_metrics_t *m) {
   float *s = malloc((size_t)E * sizeof(float)), *val = malloc((size_t)k * sizeof(float));
@@ -27,20 +27,10 @@ static carl_status selectivity(const float *z, int64_t T, int E, int k, int scor
       break;
     }
     ent += carl_score_entropy(s, E, score);
-    carl_topk_row(s, E, k, idx, val);
-    const int32_t *ex = experts + (size_t)t * k;
-    double num = 0, den = 0;
-    int inter = 0, nsel = 0;
-    for (int j = 0; j < k; j++) {
-      den += val[j];
-      if (ex[j] < 0 || ex[j] >= E) continue;
-      num += s[ex[j]];
-      nsel++;
-      for (int i = 0; i < k; i++) inter += idx[i] == ex[j];
-    }
-    ret += den > 0 ? num / den : 1.0;
-    int uni = nsel + k - inter;
-    jac += uni > 0 ? (double)inter / uni : 1.0;
+    double r1, j1;
+    carl_token_selectivity(s, E, k, experts + (size_t)t * k, idx, val, &r1, &j1);
+    ret += r1;
+    jac += j1;
   }
   m->retained = ret / (double)T;
   m->jaccard = jac / (double)T;
