@@ -273,11 +273,29 @@ SEL_AVX512 SEL_INLINE __m512i sel_k64_x(__m512i w, int d) {
       W[u] = _mm512_mask_max_epi64(_mm512_min_epi64(W[u], p_), (__mmask8)(big), W[u], p_);                          \
     }                                                                                                                 \
   } while (0)
-/* big-lane masks of an 8-lane step at distance d in blocks of b (b = 16: descending) */
+/* big-lane masks of an 8-lane step at distance d in blocks of b (b = 8: descending) */
 #define SEL_BIG8(d, b) ((__mmask8)(((((0 & (d)) == 0) != ((0 & (b)) != 0)) << 0) | ((((1 & (d)) == 0) != ((1 & (b)) != 0)) << 1) | \
   ((((2 & (d)) == 0) != ((2 & (b)) != 0)) << 2) | ((((3 & (d)) == 0) != ((3 & (b)) != 0)) << 3) |                    \
   ((((4 & (d)) == 0) != ((4 & (b)) != 0)) << 4) | ((((5 & (d)) == 0) != ((5 & (b)) != 0)) << 5) |                    \
   ((((6 & (d)) == 0) != ((6 & (b)) != 0)) << 6) | ((((7 & (d)) == 0) != ((7 & (b)) != 0)) << 7)))
+
+/* Bitonic merge of the 8 keys of W[u] (a bitonic sequence) into descending (asc = 0) or ascending
+ * order. */
+SEL_AVX512 SEL_INLINE void sel_merge8_n(int n, __m512i *W, const int asc) {
+  const __mmask8 f = asc ? 0xFF : 0;
+  SEL_K64_STEP(W, 4, SEL_BIG8(4, 8) ^ f);
+  SEL_K64_STEP(W, 2, SEL_BIG8(2, 8) ^ f);
+  SEL_K64_STEP(W, 1, SEL_BIG8(1, 8) ^ f);
+}
+
+/* The 8 keys of W[u] sorted, descending (asc = 0) or ascending: two runs of 4 in opposite
+ * directions, then a merge. */
+SEL_AVX512 SEL_INLINE void sel_sort8_n(int n, __m512i *W, const int asc) {
+  SEL_K64_STEP(W, 1, SEL_BIG8(1, 2));
+  SEL_K64_STEP(W, 2, SEL_BIG8(2, 4));
+  SEL_K64_STEP(W, 1, SEL_BIG8(1, 4));
+  sel_merge8_n(n, W, asc);
+}
 
 /* For each token u: the k (<= 16) largest of v[u] [nv, 16] over the vectors kept by keep[u] (k
  * values among them), descending, ties to the lower index, in iv[u] (lanes >= k undefined);
@@ -304,32 +322,17 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
     A[u] = _mm512_unpacklo_epi32(lo, key); /* any 8 of the 16 candidates */
     B[u] = _mm512_unpackhi_epi32(lo, key);
   }
-  /* A ascending-descending runs and B the mirror: bitonic sort of 16 as (d, b) steps */
-  SEL_K64_STEP(A, 1, SEL_BIG8(1, 2));
-  SEL_K64_STEP(B, 1, SEL_BIG8(1, 2));
-  SEL_K64_STEP(A, 2, SEL_BIG8(2, 4));
-  SEL_K64_STEP(B, 2, SEL_BIG8(2, 4));
-  SEL_K64_STEP(A, 1, SEL_BIG8(1, 4));
-  SEL_K64_STEP(B, 1, SEL_BIG8(1, 4));
-  SEL_K64_STEP(A, 4, SEL_BIG8(4, 8));
-  SEL_K64_STEP(B, 4, (__mmask8)~SEL_BIG8(4, 8)); /* lanes 8..15: i & 8 set */
-  SEL_K64_STEP(A, 2, SEL_BIG8(2, 8));
-  SEL_K64_STEP(B, 2, (__mmask8)~SEL_BIG8(2, 8));
-  SEL_K64_STEP(A, 1, SEL_BIG8(1, 8));
-  SEL_K64_STEP(B, 1, (__mmask8)~SEL_BIG8(1, 8));
-  for (int u = 0; u < n; u++) { /* distance 8: lanes 0..7 keep the larger */
+  /* bitonic sort of 16: A descending and B ascending form a bitonic sequence of 16, whose merge
+   * first keeps the larger of lanes i and i + 8 in A, then sorts each half */
+  sel_sort8_n(n, A, 0);
+  sel_sort8_n(n, B, 1);
+  for (int u = 0; u < n; u++) {
     const __m512i hi = _mm512_max_epi64(A[u], B[u]);
     B[u] = _mm512_min_epi64(A[u], B[u]);
     A[u] = hi;
   }
-  SEL_K64_STEP(A, 4, SEL_BIG8(4, 16));
-  SEL_K64_STEP(A, 2, SEL_BIG8(2, 16));
-  SEL_K64_STEP(A, 1, SEL_BIG8(1, 16));
-  if (k > 8) {
-    SEL_K64_STEP(B, 4, SEL_BIG8(4, 16));
-    SEL_K64_STEP(B, 2, SEL_BIG8(2, 16));
-    SEL_K64_STEP(B, 1, SEL_BIG8(1, 16));
-  }
+  sel_merge8_n(n, A, 0);
+  if (k > 8) sel_merge8_n(n, B, 0);
   const __m512i m16 = _mm512_set1_epi64(0xFFFF);
   for (int u = 0; u < n; u++) {
     if (nc[u] > 16) {
@@ -364,12 +367,7 @@ SEL_AVX512 SEL_INLINE void sel_gate_order_n(int n, int k, __m512i *ex, __m512 *w
     const __m512i kk = _mm512_or_si512(_mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(g), 32), _mm512_cvtepu32_epi64(lo)), slot);
     key[u] = _mm512_mask_mov_epi64(rest, _mm256_mask_cmpge_epi32_mask(km, e, _mm256_setzero_si256()), kk);
   }
-  SEL_K64_STEP(key, 1, SEL_BIG8(1, 2));
-  SEL_K64_STEP(key, 2, SEL_BIG8(2, 4));
-  SEL_K64_STEP(key, 1, SEL_BIG8(1, 4));
-  SEL_K64_STEP(key, 4, SEL_BIG8(4, 8));
-  SEL_K64_STEP(key, 2, SEL_BIG8(2, 8));
-  SEL_K64_STEP(key, 1, SEL_BIG8(1, 8));
+  sel_sort8_n(n, key, 0);
   for (int u = 0; u < n; u++) {
     const __m256i idx = _mm512_cvtepi64_epi32(_mm512_and_si512(key[u], _mm512_set1_epi64(7)));
     ex[u] = _mm512_zextsi256_si512(_mm256_permutexvar_epi32(idx, _mm512_castsi512_si256(ex[u])));
