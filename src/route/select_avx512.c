@@ -218,7 +218,7 @@ SEL_AVX512 SEL_INLINE void sel_kth_n(int n, const __m512 *v, int k, float *thr) 
 }
 
 /* The indices (index order) of the values >= thr of v [nv, 16] in the vectors kept by keep, into
- * buf: as bytes, four vectors at a time, where E <= 256 (nv = 4, 8, 12 or 16: sel_bytes), else as
+ * buf: as bytes, four vectors at a time, where E <= 256 (nv = 4, 8, 12 or 16: SEL_BYTES), else as
  * 16-bit words, two vectors at a time. Returns their number, or some number above 16 once more
  * than 16 are found. sel_cand_idx reads the first 16 back, zero-extended (later, so that the
  * compacting stores have landed). */
