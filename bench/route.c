@@ -217,9 +217,9 @@ int main(int argc, char **argv) {
         continue;
       }
       /* each repeat: the route, then two copies, so that both meet the machine in the same state
-       * (and the copy not a state the update leaves; the first copy after a route that freed much
-       * memory can be several times slower on a virtual machine, hence the faster of two); the
-       * ratios to the bound are medians of the ratios within a repeat */
+       * (and the copy not a state the update leaves; the first copy after some routes has been
+       * seen several times slower than the second, hence the faster of two); the ratios to the
+       * bound are medians of the ratios within a repeat */
       double tu[64], qm[64], qc[64];
       for (int r = 0; r < nrep; r++) {
         in.step = r + 1;
