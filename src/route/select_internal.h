@@ -67,9 +67,9 @@ static inline void carl__slots_by_gate(int k, int32_t *ex, float *w, float *prio
 
 /* Test hook: 0 keeps the routing kernels on their portable executor (also set by CARL_ROUTE_SIMD=0
  * in the environment); -1 (default) uses the AVX-512 executor where the CPU has it and the shapes
- * fit (carl__select_avx512_fits). The two give the
- * same selections; scores and gates agree to a few units in the last place (the AVX-512 exp uses
- * fused multiply-adds), and each is deterministic for any thread count. */
+ * fit (carl__select_avx512_fits). The two give the same selections; scores and gates agree to a
+ * few units in the last place (the AVX-512 exp is its own polynomial, with fused multiply-adds),
+ * and each is deterministic for any thread count. */
 extern int carl__route_simd;
 
 /* 1 when the AVX-512 executor is on (CPU support and carl__route_simd). */
