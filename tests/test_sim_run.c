@@ -18,6 +18,7 @@
 #include "carl/array.h"
 #include "carl/balance.h"
 #include "carl/sim.h"
+#include "carl/step.h"
 #include "sim/sim_internal.h"
 
 #define TOPO_1x2 "{\"name\":\"t1x2\",\"nodes\":1,\"devices_per_node\":2,\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50,\"latency_us\":10}}}"
@@ -84,8 +85,8 @@ static void test_metrics_hand(void **s) {
   assert_int_equal(carl_placement_contiguous(&pl, 4, 2), CARL_OK);
   const float z[16] = {2, 1, 0, 0, 0, 0, 3, 1, 1, 0, 0, 0, 0, 0, 0, 5};
   const int32_t ex[8] = {0, 1, 0, 2, 0, -1, 3, 0};
-  carl_sim_metrics_t m;
-  assert_int_equal(carl_sim_metrics(&topo, &pl, 4, 4, 2, 0, z, ex, &m), CARL_OK);
+  carl_step_metrics_t m;
+  assert_int_equal(carl_step_metrics(&topo, &pl, 4, 4, 2, 0, z, ex, &m, NULL, NULL, NULL), CARL_OK);
   assert_true(fabs(m.skew_expert - 4 / 1.75) < 1e-9);
   assert_true(fabs(m.cv_expert - sqrt((2.25 * 2.25 + 3 * 0.75 * 0.75) / 4) / 1.75) < 1e-9);
   assert_true(fabs(m.skew_device - 5 / 3.5) < 1e-9);

@@ -54,6 +54,8 @@ typedef struct {
   double loss_total;
   int64_t dropped;  /* (token, slot) pairs dropped by capacity */
   int64_t capacity; /* per-expert capacity used this step (0: dropless) */
+  const double *global_load; /* [E] kept (token, slot) pairs per expert over every process, set by
+                                the step before update (NULL: update counts `experts`) */
 } carl_route_out_t;
 
 typedef struct {

@@ -118,22 +118,6 @@ void carl_gate_sgd(carl_gate_t *g, const float *x /* [T, d] */, int64_t T, const
 double carl_sim_kl_grad(int64_t T, int E, const float *z /* [T, E] */, const int32_t *cluster /* [T] */,
                         const float *probs /* [clusters, E] */, float *dz /* [T, E], accumulated */);
 
-/* ---- per-step metrics (section 3) ------------------------------------------------------------ */
-typedef struct {
-  double skew_expert, skew_device, skew_node; /* max/mean load */
-  double cv_expert;                           /* std/mean of expert loads */
-  double drop_rate;                           /* dropped (token, slot) pairs / (T k) */
-  double retained;                            /* mean_t sum_{S_t} s / sum_{TopK(s_t)} s */
-  double jaccard;                             /* mean_t |S_t & TopK(s_t)| / |S_t | TopK(s_t)| */
-  double entropy;                             /* mean_t -sum_e s log s (nats) */
-} carl_sim_metrics_t;
-
-/* Loads count kept (token, expert) pairs; a device's load is that of its slots (an expert with
- * replicas spreads its load equally over them), a node's the sum of its devices. score: 0 softmax,
- * 1 sigmoid (the router's score function, for retained mass, Jaccard and entropy). */
-carl_status carl_sim_metrics(const carl_topo_t *topo, const carl_placement_t *pl, int64_t T, int E, int k, int score,
-                             const float *z /* [T, E] */, const int32_t *experts /* [T, k] */, carl_sim_metrics_t *m);
-
 /* ---- experiment config ----------------------------------------------------------------------- */
 #define CARL_SIM_MAX_OPTS 32
 typedef struct {

@@ -70,21 +70,28 @@ void carl_cost_free(carl_cost_t *c) {
   memset(c, 0, sizeof *c);
 }
 
-carl_status carl__plan_check_args(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts, int64_t T,
-                                  int k, size_t token_bytes, carl_plan_mode mode, const carl_cost_t *c) {
-  CARL_ASSERT(t && p && c);
+carl_status carl__plan_check_build(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts, int64_t T,
+                                   int k, carl_plan_mode mode) {
+  CARL_ASSERT(t && p);
   if (p->D != t->devices)
     return carl_fail(CARL_ERR_INVALID, "placement has %d devices but the topology has %d", p->D, t->devices);
-  if (c->D != t->devices)
-    return carl_fail(CARL_ERR_INVALID, "cost accumulator is for %d devices but the topology has %d", c->D,
-                     t->devices);
   if (!p->rep_off || !p->rep_dev) return carl_fail(CARL_ERR_STATE, "placement has no replica index");
   if (T < 0) return carl_fail(CARL_ERR_INVALID, "T must be >= 0, got %lld", (long long)T);
   if (k < 1 || k > PLAN_MAX_K) return carl_fail(CARL_ERR_INVALID, "k must be in [1, %d], got %d", PLAN_MAX_K, k);
-  if (token_bytes == 0) return carl_fail(CARL_ERR_INVALID, "token_bytes must be > 0");
   if (mode != CARL_PLAN_FLAT && mode != CARL_PLAN_HIER)
     return carl_fail(CARL_ERR_INVALID, "plan mode must be flat (0) or hierarchical (1), got %d", (int)mode);
   if (T > 0 && !experts) return carl_fail(CARL_ERR_INVALID, "experts is NULL");
+  return CARL_OK;
+}
+
+carl_status carl__plan_check_args(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts, int64_t T,
+                                  int k, size_t token_bytes, carl_plan_mode mode, const carl_cost_t *c) {
+  CARL_ASSERT(c);
+  CARL_TRY(carl__plan_check_build(t, p, experts, T, k, mode));
+  if (c->D != t->devices)
+    return carl_fail(CARL_ERR_INVALID, "cost accumulator is for %d devices but the topology has %d", c->D,
+                     t->devices);
+  if (token_bytes == 0) return carl_fail(CARL_ERR_INVALID, "token_bytes must be > 0");
   return CARL_OK;
 }
 
@@ -567,10 +574,11 @@ static void plan_finish(const carl_topo_t *t, const int64_t *cnt, size_t token_b
   c->calls += 1;
 }
 
-carl_status carl_plan_cost(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
-                           const int32_t *src, int64_t T, int k, size_t token_bytes, carl_plan_mode mode,
-                           carl_cost_t *c) {
-  CARL_TRY(carl__plan_check_args(t, p, experts, T, k, token_bytes, mode, c));
+/* Hop counts cnt [D, D] (overwritten) and copies of a decision: the fast kernels. */
+carl_status carl__plan_count(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
+                             const int32_t *src, int64_t T, int k, carl_plan_mode mode, int64_t *hop,
+                             int64_t *copies_out) {
+  CARL_TRY(carl__plan_check_build(t, p, experts, T, k, mode));
   const int D = t->devices, P = t->devices_per_node;
   const size_t DD = (size_t)D * D;
   int replicas = p->rep_off[p->E] != p->E;
@@ -655,8 +663,22 @@ carl_status carl_plan_cost(const carl_topo_t *t, const carl_placement_t *p, cons
       const int64_t *o = cnt + per_thread * (size_t)th;
       for (size_t i = 0; i < DD; i++) cnt[i] += o[i];
     }
-    plan_finish(t, cnt, token_bytes, copies, c);
+    memcpy(hop, cnt, DD * sizeof *hop);
+    *copies_out = copies;
   }
   free(cnt);
   return st;
+}
+
+carl_status carl_plan_cost(const carl_topo_t *t, const carl_plan_t *plan, size_t token_bytes, carl_cost_t *c) {
+  CARL_ASSERT(t && plan && c);
+  if (!plan->hop) return carl_fail(CARL_ERR_STATE, "plan: not built");
+  if (plan->D != t->devices)
+    return carl_fail(CARL_ERR_INVALID, "plan is for %d devices but the topology has %d", plan->D, t->devices);
+  if (c->D != t->devices)
+    return carl_fail(CARL_ERR_INVALID, "cost accumulator is for %d devices but the topology has %d", c->D,
+                     t->devices);
+  if (token_bytes == 0) return carl_fail(CARL_ERR_INVALID, "token_bytes must be > 0");
+  plan_finish(t, plan->hop, token_bytes, plan->copies, c);
+  return CARL_OK;
 }

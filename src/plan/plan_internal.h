@@ -4,11 +4,21 @@
 
 #include "carl/plan.h"
 
-/* Checks shared by both implementations: shapes, placement vs topology, k, token_bytes. */
+/* Checks of a decision shared by the plan builder and the reference: shapes, placement vs
+ * topology, k, mode. */
+carl_status carl__plan_check_build(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts, int64_t T,
+                                   int k, carl_plan_mode mode);
+/* The same plus token_bytes and the accumulator (the reference's whole contract). */
 carl_status carl__plan_check_args(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts, int64_t T,
                                   int k, size_t token_bytes, carl_plan_mode mode, const carl_cost_t *c);
 
-/* The plain reference implementation (obvious loops, one thread): same contract as carl_plan_cost. */
+/* Hop counts hop [D, D] (overwritten) and copies of a decision: the fast kernels (plan.c). */
+carl_status carl__plan_count(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
+                             const int32_t *src, int64_t T, int k, carl_plan_mode mode, int64_t *hop,
+                             int64_t *copies);
+
+/* The plain reference of the whole accounting (obvious loops, one thread): the cost of
+ * carl_plan_build + carl_plan_cost of the same decision. */
 carl_status carl__plan_cost_ref(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
                                 const int32_t *src, int64_t T, int k, size_t token_bytes, carl_plan_mode mode,
                                 carl_cost_t *c);

@@ -341,7 +341,10 @@ static carl_status carl_update(carl_router_t *r, const carl_route_in_t *in, cons
     if (!load) return carl_fail(CARL_ERR_NOMEM, "carl: loads");
     double *gload = load + E;
     int ng = 0;
-    carl_load_experts(out->experts, in->T, k, E, load);
+    if (out->global_load)
+      memcpy(load, out->global_load, (size_t)E * sizeof *load);
+    else
+      carl_load_experts(out->experts, in->T, k, E, load);
     carl_status rc = carl_load_groups(load, E, in->topo, in->place, st->group, gload, &ng);
     if (rc == CARL_OK) {
       carl_adaptive_step(&st->aE, carl_load_skew(load, E));

@@ -4,6 +4,7 @@
  * Defaults follow the paper's main setting: sigmoid scores, no auxiliary loss, no z-loss.
  * State: b [E] (float64 state file). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "carl/balance.h"
 #include "carl/route_util.h"
@@ -44,7 +45,10 @@ static carl_status lf_update(carl_router_t *r, const carl_route_in_t *in, const 
   const int E = in->E;
   double *load = malloc((size_t)E * sizeof *load);
   if (!load) return carl_fail(CARL_ERR_NOMEM, "lossfree: out of memory");
-  carl_load_experts(out->experts, in->T, (int)r->opt[CARL_OPT_K], E, load);
+  if (out->global_load)
+    memcpy(load, out->global_load, (size_t)E * sizeof *load);
+  else
+    carl_load_experts(out->experts, in->T, (int)r->opt[CARL_OPT_K], E, load);
   double mean = 0;
   for (int e = 0; e < E; e++) mean += load[e];
   mean /= E;

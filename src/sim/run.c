@@ -17,6 +17,7 @@
 
 #include "carl/array.h"
 #include "carl/sim.h"
+#include "carl/step.h"
 #include "sim/sim_internal.h"
 
 const char *const carl_sim_col_names[CARL_SIM_NCOL] = {
@@ -201,7 +202,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       srcp = src;
     }
     double inter = 0, intra = 0, a2a = 0, kl = 0, bal = 0;
-    carl_sim_metrics_t msum;
+    carl_step_metrics_t msum;
     memset(&msum, 0, sizeof msum);
     for (int l = 0; l < L; l++) {
       if (sc->scenario >= 0) {
@@ -220,12 +221,14 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       if (st != CARL_OK) goto done;
       st = carl_router_update(rt[l], &in, &ro);
       if (st != CARL_OK) goto done;
-      carl_sim_metrics_t m;
-      st = carl_sim_metrics(topo, &pl[l], T, E, k, score, z, experts, &m);
+      carl_step_metrics_t m;
+      st = carl_step_metrics(topo, &pl[l], T, E, k, score, z, experts, &m, NULL, NULL, NULL);
       if (st != CARL_OK) goto done;
       carl_cost_reset(&cost);
-      st = carl_plan_cost(topo, &pl[l], experts, srcp, T, k, (size_t)cfg->token_bytes, (carl_plan_mode)cfg->plan_mode,
-                          &cost);
+      carl_plan_t plan = {0};
+      st = carl_plan_build(topo, &pl[l], experts, srcp, T, k, (carl_plan_mode)cfg->plan_mode, -1, CARL_PLAN_COUNTS, &plan);
+      if (st == CARL_OK) st = carl_plan_cost(topo, &plan, (size_t)cfg->token_bytes, &cost);
+      carl_plan_free(&plan);
       if (st != CARL_OK) goto done;
       inter += cost.bytes[CARL_LINK_INTER] + cost.bytes[CARL_LINK_RACK];
       intra += cost.bytes[CARL_LINK_INTRA];

@@ -6,13 +6,13 @@
 
 #include "carl/balance.h"
 #include "carl/route_util.h"
-#include "carl/sim.h"
+#include "carl/step.h"
 
 /* Retained mass, Jaccard with the unconstrained top-k and routing entropy in one pass over the
  * tokens (one score row each), with the per-token terms of carl_retained_mass, carl_topk_jaccard
  * and carl_routing_entropy (tests/test_sim_run.c checks the agreement). */
 static carl_status selectivity(const float *z, int64_t T, int E, int k, int score, const int32_t *experts,
-                               carl_sim_metrics_t *m) {
+                               carl_step_metrics_t *m) {
   float *s = malloc((size_t)E * sizeof(float)), *val = malloc((size_t)k * sizeof(float));
   int32_t *idx = malloc((size_t)k * sizeof(int32_t));
   if (!s || !val || !idx) {
@@ -39,8 +39,9 @@ static carl_status selectivity(const float *z, int64_t T, int E, int k, int scor
   return st;
 }
 
-carl_status carl_sim_metrics(const carl_topo_t *topo, const carl_placement_t *pl, int64_t T, int E, int k, int score,
-                             const float *z, const int32_t *experts, carl_sim_metrics_t *m) {
+carl_status carl_step_metrics(const carl_topo_t *topo, const carl_placement_t *pl, int64_t T, int E, int k, int score,
+                              const float *z, const int32_t *experts, carl_step_metrics_t *m, double *load_expert,
+                              double *load_device, double *load_node) {
   memset(m, 0, sizeof *m);
   if (T < 1 || E < 1 || k < 1 || k > E) return carl_fail(CARL_ERR_INVALID, "metrics: T, E >= 1 and 1 <= k <= E required");
   const int D = topo ? topo->devices : 1, N = topo ? topo->nodes : 1;
@@ -62,6 +63,9 @@ carl_status carl_sim_metrics(const carl_topo_t *topo, const carl_placement_t *pl
   m->skew_node = sk.max_over_mean;
   m->drop_rate = carl_drop_rate(experts, T, k);
   st = selectivity(z, T, E, k, score, experts, m);
+  if (load_expert) memcpy(load_expert, load, sizeof(double) * (size_t)E);
+  if (load_device) memcpy(load_device, dload, sizeof(double) * (size_t)D);
+  if (load_node) memcpy(load_node, nload, sizeof(double) * (size_t)N);
 out:
   free(load);
   return st;

@@ -1,0 +1,71 @@
+/* carl/exec.h: executors run a dispatch plan (carl/plan.h): they move the rows of a step between
+ * devices and reduce them back, all-reduce statistics, and migrate expert tensors.
+ *
+ * Usage:
+ *   carl_exec_t *ex;
+ *   CARL_TRY(carl_exec_local_create(&ex));                  // or carl_exec_sim_create
+ *   CARL_TRY(carl_exec_dispatch(ex, &plan, x, d, xc));      // x [T, d] -> xc [n_send + n_fwd, d]
+ *   // ... experts on the rows of each device (rows read xc[plan.row_copy[r]]) -> yc per copy
+ *   CARL_TRY(carl_exec_combine(ex, &plan, yc, d, y));       // y [T, d] += sum over t's copies
+ *   CARL_TRY(carl_exec_allreduce(ex, load, E));             // sum over processes (identity here)
+ *   carl_exec_free(ex);
+ *
+ * Semantics (every executor; the local one is their reference):
+ *   dispatch       xc[c] = x[send_tok[c]] for first-hop copies, xc[n_send + i] = xc[fwd_parent[i]]
+ *                  for forwarded ones (the second hop runs after the first).
+ *   combine        the mirror: each forwarded copy is added into its parent (second hop back,
+ *                  ascending forwarded index), then y[t] += xc[c] over t's first-hop copies in
+ *                  ascending destination device (tok_copy). yc is used as scratch (its parents
+ *                  receive the forwarded partial sums).
+ *   dispatch_backward = combine of the gradients of the copies; combine_backward = dispatch of the
+ *                  gradient of y. The functions of that name are these calls, kept so that a caller
+ *                  reads as the math does.
+ *   allreduce      v[i] = sum over processes of v[i] (one process: unchanged).
+ *   migrate        for each move of m, copy the slot of the move's expert on its source device in
+ *                  placement `old` into slot (dst, slot) of every registered tensor, all moves
+ *                  reading the tensors as they were before the call. A tensor is [D * S, numel]
+ *                  floats in slot order (device-major).
+ * The sim executor moves no data: x, xc, y may be NULL; it records migrated bytes only.
+ * Ownership: the executor owns nothing it is given.
+ */
+#ifndef CARL_EXEC_H
+#define CARL_EXEC_H
+
+#include "carl/place.h"
+#include "carl/plan.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct carl_exec carl_exec_t;
+
+carl_status carl_exec_sim_create(carl_exec_t **out);
+carl_status carl_exec_local_create(carl_exec_t **out);
+void carl_exec_free(carl_exec_t *ex);
+const char *carl_exec_name(const carl_exec_t *ex); /* "sim", "local", ... */
+/* 1 when the executor moves data (it needs plans with CARL_PLAN_ROWS). */
+int carl_exec_moves_data(const carl_exec_t *ex);
+
+carl_status carl_exec_dispatch(carl_exec_t *ex, const carl_plan_t *plan, const float *x /* [T, d] */, int d,
+                               float *xc /* [n_send + n_fwd, d] */);
+carl_status carl_exec_combine(carl_exec_t *ex, const carl_plan_t *plan, float *yc /* [n_send + n_fwd, d] */, int d,
+                              float *y /* [T, d] */);
+carl_status carl_exec_dispatch_backward(carl_exec_t *ex, const carl_plan_t *plan, float *dxc, int d, float *dx);
+carl_status carl_exec_combine_backward(carl_exec_t *ex, const carl_plan_t *plan, const float *dy, int d, float *dyc);
+carl_status carl_exec_allreduce(carl_exec_t *ex, double *v, int64_t n);
+
+typedef struct {
+  float *base;   /* [D * S, numel] */
+  int64_t numel; /* floats per slot */
+} carl_exec_tensor_t;
+
+carl_status carl_exec_migrate(carl_exec_t *ex, const carl_placement_t *old, const carl_migration_t *m,
+                              const carl_exec_tensor_t *tensors, int n);
+/* Bytes moved by carl_exec_migrate since create (sim: as the migration plan counts them). */
+double carl_exec_migrated_bytes(const carl_exec_t *ex);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
