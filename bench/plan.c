@@ -117,11 +117,7 @@ int main(int argc, char **argv) {
         carl_cost_reset(&c);
         c0 = bench_cpu_seconds();
         double t0 = carl_now();
-        carl_plan_t plan = {0};
-        carl_status pst = carl_plan_build(&topo, &pl, ex, src, T, K, (carl_plan_mode)mode, -1, CARL_PLAN_COUNTS, &plan);
-        if (pst == CARL_OK) pst = carl_plan_cost(&topo, &plan, token_bytes, &c);
-        carl_plan_free(&plan);
-        if (pst != CARL_OK) {
+        if (carl_plan_cost_decision(&topo, &pl, ex, src, T, K, token_bytes, (carl_plan_mode)mode, &c) != CARL_OK) {
           fprintf(stderr, "bench_plan: %s\n", carl_errmsg());
           return 1;
         }

@@ -21,22 +21,11 @@
 static void topo_2x2(carl_topo_t *t) { assert_int_equal(carl_topo_make(t, 2, 2, 160, 3, 50, 10), CARL_OK); }
 
 
-/* The one-shot cost of a decision: the plan (hop counts) priced by carl_plan_cost. When the build
- * fails, the accumulator is untouched (as the reference leaves it). */
-static carl_status plan_cost(const carl_topo_t *t, const carl_placement_t *p, const int32_t *ex, const int32_t *src,
-                             int64_t T, int k, size_t tb, carl_plan_mode mode, carl_cost_t *c) {
-  carl_plan_t plan = {0};
-  carl_status st = carl_plan_build(t, p, ex, src, T, k, mode, -1, CARL_PLAN_COUNTS, &plan);
-  if (st == CARL_OK) st = carl_plan_cost(t, &plan, tb, c);
-  carl_plan_free(&plan);
-  return st;
-}
-
 static void run_both(const carl_topo_t *t, const carl_placement_t *p, const int32_t *ex, const int32_t *src,
                      int64_t T, int k, size_t tb, carl_plan_mode mode, carl_cost_t *fast, carl_cost_t *ref) {
   assert_int_equal(carl_cost_init(fast, t), CARL_OK);
   assert_int_equal(carl_cost_init(ref, t), CARL_OK);
-  assert_int_equal(plan_cost(t, p, ex, src, T, k, tb, mode, fast), CARL_OK);
+  assert_int_equal(carl_plan_cost_decision(t, p, ex, src, T, k, tb, mode, fast), CARL_OK);
   assert_int_equal(carl__plan_cost_ref(t, p, ex, src, T, k, tb, mode, ref), CARL_OK);
 }
 
@@ -260,7 +249,7 @@ static void random_case(const carl_topo_t *t, int E, int k, int64_t T, uint64_t 
     carl_cost_t *c = &cost[mode][0], *r = &cost[mode][1];
     run_both(t, &p, ex, with_src ? src : NULL, T, k, 7168, (carl_plan_mode)mode, c, r);
     /* a second call accumulates (one more layer) */
-    assert_int_equal(plan_cost(t, &p, ex, with_src ? src : NULL, T, k, 7168, (carl_plan_mode)mode, c), CARL_OK);
+    assert_int_equal(carl_plan_cost_decision(t, &p, ex, with_src ? src : NULL, T, k, 7168, (carl_plan_mode)mode, c), CARL_OK);
     assert_int_equal(carl__plan_cost_ref(t, &p, ex, with_src ? src : NULL, T, k, 7168, (carl_plan_mode)mode, r),
                      CARL_OK);
     assert_same_cost(c, r);
@@ -378,32 +367,32 @@ static void test_errors(void **s) {
   carl_cost_t c;
   assert_int_equal(carl_cost_init(&c, &t), CARL_OK);
   int32_t ex[4] = {0, 1, 7, 2}, src[2] = {0, 1};
-  assert_int_equal(plan_cost(&t, &p, ex, src, 2, 2, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
+  assert_int_equal(carl_plan_cost_decision(&t, &p, ex, src, 2, 2, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
   assert_string_equal(carl_errmsg(), "experts[1, 0] = 7 is not an expert id in [-1, 4)");
   assert_int_equal(carl__plan_cost_ref(&t, &p, ex, src, 2, 2, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
   assert_string_equal(carl_errmsg(), "experts[1, 0] = 7 is not an expert id in [-1, 4)");
   ex[2] = -2;
-  assert_int_equal(plan_cost(&t, &p, ex, src, 2, 2, 100, CARL_PLAN_HIER, &c), CARL_ERR_INVALID);
+  assert_int_equal(carl_plan_cost_decision(&t, &p, ex, src, 2, 2, 100, CARL_PLAN_HIER, &c), CARL_ERR_INVALID);
   assert_non_null(strstr(carl_errmsg(), "= -2 is not an expert id"));
   ex[2] = 3;
   src[1] = 4;
-  assert_int_equal(plan_cost(&t, &p, ex, src, 2, 2, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
+  assert_int_equal(carl_plan_cost_decision(&t, &p, ex, src, 2, 2, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
   assert_string_equal(carl_errmsg(), "src[1] = 4 is not a device in [0, 4)");
   src[1] = 1;
-  assert_int_equal(plan_cost(&t, &p, ex, src, 2, 0, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
+  assert_int_equal(carl_plan_cost_decision(&t, &p, ex, src, 2, 0, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
   assert_non_null(strstr(carl_errmsg(), "k must be in [1,"));
-  assert_int_equal(plan_cost(&t, &p, ex, src, 2, 2, 0, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
+  assert_int_equal(carl_plan_cost_decision(&t, &p, ex, src, 2, 2, 0, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
   assert_string_equal(carl_errmsg(), "token_bytes must be > 0");
   /* nothing was accumulated by the failed calls */
   assert_int_equal(c.calls, 0);
   assert_true(c.bytes[CARL_LINK_INTRA] == 0 && c.a2a_s == 0);
   carl_placement_t q;
   assert_int_equal(carl_placement_contiguous(&q, 4, 8), CARL_OK);
-  assert_int_equal(plan_cost(&t, &q, ex, src, 2, 2, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
+  assert_int_equal(carl_plan_cost_decision(&t, &q, ex, src, 2, 2, 100, CARL_PLAN_FLAT, &c), CARL_ERR_INVALID);
   assert_string_equal(carl_errmsg(), "placement has 8 devices but the topology has 4");
   carl_placement_free(&q);
   /* T = 0 is a valid empty step */
-  assert_int_equal(plan_cost(&t, &p, NULL, NULL, 0, 2, 100, CARL_PLAN_FLAT, &c), CARL_OK);
+  assert_int_equal(carl_plan_cost_decision(&t, &p, NULL, NULL, 0, 2, 100, CARL_PLAN_FLAT, &c), CARL_OK);
   assert_true(c.a2a_s == 0 && c.copies == 0);
   carl_cost_free(&c);
   carl_placement_free(&p);

@@ -361,13 +361,8 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   if ((st = carl_cost_init(&cost, topo)) != CARL_OK) goto done;
   carl_plan_mode mode = strcmp(a->mode, "hier") ? CARL_PLAN_FLAT : CARL_PLAN_HIER;
   size_t token_bytes = (size_t)a->hidden * (size_t)a->elem_bytes;
-  {
-    carl_plan_t plan = {0};
-    st = carl_plan_build(topo, pl, experts, s->source.data, T, k, mode, -1, CARL_PLAN_COUNTS, &plan);
-    if (st == CARL_OK) st = carl_plan_cost(topo, &plan, token_bytes, &cost);
-    carl_plan_free(&plan);
-    if (st != CARL_OK) goto done;
-  }
+  if ((st = carl_plan_cost_decision(topo, pl, experts, s->source.data, T, k, token_bytes, mode, &cost)) != CARL_OK)
+    goto done;
 
   /* outputs */
   char path[4096];

@@ -124,6 +124,12 @@ void carl_plan_free(carl_plan_t *plan);
  * another device count. */
 carl_status carl_plan_cost(const carl_topo_t *t, const carl_plan_t *plan, size_t token_bytes, carl_cost_t *c);
 
+/* The cost of a decision in one call: carl_plan_build (counts, all devices) + carl_plan_cost.
+ * On error c is unchanged. */
+carl_status carl_plan_cost_decision(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
+                                    const int32_t *src, int64_t T, int k, size_t token_bytes, carl_plan_mode mode,
+                                    carl_cost_t *c);
+
 /* Device that serves expert e for a token on device a: the nearest replica (self, then intra,
  * rack, inter); among equally near replicas the choice is spread by token index. */
 int carl_plan_replica(const carl_topo_t *t, const carl_placement_t *p, int e, int a, int64_t token);

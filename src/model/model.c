@@ -412,10 +412,8 @@ carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int
         pl = &contig;
       }
       carl_cost_reset(&m->cost);
-      carl_plan_t plan = {0};
-      st = carl_plan_build(m->topo, pl, a->moe.experts, NULL, T, c->top_k, CARL_PLAN_FLAT, -1, CARL_PLAN_COUNTS, &plan);
-      if (st == CARL_OK) st = carl_plan_cost(m->topo, &plan, sizeof(float) * (size_t)d, &m->cost);
-      carl_plan_free(&plan);
+      st = carl_plan_cost_decision(m->topo, pl, a->moe.experts, NULL, T, c->top_k, sizeof(float) * (size_t)d,
+                                   CARL_PLAN_FLAT, &m->cost);
       if (pl != m->place) carl_placement_free(&contig);
       if (st != CARL_OK) return carl_errctx(st, "layer %d dispatch", l);
       memcpy(a->bytes, m->cost.bytes, sizeof a->bytes);

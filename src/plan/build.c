@@ -255,3 +255,13 @@ carl_status carl_plan_build(const carl_topo_t *t, const carl_placement_t *p, con
   if (st != CARL_OK) memset(plan->hop, 0, sizeof(int64_t) * (size_t)D * D), plan->copies = 0;
   return st;
 }
+
+carl_status carl_plan_cost_decision(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
+                                    const int32_t *src, int64_t T, int k, size_t token_bytes, carl_plan_mode mode,
+                                    carl_cost_t *c) {
+  carl_plan_t plan = {0};
+  carl_status st = carl_plan_build(t, p, experts, src, T, k, mode, -1, CARL_PLAN_COUNTS, &plan);
+  if (st == CARL_OK) st = carl_plan_cost(t, &plan, token_bytes, c);
+  carl_plan_free(&plan);
+  return st;
+}

@@ -225,10 +225,8 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       st = carl_step_metrics(topo, &pl[l], T, E, k, score, z, experts, &m, NULL, NULL, NULL);
       if (st != CARL_OK) goto done;
       carl_cost_reset(&cost);
-      carl_plan_t plan = {0};
-      st = carl_plan_build(topo, &pl[l], experts, srcp, T, k, (carl_plan_mode)cfg->plan_mode, -1, CARL_PLAN_COUNTS, &plan);
-      if (st == CARL_OK) st = carl_plan_cost(topo, &plan, (size_t)cfg->token_bytes, &cost);
-      carl_plan_free(&plan);
+      st = carl_plan_cost_decision(topo, &pl[l], experts, srcp, T, k, (size_t)cfg->token_bytes,
+                                   (carl_plan_mode)cfg->plan_mode, &cost);
       if (st != CARL_OK) goto done;
       inter += cost.bytes[CARL_LINK_INTER] + cost.bytes[CARL_LINK_RACK];
       intra += cost.bytes[CARL_LINK_INTRA];
