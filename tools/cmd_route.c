@@ -11,6 +11,7 @@
 
 #include "carl/array.h"
 #include "carl/balance.h"
+#include "carl/fs.h"
 #include "carl/plan.h"
 #include "carl/route.h"
 #include "carl/topo.h"
@@ -458,19 +459,6 @@ done:
   return st;
 }
 
-static carl_status make_dir(const char *dir) {
-  char buf[4096];
-  if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) return carl_fail(CARL_ERR_INVALID, "%s: path too long", dir);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-    *p = '/';
-  }
-  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-  return CARL_OK;
-}
-
 static void print_summary_header(FILE *f) {
   fprintf(f, "| step | router | expert MaxVio | device MaxVio | node MaxVio | drop | retained | Jaccard | inter-node MB | intra-node MB | inter frac | a2a ms |\n");
   fprintf(f, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -494,6 +482,8 @@ int carl_cmd_route(int argc, char **argv) {
   step_inputs_t in = {0};
   carl_status st = CARL_OK;
   FILE *csv = NULL;
+  char *csv_text = NULL;
+  size_t csv_len = 0;
   if (a.demo) {
     st = make_demo(&topo, &in);
   } else {
@@ -523,7 +513,7 @@ int carl_cmd_route(int argc, char **argv) {
   }
 
   const char *outdir = a.out ? a.out : "out/route-demo";
-  if ((st = make_dir(outdir)) != CARL_OK) return carl_cli_error("route", st);
+  if ((st = carl_fs_mkdir_p(outdir)) != CARL_OK) return carl_cli_error("route", st);
   if ((st = carl_router_create(a.router, a.nset, a.keys, a.vals, &r)) != CARL_OK) return carl_cli_error("route", st);
   if (a.state_in && (st = carl_router_load(r, a.state_in)) != CARL_OK) {
     carl_router_free(r);
@@ -534,13 +524,11 @@ int carl_cmd_route(int argc, char **argv) {
   step_summary_t total = {0};
   int is_tty = 0;
   if (a.trace) {
-    char cp[4096];
-    snprintf(cp, sizeof cp, "%s/summary.csv", outdir);
-    csv = fopen(cp, "w");
+    /* summary.csv is collected in memory and written whole at the end */
+    csv = open_memstream(&csv_text, &csv_len);
     if (!csv) {
-      fprintf(stderr, "carl route: cannot create %s: %s\n", cp, strerror(errno));
-      rc = 1;
-      goto out;
+      st = carl_fail(CARL_ERR_NOMEM, "summary.csv: out of memory");
+      goto fail;
     }
     fprintf(csv, "step,expert_maxvio,device_maxvio,node_maxvio,drop_rate,retained_mass,jaccard,inter_bytes,"
                  "intra_bytes,inter_fraction,a2a_s,router_loss\n");
@@ -557,7 +545,7 @@ int carl_cmd_route(int argc, char **argv) {
       st = load_step(lp, file_exists(sp) ? sp : NULL, file_exists(tp) ? tp : NULL, NULL, &topo, &in);
       snprintf(sd, sizeof sd, "%s/step_%05d", outdir, step);
       stepdir = sd;
-      if (!st) st = make_dir(sd);
+      if (!st) st = carl_fs_mkdir_p(sd);
     } else if (!a.demo) {
       st = load_step(a.logits, a.source, a.tokens, a.features, &topo, &in);
     }
@@ -590,6 +578,16 @@ int carl_cmd_route(int argc, char **argv) {
     step_inputs_free(&in);
   }
   char rp[4096];
+  if (csv) {
+    int bad = fclose(csv) != 0;
+    csv = NULL;
+    if (bad || !csv_text) {
+      st = carl_fail(CARL_ERR_NOMEM, "summary.csv: out of memory");
+      goto fail;
+    }
+    if ((st = join_path(rp, sizeof rp, outdir, "summary.csv")) != CARL_OK) goto fail;
+    if ((st = carl_write_file_atomic(rp, csv_text, csv_len)) != CARL_OK) goto fail;
+  }
   if (a.trace) print_summary_row(stdout, -1, "mean", &total);
   if (a.state_out || (a.trace && r->impl->save)) {
     if ((st = join_path(rp, sizeof rp, outdir, "state.bin")) != CARL_OK) goto fail;
@@ -601,10 +599,8 @@ int carl_cmd_route(int argc, char **argv) {
 fail:
   rc = carl_cli_error("route", st);
 out:
-  if (csv && fclose(csv) != 0 && rc == 0) {
-    fprintf(stderr, "carl route: cannot write summary.csv\n");
-    rc = 1;
-  }
+  if (csv) fclose(csv);
+  free(csv_text);
   step_inputs_free(&in);
   carl_router_free(r);
   carl_placement_free(&pl);

@@ -108,7 +108,8 @@ void carl_arena_free(carl_arena_t *a);
 /* ---- small helpers ---------------------------------------------------------------------------- */
 /* Read a whole file into a NUL-terminated malloc'ed buffer (caller frees). */
 carl_status carl_read_file(const char *path, char **data, size_t *len);
-/* Write bytes to path atomically: path.tmp, fsync, rename. Nothing is left half-written. */
+/* Write bytes to path whole or not at all: a unique temporary next to it, every write checked,
+ * fsync, rename, fsync of the directory (carl/fs.h has the rest of this family). */
 carl_status carl_write_file_atomic(const char *path, const void *data, size_t len);
 /* Monotonic seconds. */
 double carl_now(void);

@@ -13,6 +13,7 @@
 
 #include "carl/array.h"
 #include "carl/data.h"
+#include "carl/fs.h"
 #include "carl/json.h"
 #include "carl/safetensors.h"
 
@@ -321,45 +322,8 @@ int carl_train_config_model_diff(const carl_train_config_t *a, const carl_train_
 
 /* ============================== files and directories ============================================= */
 
-static carl_status carl__mkdir_p(const char *path) {
-  char buf[CARL_PATH_MAX];
-  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-    return carl_fail(CARL_ERR_INVALID, "%s: path too long", path);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-    *p = '/';
-  }
-  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-  struct stat sb;
-  if (stat(buf, &sb) != 0 || !S_ISDIR(sb.st_mode)) return carl_fail(CARL_ERR_IO, "%s: not a directory", buf);
-  return CARL_OK;
-}
-
-static carl_status carl__fsync_dir(const char *path) {
-  int fd = open(path, O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return carl_fail(CARL_ERR_IO, "%s: cannot open directory: %s", path, strerror(errno));
-  int r = fsync(fd);
-  close(fd);
-  if (r != 0 && errno != EINVAL) return carl_fail(CARL_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-  return CARL_OK;
-}
-
-/* Remove a directory holding plain files only (a checkpoint). Missing is fine. */
-static void carl__rm_dir(const char *path) {
-  DIR *d = opendir(path);
-  if (!d) return;
-  struct dirent *e;
-  char f[CARL_PATH_MAX * 2];
-  while ((e = readdir(d))) {
-    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-    snprintf(f, sizeof f, "%s/%s", path, e->d_name);
-    unlink(f);
-  }
-  closedir(d);
-  rmdir(path);
-}
+/* Remove a checkpoint directory (or anything else) and what it holds. Missing is fine. */
+static void carl__rm_dir(const char *path) { (void)carl_fs_remove_tree(path); }
 
 static int carl__exists(const char *path) {
   struct stat sb;
@@ -518,7 +482,7 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
   }
   cJSON_Delete(cj);
   cJSON_free(cfg_text);
-  if (!st) st = carl__fsync_dir(tmp);
+  if (!st) st = carl_fs_sync_dir(tmp);
   if (!st) {
     /* replace an older checkpoint of the same step (a run resumed before this step) */
     carl__rm_dir(old);
@@ -532,7 +496,7 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     snprintf(line, sizeof line, "%s\n", name);
     st = carl_write_file_atomic(latest, line, strlen(line));
   }
-  if (!st) st = carl__fsync_dir(out_dir);
+  if (!st) st = carl_fs_sync_dir(out_dir);
   if (st != CARL_OK) {
     carl__rm_dir(tmp);
     return carl_errctx(st, "checkpoint at step %" PRId64, step);
@@ -845,7 +809,7 @@ static carl_status carl__trace_add(carl__trace_t *tr, carl_model_t *m, const int
 }
 
 static carl_status carl__trace_write(const carl__trace_t *tr, const char *dir, int D) {
-  CARL_TRY(carl__mkdir_p(dir));
+  CARL_TRY(carl_fs_mkdir_p(dir));
   char f[CARL_PATH_MAX + 128];
   for (int l = 0; l < tr->L; l++) {
     snprintf(f, sizeof f, "%s/layer_%d.npy", dir, l);
@@ -921,7 +885,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   } else if (!st) {
     st = carl_model_create(&cfg.model, &m);
   }
-  if (!st) st = carl__mkdir_p(o->out_dir);
+  if (!st) st = carl_fs_mkdir_p(o->out_dir);
   if (!st && have_topo) st = carl_model_set_topology(m, &topo, &pl);
   if (!st) {
     snprintf(path, sizeof path, "%s/metrics.csv", o->out_dir);

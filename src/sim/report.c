@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "carl/fs.h"
 #include "carl/sim.h"
 
 typedef struct {
@@ -164,19 +165,6 @@ carl_status carl_sim_table_md(const carl_sim_config_t *cfg, const carl_sim_resul
   return *out ? CARL_OK : carl_fail(CARL_ERR_NOMEM, "report: out of memory");
 }
 
-static carl_status mkdirs(const char *dir) {
-  char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s", dir);
-  for (char *p = tmp + 1; *p; p++)
-    if (*p == '/') {
-      *p = 0;
-      if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
-      *p = '/';
-    }
-  if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
-  return CARL_OK;
-}
-
 static void gp_script(sbuf_t *b, const carl_sim_config_t *cfg, const char *dir) {
   static const struct {
     int col;
@@ -238,7 +226,7 @@ static void gp_data(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_resu
 }
 
 carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir) {
-  CARL_TRY(mkdirs(dir));
+  CARL_TRY(carl_fs_mkdir_p(dir));
   sbuf_t b = {0};
   csv_header(&b, 1);
   for (int i = 0; i < res->nrun; i++) {
