@@ -8,7 +8,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -327,6 +329,77 @@ static void test_resume_rejects(void **s) {
   assert_non_null(strstr(carl_errmsg(), "scripts/prepare_data.sh"));
 }
 
+/* ---- write errors ------------------------------------------------------------------------------ */
+/* After step `at` is logged, the file-size limit is set to metrics.csv's size: the next row cannot
+ * be written (EFBIG, as on a full disk). */
+typedef struct {
+  char csv[400];
+  int64_t at;
+  struct rlimit old;
+} limit_ud_t;
+
+static void limit_after(const carl_train_metrics_t *m, void *ud) {
+  limit_ud_t *u = ud;
+  if (m->step != u->at) return;
+  struct stat sb;
+  if (stat(u->csv, &sb) != 0) return;
+  struct rlimit l = u->old;
+  l.rlim_cur = (rlim_t)sb.st_size;
+  setrlimit(RLIMIT_FSIZE, &l);
+}
+
+/* A row of metrics.csv that cannot be written stops the run with an error naming the file and the
+ * step; metrics.csv holds whole rows only; the last good checkpoint stays the latest; a resume
+ * continues from it with every row. */
+static void test_write_error_stops(void **s) {
+  (void)s;
+  carl_train_config_t c;
+  tiny_config(&c, "topk", "", 6);
+  char o[300], f[400];
+  out_dir(o, sizeof o, "full");
+  limit_ud_t u = {.at = 3};
+  snprintf(u.csv, sizeof u.csv, "%s/metrics.csv", o);
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &u.old), 0);
+  void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+  carl_train_result_t r;
+  carl_train_opts_t opt = {.out_dir = o, .progress = limit_after, .ud = &u};
+  carl_status st = carl_train_run(&c, &opt, &r);
+  setrlimit(RLIMIT_FSIZE, &u.old);
+  signal(SIGXFSZ, prev);
+  if (st != CARL_ERR_IO || !strstr(carl_errmsg(), "metrics.csv") || !strstr(carl_errmsg(), "step 4"))
+    fail_msg("want an I/O error naming metrics.csv and step 4, got %d: %s", st, carl_errmsg());
+  assert_non_null(strstr(carl_errmsg(), "ckpt_00000002"));
+  snprintf(f, sizeof f, "%s/latest", o);
+  size_t n;
+  char *latest = slurp(f, &n);
+  assert_string_equal(latest, "ckpt_00000002\n");
+  free(latest);
+  snprintf(f, sizeof f, "%s/ckpt_00000004", o);
+  assert_int_equal(access(f, F_OK), -1);
+  /* the header and rows 1..3, each whole (19 fields) */
+  char *csv = slurp(u.csv, &n), *save = NULL;
+  assert_int_equal(csv[n - 1], '\n');
+  int lines = 0;
+  for (char *line = strtok_r(csv, "\n", &save); line; line = strtok_r(NULL, "\n", &save), lines++) {
+    int commas = 0;
+    for (char *p = line; *p; p++) commas += *p == ',';
+    assert_int_equal(commas, 18);
+    if (lines > 0) assert_int_equal(atoi(line), lines);
+  }
+  assert_int_equal(lines, 4);
+  free(csv);
+  /* resumed from step 2: rows 1..6 */
+  opt.resume = 1;
+  opt.progress = NULL;
+  assert_int_equal(carl_train_run(&c, &opt, &r), CARL_OK);
+  assert_int_equal(r.step, 6);
+  char *cols = loss_columns(u.csv);
+  lines = 0;
+  for (char *p = cols; *p; p++) lines += *p == '\n';
+  assert_int_equal(lines, 7);
+  free(cols);
+}
+
 /* ---- trace and sampling ------------------------------------------------------------------------- */
 static void test_trace_and_sample(void **s) {
   (void)s;
@@ -392,7 +465,7 @@ int main(void) {
       cmocka_unit_test(test_config),       cmocka_unit_test(test_resume_topk),
       cmocka_unit_test(test_resume_lossfree), cmocka_unit_test(test_resume_carl),
       cmocka_unit_test(test_nan_stops),    cmocka_unit_test(test_resume_rejects),
-      cmocka_unit_test(test_trace_and_sample),
+      cmocka_unit_test(test_trace_and_sample), cmocka_unit_test(test_write_error_stops),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

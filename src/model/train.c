@@ -653,29 +653,70 @@ const char *carl_train_csv_header(void) {
          "inter_bytes,intra_bytes,inter_bytes_total,inter_fraction,a2a_ms,drop_rate,elapsed_s";
 }
 
-void carl_train_csv_row(FILE *f, const carl_train_metrics_t *m) {
+/* One row (with its newline) into buf; the length, or -1 when it does not fit. */
+static int carl__csv_row_text(char *buf, size_t cap, const carl_train_metrics_t *m) {
   char vce[32] = "", vbpb[32] = "";
   if (m->has_val) {
     snprintf(vce, sizeof vce, "%.9g", m->val_ce);
     snprintf(vbpb, sizeof vbpb, "%.9g", m->val_bpb);
   }
-  fprintf(f, "%" PRId64 ",%.9g,%.9g,%.9g,%s,%s,%.6g,%.6g,%.1f,%.6g,%.6g,%.6g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.2f\n",
-          m->step, m->loss, m->ce, m->router_loss, vce, vbpb, m->lr, m->grad_norm, m->tokens_per_s, m->skew_expert,
-          m->skew_device, m->skew_node, m->inter_bytes, m->intra_bytes, m->inter_bytes_total, m->inter_fraction,
-          m->a2a_ms, m->drop_rate, m->elapsed_s);
+  int n = snprintf(buf, cap, "%" PRId64 ",%.9g,%.9g,%.9g,%s,%s,%.6g,%.6g,%.1f,%.6g,%.6g,%.6g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.2f\n",
+                   m->step, m->loss, m->ce, m->router_loss, vce, vbpb, m->lr, m->grad_norm, m->tokens_per_s, m->skew_expert,
+                   m->skew_device, m->skew_node, m->inter_bytes, m->intra_bytes, m->inter_bytes_total, m->inter_fraction,
+                   m->a2a_ms, m->drop_rate, m->elapsed_s);
+  return n >= 0 && (size_t)n < cap ? n : -1;
 }
 
-/* Keep the header and rows with step <= keep_step; create the file with a header when missing. */
-static carl_status carl__csv_open(const char *path, int resume, int64_t keep_step, FILE **out) {
+void carl_train_csv_row(FILE *f, const carl_train_metrics_t *m) {
+  char row[1024];
+  if (carl__csv_row_text(row, sizeof row, m) > 0) fputs(row, f);
+}
+
+/* metrics.csv, appended to row by row; every write is checked, and a failed one is cut off again
+ * so that the file holds whole rows only. */
+typedef struct {
+  FILE *f;
+  char path[CARL_PATH_MAX + 64];
+  long size; /* bytes of whole rows written */
+} carl__csv_t;
+
+static int carl__count_commas(const char *s) {
+  int n = 0;
+  for (; *s; s++) n += *s == ',';
+  return n;
+}
+
+/* Fresh run: a new file with the header. Resume: the header and the rows with step <= keep_step
+ * (rows past the checkpoint, or cut short, are dropped) are written whole through a temporary and
+ * a rename, so that a kill at any moment leaves the old rows or the new file, never less; rows are
+ * then appended. */
+static carl_status carl__csv_open(carl__csv_t *c, const char *path, int resume, int64_t keep_step) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->path, sizeof c->path, "%s", path);
+  const char *hdr = carl_train_csv_header();
+  if (!resume) {
+    c->f = fopen(path, "w");
+    if (!c->f) return carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (fprintf(c->f, "%s\n", hdr) < 0 || fflush(c->f) != 0) {
+      carl_status st = carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+      fclose(c->f);
+      c->f = NULL;
+      return st;
+    }
+    c->size = (long)strlen(hdr) + 1;
+    return CARL_OK;
+  }
   char *old = NULL;
   size_t len = 0;
-  if (resume && carl__exists(path)) CARL_TRY(carl_read_file(path, &old, &len));
-  FILE *f = fopen(path, "w");
-  if (!f) {
+  if (carl__exists(path)) CARL_TRY(carl_read_file(path, &old, &len));
+  size_t cap = strlen(hdr) + 2 + len;
+  char *text = malloc(cap);
+  if (!text) {
     free(old);
-    return carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
   }
-  fprintf(f, "%s\n", carl_train_csv_header());
+  size_t n = (size_t)snprintf(text, cap, "%s\n", hdr);
+  int fields = carl__count_commas(hdr);
   if (old) {
     char *save = NULL;
     int first = 1;
@@ -686,12 +727,50 @@ static carl_status carl__csv_open(const char *path, int resume, int64_t keep_ste
       }
       char *end;
       long long s = strtoll(line, &end, 10);
-      if (end != line && *end == ',' && s <= keep_step) fprintf(f, "%s\n", line);
+      if (end != line && *end == ',' && s <= keep_step && carl__count_commas(line) == fields) {
+        size_t l = strlen(line);
+        memcpy(text + n, line, l);
+        text[n + l] = '\n';
+        n += l + 1;
+      }
     }
     free(old);
   }
-  fflush(f);
-  *out = f;
+  carl_status st = carl_write_file_atomic(path, text, n);
+  free(text);
+  CARL_TRY(st);
+  c->f = fopen(path, "a");
+  if (!c->f) return carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+  c->size = (long)n;
+  return CARL_OK;
+}
+
+static carl_status carl__csv_append(carl__csv_t *c, const carl_train_metrics_t *m) {
+  char row[1024];
+  int n = carl__csv_row_text(row, sizeof row, m);
+  if (n < 0) return carl_fail(CARL_ERR_INVALID, "%s: row of step %lld too long", c->path, (long long)m->step);
+  if (fputs(row, c->f) == EOF || fflush(c->f) != 0) {
+    int e = errno;
+    clearerr(c->f);
+    if (ftruncate(fileno(c->f), c->size) == 0) fseek(c->f, 0, SEEK_END);
+    return carl_fail(CARL_ERR_IO, "%s: cannot write the row of step %lld: %s", c->path, (long long)m->step, strerror(e));
+  }
+  c->size += n;
+  return CARL_OK;
+}
+
+/* The rows so far on disk (before a checkpoint refers to them). */
+static carl_status carl__csv_sync(carl__csv_t *c) {
+  if (fsync(fileno(c->f)) != 0 && errno != EINVAL)
+    return carl_fail(CARL_ERR_IO, "%s: cannot write (sync failed): %s", c->path, strerror(errno));
+  return CARL_OK;
+}
+
+static carl_status carl__csv_close(carl__csv_t *c) {
+  if (!c->f) return CARL_OK;
+  int bad = fclose(c->f) != 0;
+  c->f = NULL;
+  if (bad) return carl_fail(CARL_ERR_IO, "%s: cannot write (close failed): %s", c->path, strerror(errno));
   return CARL_OK;
 }
 
@@ -827,6 +906,14 @@ static carl_status carl__trace_write(const carl__trace_t *tr, const char *dir, i
   return carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
 }
 
+/* Add to the current error that training stopped at step `step` and which checkpoint stays. */
+static void carl__stopped(carl_status st, int64_t step, const char *last_ckpt) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", carl_errmsg());
+  carl_fail(st, "%s; training stopped at step %lld. Last good checkpoint: %s", msg, (long long)step,
+            last_ckpt[0] ? last_ckpt : "none yet");
+}
+
 carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_opts_t *o, carl_train_result_t *res) {
   memset(res, 0, sizeof *res);
   if (!o || !o->out_dir || !o->out_dir[0]) return carl_fail(CARL_ERR_INVALID, "train: no output directory given");
@@ -842,7 +929,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   carl_placement_t pl = {0};
   int have_topo = 0;
   carl_model_t *m = NULL;
-  FILE *csv = NULL;
+  carl__csv_t csv = {0};
   int32_t *x = NULL, *y = NULL;
   carl__trace_t tr = {0};
   carl__skew_t sk = {0};
@@ -889,7 +976,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   if (!st && have_topo) st = carl_model_set_topology(m, &topo, &pl);
   if (!st) {
     snprintf(path, sizeof path, "%s/metrics.csv", o->out_dir);
-    st = carl__csv_open(path, o->resume, start, &csv);
+    st = carl__csv_open(&csv, path, o->resume, start);
   }
   if (!st) {
     x = malloc((size_t)T * sizeof *x);
@@ -991,8 +1078,11 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       }
       mt.elapsed_s = carl_now() - t0;
       rs.loss = mt.loss;
-      carl_train_csv_row(csv, &mt);
-      fflush(csv);
+      st = carl__csv_append(&csv, &mt);
+      if (st) {
+        carl__stopped(st, done, res->last_ckpt);
+        break;
+      }
       if (o->progress) o->progress(&mt, o->ud);
       sum_se += mt.skew_expert;
       sum_sd += mt.skew_device;
@@ -1004,8 +1094,12 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       t_log = carl_now();
     }
     if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
-      st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
-      if (st) break;
+      st = carl__csv_sync(&csv);
+      if (!st) st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      if (st) {
+        carl__stopped(st, done, res->last_ckpt);
+        break;
+      }
     }
   }
   if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, sk.D);
@@ -1018,7 +1112,8 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   res->skew_expert_mean = nlogged ? sum_se / (double)nlogged : 0;
   res->skew_device_mean = nlogged ? sum_sd / (double)nlogged : 0;
 
-  if (csv) fclose(csv);
+  carl_status cst = carl__csv_close(&csv);
+  if (!st) st = cst;
   for (int l = 0; tr.logits && l < tr.L; l++) free(tr.logits[l]);
   free(tr.logits);
   free(tr.tokens);
