@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "carl/array.h"
+#include "carl/fs.h"
+#include "carl/json.h"
 #include "carl/safetensors.h"
 #include "carl/train.h"
 
@@ -400,6 +402,130 @@ static void test_write_error_stops(void **s) {
   free(cols);
 }
 
+/* ---- corrupt checkpoints: CRC32C and non-finite values ------------------------------------------ */
+/* Set element `flat` of tensor `name` in a safetensors file to v (the rest, metadata included, as it was). */
+static void poke_tensor(const char *path, const char *name, int64_t flat, float v) {
+  carl_st_file_t f;
+  if (carl_st_read(path, &f) != CARL_OK) fail_msg("%s: %s", path, carl_errmsg());
+  const carl_st_tensor_t *t = carl_st_find(&f, name);
+  assert_non_null(t);
+  assert_int_equal(t->dtype, CARL_F32);
+  ((float *)t->data)[flat] = v;
+  const char **meta = calloc(2 * (size_t)f.nmeta + 1, sizeof *meta);
+  for (int i = 0; i < 2 * f.nmeta; i++) meta[i] = f.meta[i];
+  assert_int_equal(carl_st_write(path, f.tensors, f.n, meta), CARL_OK);
+  free(meta);
+  carl_st_free(&f);
+}
+
+/* Record file's present CRC32C in its checkpoint's state.json (as a run that wrote it would have). */
+static void restamp_crc(const char *ckpt, const char *file) {
+  char f[400], hex[16];
+  uint32_t c;
+  snprintf(f, sizeof f, "%s/%s", ckpt, file);
+  assert_int_equal(carl_fs_crc32c_file(f, &c), CARL_OK);
+  snprintf(hex, sizeof hex, "%08x", c);
+  snprintf(f, sizeof f, "%s/state.json", ckpt);
+  cJSON *doc;
+  assert_int_equal(carl_json_load(f, &doc), CARL_OK);
+  cJSON *crc = cJSON_GetObjectItemCaseSensitive(doc, "crc32c");
+  assert_non_null(cJSON_GetObjectItemCaseSensitive(crc, file));
+  cJSON_ReplaceItemInObjectCaseSensitive(crc, file, cJSON_CreateString(hex));
+  char *text = cJSON_Print(doc);
+  assert_int_equal(carl_write_file_atomic(f, text, strlen(text)), CARL_OK);
+  cJSON_free(text);
+  carl_json_free(doc);
+}
+
+static void flip_last_byte(const char *path) {
+  size_t n;
+  char *d = slurp(path, &n);
+  d[n - 1] ^= 0x01;
+  assert_int_equal(carl_write_file_atomic(path, d, n), CARL_OK);
+  free(d);
+}
+
+static void copy_file(const char *from, const char *to) {
+  size_t n;
+  char *d = slurp(from, &n);
+  assert_int_equal(carl_write_file_atomic(to, d, n), CARL_OK);
+  free(d);
+}
+
+/* One flipped bit in a parameter, an AdamW moment or a router state is refused by its CRC32C; a NaN
+ * or Inf written with a matching CRC (a run that had diverged) is refused naming the tensor and
+ * the element. The checkpoint is never changed by the refusals. */
+static void test_corrupt_checkpoint(void **s) {
+  (void)s;
+  carl_train_config_t c;
+  tiny_config(&c, "lossfree", "", 2);
+  char o[300], ck[400], f[500], keep[500];
+  out_dir(o, sizeof o, "corrupt");
+  carl_train_result_t r;
+  carl_train_opts_t opt = {.out_dir = o};
+  assert_int_equal(carl_train_run(&c, &opt, &r), CARL_OK);
+  snprintf(ck, sizeof ck, "%s/ckpt_00000002", o);
+  c.steps = 4;
+  opt.resume = 1;
+  carl_train_config_t lc;
+  carl_model_t *m = NULL;
+  int64_t step;
+  static const char *files[] = {"model.safetensors", "optimizer.safetensors", "router_1.state"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(f, sizeof f, "%s/%s", ck, files[i]);
+    snprintf(keep, sizeof keep, "%s/keep", g_dir);
+    copy_file(f, keep);
+    flip_last_byte(f);
+    carl_status st = carl_train_run(&c, &opt, &r);
+    if (st != CARL_ERR_PARSE || !strstr(carl_errmsg(), "CRC32C") || !strstr(carl_errmsg(), files[i]))
+      fail_msg("%s with a flipped bit: got %d: %s", files[i], st, carl_errmsg());
+    if (i != 1) { /* sampling reads the parameters and the router state, not the optimizer */
+      assert_int_equal(carl_ckpt_load_model(o, &lc, &m, &step), CARL_ERR_PARSE);
+      assert_non_null(strstr(carl_errmsg(), files[i]));
+    }
+    copy_file(keep, f);
+  }
+  /* NaN in tok_emb [256, 16] at [3, 5]: flat element 3 * 16 + 5 = 53 */
+  snprintf(f, sizeof f, "%s/model.safetensors", ck);
+  copy_file(f, keep);
+  poke_tensor(f, "tok_emb", 53, NAN);
+  restamp_crc(ck, "model.safetensors");
+  carl_status st = carl_train_run(&c, &opt, &r);
+  if (st != CARL_ERR_NUMERIC || !strstr(carl_errmsg(), "tensor 'tok_emb' holds NaN at element 53 (index [3, 5])") ||
+      !strstr(carl_errmsg(), "model.safetensors"))
+    fail_msg("NaN in tok_emb: got %d: %s", st, carl_errmsg());
+  assert_int_equal(carl_ckpt_load_model(o, &lc, &m, &step), CARL_ERR_NUMERIC);
+  copy_file(keep, f);
+  restamp_crc(ck, "model.safetensors");
+  /* -Inf in the second moment of the last element of the final norm */
+  snprintf(f, sizeof f, "%s/optimizer.safetensors", ck);
+  poke_tensor(f, "v.final_norm", 15, -INFINITY);
+  restamp_crc(ck, "optimizer.safetensors");
+  size_t n;
+  st = carl_train_run(&c, &opt, &r);
+  if (st != CARL_ERR_NUMERIC || !strstr(carl_errmsg(), "tensor 'v.final_norm' holds -Inf at element 15 (index [15])"))
+    fail_msg("Inf in v.final_norm: got %d: %s", st, carl_errmsg());
+  /* NaN as the first value (after the 56-byte header) of a router state */
+  snprintf(f, sizeof f, "%s/router_0.state", ck);
+  char *rd = slurp(f, &n);
+  double nan_v = NAN;
+  memcpy(rd + 56, &nan_v, sizeof nan_v);
+  assert_int_equal(carl_write_file_atomic(f, rd, n), CARL_OK);
+  free(rd);
+  restamp_crc(ck, "router_0.state");
+  snprintf(f, sizeof f, "%s/optimizer.safetensors", ck);
+  poke_tensor(f, "v.final_norm", 15, 1.0f);
+  restamp_crc(ck, "optimizer.safetensors");
+  st = carl_train_run(&c, &opt, &r);
+  if (st != CARL_ERR_NUMERIC || !strstr(carl_errmsg(), "router_0.state: value 0 of 4 is NaN"))
+    fail_msg("NaN in router_0.state: got %d: %s", st, carl_errmsg());
+  /* the latest checkpoint is still step 2 */
+  snprintf(f, sizeof f, "%s/latest", o);
+  char *latest = slurp(f, &n);
+  assert_string_equal(latest, "ckpt_00000002\n");
+  free(latest);
+}
+
 /* ---- trace and sampling ------------------------------------------------------------------------- */
 static void test_trace_and_sample(void **s) {
   (void)s;
@@ -466,6 +592,7 @@ int main(void) {
       cmocka_unit_test(test_resume_lossfree), cmocka_unit_test(test_resume_carl),
       cmocka_unit_test(test_nan_stops),    cmocka_unit_test(test_resume_rejects),
       cmocka_unit_test(test_trace_and_sample), cmocka_unit_test(test_write_error_stops),
+      cmocka_unit_test(test_corrupt_checkpoint),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -28,7 +28,10 @@ static void train_usage(FILE *f, const char *router) {
           "  --eval-every N       validation every N steps (0: only at the end) [config's]\n"
           "  --ckpt-every N       checkpoint every N steps (0: only at the end) [config's]\n"
           "  --seed N             model init and data order seed (sets model.seed and train.data_seed) [config's]\n"
-          "  --resume             continue from OUT's latest checkpoint, bitwise as if never stopped [off]\n"
+          "  --resume             continue from OUT's latest checkpoint, bitwise as if never stopped (without\n"
+          "                       'latest', or when it names an incomplete checkpoint: the newest complete one) [off]\n"
+          "  --overwrite          start a new run in an OUT that holds another run (its metrics.csv is replaced,\n"
+          "                       its checkpoints are kept and never pruned); without it that is refused [off]\n"
           "  --stop-after N       stop (with a checkpoint) after N steps, e.g. to resume later [run all]\n"
           "  --dump-trace DIR     write router logits per layer (DIR/layer_<l>.npy [N, E] float32), token\n"
           "                       source devices (DIR/src.npy [N] int32) and token ids (DIR/tokens.npy)\n"
@@ -77,7 +80,7 @@ int carl_cmd_train(int argc, char **argv) {
   const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL;
   const char *ropt_k[CARL_MODEL_MAX_ROUTER_OPTS];
   double ropt_v[CARL_MODEL_MAX_ROUTER_OPTS];
-  int nropt = 0, resume = 0, quiet = 0;
+  int nropt = 0, resume = 0, quiet = 0, overwrite = 0;
   long long steps = -1, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -91,6 +94,10 @@ int carl_cmd_train(int argc, char **argv) {
     }
     if (!strcmp(a, "--quiet")) {
       quiet = 1;
+      continue;
+    }
+    if (!strcmp(a, "--overwrite")) {
+      overwrite = 1;
       continue;
     }
     if (i + 1 >= argc) {
@@ -175,7 +182,11 @@ int carl_cmd_train(int argc, char **argv) {
            resume ? " (resuming)" : "");
     fflush(stdout);
   }
-  carl_train_opts_t o = {.out_dir = out, .resume = resume, .dump_trace = trace, .dump_every = dump_every,
+  if (resume && overwrite) {
+    fprintf(stderr, "carl train: --resume and --overwrite exclude each other\n");
+    return 2;
+  }
+  carl_train_opts_t o = {.out_dir = out, .resume = resume, .overwrite = overwrite, .dump_trace = trace, .dump_every = dump_every,
                          .stop_after = stop_after, .progress = quiet ? NULL : progress};
   carl_train_result_t res;
   st = carl_train_run(&cfg, &o, &res);

@@ -114,6 +114,7 @@ void carl_train_csv_row(FILE *f, const carl_train_metrics_t *m);
 typedef struct {
   const char *out_dir;     /* required: created when missing */
   int resume;              /* continue from out_dir's latest checkpoint (error when there is none) */
+  int overwrite;           /* a fresh run into a directory that holds another run (else refused) */
   const char *dump_trace;  /* directory for router logits per layer (.npy) or NULL */
   int64_t dump_every;      /* trace: record every n-th step (0: log_every) */
   int64_t stop_after;      /* stop (with a checkpoint) once this many steps are done; 0: run all */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "carl/array.h"
@@ -335,6 +336,7 @@ static int carl__exists(const char *path) {
 typedef struct {
   double inter_bytes_total;
   double val_ce, val_bpb, loss;
+  char run_id[32]; /* of the run that writes the checkpoints: only its own are pruned */
 } carl__run_state_t;
 
 static carl_status carl__write_tensors(const char *path, carl_model_t *m, const float *base, const char *prefix,
@@ -409,48 +411,128 @@ static int64_t carl__ckpt_step(const char *name) {
   return v;
 }
 
-static void carl__prune(const char *out_dir, const char *keep_name, int keep) {
+/* A checkpoint directory is complete when it has its state.json: it only gets its name once all of
+ * its files are written. */
+static int carl__ckpt_complete(const char *dir) {
+  char f[CARL_PATH_MAX + 128];
+  snprintf(f, sizeof f, "%s/state.json", dir);
+  return carl__exists(f);
+}
+
+/* The run id in a checkpoint's state.json ("" when unreadable or from before run ids). */
+static void carl__ckpt_run_id(const char *dir, char *id, size_t cap) {
+  char f[CARL_PATH_MAX + 128];
+  id[0] = '\0';
+  snprintf(f, sizeof f, "%s/state.json", dir);
+  cJSON *doc;
+  if (carl_json_load(f, &doc) != CARL_OK) return;
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "run_id");
+  if (cJSON_IsString(v)) snprintf(id, cap, "%s", v->valuestring);
+  carl_json_free(doc);
+}
+
+/* Steps of the checkpoint directories ckpt_<step> in out_dir, newest first; complete ones only
+ * when `complete`. Returns the count (at most cap: of the first cap found, so cap must be large
+ * enough when the order matters). */
+static int carl__ckpt_list(const char *out_dir, int complete, int64_t *steps, int cap) {
   DIR *d = opendir(out_dir);
-  if (!d) return;
-  int64_t steps[4096];
+  if (!d) return 0;
   int n = 0;
   struct dirent *e;
-  while ((e = readdir(d)) && n < 4096) {
+  char path[CARL_PATH_MAX + 64];
+  while ((e = readdir(d)) && n < cap) {
     int64_t s = carl__ckpt_step(e->d_name);
-    if (s >= 0) steps[n++] = s;
+    if (s < 0) continue;
+    snprintf(path, sizeof path, "%s/%s", out_dir, e->d_name);
+    if (complete && !carl__ckpt_complete(path)) continue;
+    steps[n++] = s;
   }
   closedir(d);
-  /* sort descending */
   for (int i = 1; i < n; i++)
     for (int j = i; j > 0 && steps[j] > steps[j - 1]; j--) {
       int64_t t = steps[j];
       steps[j] = steps[j - 1];
       steps[j - 1] = t;
     }
-  for (int i = keep; i < n; i++) {
-    char name[64], path[CARL_PATH_MAX + 64];
-    snprintf(name, sizeof name, "ckpt_%08" PRId64, steps[i]);
-    if (!strcmp(name, keep_name)) continue;
-    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+  return n;
+}
+
+/* Keep the `keep` newest checkpoints of run `run_id` (and keep_name); checkpoints of other runs,
+ * and incomplete ones, are never removed. */
+static void carl__prune(const char *out_dir, const char *run_id, const char *keep_name, int keep) {
+  int64_t steps[4096];
+  int n = carl__ckpt_list(out_dir, 1, steps, 4096), mine = 0;
+  char id[64], path[CARL_PATH_MAX + 64];
+  for (int i = 0; i < n; i++) {
+    snprintf(path, sizeof path, "%s/ckpt_%08" PRId64, out_dir, steps[i]);
+    carl__ckpt_run_id(path, id, sizeof id);
+    if (!run_id[0] || strcmp(id, run_id)) continue;
+    if (mine++ < keep || !strcmp(path + strlen(out_dir) + 1, keep_name)) continue;
     carl__rm_dir(path);
   }
 }
 
+/* A new run id: 16 hex digits from the clock and the process id. */
+static void carl__new_run_id(char *id, size_t cap) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t z = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + ((uint64_t)getpid() << 48);
+  /* splitmix64 finaliser */
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  snprintf(id, cap, "%016llx", (unsigned long long)z);
+}
+
+/* Names of the files of a checkpoint that carry a CRC32C in state.json: model, optimizer, routers. */
+static void carl__ckpt_file_name(int i, char *name, size_t cap) {
+  if (i == 0)
+    snprintf(name, cap, "model.safetensors");
+  else if (i == 1)
+    snprintf(name, cap, "optimizer.safetensors");
+  else
+    snprintf(name, cap, "router_%d.state", i - 2);
+}
+
+/* Replace the temporary directory `tmp` by `final` in the current error message: errors name the
+ * user's file (ckpt_<step>/model.safetensors), not the directory it is being written in. */
+static carl_status carl__error_names(carl_status st, const char *tmp, const char *final) {
+  char msg[1024], out[1024];
+  snprintf(msg, sizeof msg, "%s", carl_errmsg());
+  size_t tl = strlen(tmp), o = 0;
+  for (const char *p = msg; *p && o + 1 < sizeof out;) {
+    if (tl > 0 && !strncmp(p, tmp, tl)) {
+      o += (size_t)snprintf(out + o, sizeof out - o, "%s", final);
+      if (o >= sizeof out) o = sizeof out - 1;
+      p += tl;
+    } else {
+      out[o++] = *p++;
+    }
+  }
+  out[o] = '\0';
+  return carl_fail(st, "%s", out);
+}
+
+static carl_status carl__ckpt_error(carl_status st, const char *tmp, const char *dir, int64_t step) {
+  carl__error_names(st, tmp, dir);
+  return carl_errctx(st, "checkpoint at step %" PRId64, step);
+}
+
 static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m, int64_t step,
                                    const carl__run_state_t *rs, char *saved, size_t saved_cap) {
-  char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], old[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 128];
+  char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], old[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 160];
   snprintf(name, sizeof name, "ckpt_%08" PRId64, step);
   snprintf(dir, sizeof dir, "%s/%s", out_dir, name);
   snprintf(tmp, sizeof tmp, "%s.tmp", dir);
   snprintf(old, sizeof old, "%s.old", dir);
   carl__rm_dir(tmp);
-  if (mkdir(tmp, 0755) != 0) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+  carl_status st = carl_fs_mkdir_p(tmp);
+  if (st != CARL_OK) return carl__ckpt_error(st, tmp, dir, step);
   cJSON *cj = carl__config_json(cfg);
   char *cfg_text = cJSON_PrintUnformatted(cj);
   char step_text[32];
   snprintf(step_text, sizeof step_text, "%" PRId64, step);
   const char *meta[] = {"format", "pt", "producer", "carl-moe", "step", step_text, "config", cfg_text, NULL};
-  carl_status st = CARL_OK;
   snprintf(f, sizeof f, "%s/model.safetensors", tmp);
   st = carl__write_tensors(f, m, carl_model_params(m), "", meta, NULL);
   if (!st) {
@@ -464,7 +546,8 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
   }
   if (!st) {
     cJSON *s = cJSON_CreateObject();
-    cJSON_AddStringToObject(s, "format", "carl-checkpoint-1");
+    cJSON_AddStringToObject(s, "format", "carl-checkpoint-2");
+    cJSON_AddStringToObject(s, "run_id", rs->run_id);
     cJSON_AddNumberToObject(s, "step", (double)step);
     cJSON_AddNumberToObject(s, "router_state_files", has_router ? cfg->model.n_layers : 0);
     cJSON_AddNumberToObject(s, "inter_bytes_total", rs->inter_bytes_total);
@@ -472,12 +555,24 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     cJSON_AddNumberToObject(mt, "loss", isfinite(rs->loss) ? rs->loss : 0);
     cJSON_AddNumberToObject(mt, "val_ce", isfinite(rs->val_ce) ? rs->val_ce : 0);
     cJSON_AddNumberToObject(mt, "val_bpb", isfinite(rs->val_bpb) ? rs->val_bpb : 0);
+    /* CRC32C of each file as written (read back), checked on load */
+    cJSON *crc = cJSON_AddObjectToObject(s, "crc32c");
+    int nfiles = 2 + (has_router ? cfg->model.n_layers : 0);
+    for (int i = 0; i < nfiles && !st; i++) {
+      char fname[32], hex[16];
+      uint32_t c;
+      carl__ckpt_file_name(i, fname, sizeof fname);
+      snprintf(f, sizeof f, "%s/%s", tmp, fname);
+      st = carl_fs_crc32c_file(f, &c);
+      snprintf(hex, sizeof hex, "%08x", c);
+      cJSON_AddStringToObject(crc, fname, hex);
+    }
     cJSON_AddItemToObject(s, "config", cj);
     cj = NULL;
-    char *text = cJSON_Print(s);
+    char *text = st ? NULL : cJSON_Print(s);
     cJSON_Delete(s);
     snprintf(f, sizeof f, "%s/state.json", tmp);
-    st = text ? carl_write_file_atomic(f, text, strlen(text)) : carl_fail(CARL_ERR_NOMEM, "state.json: out of memory");
+    if (!st) st = text ? carl_write_file_atomic(f, text, strlen(text)) : carl_fail(CARL_ERR_NOMEM, "state.json: out of memory");
     free(text);
   }
   cJSON_Delete(cj);
@@ -487,8 +582,8 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     /* replace an older checkpoint of the same step (a run resumed before this step) */
     carl__rm_dir(old);
     if (carl__exists(dir) && rename(dir, old) != 0)
-      st = carl_fail(CARL_ERR_IO, "%s: cannot move aside: %s", dir, strerror(errno));
-    if (!st && rename(tmp, dir) != 0) st = carl_fail(CARL_ERR_IO, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno));
+      st = carl_fail(CARL_ERR_IO, "%s: cannot move the older checkpoint of this step aside: %s", dir, strerror(errno));
+    if (!st && rename(tmp, dir) != 0) st = carl_fail(CARL_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
   }
   if (!st) {
     char latest[CARL_PATH_MAX + 16], line[80];
@@ -499,59 +594,120 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
   if (!st) st = carl_fs_sync_dir(out_dir);
   if (st != CARL_OK) {
     carl__rm_dir(tmp);
-    return carl_errctx(st, "checkpoint at step %" PRId64, step);
+    return carl__ckpt_error(st, tmp, dir, step);
   }
   carl__rm_dir(old);
-  carl__prune(out_dir, name, 2);
+  carl__prune(out_dir, rs->run_id, name, 2);
   snprintf(saved, saved_cap, "%s", dir);
   return CARL_OK;
 }
 
-carl_status carl_ckpt_resolve(const char *path, char *dir, size_t cap) {
+/* The checkpoint to load from path: path itself when it holds a state.json; else the one named by
+ * path/latest when that is complete; else (latest missing, or naming a checkpoint that is missing
+ * or incomplete: a kill between the two) the newest complete ckpt_<step>, with a note saying so. */
+static carl_status carl__ckpt_find(const char *path, char *dir, size_t cap, char *note, size_t note_cap) {
   char f[CARL_PATH_MAX + 128];
-  snprintf(f, sizeof f, "%s/state.json", path);
-  if (carl__exists(f)) {
+  note[0] = '\0';
+  if (carl__ckpt_complete(path)) {
     snprintf(dir, cap, "%s", path);
     return CARL_OK;
   }
-  snprintf(f, sizeof f, "%s/latest", path);
   if (!carl__exists(path)) return carl_fail(CARL_ERR_IO, "%s: no such checkpoint or output directory", path);
-  if (!carl__exists(f)) return carl_fail(CARL_ERR_NOT_FOUND, "%s: no checkpoint here (no 'latest' file and no state.json)", path);
-  char *text;
-  size_t len;
-  CARL_TRY(carl_read_file(f, &text, &len));
-  while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' ')) text[--len] = '\0';
-  if (carl__ckpt_step(text) < 0) {
-    carl_status st = carl_fail(CARL_ERR_PARSE, "%s: corrupt: expected a name ckpt_<step>, got \"%.40s\"", f, text);
+  snprintf(f, sizeof f, "%s/latest", path);
+  char named[64] = "";
+  if (carl__exists(f)) {
+    char *text;
+    size_t len;
+    CARL_TRY(carl_read_file(f, &text, &len));
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' ')) text[--len] = '\0';
+    if (carl__ckpt_step(text) < 0 || len >= sizeof named) {
+      carl_status st = carl_fail(CARL_ERR_PARSE, "%s: corrupt: expected a name ckpt_<step>, got \"%.40s\"", f, text);
+      free(text);
+      return st;
+    }
+    snprintf(named, sizeof named, "%s", text);
     free(text);
-    return st;
+    snprintf(dir, cap, "%s/%s", path, named);
+    if (carl__ckpt_complete(dir)) return CARL_OK;
   }
-  snprintf(dir, cap, "%s/%s", path, text);
-  free(text);
-  snprintf(f, sizeof f, "%s/state.json", dir);
-  if (!carl__exists(f)) return carl_fail(CARL_ERR_IO, "%s: checkpoint named by %s/latest is missing or incomplete", dir, path);
+  int64_t steps[4096];
+  if (carl__ckpt_list(path, 1, steps, 4096) < 1) {
+    if (named[0])
+      return carl_fail(CARL_ERR_IO, "%s/%s: the checkpoint named by %s is missing or incomplete, and no other complete "
+                       "checkpoint is there", path, named, f);
+    return carl_fail(CARL_ERR_NOT_FOUND, "%s: no checkpoint here (no 'latest' file, no complete ckpt_<step> directory, "
+                     "no state.json)", path);
+  }
+  snprintf(dir, cap, "%s/ckpt_%08" PRId64, path, steps[0]);
+  if (named[0])
+    snprintf(note, note_cap, "%s names %s, which is missing or incomplete: using %s, the newest complete checkpoint", f,
+             named, dir);
+  else
+    snprintf(note, note_cap, "%s has no 'latest' file: using %s, the newest complete checkpoint", path, dir);
+  return CARL_OK;
+}
+
+carl_status carl_ckpt_resolve(const char *path, char *dir, size_t cap) {
+  char note[CARL_PATH_MAX * 3];
+  CARL_TRY(carl__ckpt_find(path, dir, cap, note, sizeof note));
+  if (note[0]) CARL_WARN("%s", note);
+  return CARL_OK;
+}
+
+/* What state.json says beyond the config and step. */
+typedef struct {
+  int router_files;
+  int has_crc;                  /* carl-checkpoint-2 */
+  uint32_t crc[2 + 256];        /* model, optimizer, router_<l> (carl__ckpt_file_name) */
+} carl__ckpt_info_t;
+
+static carl_status carl__parse_crc(const cJSON *doc, int nfiles, carl__ckpt_info_t *info) {
+  const cJSON *crc = NULL;
+  CARL_TRY(carl_json_get_obj(doc, "", "crc32c", &crc));
+  char fname[64];
+  for (int i = 0; i < nfiles; i++) {
+    carl__ckpt_file_name(i, fname, sizeof fname);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(crc, fname);
+    char *end = NULL;
+    unsigned long x = cJSON_IsString(v) ? strtoul(v->valuestring, &end, 16) : 0;
+    if (!cJSON_IsString(v) || strlen(v->valuestring) != 8 || *end || x > 0xffffffffUL)
+      return carl_fail(CARL_ERR_PARSE, "crc32c.%s: missing or not 8 hex digits", fname);
+    info->crc[i] = (uint32_t)x;
+  }
+  if (cJSON_GetArraySize(crc) != nfiles)
+    return carl_fail(CARL_ERR_PARSE, "crc32c: %d entries, the checkpoint has %d files", cJSON_GetArraySize(crc), nfiles);
+  info->has_crc = 1;
   return CARL_OK;
 }
 
 static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *cfg, int64_t *step, carl__run_state_t *rs,
-                                    int *router_files) {
+                                    carl__ckpt_info_t *info) {
   char f[CARL_PATH_MAX + 128];
   snprintf(f, sizeof f, "%s/state.json", ckpt_dir);
   cJSON *doc;
   CARL_TRY(carl_json_load(f, &doc));
-  static const char *const keys[] = {"format", "step", "router_state_files", "inter_bytes_total", "metrics", "config"};
+  static const char *const keys1[] = {"format", "step", "router_state_files", "inter_bytes_total", "metrics", "config"};
+  static const char *const keys2[] = {"format", "step", "router_state_files", "inter_bytes_total", "metrics", "config",
+                                      "run_id", "crc32c"};
   const cJSON *cj = NULL;
-  const char *fmt = NULL;
+  const char *fmt = NULL, *run_id = "";
   int64_t s = 0;
-  int rf = 0;
+  int rf = 0, version = 0;
   double ib = 0;
-  carl_status st = carl_json_check_keys(doc, "", keys, 6);
-  if (!st) st = carl_json_get_str(doc, "", "format", &fmt);
-  if (!st && strcmp(fmt, "carl-checkpoint-1"))
-    st = carl_fail(CARL_ERR_PARSE, "format \"%s\" is not carl-checkpoint-1", fmt);
+  carl__ckpt_info_t scratch;
+  if (!info) info = &scratch;
+  memset(info, 0, sizeof *info);
+  carl_status st = carl_json_get_str(doc, "", "format", &fmt);
+  if (!st) {
+    version = !strcmp(fmt, "carl-checkpoint-1") ? 1 : !strcmp(fmt, "carl-checkpoint-2") ? 2 : 0;
+    if (!version) st = carl_fail(CARL_ERR_PARSE, "format \"%s\" is not carl-checkpoint-2 (or -1)", fmt);
+  }
+  if (!st) st = version == 1 ? carl_json_check_keys(doc, "", keys1, 6) : carl_json_check_keys(doc, "", keys2, 8);
   if (!st) st = carl_json_get_i64(doc, "", "step", 0, (int64_t)1 << 50, &s);
-  if (!st) st = carl_json_opt_int(doc, "", "router_state_files", 0, 4096, 0, &rf);
+  if (!st) st = carl_json_opt_int(doc, "", "router_state_files", 0, 256, 0, &rf);
   if (!st) st = carl_json_opt_num(doc, "", "inter_bytes_total", 0, INFINITY, 0, &ib);
+  if (!st && version == 2) st = carl_json_get_str(doc, "", "run_id", &run_id);
+  if (!st && version == 2) st = carl__parse_crc(doc, 2 + rf, info);
   if (!st) st = carl_json_get_obj(doc, "", "config", &cj);
   char *ctext = NULL;
   if (!st) {
@@ -568,45 +724,99 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
     memset(rs, 0, sizeof *rs);
     rs->inter_bytes_total = ib;
     rs->val_ce = rs->val_bpb = rs->loss = NAN;
+    snprintf(rs->run_id, sizeof rs->run_id, "%s", run_id);
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(doc, "metrics");
     const cJSON *v;
     if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_ce")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_ce = v->valuedouble;
     if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_bpb")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_bpb = v->valuedouble;
     if ((v = cJSON_GetObjectItemCaseSensitive(mt, "loss")) && cJSON_IsNumber(v)) rs->loss = v->valuedouble;
   }
-  if (router_files) *router_files = rf;
+  info->router_files = rf;
   carl_json_free(doc);
   return CARL_OK;
 }
 
 carl_status carl_ckpt_read_config(const char *ckpt_dir, carl_train_config_t *cfg, int64_t *step) {
-  char dir[CARL_PATH_MAX + 64];
-  CARL_TRY(carl_ckpt_resolve(ckpt_dir, dir, sizeof dir));
-  return carl__read_state(dir, cfg, step, NULL, NULL);
+  char dir[CARL_PATH_MAX + 64], note[CARL_PATH_MAX * 3];
+  CARL_TRY(carl__ckpt_find(ckpt_dir, dir, sizeof dir, note, sizeof note));
+  CARL_TRY(carl__read_state(dir, cfg, step, NULL, NULL));
+  if (note[0]) CARL_WARN("%s", note);
+  return CARL_OK;
 }
 
-static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_optimizer) {
+/* "[i, j, ...]" of flat index k in shape. */
+static void carl__index_str(int64_t k, int ndim, const int64_t *shape, char *buf, size_t cap) {
+  int64_t idx[CARL_MAX_DIMS];
+  for (int d = ndim - 1; d >= 0; d--) {
+    idx[d] = shape[d] > 0 ? k % shape[d] : 0;
+    k = shape[d] > 0 ? k / shape[d] : 0;
+  }
+  size_t n = (size_t)snprintf(buf, cap, "[");
+  for (int d = 0; d < ndim && n < cap; d++) n += (size_t)snprintf(buf + n, cap - n, "%s%lld", d ? ", " : "", (long long)idx[d]);
+  if (n < cap) snprintf(buf + n, cap - n, "]");
+}
+
+/* Every element of a loaded tensor is finite; the error names the tensor and the first bad element. */
+static carl_status carl__check_finite(const char *name, const float *x, int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; d++) n *= shape[d];
+  for (int64_t k = 0; k < n; k++)
+    if (!isfinite(x[k])) {
+      char at[160];
+      carl__index_str(k, ndim, shape, at, sizeof at);
+      return carl_fail(CARL_ERR_NUMERIC, "tensor '%s' holds %s at element %lld (index %s): the file is corrupt or was "
+                       "written by a run that had diverged", name, isnan(x[k]) ? "NaN" : x[k] > 0 ? "+Inf" : "-Inf",
+                       (long long)k, at);
+    }
+  return CARL_OK;
+}
+
+/* Read a safetensors file; with a CRC from state.json, its bytes must match it. */
+static carl_status carl__read_st_checked(const char *path, int has_crc, uint32_t want, carl_st_file_t *sf) {
+  char *buf;
+  size_t len;
+  CARL_TRY(carl_read_file(path, &buf, &len));
+  carl_status st = carl_st_parse(buf, len, sf);
+  if (st != CARL_OK) {
+    free(buf);
+    return carl_errctx(st, "%s", path);
+  }
+  uint32_t got = carl_crc32c(0, buf, len);
+  free(buf);
+  if (has_crc && got != want) {
+    carl_st_free(sf);
+    return carl_fail(CARL_ERR_PARSE, "%s: CRC32C is %08x but state.json records %08x: the file was changed or is corrupt",
+                     path, got, want);
+  }
+  return CARL_OK;
+}
+
+static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_optimizer, const carl__ckpt_info_t *info) {
   char f[CARL_PATH_MAX + 128];
   carl_st_file_t sf;
   snprintf(f, sizeof f, "%s/model.safetensors", dir);
-  CARL_TRY(carl_st_read(f, &sf));
+  CARL_TRY(carl__read_st_checked(f, info->has_crc, info->crc[0], &sf));
   carl_status st = CARL_OK;
   int n = carl_model_ntensors(m);
   for (int i = 0; i < n && !st; i++) {
     const carl_tensor_info_t *ti = carl_model_tensor(m, i);
-    st = carl_st_get_f32(&sf, ti->name, ti->ndim, ti->shape, carl_model_params(m) + ti->offset);
+    float *dst = carl_model_params(m) + ti->offset;
+    st = carl_st_get_f32(&sf, ti->name, ti->ndim, ti->shape, dst);
+    if (!st) st = carl__check_finite(ti->name, dst, ti->ndim, ti->shape);
   }
   carl_st_free(&sf);
   if (st != CARL_OK) return carl_errctx(st, "%s", f);
   if (!with_optimizer) return CARL_OK;
   snprintf(f, sizeof f, "%s/optimizer.safetensors", dir);
-  CARL_TRY(carl_st_read(f, &sf));
+  CARL_TRY(carl__read_st_checked(f, info->has_crc, info->crc[1], &sf));
   char name[CARL_ST_NAME_MAX];
   for (int pass = 0; pass < 2 && !st; pass++)
     for (int i = 0; i < n && !st; i++) {
       const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+      float *dst = (pass ? carl_model_adam_v(m) : carl_model_adam_m(m)) + ti->offset;
       snprintf(name, sizeof name, "%s%s", pass ? "v." : "m.", ti->name);
-      st = carl_st_get_f32(&sf, name, ti->ndim, ti->shape, (pass ? carl_model_adam_v(m) : carl_model_adam_m(m)) + ti->offset);
+      st = carl_st_get_f32(&sf, name, ti->ndim, ti->shape, dst);
+      if (!st) st = carl__check_finite(name, dst, ti->ndim, ti->shape);
     }
   if (!st) st = carl_st_get(&sf, "adam_t", CARL_I64, 1, (int64_t[]){1}, carl_model_adam_t(m));
   carl_st_free(&sf);
@@ -614,34 +824,48 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
   return CARL_OK;
 }
 
-static carl_status carl__load_routers(const char *dir, carl_model_t *m, int files) {
+/* Prefix the current error with path unless it already names it. */
+static carl_status carl__ctx_path(carl_status st, const char *path) {
+  return strstr(carl_errmsg(), path) ? st : carl_errctx(st, "%s", path);
+}
+
+static carl_status carl__load_routers(const char *dir, carl_model_t *m, const carl__ckpt_info_t *info) {
   int L = carl_model_config(m)->n_layers;
   int has = carl__router_has_state(m);
-  if (has && files != L)
-    return carl_fail(CARL_ERR_STATE, "%s: router state for %d layers, the model has %d stateful router layers", dir, files, L);
+  if (has && info->router_files != L)
+    return carl_fail(CARL_ERR_STATE, "%s: router state for %d layers, the model has %d stateful router layers", dir,
+                     info->router_files, L);
   char f[CARL_PATH_MAX + 128];
   for (int l = 0; has && l < L; l++) {
     snprintf(f, sizeof f, "%s/router_%d.state", dir, l);
+    if (info->has_crc) {
+      uint32_t got;
+      CARL_TRY(carl_fs_crc32c_file(f, &got));
+      if (got != info->crc[2 + l])
+        return carl_fail(CARL_ERR_PARSE, "%s: CRC32C is %08x but state.json records %08x: the file was changed or is "
+                         "corrupt", f, got, info->crc[2 + l]);
+    }
     carl_status st = carl_router_load(carl_model_router(m, l), f);
-    if (st != CARL_OK) return carl_errctx(st, "%s", f);
+    if (st != CARL_OK) return carl__ctx_path(st, f);
   }
   return CARL_OK;
 }
 
 carl_status carl_ckpt_load_model(const char *path, carl_train_config_t *cfg, carl_model_t **out, int64_t *step) {
   *out = NULL;
-  char dir[CARL_PATH_MAX + 64];
-  CARL_TRY(carl_ckpt_resolve(path, dir, sizeof dir));
-  int rf = 0;
-  CARL_TRY(carl__read_state(dir, cfg, step, NULL, &rf));
+  char dir[CARL_PATH_MAX + 64], note[CARL_PATH_MAX * 3];
+  CARL_TRY(carl__ckpt_find(path, dir, sizeof dir, note, sizeof note));
+  carl__ckpt_info_t info;
+  CARL_TRY(carl__read_state(dir, cfg, step, NULL, &info));
   carl_model_t *m;
   CARL_TRY(carl_model_create(&cfg->model, &m));
-  carl_status st = carl__load_params(dir, m, 0);
-  if (!st) st = carl__load_routers(dir, m, rf);
+  carl_status st = carl__load_params(dir, m, 0, &info);
+  if (!st) st = carl__load_routers(dir, m, &info);
   if (st != CARL_OK) {
     carl_model_free(m);
     return st;
   }
+  if (note[0]) CARL_WARN("%s", note);
   *out = m;
   return CARL_OK;
 }
@@ -887,23 +1111,75 @@ static carl_status carl__trace_add(carl__trace_t *tr, carl_model_t *m, const int
   return CARL_OK;
 }
 
+/* The trace files are written into a work directory inside dir and moved in together at the end:
+ * a failure leaves the trace files of before, or the new ones, never a mix. Errors name dir. */
 static carl_status carl__trace_write(const carl__trace_t *tr, const char *dir, int D) {
-  CARL_TRY(carl_fs_mkdir_p(dir));
-  char f[CARL_PATH_MAX + 128];
-  for (int l = 0; l < tr->L; l++) {
-    snprintf(f, sizeof f, "%s/layer_%d.npy", dir, l);
-    CARL_TRY(carl_npy_save(f, CARL_F32, 2, (int64_t[]){tr->rows, tr->E}, tr->logits[l]));
+  char work[CARL_FS_PATH_MAX], f[CARL_FS_PATH_MAX + 64];
+  CARL_TRY(carl_fs_work_begin(dir, work, sizeof work));
+  carl_status st = CARL_OK;
+  for (int l = 0; l < tr->L && !st; l++) {
+    snprintf(f, sizeof f, "%s/layer_%d.npy", work, l);
+    st = carl_npy_save(f, CARL_F32, 2, (int64_t[]){tr->rows, tr->E}, tr->logits[l]);
   }
-  int32_t *src = malloc((size_t)(tr->rows > 0 ? tr->rows : 1) * sizeof *src);
-  if (!src) return carl_fail(CARL_ERR_NOMEM, "trace: out of memory");
-  /* the model spreads the T tokens of a step evenly over the devices in order: t*D/T */
-  for (int64_t i = 0; i < tr->rows; i++) src[i] = (int32_t)((i % tr->T) * D / tr->T);
-  snprintf(f, sizeof f, "%s/src.npy", dir);
-  carl_status st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, src);
+  int32_t *src = st ? NULL : malloc((size_t)(tr->rows > 0 ? tr->rows : 1) * sizeof *src);
+  if (!st && !src) st = carl_fail(CARL_ERR_NOMEM, "trace: out of memory");
+  if (!st) {
+    /* the model spreads the T tokens of a step evenly over the devices in order: t*D/T */
+    for (int64_t i = 0; i < tr->rows; i++) src[i] = (int32_t)((i % tr->T) * D / tr->T);
+    snprintf(f, sizeof f, "%s/src.npy", work);
+    st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, src);
+  }
   free(src);
-  CARL_TRY(st);
-  snprintf(f, sizeof f, "%s/tokens.npy", dir);
-  return carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
+  if (!st) {
+    snprintf(f, sizeof f, "%s/tokens.npy", work);
+    st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
+  }
+  if (st) {
+    carl__error_names(st, work, dir);
+    carl_fs_remove_tree(work);
+    return carl_errctx(st, "trace");
+  }
+  return carl_fs_work_commit(work, dir);
+}
+
+/* The byte tokenizer gives ids 0..255: a smaller model.vocab must hold every byte of the corpus. */
+static carl_status carl__check_vocab(const carl_train_config_t *cfg, const carl_text_t *train, const carl_text_t *val) {
+  const int V = cfg->model.vocab;
+  if (V >= CARL_BYTE_VOCAB) return CARL_OK;
+  const carl_text_t *texts[2] = {train, val};
+  const char *paths[2] = {cfg->train_data, cfg->val_data};
+  for (int k = 0; k < 2; k++)
+    for (int64_t i = 0; i < texts[k]->n; i++)
+      if (texts[k]->bytes[i] >= V)
+        return carl_fail(CARL_ERR_INVALID, "%s: byte %d at offset %lld is outside the vocabulary: model.vocab is %d in "
+                         "the config \"%s\" (the byte tokenizer needs 256 to read any text)", paths[k],
+                         texts[k]->bytes[i], (long long)i, V, cfg->name);
+  return CARL_OK;
+}
+
+/* The trace directory must be a directory (or not exist yet, then it is created): checked before
+ * training, not after it. */
+static carl_status carl__check_trace_dir(const char *dir) {
+  struct stat sb;
+  if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode))
+    return carl_fail(CARL_ERR_INVALID, "trace directory %s: exists and is not a directory", dir);
+  return carl_fs_mkdir_p(dir);
+}
+
+/* A fresh run does not write into another run's directory unless told to (opts.overwrite). */
+static carl_status carl__check_fresh_dir(const char *out_dir) {
+  char f[CARL_PATH_MAX + 64], what[CARL_PATH_MAX + 160] = "";
+  struct stat sb;
+  snprintf(f, sizeof f, "%s/latest", out_dir);
+  if (lstat(f, &sb) == 0) snprintf(what, sizeof what, "a 'latest' file");
+  int64_t steps[1];
+  if (!what[0] && carl__ckpt_list(out_dir, 0, steps, 1) > 0)
+    snprintf(what, sizeof what, "checkpoint ckpt_%08" PRId64, steps[0]);
+  snprintf(f, sizeof f, "%s/metrics.csv", out_dir);
+  if (!what[0] && lstat(f, &sb) == 0) snprintf(what, sizeof what, "a metrics.csv");
+  if (!what[0]) return CARL_OK;
+  return carl_fail(CARL_ERR_STATE, "%s already holds a training run (%s): --resume continues it; --overwrite starts a "
+                   "new run there (metrics.csv is replaced, the other run's checkpoints are kept)", out_dir, what);
 }
 
 /* Add to the current error that training stopped at step `step` and which checkpoint stays. */
@@ -935,7 +1211,8 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   carl__skew_t sk = {0};
   char ckdir[CARL_PATH_MAX + 64] = "", path[CARL_PATH_MAX + 64];
   int64_t start = 0;
-  carl__run_state_t rs = {0, NAN, NAN, NAN};
+  carl__run_state_t rs = {0, NAN, NAN, NAN, ""};
+  char note[CARL_PATH_MAX * 3] = "", steps_note[256] = ""; /* warnings, printed once the input is accepted */
   carl_status st;
 
   st = carl_text_load(cfg.train_data, &train);
@@ -947,11 +1224,14 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     if (!st) st = carl_placement_contiguous(&pl, cfg.model.n_experts, topo.devices);
     have_topo = !st;
   }
+  if (!st) st = carl__check_vocab(&cfg, &train, &val);
+  if (!st && o->dump_trace) st = carl__check_trace_dir(o->dump_trace);
+  if (!st && !o->resume && !o->overwrite) st = carl__check_fresh_dir(o->out_dir);
   if (!st && o->resume) {
     carl_train_config_t ck;
-    int rf = 0;
-    st = carl_ckpt_resolve(o->out_dir, ckdir, sizeof ckdir);
-    if (!st) st = carl__read_state(ckdir, &ck, &start, &rs, &rf);
+    carl__ckpt_info_t info;
+    st = carl__ckpt_find(o->out_dir, ckdir, sizeof ckdir, note, sizeof note);
+    if (!st) st = carl__read_state(ckdir, &ck, &start, &rs, &info);
     char why[256];
     if (!st && carl_train_config_model_diff(&ck, &cfg, why, sizeof why))
       st = carl_fail(CARL_ERR_STATE, "%s: the checkpoint does not match the config: %s (checkpoint vs config)", ckdir, why);
@@ -960,16 +1240,19 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
                      "(%d, %d, %llu vs %d, %d, %llu)", ckdir, cfg.batch, cfg.seq_len, (unsigned long long)cfg.data_seed,
                      ck.batch, ck.seq_len, (unsigned long long)ck.data_seed);
     if (!st && ck.steps != cfg.steps)
-      CARL_WARN("train: resuming with steps = %lld (the checkpoint's run had %lld): the learning-rate schedule changes",
-                (long long)cfg.steps, (long long)ck.steps);
+      snprintf(steps_note, sizeof steps_note, "train: resuming with steps = %lld (the checkpoint's run had %lld): the "
+               "learning-rate schedule changes", (long long)cfg.steps, (long long)ck.steps);
     if (!st) st = carl_model_create(&cfg.model, &m);
-    if (!st) st = carl__load_params(ckdir, m, 1);
-    if (!st) st = carl__load_routers(ckdir, m, rf);
+    if (!st) st = carl__load_params(ckdir, m, 1, &info);
+    if (!st) st = carl__load_routers(ckdir, m, &info);
     if (!st && start > cfg.steps)
       st = carl_fail(CARL_ERR_STATE, "%s: checkpoint is at step %lld, past train.steps = %lld", ckdir, (long long)start,
                      (long long)cfg.steps);
     if (!st) snprintf(res->last_ckpt, sizeof res->last_ckpt, "%s", ckdir);
+    /* a checkpoint from before run ids: this run gets one (the older checkpoints are then never pruned) */
+    if (!st && !rs.run_id[0]) carl__new_run_id(rs.run_id, sizeof rs.run_id);
   } else if (!st) {
+    carl__new_run_id(rs.run_id, sizeof rs.run_id);
     st = carl_model_create(&cfg.model, &m);
   }
   if (!st) st = carl_fs_mkdir_p(o->out_dir);
@@ -1003,6 +1286,9 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   int64_t dump_every = o->dump_every > 0 ? o->dump_every : cfg.log_every;
   int64_t end = cfg.steps;
   if (o->stop_after > 0 && o->stop_after < end) end = o->stop_after;
+
+  if (!st && note[0]) CARL_WARN("%s", note);
+  if (!st && steps_note[0]) CARL_WARN("%s", steps_note);
 
   double t0 = carl_now(), t_log = t0, train_time = 0;
   double sum_loss = 0, sum_ce = 0, sum_router = 0, sum_se = 0, sum_sd = 0;

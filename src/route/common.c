@@ -936,6 +936,16 @@ carl_status carl_route_state_load(const char *path, const char *router, int type
     st = carl_fail(CARL_ERR_STATE, "%s: state has %lld values, this router needs %lld", path, (long long)cnt, (long long)n);
     goto done;
   }
+  if (type == CARL_STATE_F64)
+    for (int64_t i = 0; i < cnt; i++) {
+      double v;
+      memcpy(&v, buf + CARL__STATE_HDR + (size_t)i * es, 8);
+      if (!isfinite(v)) {
+        st = carl_fail(CARL_ERR_NUMERIC, "%s: value %lld of %lld is %s (a router state must be finite)", path,
+                       (long long)i, (long long)cnt, isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf");
+        goto done;
+      }
+    }
   if (n >= 0) {
     if (cnt > 0) memcpy(data, buf + CARL__STATE_HDR, (size_t)cnt * es);
   } else {

@@ -47,11 +47,48 @@ train --out "$tmp/r1" --resume --steps 6 >/dev/null 2>&1 || fail "r1: resume"
 if [ -c /dev/full ]; then
   mkdir -p "$tmp/r2"
   ln -s /dev/full "$tmp/r2/metrics.csv"
-  expect 1 "metrics.csv: cannot write: No space left" train --out "$tmp/r2"
+  expect 1 "metrics.csv: cannot write: No space left" train --out "$tmp/r2" --overwrite
   [ ! -e "$tmp/r2/latest" ] || fail "r2: training went on after metrics.csv could not be written"
   # standard output
   expect 1 "standard output" sh -c "'$carl' train --config '$tmp/cfg.json' --out '$tmp/r2b' >/dev/full"
 fi
+
+# ---- 3. a kill after a checkpoint is complete but before 'latest' names it ------------------------
+train --out "$tmp/r3" --steps 2 >/dev/null 2>&1 || fail "r3: first run"
+rm "$tmp/r3/latest"
+expect 0 "no 'latest' file: using .*ckpt_00000002" train --out "$tmp/r3" --resume
+[ "$(cat "$tmp/r3/latest")" = "ckpt_00000004" ] || fail "r3: latest is '$(cat "$tmp/r3/latest")' after the resume"
+[ "$(steps_of "$tmp/r3/metrics.csv")" = "1 2 3 4 " ] || fail "r3: rows $(steps_of "$tmp/r3/metrics.csv")"
+# 'latest' naming a checkpoint that is missing, or incomplete (no state.json): the newest complete one
+echo ckpt_00000006 >"$tmp/r3/latest"
+expect 0 "missing or incomplete: using .*ckpt_00000004" train --out "$tmp/r3" --resume --steps 6
+mkdir -p "$tmp/r3/ckpt_00000008"
+echo ckpt_00000008 >"$tmp/r3/latest"
+expect 0 "using .*ckpt_00000006" train --out "$tmp/r3" --resume --steps 8
+[ -f "$tmp/r3/ckpt_00000008/state.json" ] || fail "r3: ckpt_00000008 not written"
+[ "$(steps_of "$tmp/r3/metrics.csv")" = "1 2 3 4 5 6 7 8 " ] || fail "r3: rows $(steps_of "$tmp/r3/metrics.csv")"
+# nothing complete at all: refused, naming what is missing
+mkdir -p "$tmp/r3b/ckpt_00000002"
+expect 1 "no complete ckpt_<step>" train --out "$tmp/r3b" --resume
+
+# ---- 4. a fresh run into another run's directory ------------------------------------------------
+train --out "$tmp/r4" >/dev/null 2>&1 || fail "r4: first run"
+sum=$(cksum <"$tmp/r4/metrics.csv")
+expect 1 "already holds a training run.*--resume.*--overwrite" train --out "$tmp/r4" --steps 3
+[ "$(cksum <"$tmp/r4/metrics.csv")" = "$sum" ] || fail "r4: metrics.csv changed by a refused run"
+[ -d "$tmp/r4/ckpt_00000002" ] && [ -d "$tmp/r4/ckpt_00000004" ] || fail "r4: checkpoints changed by a refused run"
+# with --overwrite: the new run keeps its own two newest (2, 3), the old run's ckpt_00000004 stays
+train --out "$tmp/r4" --steps 3 --ckpt-every 1 --overwrite >/dev/null 2>&1 || fail "r4: --overwrite run"
+for c in 2 3 4; do [ -f "$tmp/r4/ckpt_0000000$c/state.json" ] || fail "r4: ckpt_0000000$c missing"; done
+[ ! -e "$tmp/r4/ckpt_00000001" ] || fail "r4: the new run's oldest checkpoint was not pruned"
+[ "$(cat "$tmp/r4/latest")" = "ckpt_00000003" ] || fail "r4: latest is $(cat "$tmp/r4/latest")"
+[ "$(steps_of "$tmp/r4/metrics.csv")" = "1 2 3 " ] || fail "r4: rows $(steps_of "$tmp/r4/metrics.csv")"
+expect 2 "exclude each other" train --out "$tmp/r4" --resume --overwrite
+
+# ---- 7. a trace path that is not a directory is refused before training --------------------------
+echo "a file" >"$tmp/not-a-dir"
+expect 1 "not-a-dir: exists and is not a directory" train --out "$tmp/r7" --dump-trace "$tmp/not-a-dir"
+[ ! -e "$tmp/r7/metrics.csv" ] || fail "r7: training ran before the trace path was checked"
 
 if [ "$fails" -ne 0 ]; then
   echo "$fails failed"
