@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "carl/array.h"
+#include "carl/fs.h"
 #include "carl/place.h"
 #include "cli.h"
 
@@ -184,7 +185,6 @@ int carl_cmd_place(int argc, char **argv) {
     if ((st = carl_place_evaluate(&topo, &in, &old, token_bytes, &ev_old))) goto fail;
     if ((st = carl_place_migrate(&topo, &old, &pl, relabel, expert_bytes + state_bytes, &mig))) goto fail;
   }
-  if ((st = carl_placement_save(out_path, &pl))) goto fail;
   /* report: stdout (Markdown) and JSON */
   printf("carl place: %s, layer %d, %d experts over %d devices (%d nodes x %d), %d slots per device, %d replicas, %.3f ms\n\n",
          carl_place_algo_name(o.algo), layer, in.E, topo.devices, topo.nodes, topo.devices_per_node, pl.slots,
@@ -200,7 +200,6 @@ int carl_cmd_place(int argc, char **argv) {
            (long long)mig.n_moves, (long long)mig.kept, mig.total_bytes, mig.bytes[CARL_LINK_INTRA], mig.bytes[CARL_LINK_RACK],
            mig.bytes[CARL_LINK_INTER], (long long)mig.n_moves, expert_bytes + state_bytes, expert_bytes, state_bytes,
            mig.time_s * 1e3);
-  printf("\nwrote %s\n", out_path);
   rep = cJSON_CreateObject();
   cJSON_AddStringToObject(rep, "algorithm", carl_place_algo_name(o.algo));
   cJSON_AddNumberToObject(rep, "layer", layer);
@@ -241,15 +240,26 @@ int carl_cmd_place(int argc, char **argv) {
       snprintf(rp, sizeof rp, "%s.report.json", out_path);
     report_path = rp;
   }
-  char *text = cJSON_Print(rep);
+  /* the placement and its report appear together or not at all */
+  char *text = cJSON_Print(rep), *ptext = NULL;
+  size_t plen = 0;
   if (!text) {
     st = carl_fail(CARL_ERR_NOMEM, "report: out of memory");
     goto fail;
   }
-  st = carl_write_file_atomic(report_path, text, strlen(text));
+  carl_fs_staged_t sp, sr;
+  sp.tmp[0] = sr.tmp[0] = '\0';
+  st = carl_placement_to_json(&pl, &ptext, &plen);
+  if (!st) st = carl_fs_stage(&sp, out_path, &(carl_fs_part_t){ptext, plen}, 1);
+  if (!st) st = carl_fs_stage(&sr, report_path, &(carl_fs_part_t){text, strlen(text)}, 1);
+  if (!st) st = carl_fs_commit(&sp);
+  if (!st) st = carl_fs_commit(&sr);
+  carl_fs_discard(&sp);
+  carl_fs_discard(&sr);
   free(text);
+  free(ptext);
   if (st) goto fail;
-  printf("wrote %s\n", report_path);
+  printf("\nwrote %s\nwrote %s\n", out_path, report_path);
   cJSON_Delete(rep);
   carl_migration_free(&mig);
   carl_placement_free(&old);

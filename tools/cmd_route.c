@@ -513,9 +513,15 @@ int carl_cmd_route(int argc, char **argv) {
   }
 
   const char *outdir = a.out ? a.out : "out/route-demo";
-  if ((st = carl_fs_mkdir_p(outdir)) != CARL_OK) return carl_cli_error("route", st);
   if ((st = carl_router_create(a.router, a.nset, a.keys, a.vals, &r)) != CARL_OK) return carl_cli_error("route", st);
   if (a.state_in && (st = carl_router_load(r, a.state_in)) != CARL_OK) {
+    carl_router_free(r);
+    return carl_cli_error("route", carl_errctx(st, "--state"));
+  }
+  /* every output goes into a work directory inside outdir, moved in once all of them are written:
+   * an error leaves the outputs of before, never a part of this run's */
+  char work[CARL_FS_PATH_MAX] = "";
+  if ((st = carl_fs_work_begin(outdir, work, sizeof work)) != CARL_OK) {
     carl_router_free(r);
     return carl_cli_error("route", st);
   }
@@ -536,14 +542,14 @@ int carl_cmd_route(int argc, char **argv) {
   (void)is_tty;
   print_summary_header(stdout);
   for (int step = 0; step < nsteps; step++) {
-    char sd[4096];
-    const char *stepdir = outdir;
+    char sd[CARL_FS_PATH_MAX + 16];
+    const char *stepdir = work;
     if (a.trace) {
       snprintf(lp, sizeof lp, "%s/logits_%05d.npy", a.trace, step);
       snprintf(sp, sizeof sp, "%s/source_%05d.npy", a.trace, step);
       snprintf(tp, sizeof tp, "%s/tokens_%05d.npy", a.trace, step);
       st = load_step(lp, file_exists(sp) ? sp : NULL, file_exists(tp) ? tp : NULL, NULL, &topo, &in);
-      snprintf(sd, sizeof sd, "%s/step_%05d", outdir, step);
+      snprintf(sd, sizeof sd, "%s/step_%05d", work, step);
       stepdir = sd;
       if (!st) st = carl_fs_mkdir_p(sd);
     } else if (!a.demo) {
@@ -585,18 +591,27 @@ int carl_cmd_route(int argc, char **argv) {
       st = carl_fail(CARL_ERR_NOMEM, "summary.csv: out of memory");
       goto fail;
     }
-    if ((st = join_path(rp, sizeof rp, outdir, "summary.csv")) != CARL_OK) goto fail;
+    if ((st = join_path(rp, sizeof rp, work, "summary.csv")) != CARL_OK) goto fail;
     if ((st = carl_write_file_atomic(rp, csv_text, csv_len)) != CARL_OK) goto fail;
   }
   if (a.trace) print_summary_row(stdout, -1, "mean", &total);
   if (a.state_out || (a.trace && r->impl->save)) {
-    if ((st = join_path(rp, sizeof rp, outdir, "state.bin")) != CARL_OK) goto fail;
-    if ((st = carl_router_save(r, a.state_out ? a.state_out : rp)) != CARL_OK) goto fail;
+    if ((st = join_path(rp, sizeof rp, work, "state.bin")) != CARL_OK) goto fail;
+    if ((st = carl_router_save(r, a.state_out ? a.state_out : rp)) != CARL_OK) {
+      if (a.state_out) carl_errctx(st, "--save-state");
+      goto fail;
+    }
   }
+  if ((st = carl_fs_work_commit(work, outdir)) != CARL_OK) goto fail;
+  work[0] = '\0';
   fprintf(stderr, "carl route: wrote %s/%s\n", outdir, a.trace ? "step_*/{experts,weights}.npy, report.json, summary.csv"
                                                                 : "experts.npy, weights.npy, report.json");
   goto out;
 fail:
+  if (work[0]) {
+    carl_fs_errmsg_replace(st, work, outdir); /* errors name the output directory */
+    carl_fs_remove_tree(work);
+  }
   rc = carl_cli_error("route", st);
 out:
   if (csv) fclose(csv);

@@ -82,6 +82,10 @@ carl_status carl_fs_work_commit(const char *work, const char *dir);
 /* Remove path and everything below it (symbolic links are removed, not followed). Missing is fine. */
 carl_status carl_fs_remove_tree(const char *path);
 
+/* Replace every `from` in the current error message (carl_errmsg) by `to`, e.g. a work directory by
+ * the output directory it stands for. Returns st. */
+carl_status carl_fs_errmsg_replace(carl_status st, const char *from, const char *to);
+
 /* CRC32C (Castagnoli, reflected polynomial 0x82F63B78, as in iSCSI, RFC 3720): start with crc = 0
  * and pass the result back in to continue; carl_crc32c(0, "123456789", 9) == 0xE3069283. */
 uint32_t carl_crc32c(uint32_t crc, const void *data, size_t len);

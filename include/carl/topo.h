@@ -91,6 +91,8 @@ carl_status carl_placement_from_table(carl_placement_t *p, int E, int D, int slo
 carl_status carl_placement_parse(const char *json, size_t len, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_load(const char *path, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_save(const char *path, const carl_placement_t *p);
+/* The text that carl_placement_save writes, NUL-terminated and malloc'ed (caller frees); len without the NUL. */
+carl_status carl_placement_to_json(const carl_placement_t *p, char **text, size_t *len);
 void carl_placement_free(carl_placement_t *p);
 
 #ifdef __cplusplus

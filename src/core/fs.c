@@ -219,25 +219,33 @@ carl_status carl_fs_work_commit(const char *work, const char *dir) {
   closedir(d);
   if (!st) qsort(names, n, sizeof *names, fs_cmp_str);
   char src[CARL_FS_PATH_MAX], dst[CARL_FS_PATH_MAX], old[CARL_FS_PATH_MAX];
-  for (size_t i = 0; i < n && !st; i++) {
-    if (snprintf(src, sizeof src, "%s/%s", work, names[i]) >= (int)sizeof src ||
-        snprintf(dst, sizeof dst, "%s/%s", dir, names[i]) >= (int)sizeof dst ||
-        snprintf(old, sizeof old, "%s/.replaced-%s", work, names[i]) >= (int)sizeof old) {
-      st = carl_fail(CARL_ERR_INVALID, "%s/%s: path too long", dir, names[i]);
-      break;
+  /* pass 0 checks that every entry can take its place (so that nothing moves when one cannot),
+   * pass 1 moves them */
+  for (int pass = 0; pass < 2 && !st; pass++)
+    for (size_t i = 0; i < n && !st; i++) {
+      if (snprintf(src, sizeof src, "%s/%s", work, names[i]) >= (int)sizeof src ||
+          snprintf(dst, sizeof dst, "%s/%s", dir, names[i]) >= (int)sizeof dst ||
+          snprintf(old, sizeof old, "%s/.replaced-%s", work, names[i]) >= (int)sizeof old) {
+        st = carl_fail(CARL_ERR_INVALID, "%s/%s: path too long", dir, names[i]);
+        break;
+      }
+      struct stat ss, ds;
+      if (lstat(src, &ss) != 0) continue;
+      int have = lstat(dst, &ds) == 0;
+      if (pass == 0) {
+        if (have && S_ISDIR(ss.st_mode) != S_ISDIR(ds.st_mode))
+          st = carl_fail(CARL_ERR_IO, "%s: exists and is %s (left alone)", dst,
+                         S_ISDIR(ds.st_mode) ? "a directory, not a file" : "not a directory");
+        else if (have && !S_ISDIR(ds.st_mode) && !S_ISREG(ds.st_mode) && !S_ISLNK(ds.st_mode))
+          st = carl_fail(CARL_ERR_IO, "%s: exists and is not a regular file (left alone)", dst);
+        continue;
+      }
+      if (have && S_ISDIR(ds.st_mode) && rename(dst, old) != 0) {
+        st = carl_fail(CARL_ERR_IO, "%s: cannot replace: %s", dst, strerror(errno));
+        break;
+      }
+      if (rename(src, dst) != 0) st = carl_fail(CARL_ERR_IO, "%s: cannot replace: %s", dst, strerror(errno));
     }
-    struct stat ss, ds;
-    if (lstat(src, &ss) != 0) continue;
-    if (S_ISDIR(ss.st_mode) && lstat(dst, &ds) == 0 && S_ISDIR(ds.st_mode) && rename(dst, old) != 0) {
-      st = carl_fail(CARL_ERR_IO, "%s: cannot replace: %s", dst, strerror(errno));
-      break;
-    }
-    if (!S_ISDIR(ss.st_mode) && lstat(dst, &ds) == 0 && !S_ISREG(ds.st_mode) && !S_ISLNK(ds.st_mode)) {
-      st = carl_fail(CARL_ERR_IO, "%s: exists and is not a regular file (left alone)", dst);
-      break;
-    }
-    if (rename(src, dst) != 0) st = carl_fail(CARL_ERR_IO, "%s: cannot replace: %s", dst, strerror(errno));
-  }
   for (size_t i = 0; i < n; i++) free(names[i]);
   free(names);
   if (!st) st = fs_sync_dir(dir, dir);
@@ -262,6 +270,23 @@ carl_status carl_fs_remove_tree(const char *path) {
   if (nftw(path, fs_rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
     return carl_fail(CARL_ERR_IO, "%s: cannot remove: %s", path, strerror(errno));
   return CARL_OK;
+}
+
+carl_status carl_fs_errmsg_replace(carl_status st, const char *from, const char *to) {
+  char msg[1024], out[1024];
+  snprintf(msg, sizeof msg, "%s", carl_errmsg());
+  size_t fl = strlen(from), o = 0;
+  for (const char *p = msg; *p && o + 1 < sizeof out;) {
+    if (fl > 0 && !strncmp(p, from, fl)) {
+      o += (size_t)snprintf(out + o, sizeof out - o, "%s", to);
+      if (o >= sizeof out) o = sizeof out - 1;
+      p += fl;
+    } else {
+      out[o++] = *p++;
+    }
+  }
+  out[o] = '\0';
+  return carl_fail(st, "%s", out);
 }
 
 /* ---- CRC32C ------------------------------------------------------------------------------------- */

@@ -494,27 +494,10 @@ static void carl__ckpt_file_name(int i, char *name, size_t cap) {
     snprintf(name, cap, "router_%d.state", i - 2);
 }
 
-/* Replace the temporary directory `tmp` by `final` in the current error message: errors name the
- * user's file (ckpt_<step>/model.safetensors), not the directory it is being written in. */
-static carl_status carl__error_names(carl_status st, const char *tmp, const char *final) {
-  char msg[1024], out[1024];
-  snprintf(msg, sizeof msg, "%s", carl_errmsg());
-  size_t tl = strlen(tmp), o = 0;
-  for (const char *p = msg; *p && o + 1 < sizeof out;) {
-    if (tl > 0 && !strncmp(p, tmp, tl)) {
-      o += (size_t)snprintf(out + o, sizeof out - o, "%s", final);
-      if (o >= sizeof out) o = sizeof out - 1;
-      p += tl;
-    } else {
-      out[o++] = *p++;
-    }
-  }
-  out[o] = '\0';
-  return carl_fail(st, "%s", out);
-}
-
+/* Errors of a checkpoint's files name the checkpoint (ckpt_<step>/model.safetensors), not the
+ * directory it is being written in (ckpt_<step>.tmp). */
 static carl_status carl__ckpt_error(carl_status st, const char *tmp, const char *dir, int64_t step) {
-  carl__error_names(st, tmp, dir);
+  carl_fs_errmsg_replace(st, tmp, dir);
   return carl_errctx(st, "checkpoint at step %" PRId64, step);
 }
 
@@ -1135,7 +1118,7 @@ static carl_status carl__trace_write(const carl__trace_t *tr, const char *dir, i
     st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
   }
   if (st) {
-    carl__error_names(st, work, dir);
+    carl_fs_errmsg_replace(st, work, dir);
     carl_fs_remove_tree(work);
     return carl_errctx(st, "trace");
   }

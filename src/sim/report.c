@@ -225,8 +225,29 @@ static void gp_data(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_resu
       }
 }
 
+static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir,
+                                 const char *work);
+
+/* The end of a set of reports written into the work directory `work` inside dir: moved in together
+ * on success, removed on failure (its errors then name dir). */
+static carl_status reports_done(carl_status st, const char *work, const char *dir) {
+  if (st != CARL_OK) {
+    carl_fs_errmsg_replace(st, work, dir);
+    carl_fs_remove_tree(work);
+    return st;
+  }
+  return carl_fs_work_commit(work, dir);
+}
+
 carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir) {
-  CARL_TRY(carl_fs_mkdir_p(dir));
+  char work[CARL_FS_PATH_MAX];
+  CARL_TRY(carl_fs_work_begin(dir, work, sizeof work));
+  return reports_done(write_reports(cfg, res, dir, work), work, dir);
+}
+
+/* steps.csv, summary.csv, summary.md, plots.dat and plots.gp into work (plots.gp names dir). */
+static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir,
+                                 const char *work) {
   sbuf_t b = {0};
   csv_header(&b, 1);
   for (int i = 0; i < res->nrun; i++) {
@@ -239,7 +260,7 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
       sb_printf(&b, "\n");
     }
   }
-  CARL_TRY(sb_write(&b, dir, "steps.csv"));
+  CARL_TRY(sb_write(&b, work, "steps.csv"));
   csv_header(&b, 0);
   for (int i = 0; i < res->nrun; i++) {
     const carl_sim_run_t *ru = &res->runs[i];
@@ -248,17 +269,17 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
     for (int c = 0; c < CARL_SIM_NCOL; c++) csv_val(&b, ru->summary[c]);
     sb_printf(&b, "\n");
   }
-  CARL_TRY(sb_write(&b, dir, "summary.csv"));
+  CARL_TRY(sb_write(&b, work, "summary.csv"));
   sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens x %d layer(s), E = %d, d = %d, %s plan\n\n", cfg->name,
             (long long)cfg->steps, (long long)cfg->tokens, cfg->layers, cfg->E, cfg->d,
             cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
   md_tables(&b, cfg, res);
   md_per_scenario(&b, cfg, res);
-  CARL_TRY(sb_write(&b, dir, "summary.md"));
+  CARL_TRY(sb_write(&b, work, "summary.md"));
   gp_data(&b, cfg, res);
-  CARL_TRY(sb_write(&b, dir, "plots.dat"));
+  CARL_TRY(sb_write(&b, work, "plots.dat"));
   gp_script(&b, cfg, dir);
-  CARL_TRY(sb_write(&b, dir, "plots.gp"));
+  CARL_TRY(sb_write(&b, work, "plots.gp"));
   return CARL_OK;
 }
 
@@ -329,14 +350,17 @@ carl_status carl_sim_replot(const carl_sim_config_t *cfg, const char *dir) {
     p = end ? end + 1 : NULL;
   }
   free(txt);
+  char work[CARL_FS_PATH_MAX];
+  if (st == CARL_OK) st = carl_fs_work_begin(dir, work, sizeof work);
   if (st == CARL_OK) {
     sbuf_t b = {0};
     gp_data(&b, cfg, &res);
-    st = sb_write(&b, dir, "plots.dat");
+    st = sb_write(&b, work, "plots.dat");
     if (st == CARL_OK) {
       gp_script(&b, cfg, dir);
-      st = sb_write(&b, dir, "plots.gp");
+      st = sb_write(&b, work, "plots.gp");
     }
+    st = reports_done(st, work, dir);
   }
   carl_sim_result_free(&res);
   return st;

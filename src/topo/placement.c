@@ -189,11 +189,13 @@ carl_status carl_placement_load(const char *path, const carl_topo_t *t, int E, c
   return CARL_OK;
 }
 
-carl_status carl_placement_save(const char *path, const carl_placement_t *p) {
+carl_status carl_placement_to_json(const carl_placement_t *p, char **text, size_t *len) {
   /* One device per line: {"experts": E, "devices": [\n  [0, 1],\n  [2, -1]\n]} */
+  *text = NULL;
+  *len = 0;
   size_t cap = 64 + (size_t)p->D * (8 + (size_t)p->slots * 10), n = 0;
   char *buf = malloc(cap);
-  if (!buf) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
+  if (!buf) return carl_fail(CARL_ERR_NOMEM, "placement: out of memory");
   n += (size_t)snprintf(buf + n, cap - n, "{\"experts\": %d, \"devices\": [\n", p->E);
   for (int d = 0; d < p->D; d++) {
     n += (size_t)snprintf(buf + n, cap - n, "  [");
@@ -203,7 +205,17 @@ carl_status carl_placement_save(const char *path, const carl_placement_t *p) {
   }
   n += (size_t)snprintf(buf + n, cap - n, "]}\n");
   CARL_ASSERT(n < cap);
-  carl_status st = carl_write_file_atomic(path, buf, n);
+  *text = buf;
+  *len = n;
+  return CARL_OK;
+}
+
+carl_status carl_placement_save(const char *path, const carl_placement_t *p) {
+  char *buf;
+  size_t n;
+  carl_status st = carl_placement_to_json(p, &buf, &n);
+  if (st != CARL_OK) return carl_errctx(st, "%s", path);
+  st = carl_write_file_atomic(path, buf, n);
   free(buf);
   return st;
 }
