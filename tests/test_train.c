@@ -402,6 +402,35 @@ static void test_write_error_stops(void **s) {
   free(cols);
 }
 
+/* A checkpoint that cannot be written: the error names the checkpoint's file, not the temporary
+ * directory or file it was being written as; nothing of it is left. */
+static void test_ckpt_write_error(void **s) {
+  (void)s;
+  carl_train_config_t c;
+  tiny_config(&c, "topk", "", 4);
+  c.log_every = 2; /* the limit is set after step 2's row, before its checkpoint */
+  char o[300], f[400];
+  out_dir(o, sizeof o, "ckfull");
+  limit_ud_t u = {.at = 2};
+  snprintf(u.csv, sizeof u.csv, "%s/metrics.csv", o);
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &u.old), 0);
+  void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+  carl_train_result_t r;
+  carl_train_opts_t opt = {.out_dir = o, .progress = limit_after, .ud = &u};
+  carl_status st = carl_train_run(&c, &opt, &r);
+  setrlimit(RLIMIT_FSIZE, &u.old);
+  signal(SIGXFSZ, prev);
+  char want[400];
+  snprintf(want, sizeof want, "checkpoint at step 2: %s/ckpt_00000002/model.safetensors: cannot write", o);
+  if (st != CARL_ERR_IO || !strstr(carl_errmsg(), want) || strstr(carl_errmsg(), ".tmp"))
+    fail_msg("want an I/O error starting '%s' without a temporary name, got %d: %s", want, st, carl_errmsg());
+  assert_non_null(strstr(carl_errmsg(), "Last good checkpoint: none yet"));
+  snprintf(f, sizeof f, "%s/ckpt_00000002.tmp", o);
+  assert_int_equal(access(f, F_OK), -1);
+  snprintf(f, sizeof f, "%s/ckpt_00000002", o);
+  assert_int_equal(access(f, F_OK), -1);
+}
+
 /* ---- corrupt checkpoints: CRC32C and non-finite values ------------------------------------------ */
 /* Set element `flat` of tensor `name` in a safetensors file to v (the rest, metadata included, as it was). */
 static void poke_tensor(const char *path, const char *name, int64_t flat, float v) {
@@ -592,7 +621,7 @@ int main(void) {
       cmocka_unit_test(test_resume_lossfree), cmocka_unit_test(test_resume_carl),
       cmocka_unit_test(test_nan_stops),    cmocka_unit_test(test_resume_rejects),
       cmocka_unit_test(test_trace_and_sample), cmocka_unit_test(test_write_error_stops),
-      cmocka_unit_test(test_corrupt_checkpoint),
+      cmocka_unit_test(test_corrupt_checkpoint), cmocka_unit_test(test_ckpt_write_error),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -105,10 +105,10 @@ carl_status carl_array_alloc(carl_array_t *a, carl_dtype dt, int ndim, const int
   memset(a, 0, sizeof *a);
   size_t bytes;
   carl_status st = shape_size(dt, ndim, shape, NULL, &bytes);
-  if (st != CARL_OK) return carl_errctx(st, "carl_array_alloc");
+  if (st != CARL_OK) return carl_errctx(st, "array");
   /* never NULL, even for an empty array, so that callers can test data != NULL */
   void *p = calloc(bytes ? bytes : 1, 1);
-  if (!p) return carl_fail(CARL_ERR_NOMEM, "carl_array_alloc: cannot allocate %zu bytes", bytes);
+  if (!p) return carl_fail(CARL_ERR_NOMEM, "array: cannot allocate %zu bytes", bytes);
   a->dtype = dt;
   a->ndim = ndim;
   for (int i = 0; i < ndim; i++) a->shape[i] = shape[i];

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "carl/array.h"
+#include "carl/json.h"
 #include "carl/sim.h"
 
 static char *dupstr(const char *s) {
@@ -424,12 +425,8 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
 
 carl_status carl_sim_config_parse(const char *json, size_t len, const char *base_dir, carl_sim_config_t *cfg) {
   defaults(cfg);
-  cJSON *root = cJSON_ParseWithLength(json, len);
-  if (!root) {
-    const char *at = cJSON_GetErrorPtr();
-    long off = at && at >= json && at <= json + len ? (long)(at - json) : -1;
-    return carl_fail(CARL_ERR_PARSE, "config: malformed JSON near byte %ld", off);
-  }
+  cJSON *root = NULL;
+  CARL_TRY(carl_json_parse(json, len, "config", &root));
   carl_status st = parse_obj(root, base_dir, cfg);
   cJSON_Delete(root);
   if (st != CARL_OK) {
