@@ -354,22 +354,25 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   }
   /* init: norms 1; matrices N(0, std) from Philox keyed by (seed, INIT, global offset);
    * residual output projections (wo, w2, shared_w2) scaled by 1/sqrt(2L) (GPT-2). Expert slots:
-   * slot g holds expert g (g < E) until a placement is set, slots >= E are empty (zero). */
+   * slot g holds expert g (g < E) until a placement is set, slots >= E are empty (zero); the key
+   * is the offset in the model with one slot per expert, so the init does not depend on n_slots. */
   const float resid = 1.0f / sqrtf(2.0f * (float)L);
+  int64_t key = 0; /* offset of the tensor in the model with one slot per expert */
   for (int i = 0; i < m->ntensors; i++) {
     const carl_tensor_info_t *t = &m->tensors[i];
     float *p = m->params + t->offset;
-    if (t->ndim == 1) {
-      for (int64_t j = 0; j < t->numel; j++) p[j] = 1.0f;
-      continue;
-    }
+    const int64_t n = t->ndim == 3 ? t->numel / P * E : t->numel; /* expert tensors: the first E slots */
     float s = c->init_std;
     const char *dot = strrchr(t->name, '.');
     if (dot && (!strcmp(dot, ".wo") || !strcmp(dot, ".w2") || !strcmp(dot, ".shared_w2"))) s *= resid;
-    const int64_t n = t->ndim == 3 && t->shape[0] == P ? t->numel / P * E : t->numel;
+    if (t->ndim == 1) {
+      for (int64_t j = 0; j < n; j++) p[j] = 1.0f;
+    } else {
 #pragma omp parallel for schedule(static) if (n >= CARL_OMP_MIN_WORK)
-    for (int64_t j = 0; j < n; j++) p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(t->offset + j));
-    memset(p + n, 0, sizeof(float) * (size_t)(t->numel - n));
+      for (int64_t j = 0; j < n; j++) p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(key + j));
+      memset(p + n, 0, sizeof(float) * (size_t)(t->numel - n));
+    }
+    key += n;
   }
   /* one router per layer (each owns its state); "k" = top_k unless the options set it */
   const char *keys[CARL_MODEL_MAX_ROUTER_OPTS + 1];
