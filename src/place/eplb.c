@@ -2,32 +2,12 @@
  * rebalancing, for one layer. The semantics follow the reference (sort by weight descending, the
  * lightest pack with room, argmax of weight/count for each extra replica); ties go to the lower
  * index, as a stable sort and a first-maximum argmax give. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "carl/place.h"
 #include "place_internal.h"
-
-/* order[0..n) = indices sorted by w descending, ties by lower index (a stable sort). */
-typedef struct {
-  double w;
-  int32_t i;
-} wi_t;
-static int cmp_desc(const void *a, const void *b) {
-  const wi_t *x = a, *y = b;
-  if (x->w > y->w) return -1;
-  if (x->w < y->w) return 1;
-  return (x->i > y->i) - (x->i < y->i);
-}
-carl_status carl__sort_desc(const double *w, int n, int32_t *order) {
-  wi_t *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
-  if (!v) return carl_fail(CARL_ERR_NOMEM, "placement: out of memory");
-  for (int i = 0; i < n; i++) { v[i].w = w[i]; v[i].i = i; }
-  qsort(v, (size_t)n, sizeof *v, cmp_desc);
-  for (int i = 0; i < n; i++) order[i] = v[i].i;
-  free(v);
-  return CARL_OK;
-}
 
 carl_status carl_eplb_balanced_packing(const double *w, int n, int packs, int32_t *pack, int32_t *rank) {
   if (n < 1 || packs < 1 || n % packs != 0)
@@ -123,5 +103,61 @@ carl_status carl_eplb_rebalance(const double *w, int E, int R, int groups, int n
 out:
   free(buf);
   free(dw);
+  return st;
+}
+
+/* ---- eplb -------------------------------------------------------------------------------------- */
+/* EPLB may put two replicas of one expert on one GPU (the reference allows it; a placement does
+ * not): swap the second copy with an item of another GPU, same node first, whose per-replica load
+ * is closest. */
+static carl_status eplb_repair(const carl_topo_t *t, int S, const double *w, const int32_t *cnt, int32_t *table) {
+  const int D = t->devices, P = t->devices_per_node;
+  for (int d = 0; d < D; d++)
+    for (int s = 0; s < S; s++) {
+      int e = table[d * S + s], dup = 0;
+      for (int s2 = 0; s2 < s; s2++) dup |= table[d * S + s2] == e;
+      if (!dup) continue;
+      int bd = -1, bs = -1, bsame = 0;
+      double bdiff = INFINITY, we = w[e] / cnt[e];
+      for (int d2 = 0; d2 < D; d2++) {
+        if (d2 == d) continue;
+        int same = d2 / P == d / P, has_e = 0;
+        for (int s2 = 0; s2 < S; s2++) has_e |= table[d2 * S + s2] == e;
+        if (has_e) continue;
+        for (int s2 = 0; s2 < S; s2++) {
+          int f = table[d2 * S + s2], f_on_d = 0;
+          for (int s3 = 0; s3 < S; s3++) f_on_d |= table[d * S + s3] == f;
+          if (f_on_d) continue;
+          double diff = fabs(w[f] / cnt[f] - we);
+          if (bd < 0 || same > bsame || (same == bsame && diff < bdiff)) {
+            bd = d2; bs = s2; bsame = same; bdiff = diff;
+          }
+        }
+      }
+      if (bd < 0)
+        return carl_fail(CARL_ERR_INVALID, "eplb: expert %d has two replicas on device %d and no swap can separate them "
+                         "(EPLB gives replicas by load, uncapped; use fewer replicas)", e, d);
+      table[d * S + s] = table[bd * S + bs];
+      table[bd * S + bs] = e;
+      CARL_DEBUG("eplb: moved a second replica of expert %d from device %d to device %d", e, d, bd);
+    }
+  return CARL_OK;
+}
+
+carl_status carl__place_eplb(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o, int S,
+                             int32_t *table) {
+  const int E = in->E, D = t->devices, R = D * S;
+  int groups = o->groups, nodes = t->nodes;
+  if (groups == 0) groups = (E % nodes == 0) ? nodes : 1;
+  if (o->eplb_global) groups = nodes = 1;
+  if (groups < 1) return carl_fail(CARL_ERR_INVALID, "groups must be >= 1, got %d", groups);
+  if (E % groups) return carl_fail(CARL_ERR_INVALID, "groups: %d experts do not split into %d equal groups", E, groups);
+  if (groups % nodes == 0 && (E / nodes) > R / nodes)
+    return carl_fail(CARL_ERR_INVALID, "eplb: a node must hold its %d experts but has %d slots", E / nodes, R / nodes);
+  int32_t *cnt = malloc((size_t)E * sizeof *cnt);
+  if (!cnt) return carl_fail(CARL_ERR_NOMEM, "eplb: out of memory");
+  carl_status st = carl_eplb_rebalance(in->load, E, R, groups, nodes, D, table, cnt);
+  if (st == CARL_OK) st = eplb_repair(t, S, in->load, cnt, table);
+  free(cnt);
   return st;
 }
