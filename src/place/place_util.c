@@ -40,6 +40,13 @@ void carl__replica_counts(const double *w, int E, int R, int cap, int32_t *cnt) 
   }
 }
 
+/* Does device d hold expert e among the first q items of order (those placed so far)? */
+static int holds(const int32_t *dev, const int32_t *item_e, const int32_t *order, int q, int d, int e) {
+  for (int k = 0; k < q; k++)
+    if (dev[order[k]] == d && item_e[order[k]] == e) return 1;
+  return 0;
+}
+
 carl_status carl__pack_devices(const int32_t *item_e, const double *item_w, int n, int P, int S, int passes, int32_t *dev) {
   int32_t *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
   double *dl = calloc((size_t)P, sizeof *dl);
@@ -53,14 +60,35 @@ carl_status carl__pack_devices(const int32_t *item_e, const double *item_w, int 
     int i = order[q], best = -1;
     for (int d = 0; d < P; d++) {
       if (dc[d] >= S) continue;
-      int dup = 0;
-      for (int j = 0; j < q && !dup; j++) dup = dev[order[j]] == d && item_e[order[j]] == item_e[i];
-      if (dup) continue;
+      if (holds(dev, item_e, order, q, d, item_e[i])) continue;
       if (best < 0 || dl[d] < dl[best]) best = d;
     }
     if (best < 0) {
-      st = carl_fail(CARL_ERR_INVALID, "placement: expert %d has more replicas in one node than the node has devices with room", item_e[i]);
-      goto out;
+      /* Every device with room already holds this expert. Swap: an item j of a full device b that
+       * lacks the expert moves to a device a with room whose experts do not include j's, and i
+       * takes j's place on b. Such a move exists whenever the expert has at most P items here
+       * (b exists because fewer than P devices hold it so far; a holds at most S - 1 items, one
+       * of them this expert, so at most S - 2 of b's S distinct experts). Of the moves, the one
+       * with the lowest max(load a, load b) afterwards (ties: first found). */
+      int bj = -1, ba = -1;
+      double bmax = INFINITY;
+      for (int a = 0; a < P; a++) {
+        if (dc[a] >= S) continue;
+        for (int qj = 0; qj < q; qj++) {
+          int j = order[qj], b = dev[j];
+          if (b == a || holds(dev, item_e, order, q, b, item_e[i]) || holds(dev, item_e, order, q, a, item_e[j])) continue;
+          double la = dl[a] + item_w[j], lb = dl[b] - item_w[j] + item_w[i], mx = la > lb ? la : lb;
+          if (mx < bmax) { bmax = mx; bj = j; ba = a; }
+        }
+      }
+      if (bj < 0) {
+        st = carl_fail(CARL_ERR_INVALID, "placement: expert %d has more replicas in one node than the node has devices", item_e[i]);
+        goto out;
+      }
+      best = dev[bj];
+      dc[best]--; dl[best] -= item_w[bj];
+      dev[bj] = ba;
+      dc[ba]++; dl[ba] += item_w[bj];
     }
     dev[i] = best;
     dc[best]++;

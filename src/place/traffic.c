@@ -117,9 +117,33 @@ carl_status carl__place_traffic(const carl_topo_t *t, const carl_place_input_t *
           }
         }
         if (best < 0) {
-          free(rw); free(order);
-          st = carl_fail(CARL_ERR_INVALID, "traffic: no node has room for a replica of expert %d", e);
-          goto out;
+          /* Every node with room already holds P replicas of e (one per device). Swap: an item i
+           * of a node m with fewer than P replicas of e moves to a node n with room that holds
+           * fewer than P replicas of i's expert, and e takes its place on m. One exists while e
+           * has at most D replicas (m exists; if every expert on m had P replicas on n, n would
+           * hold at least the P * S items of m and be full). Of the moves, the one with the lowest
+           * max(node load n, node load m) afterwards (ties: first found). */
+          int bi = -1, bn = -1;
+          double bmax = INFINITY;
+          for (int n = 0; n < N; n++) {
+            if (nroom[n] == 0) continue;
+            for (int i = 0; i < ni; i++) {
+              int m = item_n[i], f = item_e[i];
+              if (m == n || on[(size_t)e * N + m] >= P || on[(size_t)f * N + n] >= P) continue;
+              double ln = nload[n] + item_w[i], lm = nload[m] - item_w[i] + rw[e], mx = ln > lm ? ln : lm;
+              if (mx < bmax) { bmax = mx; bi = i; bn = n; }
+            }
+          }
+          if (bi < 0) {
+            free(rw); free(order);
+            st = carl_fail(CARL_ERR_INVALID, "traffic: expert %d has more replicas than there are devices", e);
+            goto out;
+          }
+          best = item_n[bi];
+          on[(size_t)item_e[bi] * N + best]--; on[(size_t)item_e[bi] * N + bn]++;
+          nroom[best]++; nroom[bn]--;
+          nload[best] -= item_w[bi]; nload[bn] += item_w[bi];
+          item_n[bi] = bn;
         }
         on[(size_t)e * N + best]++;
         placed[e]++;
