@@ -26,6 +26,7 @@ static const algo_entry registry[CARL_PLACE_NALGO] = {
     {"eplb", carl__place_eplb, 1, 0, 0},
     {"traffic", carl__place_traffic, 1, NEED_TRAFFIC, 1},
     {"coactivation", carl__place_coact, 1, NEED_COACT, 1},
+    {"eplb-nodup", carl__place_eplb_nodup, 1, 0, 0},
 };
 
 const char *carl_place_algo_name(carl_place_algo a) {

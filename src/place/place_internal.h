@@ -36,6 +36,8 @@ carl_status carl__place_roundrobin(const carl_topo_t *t, const carl_place_input_
                                    int32_t *table);
 carl_status carl__place_eplb(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o, int S,
                              int32_t *table);
+carl_status carl__place_eplb_nodup(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o,
+                                   int S, int32_t *table);
 carl_status carl__place_traffic(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o, int S,
                                 int32_t *table);
 carl_status carl__place_coact(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o, int S,
