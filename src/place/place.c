@@ -21,12 +21,12 @@ typedef struct {
 
 /* indexed by carl_place_algo */
 static const algo_entry registry[CARL_PLACE_NALGO] = {
-    {"contiguous", carl__place_contiguous, 0, 0, 0},
-    {"roundrobin", carl__place_roundrobin, 0, 0, 0},
-    {"eplb", carl__place_eplb, 1, 0, 0},
-    {"traffic", carl__place_traffic, 1, NEED_TRAFFIC, 1},
-    {"coactivation", carl__place_coact, 1, NEED_COACT, 1},
-    {"eplb-nodup", carl__place_eplb_nodup, 1, 0, 0},
+    [CARL_PLACE_CONTIGUOUS] = {"contiguous", carl__place_contiguous, 0, 0, 0},
+    [CARL_PLACE_ROUNDROBIN] = {"roundrobin", carl__place_roundrobin, 0, 0, 0},
+    [CARL_PLACE_EPLB] = {"eplb", carl__place_eplb, 1, 0, 0},
+    [CARL_PLACE_TRAFFIC] = {"traffic", carl__place_traffic, 1, NEED_TRAFFIC, 1},
+    [CARL_PLACE_COACTIVATION] = {"coactivation", carl__place_coact, 1, NEED_COACT, 1},
+    [CARL_PLACE_EPLB_NODUP] = {"eplb-nodup", carl__place_eplb_nodup, 1, 0, 0},
 };
 
 const char *carl_place_algo_name(carl_place_algo a) {
