@@ -481,7 +481,7 @@ static void copy_file(const char *from, const char *to) {
   free(d);
 }
 
-/* One flipped bit in a parameter, an AdamW moment or a router state is refused by its CRC32C; a NaN
+/* One flipped bit in a parameter, an AdamW moment, a router state or a placement is refused by its CRC32C; a NaN
  * or Inf written with a matching CRC (a run that had diverged) is refused naming the tensor and
  * the element. The checkpoint is never changed by the refusals. */
 static void test_corrupt_checkpoint(void **s) {
@@ -499,8 +499,8 @@ static void test_corrupt_checkpoint(void **s) {
   carl_train_config_t lc;
   carl_model_t *m = NULL;
   int64_t step;
-  static const char *files[] = {"model.safetensors", "optimizer.safetensors", "router_1.state"};
-  for (int i = 0; i < 3; i++) {
+  static const char *files[] = {"model.safetensors", "optimizer.safetensors", "router_1.state", "placement_0.json"};
+  for (int i = 0; i < 4; i++) {
     snprintf(f, sizeof f, "%s/%s", ck, files[i]);
     snprintf(keep, sizeof keep, "%s/keep", g_dir);
     copy_file(f, keep);

@@ -43,6 +43,9 @@ void carl_train_config_default(carl_train_config_t *c) {
   snprintf(c->train_data, sizeof c->train_data, "data/kjv.train.txt");
   snprintf(c->val_data, sizeof c->val_data, "data/kjv.val.txt");
   c->topology[0] = '\0';
+  c->refresh_every = 0;
+  snprintf(c->place, sizeof c->place, "traffic");
+  c->replicas = 0;
 }
 
 static carl_status carl__copy_str(char *dst, size_t cap, const char *src, const char *field) {
@@ -84,7 +87,7 @@ static carl_status carl__check_router(const carl_model_config_t *m, const char *
 
 static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
   static const char *const keys[] = {"vocab", "max_seq", "d_model", "n_layers", "n_heads", "d_ff", "n_experts",
-                                     "top_k", "d_shared", "init_std", "norm_eps", "seed", "router", "router_opts"};
+                                     "top_k", "d_shared", "slots", "init_std", "norm_eps", "seed", "router", "router_opts"};
   const char *ctx = "model";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -97,6 +100,7 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
   CARL_TRY(carl_json_opt_int(o, ctx, "n_experts", 1, 4096, m->n_experts, &m->n_experts));
   CARL_TRY(carl_json_opt_int(o, ctx, "top_k", 1, 4096, m->top_k, &m->top_k));
   CARL_TRY(carl_json_opt_int(o, ctx, "d_shared", 0, 1 << 18, m->d_shared, &m->d_shared));
+  CARL_TRY(carl_json_opt_int(o, ctx, "slots", 0, 1 << 16, m->n_slots, &m->n_slots));
   double v;
   CARL_TRY(carl_json_opt_pos(o, ctx, "init_std", m->init_std, &v));
   m->init_std = (float)v;
@@ -138,7 +142,8 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
 static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   static const char *const keys[] = {"batch", "seq_len", "steps", "lr", "lr_min", "warmup", "weight_decay",
                                      "grad_clip", "beta1", "beta2", "adam_eps", "eval_every", "eval_batches",
-                                     "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology"};
+                                     "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology",
+                                     "refresh_every", "place", "replicas"};
   const char *ctx = "train";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -167,6 +172,13 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   CARL_TRY(carl__copy_str(c->val_data, sizeof c->val_data, s, "train.val_data"));
   CARL_TRY(carl_json_opt_str(o, ctx, "topology", c->topology, &s));
   CARL_TRY(carl__copy_str(c->topology, sizeof c->topology, s, "train.topology"));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "refresh_every", 0, (int64_t)1 << 40, c->refresh_every, &c->refresh_every));
+  CARL_TRY(carl_json_opt_str(o, ctx, "place", c->place, &s));
+  CARL_TRY(carl__copy_str(c->place, sizeof c->place, s, "train.place"));
+  carl_place_algo algo;
+  carl_status st = carl_place_algo_parse(c->place, &algo);
+  if (st != CARL_OK) return carl_errctx(st, "train.place");
+  CARL_TRY(carl_json_opt_int(o, ctx, "replicas", 0, 1 << 16, c->replicas, &c->replicas));
   return CARL_OK;
 }
 
@@ -228,6 +240,7 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddNumberToObject(m, "n_experts", mc->n_experts);
   cJSON_AddNumberToObject(m, "top_k", mc->top_k);
   cJSON_AddNumberToObject(m, "d_shared", mc->d_shared);
+  cJSON_AddNumberToObject(m, "slots", mc->n_slots);
   cJSON_AddNumberToObject(m, "init_std", mc->init_std);
   cJSON_AddNumberToObject(m, "norm_eps", mc->norm_eps);
   cJSON_AddNumberToObject(m, "seed", (double)mc->seed);
@@ -254,6 +267,9 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddStringToObject(t, "train_data", c->train_data);
   cJSON_AddStringToObject(t, "val_data", c->val_data);
   cJSON_AddStringToObject(t, "topology", c->topology);
+  cJSON_AddNumberToObject(t, "refresh_every", (double)c->refresh_every);
+  cJSON_AddStringToObject(t, "place", c->place);
+  cJSON_AddNumberToObject(t, "replicas", c->replicas);
   return root;
 }
 
@@ -288,6 +304,7 @@ int carl_train_config_model_diff(const carl_train_config_t *a, const carl_train_
   CARL__DIFF_INT(n_experts)
   CARL__DIFF_INT(top_k)
   CARL__DIFF_INT(d_shared)
+  CARL__DIFF_INT(n_slots)
   CARL__DIFF_INT(seed)
 #undef CARL__DIFF_INT
   if (x->init_std != y->init_std || x->norm_eps != y->norm_eps) {
@@ -484,14 +501,50 @@ static void carl__new_run_id(char *id, size_t cap) {
   snprintf(id, cap, "%016llx", (unsigned long long)z);
 }
 
-/* Names of the files of a checkpoint that carry a CRC32C in state.json: model, optimizer, routers. */
-static void carl__ckpt_file_name(int i, char *name, size_t cap) {
-  if (i == 0)
-    snprintf(name, cap, "model.safetensors");
-  else if (i == 1)
-    snprintf(name, cap, "optimizer.safetensors");
-  else
-    snprintf(name, cap, "router_%d.state", i - 2);
+#define CARL__CKPT_MAX_FILES 1024
+#define CARL__CKPT_NAME_MAX 64
+
+static int carl__cmp_name(const void *a, const void *b) { return strcmp((const char *)a, (const char *)b); }
+
+/* The files of a checkpoint directory other than state.json, and those of its subdirectories as
+ * "sub/name", sorted; at most CARL__CKPT_MAX_FILES. */
+static carl_status carl__ckpt_files(const char *dir, char (*names)[CARL__CKPT_NAME_MAX], int *count) {
+  *count = 0;
+  char sub[CARL_PATH_MAX + 160];
+  for (int level = 0; level < 2; level++) {
+    int n0 = *count;
+    for (int k = level ? 0 : -1; k < (level ? n0 : 0); k++) {
+      /* level 0: dir itself; level 1: each entry of level 0 that is a directory */
+      const char *prefix = k < 0 ? "" : names[k];
+      snprintf(sub, sizeof sub, "%s%s%s", dir, k < 0 ? "" : "/", prefix);
+      struct stat sb;
+      if (k >= 0 && (stat(sub, &sb) != 0 || !S_ISDIR(sb.st_mode))) continue;
+      DIR *d = opendir(sub);
+      if (!d) return carl_fail(CARL_ERR_IO, "%s: cannot read: %s", sub, strerror(errno));
+      struct dirent *e;
+      while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || (k < 0 && !strcmp(e->d_name, "state.json"))) continue;
+        if (*count == CARL__CKPT_MAX_FILES ||
+            snprintf(names[*count], CARL__CKPT_NAME_MAX, "%s%s%s", prefix, k < 0 ? "" : "/", e->d_name) >=
+                CARL__CKPT_NAME_MAX) {
+          closedir(d);
+          return carl_fail(CARL_ERR_INVALID, "%s: more than %d files or a name too long", dir, CARL__CKPT_MAX_FILES);
+        }
+        (*count)++;
+      }
+      closedir(d);
+    }
+  }
+  /* drop the directories themselves */
+  int n = 0;
+  for (int i = 0; i < *count; i++) {
+    struct stat sb;
+    snprintf(sub, sizeof sub, "%s/%s", dir, names[i]);
+    if (stat(sub, &sb) == 0 && S_ISREG(sb.st_mode)) memmove(names[n++], names[i], CARL__CKPT_NAME_MAX);
+  }
+  *count = n;
+  qsort(names, (size_t)n, CARL__CKPT_NAME_MAX, carl__cmp_name);
+  return CARL_OK;
 }
 
 /* Errors of a checkpoint's files name the checkpoint (ckpt_<step>/model.safetensors), not the
@@ -527,6 +580,15 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     snprintf(f, sizeof f, "%s/router_%d.state", tmp, l);
     st = carl_router_save(carl_model_router(m, l), f);
   }
+  /* each layer's placement (the layout of its expert tensors) and the refresh statistics */
+  for (int l = 0; !st && l < cfg->model.n_layers; l++) {
+    snprintf(f, sizeof f, "%s/placement_%d.json", tmp, l);
+    st = carl_placement_save(f, carl_model_placement(m, l));
+  }
+  if (!st && cfg->refresh_every > 0) {
+    snprintf(f, sizeof f, "%s/place_stats", tmp);
+    st = carl_step_stats_save(carl_model_dispatch(m), f);
+  }
   if (!st) {
     cJSON *s = cJSON_CreateObject();
     cJSON_AddStringToObject(s, "format", "carl-checkpoint-2");
@@ -540,16 +602,19 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     cJSON_AddNumberToObject(mt, "val_bpb", isfinite(rs->val_bpb) ? rs->val_bpb : 0);
     /* CRC32C of each file as written (read back), checked on load */
     cJSON *crc = cJSON_AddObjectToObject(s, "crc32c");
-    int nfiles = 2 + (has_router ? cfg->model.n_layers : 0);
+    char (*names)[CARL__CKPT_NAME_MAX] = malloc(CARL__CKPT_MAX_FILES * sizeof *names);
+    int nfiles = 0;
+    st = names ? carl__ckpt_files(tmp, names, &nfiles) : carl_fail(CARL_ERR_NOMEM, "out of memory");
     for (int i = 0; i < nfiles && !st; i++) {
-      char fname[32], hex[16];
-      uint32_t c;
-      carl__ckpt_file_name(i, fname, sizeof fname);
-      snprintf(f, sizeof f, "%s/%s", tmp, fname);
-      st = carl_fs_crc32c_file(f, &c);
+      char hex[16];
+      uint32_t c = 0;
+      if (snprintf(f, sizeof f, "%s/%s", tmp, names[i]) >= (int)sizeof f)
+        st = carl_fail(CARL_ERR_INVALID, "%s/%s: path too long", tmp, names[i]);
+      if (!st) st = carl_fs_crc32c_file(f, &c);
       snprintf(hex, sizeof hex, "%08x", c);
-      cJSON_AddStringToObject(crc, fname, hex);
+      cJSON_AddStringToObject(crc, names[i], hex);
     }
+    free(names);
     cJSON_AddItemToObject(s, "config", cj);
     cj = NULL;
     char *text = st ? NULL : cJSON_Print(s);
@@ -640,26 +705,65 @@ carl_status carl_ckpt_resolve(const char *path, char *dir, size_t cap) {
 /* What state.json says beyond the config and step. */
 typedef struct {
   int router_files;
-  int has_crc;                  /* carl-checkpoint-2 */
-  uint32_t crc[2 + 256];        /* model, optimizer, router_<l> (carl__ckpt_file_name) */
+  int has_crc; /* carl-checkpoint-2 */
+  int nfiles;
+  char names[CARL__CKPT_MAX_FILES][CARL__CKPT_NAME_MAX]; /* files of the checkpoint, relative */
+  uint32_t crc[CARL__CKPT_MAX_FILES];                    /* their CRC32C */
 } carl__ckpt_info_t;
 
-static carl_status carl__parse_crc(const cJSON *doc, int nfiles, carl__ckpt_info_t *info) {
+/* The CRC32C recorded for file `name`; 0 when none is (or the checkpoint has none). */
+static int carl__ckpt_crc(const carl__ckpt_info_t *info, const char *name, uint32_t *crc) {
+  for (int i = 0; info->has_crc && i < info->nfiles; i++)
+    if (!strcmp(info->names[i], name)) {
+      *crc = info->crc[i];
+      return 1;
+    }
+  return 0;
+}
+
+/* "crc32c": {"<file>": "<8 hex digits>", ...}; it must cover the parameters, the optimizer and
+ * every router state. */
+static carl_status carl__parse_crc(const cJSON *doc, int router_files, carl__ckpt_info_t *info) {
   const cJSON *crc = NULL;
   CARL_TRY(carl_json_get_obj(doc, "", "crc32c", &crc));
-  char fname[64];
-  for (int i = 0; i < nfiles; i++) {
-    carl__ckpt_file_name(i, fname, sizeof fname);
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(crc, fname);
+  info->has_crc = 1;
+  for (const cJSON *v = crc->child; v; v = v->next) {
     char *end = NULL;
     unsigned long x = cJSON_IsString(v) ? strtoul(v->valuestring, &end, 16) : 0;
     if (!cJSON_IsString(v) || strlen(v->valuestring) != 8 || *end || x > 0xffffffffUL)
-      return carl_fail(CARL_ERR_PARSE, "crc32c.%s: missing or not 8 hex digits", fname);
-    info->crc[i] = (uint32_t)x;
+      return carl_fail(CARL_ERR_PARSE, "crc32c.%s: must be 8 hex digits", v->string);
+    if (!v->string[0] || v->string[0] == '/' || strstr(v->string, "..") || strlen(v->string) >= CARL__CKPT_NAME_MAX)
+      return carl_fail(CARL_ERR_PARSE, "crc32c: \"%.80s\" is not a file of the checkpoint", v->string);
+    if (info->nfiles == CARL__CKPT_MAX_FILES)
+      return carl_fail(CARL_ERR_PARSE, "crc32c: more than %d files", CARL__CKPT_MAX_FILES);
+    snprintf(info->names[info->nfiles], CARL__CKPT_NAME_MAX, "%s", v->string);
+    info->crc[info->nfiles++] = (uint32_t)x;
   }
-  if (cJSON_GetArraySize(crc) != nfiles)
-    return carl_fail(CARL_ERR_PARSE, "crc32c: %d entries, the checkpoint has %d files", cJSON_GetArraySize(crc), nfiles);
-  info->has_crc = 1;
+  char name[CARL__CKPT_NAME_MAX];
+  uint32_t c;
+  for (int i = -2; i < router_files; i++) {
+    if (i == -2) snprintf(name, sizeof name, "model.safetensors");
+    else if (i == -1) snprintf(name, sizeof name, "optimizer.safetensors");
+    else snprintf(name, sizeof name, "router_%d.state", i);
+    if (!carl__ckpt_crc(info, name, &c)) return carl_fail(CARL_ERR_PARSE, "crc32c: no entry for %s", name);
+  }
+  return CARL_OK;
+}
+
+/* Every file with a recorded CRC32C, except the two safetensors files (checked as they are read),
+ * must exist and match it. */
+static carl_status carl__verify_ckpt_files(const char *dir, const carl__ckpt_info_t *info) {
+  char f[CARL_PATH_MAX + 160];
+  for (int i = 0; info->has_crc && i < info->nfiles; i++) {
+    if (!strcmp(info->names[i], "model.safetensors") || !strcmp(info->names[i], "optimizer.safetensors")) continue;
+    if (snprintf(f, sizeof f, "%s/%s", dir, info->names[i]) >= (int)sizeof f)
+      return carl_fail(CARL_ERR_INVALID, "%s/%s: path too long", dir, info->names[i]);
+    uint32_t got;
+    CARL_TRY(carl_fs_crc32c_file(f, &got));
+    if (got != info->crc[i])
+      return carl_fail(CARL_ERR_PARSE, "%s: CRC32C is %08x but state.json records %08x: the file was changed or is "
+                       "corrupt", f, got, info->crc[i]);
+  }
   return CARL_OK;
 }
 
@@ -677,9 +781,13 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
   int64_t s = 0;
   int rf = 0, version = 0;
   double ib = 0;
-  carl__ckpt_info_t scratch;
-  if (!info) info = &scratch;
-  memset(info, 0, sizeof *info);
+  carl__ckpt_info_t *scratch = info ? NULL : malloc(sizeof *scratch);
+  if (!info && !scratch) {
+    carl_json_free(doc);
+    return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", f);
+  }
+  if (!info) info = scratch;
+  info->router_files = info->has_crc = info->nfiles = 0;
   carl_status st = carl_json_get_str(doc, "", "format", &fmt);
   if (!st) {
     version = !strcmp(fmt, "carl-checkpoint-1") ? 1 : !strcmp(fmt, "carl-checkpoint-2") ? 2 : 0;
@@ -690,7 +798,7 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
   if (!st) st = carl_json_opt_int(doc, "", "router_state_files", 0, 256, 0, &rf);
   if (!st) st = carl_json_opt_num(doc, "", "inter_bytes_total", 0, INFINITY, 0, &ib);
   if (!st && version == 2) st = carl_json_get_str(doc, "", "run_id", &run_id);
-  if (!st && version == 2) st = carl__parse_crc(doc, 2 + rf, info);
+  if (!st && version == 2) st = carl__parse_crc(doc, rf, info);
   if (!st) st = carl_json_get_obj(doc, "", "config", &cj);
   char *ctext = NULL;
   if (!st) {
@@ -700,6 +808,7 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
   cJSON_free(ctext);
   if (st != CARL_OK) {
     carl_json_free(doc);
+    free(scratch);
     return carl_errctx(st, "%s", f);
   }
   *step = s;
@@ -716,6 +825,7 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
   }
   info->router_files = rf;
   carl_json_free(doc);
+  free(scratch);
   return CARL_OK;
 }
 
@@ -755,7 +865,10 @@ static carl_status carl__check_finite(const char *name, const float *x, int ndim
 }
 
 /* Read a safetensors file; with a CRC from state.json, its bytes must match it. */
-static carl_status carl__read_st_checked(const char *path, int has_crc, uint32_t want, carl_st_file_t *sf) {
+static carl_status carl__read_st_checked(const char *path, const carl__ckpt_info_t *info, carl_st_file_t *sf) {
+  const char *base = strrchr(path, '/');
+  uint32_t want = 0;
+  int has_crc = carl__ckpt_crc(info, base ? base + 1 : path, &want);
   char *buf;
   size_t len;
   CARL_TRY(carl_read_file(path, &buf, &len));
@@ -778,7 +891,7 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
   char f[CARL_PATH_MAX + 128];
   carl_st_file_t sf;
   snprintf(f, sizeof f, "%s/model.safetensors", dir);
-  CARL_TRY(carl__read_st_checked(f, info->has_crc, info->crc[0], &sf));
+  CARL_TRY(carl__read_st_checked(f, info, &sf));
   carl_status st = CARL_OK;
   int n = carl_model_ntensors(m);
   for (int i = 0; i < n && !st; i++) {
@@ -791,7 +904,7 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
   if (st != CARL_OK) return carl_errctx(st, "%s", f);
   if (!with_optimizer) return CARL_OK;
   snprintf(f, sizeof f, "%s/optimizer.safetensors", dir);
-  CARL_TRY(carl__read_st_checked(f, info->has_crc, info->crc[1], &sf));
+  CARL_TRY(carl__read_st_checked(f, info, &sf));
   char name[CARL_ST_NAME_MAX];
   for (int pass = 0; pass < 2 && !st; pass++)
     for (int i = 0; i < n && !st; i++) {
@@ -812,6 +925,24 @@ static carl_status carl__ctx_path(carl_status st, const char *path) {
   return strstr(carl_errmsg(), path) ? st : carl_errctx(st, "%s", path);
 }
 
+/* The expert tensors were saved in the layout of each layer's placement_<l>.json: move them into
+ * the model's layout; resuming (adopt = 1) then takes the checkpoint's placements as well. */
+static carl_status carl__load_placements(const char *dir, carl_model_t *m, int adopt) {
+  const carl_model_config_t *c = carl_model_config(m);
+  char f[CARL_PATH_MAX + 128];
+  for (int l = 0; l < c->n_layers; l++) {
+    snprintf(f, sizeof f, "%s/placement_%d.json", dir, l);
+    if (!carl__exists(f)) continue; /* a checkpoint from before placements were recorded */
+    carl_placement_t p;
+    CARL_TRY(carl_placement_load(f, NULL, c->n_experts, &p));
+    carl_status st = carl_model_import_layout(m, l, &p);
+    if (!st && adopt) st = carl_model_set_placement(m, l, &p);
+    carl_placement_free(&p);
+    if (st != CARL_OK) return carl_errctx(st, "%s", f);
+  }
+  return CARL_OK;
+}
+
 static carl_status carl__load_routers(const char *dir, carl_model_t *m, const carl__ckpt_info_t *info) {
   int L = carl_model_config(m)->n_layers;
   int has = carl__router_has_state(m);
@@ -821,13 +952,6 @@ static carl_status carl__load_routers(const char *dir, carl_model_t *m, const ca
   char f[CARL_PATH_MAX + 128];
   for (int l = 0; has && l < L; l++) {
     snprintf(f, sizeof f, "%s/router_%d.state", dir, l);
-    if (info->has_crc) {
-      uint32_t got;
-      CARL_TRY(carl_fs_crc32c_file(f, &got));
-      if (got != info->crc[2 + l])
-        return carl_fail(CARL_ERR_PARSE, "%s: CRC32C is %08x but state.json records %08x: the file was changed or is "
-                         "corrupt", f, got, info->crc[2 + l]);
-    }
     carl_status st = carl_router_load(carl_model_router(m, l), f);
     if (st != CARL_OK) return carl__ctx_path(st, f);
   }
@@ -838,12 +962,16 @@ carl_status carl_ckpt_load_model(const char *path, carl_train_config_t *cfg, car
   *out = NULL;
   char dir[CARL_PATH_MAX + 64], note[CARL_PATH_MAX * 3];
   CARL_TRY(carl__ckpt_find(path, dir, sizeof dir, note, sizeof note));
-  carl__ckpt_info_t info;
-  CARL_TRY(carl__read_state(dir, cfg, step, NULL, &info));
-  carl_model_t *m;
-  CARL_TRY(carl_model_create(&cfg->model, &m));
-  carl_status st = carl__load_params(dir, m, 0, &info);
-  if (!st) st = carl__load_routers(dir, m, &info);
+  carl__ckpt_info_t *info = malloc(sizeof *info); /* 70 KB: not on the stack */
+  if (!info) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", dir);
+  carl_model_t *m = NULL;
+  carl_status st = carl__read_state(dir, cfg, step, NULL, info);
+  if (!st) st = carl_model_create(&cfg->model, &m);
+  if (!st) st = carl__verify_ckpt_files(dir, info);
+  if (!st) st = carl__load_params(dir, m, 0, info);
+  if (!st) st = carl__load_placements(dir, m, 0);
+  if (!st) st = carl__load_routers(dir, m, info);
+  free(info);
   if (st != CARL_OK) {
     carl_model_free(m);
     return st;
@@ -983,53 +1111,27 @@ static carl_status carl__csv_close(carl__csv_t *c) {
 
 /* ============================== the loop ========================================================== */
 
-typedef struct {
-  const carl_topo_t *topo;
-  const carl_placement_t *pl;
-  int D, nodes, E;
-  double *dev, *node; /* [D], [nodes] scratch */
-} carl__skew_t;
-
-static double carl__maxmean(const double *x, int n) {
-  double s = 0, mx = 0;
-  for (int i = 0; i < n; i++) {
-    s += x[i];
-    if (x[i] > mx) mx = x[i];
-  }
-  return s > 0 ? mx / (s / n) : 1.0;
-}
-
-/* Fill skews, bytes, drops of the last forward into mt. */
-static carl_status carl__step_stats(carl_model_t *m, carl__skew_t *sk, carl_train_metrics_t *mt) {
+/* Fill skews, bytes, drops of the last forward into mt: the step metrics of every layer (loads
+ * over the layer's replicas, skew) and the layer's dispatch cost, summed or averaged over layers. */
+static carl_status carl__step_stats(carl_model_t *m, carl_train_metrics_t *mt) {
   const carl_model_config_t *c = carl_model_config(m);
-  double se = 0, sd = 0, sn = 0, inter = 0, intra = 0, a2a = 0, drop = 0, slots = 0;
-  double *le = malloc((size_t)c->n_experts * sizeof *le);
-  if (!le) return carl_fail(CARL_ERR_NOMEM, "metrics: out of memory");
+  double se = 0, sd = 0, sn = 0, inter = 0, intra = 0, a2a = 0, drop = 0;
+  const carl_step_t *ds = carl_model_dispatch(m);
   for (int l = 0; l < c->n_layers; l++) {
     carl_moe_stats_t st;
-    carl_status s = carl_model_layer_stats(m, l, &st);
-    if (s != CARL_OK) {
-      free(le);
-      return s;
-    }
-    for (int e = 0; e < st.E; e++) le[e] = (double)st.load[e];
-    se += carl__maxmean(le, st.E);
-    memset(sk->dev, 0, (size_t)sk->D * sizeof *sk->dev);
-    memset(sk->node, 0, (size_t)sk->nodes * sizeof *sk->node);
-    for (int e = 0; e < st.E; e++) {
-      int dv = sk->pl ? sk->pl->home[e] : 0;
-      sk->dev[dv] += le[e];
-      sk->node[sk->topo ? carl_topo_node(sk->topo, dv) : 0] += le[e];
-    }
-    sd += carl__maxmean(sk->dev, sk->D);
-    sn += carl__maxmean(sk->node, sk->nodes);
+    CARL_TRY(carl_model_layer_stats(m, l, &st));
+    const double score = carl_router_get(carl_model_router(m, l), "score");
+    carl_step_metrics_t sm;
+    CARL_TRY(carl_step_metrics(carl_model_topology(m), carl_step_placement(ds, l), st.T, st.E, st.k, isfinite(score) ? (int)score : 0,
+                               st.logits, st.experts, &sm, NULL, NULL, NULL));
+    se += sm.skew_expert;
+    sd += sm.skew_device;
+    sn += sm.skew_node;
+    drop += sm.drop_rate;
     inter += st.bytes[CARL_LINK_INTER] + st.bytes[CARL_LINK_RACK];
     intra += st.bytes[CARL_LINK_INTRA];
     a2a += st.a2a_s;
-    drop += (double)st.dropped;
-    slots += (double)st.T * st.k;
   }
-  free(le);
   int L = c->n_layers;
   mt->skew_expert = se / L;
   mt->skew_device = sd / L;
@@ -1038,7 +1140,7 @@ static carl_status carl__step_stats(carl_model_t *m, carl__skew_t *sk, carl_trai
   mt->intra_bytes = intra;
   mt->inter_fraction = inter + intra > 0 ? inter / (inter + intra) : 0;
   mt->a2a_ms = a2a * 1e3;
-  mt->drop_rate = slots > 0 ? drop / slots : 0;
+  mt->drop_rate = drop / L;
   return CARL_OK;
 }
 
@@ -1173,6 +1275,52 @@ static void carl__stopped(carl_status st, int64_t step, const char *last_ckpt) {
             last_ckpt[0] ? last_ckpt : "none yet");
 }
 
+/* model.n_slots from train.replicas and the topology: replicas, else ceil(E / D) per device. */
+static carl_status carl__slots(carl_train_config_t *c, const carl_topo_t *t) {
+  const int E = c->model.n_experts, D = t ? t->devices : 1;
+  if (c->replicas > 0) {
+    if (!t) return carl_fail(CARL_ERR_INVALID, "train.replicas = %d needs a topology (train.topology)", c->replicas);
+    if (c->replicas < E || c->replicas % D)
+      return carl_fail(CARL_ERR_INVALID, "train.replicas = %d must be >= n_experts (%d) and a multiple of the %d devices",
+                       c->replicas, E, D);
+  }
+  const int want = c->replicas > 0 ? c->replicas : t ? D * ((E + D - 1) / D) : 0;
+  if (c->model.n_slots && c->model.n_slots != (want ? want : E))
+    return carl_fail(CARL_ERR_INVALID, "model.slots = %d, but train.replicas and the topology give %d", c->model.n_slots,
+                     want ? want : E);
+  c->model.n_slots = want;
+  return CARL_OK;
+}
+
+/* The placement training starts from: contiguous, or with replicas the train.place algorithm on
+ * uniform statistics (every expert equally loaded, from every node alike). */
+static carl_status carl__initial_placement(const carl_train_config_t *c, const carl_topo_t *t, carl_placement_t *pl) {
+  const int E = c->model.n_experts, D = t->devices, N = t->nodes;
+  if (c->model.n_slots == D * ((E + D - 1) / D)) return carl_placement_contiguous(pl, E, D);
+  double *u = malloc(sizeof(double) * (size_t)E * (size_t)(1 + N + E));
+  if (!u) return carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+  for (int64_t i = 0; i < (int64_t)E * (1 + N + E); i++) u[i] = 1.0;
+  carl_place_input_t in = {.E = E, .N = N, .load = u, .traffic = u + E, .coact = u + E + (int64_t)N * E};
+  carl_place_opts_t po;
+  carl_place_opts_default(&po);
+  carl_status st = carl_place_algo_parse(c->place, &po.algo);
+  po.replicas = c->model.n_slots;
+  if (!st) st = carl_place_compute(t, &in, &po, pl);
+  free(u);
+  return st == CARL_OK ? CARL_OK : carl_errctx(st, "initial placement with train.replicas = %d", c->replicas);
+}
+
+/* Topology, initial placement and refresh of the model (before its parameters are loaded). */
+static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config_t *c, const carl_topo_t *t,
+                                        const carl_placement_t *pl) {
+  if (t) CARL_TRY(carl_model_set_topology(m, t, pl));
+  if (c->refresh_every <= 0) return CARL_OK;
+  carl_place_opts_t po;
+  carl_place_opts_default(&po);
+  CARL_TRY(carl_place_algo_parse(c->place, &po.algo));
+  return carl_model_set_refresh(m, c->refresh_every, &po, 0.9);
+}
+
 carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_opts_t *o, carl_train_result_t *res) {
   memset(res, 0, sizeof *res);
   if (!o || !o->out_dir || !o->out_dir[0]) return carl_fail(CARL_ERR_INVALID, "train: no output directory given");
@@ -1191,7 +1339,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   carl__csv_t csv = {0};
   int32_t *x = NULL, *y = NULL;
   carl__trace_t tr = {0};
-  carl__skew_t sk = {0};
+  int trace_D = 1;
   char ckdir[CARL_PATH_MAX + 64] = "", path[CARL_PATH_MAX + 64];
   int64_t start = 0;
   carl__run_state_t rs = {0, NAN, NAN, NAN, ""};
@@ -1204,17 +1352,18 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   if (!st) st = carl_loader_init(&vl, &val, 1, S, cfg.data_seed);
   if (!st && cfg.topology[0]) {
     st = carl_topo_load(cfg.topology, &topo);
-    if (!st) st = carl_placement_contiguous(&pl, cfg.model.n_experts, topo.devices);
     have_topo = !st;
   }
+  if (!st) st = carl__slots(&cfg, have_topo ? &topo : NULL);
+  if (!st && have_topo) st = carl__initial_placement(&cfg, &topo, &pl);
   if (!st) st = carl__check_vocab(&cfg, &train, &val);
   if (!st && o->dump_trace) st = carl__check_trace_dir(o->dump_trace);
   if (!st && !o->resume && !o->overwrite) st = carl__check_fresh_dir(o->out_dir);
   if (!st && o->resume) {
     carl_train_config_t ck;
-    carl__ckpt_info_t info;
-    st = carl__ckpt_find(o->out_dir, ckdir, sizeof ckdir, note, sizeof note);
-    if (!st) st = carl__read_state(ckdir, &ck, &start, &rs, &info);
+    carl__ckpt_info_t *info = malloc(sizeof *info); /* 70 KB: not on the stack */
+    st = info ? carl__ckpt_find(o->out_dir, ckdir, sizeof ckdir, note, sizeof note) : carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+    if (!st) st = carl__read_state(ckdir, &ck, &start, &rs, info);
     char why[256];
     if (!st && carl_train_config_model_diff(&ck, &cfg, why, sizeof why))
       st = carl_fail(CARL_ERR_STATE, "%s: the checkpoint does not match the config: %s (checkpoint vs config)", ckdir, why);
@@ -1226,8 +1375,16 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       snprintf(steps_note, sizeof steps_note, "train: resuming with steps = %lld (the checkpoint's run had %lld): the "
                "learning-rate schedule changes", (long long)cfg.steps, (long long)ck.steps);
     if (!st) st = carl_model_create(&cfg.model, &m);
-    if (!st) st = carl__load_params(ckdir, m, 1, &info);
-    if (!st) st = carl__load_routers(ckdir, m, &info);
+    if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
+    if (!st) st = carl__verify_ckpt_files(ckdir, info);
+    if (!st) st = carl__load_params(ckdir, m, 1, info);
+    if (!st) st = carl__load_placements(ckdir, m, 1);
+    if (!st) st = carl__load_routers(ckdir, m, info);
+    free(info);
+    if (!st && cfg.refresh_every > 0) {
+      snprintf(path, sizeof path, "%s/place_stats", ckdir);
+      st = carl_step_stats_load(carl_model_dispatch_mut(m), path);
+    }
     if (!st && start > cfg.steps)
       st = carl_fail(CARL_ERR_STATE, "%s: checkpoint is at step %lld, past train.steps = %lld", ckdir, (long long)start,
                      (long long)cfg.steps);
@@ -1237,9 +1394,9 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   } else if (!st) {
     carl__new_run_id(rs.run_id, sizeof rs.run_id);
     st = carl_model_create(&cfg.model, &m);
+    if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
   }
   if (!st) st = carl_fs_mkdir_p(o->out_dir);
-  if (!st && have_topo) st = carl_model_set_topology(m, &topo, &pl);
   if (!st) {
     snprintf(path, sizeof path, "%s/metrics.csv", o->out_dir);
     st = carl__csv_open(&csv, path, o->resume, start);
@@ -1247,18 +1404,12 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   if (!st) {
     x = malloc((size_t)T * sizeof *x);
     y = malloc((size_t)T * sizeof *y);
-    sk.topo = have_topo ? &topo : NULL;
-    sk.pl = have_topo ? &pl : NULL;
-    sk.D = have_topo ? topo.devices : 1;
-    sk.nodes = have_topo ? topo.nodes : 1;
-    sk.E = cfg.model.n_experts;
-    sk.dev = calloc((size_t)sk.D, sizeof *sk.dev);
-    sk.node = calloc((size_t)sk.nodes, sizeof *sk.node);
+    trace_D = have_topo ? topo.devices : 1;
     tr.L = cfg.model.n_layers;
     tr.E = cfg.model.n_experts;
     tr.T = T;
     tr.logits = calloc((size_t)tr.L, sizeof *tr.logits);
-    if (!x || !y || !sk.dev || !sk.node || !tr.logits) st = carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+    if (!x || !y || !tr.logits) st = carl_fail(CARL_ERR_NOMEM, "train: out of memory");
   }
 
   carl_adamw_cfg_t opt = carl_adamw_default();
@@ -1310,8 +1461,12 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     float lr = carl_lr_cosine(step, cfg.warmup, cfg.steps, (float)cfg.lr, (float)cfg.lr_min);
     st = carl_model_adamw_step(m, &opt, lr);
     if (st) break;
+    /* every refresh_every steps: new placements, expert weights and moments migrate */
+    carl_step_refresh_t rf;
+    st = carl_model_end_step(m, step, cfg.steps, &rf);
+    if (st) break;
     /* statistics of this step's forward (before any validation forward overwrites them) */
-    st = carl__step_stats(m, &sk, &mt);
+    st = carl__step_stats(m, &mt);
     if (!st && o->dump_trace && step % dump_every == 0) st = carl__trace_add(&tr, m, x);
     if (st) break;
     train_time += carl_now() - ts;
@@ -1371,7 +1526,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       }
     }
   }
-  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, sk.D);
+  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, trace_D);
 
   res->step = step;
   res->val_ce = rs.val_ce;
@@ -1386,8 +1541,6 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   for (int l = 0; tr.logits && l < tr.L; l++) free(tr.logits[l]);
   free(tr.logits);
   free(tr.tokens);
-  free(sk.dev);
-  free(sk.node);
   free(x);
   free(y);
   carl_model_free(m);
