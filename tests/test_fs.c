@@ -239,11 +239,42 @@ static void test_work_dir(void **s) {
   assert_int_equal(access(work, F_OK), -1);
 }
 
+static void test_replace_dir(void **s) {
+  (void)s;
+  char dir[300], tmp[300], p[400];
+  path_of(dir, sizeof dir, "ck");
+  path_of(tmp, sizeof tmp, "ck.tmp");
+  /* into a missing place */
+  assert_int_equal(carl_fs_mkdir_p(tmp), CARL_OK);
+  snprintf(p, sizeof p, "%s/a", tmp);
+  assert_int_equal(carl_write_file_atomic(p, "1", 1), CARL_OK);
+  assert_int_equal(carl_fs_replace_dir(tmp, dir), CARL_OK);
+  snprintf(p, sizeof p, "%s/a", dir);
+  assert_content(p, "1");
+  assert_int_equal(access(tmp, F_OK), -1);
+  /* over an older one: only the new content is left, and nothing aside */
+  assert_int_equal(carl_fs_mkdir_p(tmp), CARL_OK);
+  snprintf(p, sizeof p, "%s/b", tmp);
+  assert_int_equal(carl_write_file_atomic(p, "2", 1), CARL_OK);
+  assert_int_equal(carl_fs_replace_dir(tmp, dir), CARL_OK);
+  snprintf(p, sizeof p, "%s/b", dir);
+  assert_content(p, "2");
+  snprintf(p, sizeof p, "%s/a", dir);
+  assert_int_equal(access(p, F_OK), -1);
+  assert_int_equal(count_entries(g_dir, "ck.replaced"), 0);
+  /* a file in the way is left alone */
+  path_of(p, sizeof p, "plain");
+  assert_int_equal(carl_write_file_atomic(p, "x", 1), CARL_OK);
+  assert_int_equal(carl_fs_mkdir_p(tmp), CARL_OK);
+  assert_int_equal(carl_fs_replace_dir(tmp, p), CARL_ERR_IO);
+  assert_content(p, "x");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_crc32c_vectors), cmocka_unit_test(test_write_replace), cmocka_unit_test(test_write_refused),
       cmocka_unit_test(test_write_error),    cmocka_unit_test(test_staged),        cmocka_unit_test(test_mkdir_p),
-      cmocka_unit_test(test_work_dir),
+      cmocka_unit_test(test_work_dir),       cmocka_unit_test(test_replace_dir),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -79,6 +79,9 @@ carl_status carl_fs_work_begin(const char *dir, char *work, size_t cap);
 /* Move every entry of work into dir (a file replaces the file of that name; a directory replaces
  * the directory of that name), fsync dir, then remove work. */
 carl_status carl_fs_work_commit(const char *work, const char *dir);
+/* Rename the complete directory tmp to dir (in the same parent). A directory already at dir is
+ * moved aside first and removed once tmp has taken its place; the parent is fsync'ed. */
+carl_status carl_fs_replace_dir(const char *tmp, const char *dir);
 /* Remove path and everything below it (symbolic links are removed, not followed). Missing is fine. */
 carl_status carl_fs_remove_tree(const char *path);
 

@@ -253,6 +253,28 @@ carl_status carl_fs_work_commit(const char *work, const char *dir) {
   return st ? st : rs;
 }
 
+carl_status carl_fs_replace_dir(const char *tmp, const char *dir) {
+  char old[CARL_FS_PATH_MAX], parent[CARL_FS_PATH_MAX];
+  if (snprintf(old, sizeof old, "%s.replaced-%ld", dir, (long)getpid()) >= (int)sizeof old)
+    return carl_fail(CARL_ERR_INVALID, "%s: path too long", dir);
+  struct stat sb;
+  int had = lstat(dir, &sb) == 0;
+  if (had && !S_ISDIR(sb.st_mode)) return carl_fail(CARL_ERR_IO, "%s: exists and is not a directory (left alone)", dir);
+  if (had) {
+    CARL_TRY(carl_fs_remove_tree(old));
+    if (rename(dir, old) != 0) return carl_fail(CARL_ERR_IO, "%s: cannot move the one there aside: %s", dir, strerror(errno));
+  }
+  if (rename(tmp, dir) != 0) {
+    int e = errno;
+    if (had) (void)rename(old, dir); /* put the old one back */
+    return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", dir, strerror(e));
+  }
+  fs_dirname(dir, parent, sizeof parent);
+  carl_status st = fs_sync_dir(parent, dir);
+  if (had) (void)carl_fs_remove_tree(old);
+  return st;
+}
+
 static int fs_rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
   (void)sb;
   (void)ftw;

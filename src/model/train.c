@@ -556,11 +556,10 @@ static carl_status carl__ckpt_error(carl_status st, const char *tmp, const char 
 
 static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m, int64_t step,
                                    const carl__run_state_t *rs, char *saved, size_t saved_cap) {
-  char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], old[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 160];
+  char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 160];
   snprintf(name, sizeof name, "ckpt_%08" PRId64, step);
   snprintf(dir, sizeof dir, "%s/%s", out_dir, name);
   snprintf(tmp, sizeof tmp, "%s.tmp", dir);
-  snprintf(old, sizeof old, "%s.old", dir);
   carl__rm_dir(tmp);
   carl_status st = carl_fs_mkdir_p(tmp);
   if (st != CARL_OK) return carl__ckpt_error(st, tmp, dir, step);
@@ -626,13 +625,8 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
   cJSON_Delete(cj);
   cJSON_free(cfg_text);
   if (!st) st = carl_fs_sync_dir(tmp);
-  if (!st) {
-    /* replace an older checkpoint of the same step (a run resumed before this step) */
-    carl__rm_dir(old);
-    if (carl__exists(dir) && rename(dir, old) != 0)
-      st = carl_fail(CARL_ERR_IO, "%s: cannot move the older checkpoint of this step aside: %s", dir, strerror(errno));
-    if (!st && rename(tmp, dir) != 0) st = carl_fail(CARL_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
-  }
+  /* replaces an older checkpoint of the same step (a run resumed before this step) */
+  if (!st) st = carl_fs_replace_dir(tmp, dir);
   if (!st) {
     char latest[CARL_PATH_MAX + 16], line[80];
     snprintf(latest, sizeof latest, "%s/latest", out_dir);
@@ -644,7 +638,6 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     carl__rm_dir(tmp);
     return carl__ckpt_error(st, tmp, dir, step);
   }
-  carl__rm_dir(old);
   carl__prune(out_dir, rs->run_id, name, 2);
   snprintf(saved, saved_cap, "%s", dir);
   return CARL_OK;
