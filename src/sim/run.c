@@ -22,7 +22,8 @@
 
 const char *const carl_sim_col_names[CARL_SIM_NCOL] = {
     "bytes_inter", "bytes_intra", "inter_frac", "a2a_ms",    "migrate_ms", "comm_ms",  "skew_expert", "skew_device",
-    "skew_node",   "cv_expert",   "drop_rate",  "retained", "jaccard",    "entropy", "task_kl",     "bal_loss"};
+    "skew_node",   "cv_expert",   "drop_rate",  "retained", "jaccard",    "entropy", "task_kl",     "bal_loss",
+    "compute_ms",  "compute_mean_ms", "moe_ms", "step_ms"};
 
 typedef struct {
   int64_t N;        /* tokens in the trace */
@@ -92,7 +93,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   const carl_sim_scen_t *sc = &cfg->scens[si];
   const uint64_t seed = cfg->seeds[seedi];
   const int L = cfg->layers, E = cfg->E, d = cfg->d, D = topo->devices, N = topo->nodes;
-  const int64_t T = cfg->tokens, steps = cfg->steps;
+  const int64_t T = carl_sim_tokens(cfg, ti), steps = cfg->steps;
   const double t0 = carl_now();
 
   carl_status st = CARL_OK;
@@ -201,7 +202,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
         for (int64_t t = 0; t < T; t++) src[t] = (int32_t)(t * D / T);
       srcp = src;
     }
-    double inter = 0, intra = 0, a2a = 0, kl = 0, bal = 0;
+    double inter = 0, intra = 0, a2a = 0, kl = 0, bal = 0, stt[3] = {0, 0, 0};
     carl_step_metrics_t msum;
     memset(&msum, 0, sizeof msum);
     for (int l = 0; l < L; l++) {
@@ -227,6 +228,8 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       carl_cost_reset(&cost);
       st = carl_plan_cost_decision(topo, &pl[l], experts, srcp, T, k, (size_t)cfg->token_bytes,
                                    (carl_plan_mode)cfg->plan_mode, &cost);
+      if (st != CARL_OK) goto done;
+      st = carl__sim_steptime(cfg, topo, &pl[l], experts, srcp, T, k, &cost, stt);
       if (st != CARL_OK) goto done;
       inter += cost.bytes[CARL_LINK_INTER] + cost.bytes[CARL_LINK_RACK];
       intra += cost.bytes[CARL_LINK_INTRA];
@@ -301,6 +304,10 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
     row[CARL_SIM_ENTROPY] = msum.entropy * invL;
     row[CARL_SIM_TASK_KL] = sc->scenario >= 0 ? kl * invL : NAN;
     row[CARL_SIM_BAL_LOSS] = bal * invL;
+    row[CARL_SIM_COMPUTE_MS] = cfg->step_time ? stt[0] : NAN;
+    row[CARL_SIM_COMPUTE_MEAN_MS] = cfg->step_time ? stt[1] : NAN;
+    row[CARL_SIM_MOE_MS] = cfg->step_time ? stt[2] : NAN;
+    row[CARL_SIM_STEP_MS] = cfg->step_time ? stt[2] + migrate : NAN;
   }
   /* summary: mean over steps >= summary_from, summed in step order */
   for (int c = 0; c < CARL_SIM_NCOL; c++) {

@@ -12,4 +12,12 @@
 carl_status carl__sim_refresh(const carl_topo_t *topo, const carl_placement_t *old, const carl_place_stats_t *stats,
                               int layer, double expert_bytes, carl_placement_t *out, double *migrate_s);
 
+/* Step time of one layer's decision (carl_steptime_load + carl_steptime_layer with the config's
+ * step_time options on cost->dispatch, the layer's most recent plan): adds to acc the slowest
+ * device's compute, the mean compute and the layer time, in milliseconds. Does nothing when the
+ * config has no step_time. */
+carl_status carl__sim_steptime(const carl_sim_config_t *cfg, const carl_topo_t *topo, const carl_placement_t *pl,
+                               const int32_t *experts /* [T, k] */, const int32_t *src /* [T] */, int64_t T, int k,
+                               const carl_cost_t *cost, double acc[3]);
+
 #endif
