@@ -79,8 +79,8 @@ static carl_status topo_flops(const cJSON *doc, carl_topo_t *t) {
   snprintf(t->device, sizeof t->device, "%s", dev);
   CARL_TRY(carl_json_get_pos(o, "flops", "peak_TFLOPS", &t->peak_TFLOPS));
   double eff;
-  CARL_TRY(carl_json_get_num(o, "flops", "efficiency", 0, 1, &eff));
-  if (!(eff > 0)) return carl_fail(CARL_ERR_INVALID, "flops.efficiency must be in (0, 1], got %g", eff);
+  CARL_TRY(carl_json_get_num(o, "flops", "efficiency", -INFINITY, INFINITY, &eff));
+  if (!(eff > 0) || eff > 1) return carl_fail(CARL_ERR_INVALID, "flops.efficiency must be in (0, 1], got %g", eff);
   t->efficiency = eff;
   t->flops = t->peak_TFLOPS * 1e12 * eff;
   const char *comment;
