@@ -85,6 +85,11 @@ static void test_forward_serial(void **s) {
   assert_int_equal(st.rows_max, 3);
   assert_true(NEAR(st.serial_s, 76.1325e-6));
   assert_true(NEAR(st.layer_s, 76.1325e-6));
+  /* the same from the decision and its priced cost in one call */
+  carl_steptime_t st2;
+  assert_int_equal(carl_steptime_decision(&h.t, &h.p, hand_ex, hand_src, 4, 2, &h.c, &o, &st2), CARL_OK);
+  assert_true(NEAR(st2.layer_s, 76.1325e-6));
+  assert_int_equal(st2.straggler, 2);
   hand_free(&h);
 }
 

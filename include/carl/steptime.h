@@ -3,14 +3,13 @@
  * (docs/cost-model.md, "Step time").
  *
  * Usage (after pricing the layer's plan with carl_plan_cost or carl_plan_cost_decision):
- *   int64_t rows[D], tokens[D];
- *   CARL_TRY(carl_steptime_load(&topo, &place, experts, src, T, k, rows, tokens));
  *   carl_steptime_opts_t o;
  *   carl_steptime_opts_default(&o);
  *   o.d = 7168; o.f = 2048; o.f_shared = 2048;           // DeepSeek-V3 dimensions
  *   o.overlap = CARL_OVERLAP_PIPELINE; o.chunks = 2;     // two-batch overlap
  *   carl_steptime_t st;
- *   CARL_TRY(carl_steptime_layer(&topo, cost.dispatch, rows, tokens, &o, &st));
+ *   CARL_TRY(carl_steptime_decision(&topo, &place, experts, src, T, k, &cost, &o, &st));
+ *   // or in two calls: carl_steptime_load (rows and tokens per device), carl_steptime_layer
  *   printf("layer %.3f ms, of which compute %.3f ms (device %d)\n", st.layer_s * 1e3, st.compute_s * 1e3,
  *          st.straggler);
  *
@@ -33,6 +32,7 @@
 #ifndef CARL_STEPTIME_H
 #define CARL_STEPTIME_H
 
+#include "carl/plan.h"
 #include "carl/topo.h"
 
 #ifdef __cplusplus
@@ -82,6 +82,13 @@ carl_status carl_steptime_load(const carl_topo_t *t, const carl_placement_t *p, 
  * "flops"), negative rows or bytes. */
 carl_status carl_steptime_layer(const carl_topo_t *t, const double *dispatch /* [D, D] */, const int64_t *rows /* [D] */,
                                 const int64_t *tokens /* [D] */, const carl_steptime_opts_t *o, carl_steptime_t *out);
+
+/* Both in one call for one routing decision priced into c (carl_plan_cost_decision, or the layer's
+ * cost of a carl_step_t): carl_steptime_load, then carl_steptime_layer on c->dispatch.
+ * c must hold the most recent plan of this decision (its dispatch matrix is read). */
+carl_status carl_steptime_decision(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts /* [T, k] */,
+                                   const int32_t *src /* [T] */, int64_t T, int k, const carl_cost_t *c,
+                                   const carl_steptime_opts_t *o, carl_steptime_t *out);
 
 /* Time of one all-to-all phase whose bytes a -> b are scale * bytes[a * D + b] (the cost model's
  * phase time; messages: one per pair with bytes > 0). */

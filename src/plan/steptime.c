@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/plan.h"
 
 #define STEPTIME_MAX_CHUNKS 4096
 
@@ -138,4 +137,19 @@ carl_status carl_steptime_layer(const carl_topo_t *t, const double *dispatch, co
   if (o->backward) out->pipelined_s += pass_time(an, bn, 2.0 * cmax / n, n);
   out->layer_s = o->overlap == CARL_OVERLAP_PIPELINE ? out->pipelined_s : out->serial_s;
   return CARL_OK;
+}
+
+carl_status carl_steptime_decision(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,
+                                   const int32_t *src, int64_t T, int k, const carl_cost_t *c,
+                                   const carl_steptime_opts_t *o, carl_steptime_t *out) {
+  CARL_ASSERT(t && c);
+  const int D = t->devices;
+  if (c->D != D || !c->dispatch)
+    return carl_fail(CARL_ERR_INVALID, "step time: cost accumulator is for %d devices but the topology has %d", c->D, D);
+  int64_t *rows = malloc(sizeof(int64_t) * 2 * (size_t)D);
+  if (!rows) return carl_fail(CARL_ERR_NOMEM, "step time: out of memory for %d devices", D);
+  carl_status st = carl_steptime_load(t, p, experts, src, T, k, rows, rows + D);
+  if (st == CARL_OK) st = carl_steptime_layer(t, c->dispatch, rows, rows + D, o, out);
+  free(rows);
+  return st;
 }
