@@ -72,6 +72,49 @@ static void test_config_errors(void **s) {
   assert_non_null(strstr(carl_errmsg(), "kk"));
 }
 
+/* Configs as handles: the default study (its grid is written out in config.c's default_json: six
+ * routers, one topology, three scenarios, seed 1), JSON text, and a file; describe names the grid. */
+static void test_config_handle(void **s) {
+  (void)s;
+  carl_sim_config_t *c = NULL;
+  assert_int_equal(carl_sim_config_create(NULL, NULL, 0, NULL, &c), CARL_OK);
+  char *txt = NULL;
+  size_t n = 0;
+  assert_int_equal(carl_sim_config_describe(c, &txt, &n), CARL_OK);
+  assert_int_equal(n, strlen(txt));
+  assert_non_null(strstr(txt, "\"name\":\t\"default\""));
+  assert_non_null(strstr(txt, "\"steps\":\t200"));
+  assert_non_null(strstr(txt, "\"label\":\t\"topk+aux\""));
+  assert_non_null(strstr(txt, "\"aux\":\t0.01"));
+  assert_non_null(strstr(txt, "\"refresh_every\":\t50"));
+  assert_non_null(strstr(txt, "\"name\":\t\"h800-2x8\""));
+  assert_non_null(strstr(txt, "\"scenario\":\t\"hot_device\""));
+  assert_non_null(strstr(txt, "\"tokens\":\t2048"));
+  assert_non_null(strstr(txt, "\"bytes_inter\""));
+  carl_mem_free(txt);
+  carl_sim_config_destroy(c);
+  const char *j = "{\"name\":\"h\",\"steps\":3,\"tokens_per_device\":8,\"routers\":[\"topk\"],\"topologies\":[" TOPO_2x2
+                  "],\"scenarios\":[\"zipf\",\"balanced\"],\"seeds\":[4,5]}";
+  assert_int_equal(carl_sim_config_create(NULL, j, strlen(j), NULL, &c), CARL_OK);
+  assert_int_equal(c->nrouter * c->ntopo * c->nscen * c->nseed, 4);
+  assert_int_equal(carl_sim_config_describe(c, &txt, NULL), CARL_OK);
+  assert_non_null(strstr(txt, "\"tokens\":\t32")); /* 8 per device x 4 devices */
+  assert_non_null(strstr(txt, "\"seeds\":\t[4, 5]"));
+  carl_mem_free(txt);
+  carl_sim_config_destroy(c);
+  /* errors: the message of the parser; nothing is returned */
+  c = (carl_sim_config_t *)1;
+  const char *bad = "{\"stepz\":3}";
+  assert_int_equal(carl_sim_config_create(NULL, bad, strlen(bad), NULL, &c), CARL_ERR_INVALID);
+  assert_null(c);
+  assert_non_null(strstr(carl_errmsg(), "stepz: unknown field"));
+  assert_int_equal(carl_sim_config_create("/nonexistent/x.json", NULL, 0, NULL, &c), CARL_ERR_IO);
+  assert_non_null(strstr(carl_errmsg(), "/nonexistent/x.json"));
+  assert_int_equal(carl_sim_config_create("a", bad, 1, NULL, &c), CARL_ERR_INVALID);
+  assert_int_equal(carl_sim_config_describe(NULL, &txt, NULL), CARL_ERR_INVALID);
+  carl_sim_config_destroy(NULL);
+}
+
 /* T = 4, E = 4, k = 2 on 2 nodes x 1 device, experts 0,1 on device 0 and 2,3 on device 1.
  * chosen: {0,1}, {0,2}, {0,-}, {3,0}: expert loads 4,1,1,1 (mean 1.75): skew 4/1.75; CV =
  * sqrt(((2.25)^2 + 3 (0.75)^2)/4)/1.75; device loads 5, 2: skew 5/3.5; drop 1/8. Retained mass and
@@ -304,7 +347,7 @@ int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/carl_test_sim_%d", (int)getpid());
   mkdir(tmpdir, 0755);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_config_errors), cmocka_unit_test(test_metrics_hand),
+      cmocka_unit_test(test_config_errors), cmocka_unit_test(test_config_handle), cmocka_unit_test(test_metrics_hand),
       cmocka_unit_test(test_trace_replay), cmocka_unit_test(test_trace_steptime),
       cmocka_unit_test(test_determinism_threads),
   };

@@ -274,12 +274,90 @@ static void test_placement_json(void **s) {
   }
 }
 
+
+static void assert_topo_equal(const carl_topo_t *a, const carl_topo_t *b) {
+  assert_int_equal(a->nodes, b->nodes);
+  assert_int_equal(a->devices_per_node, b->devices_per_node);
+  assert_int_equal(a->devices, b->devices);
+  assert_int_equal(a->nodes_per_rack, b->nodes_per_rack);
+  assert_int_equal(a->nics_per_node, b->nics_per_node);
+  for (int c = 0; c < CARL_NLINK; c++) {
+    assert_true(a->link[c].GBps == b->link[c].GBps);
+    assert_true(a->link[c].latency_us == b->link[c].latency_us);
+  }
+  assert_true(a->flops == b->flops && a->peak_TFLOPS == b->peak_TFLOPS && a->efficiency == b->efficiency);
+  assert_string_equal(a->device, b->device);
+  assert_string_equal(a->name, b->name);
+}
+
+/* to_json writes the file format: the per-NIC bandwidths of the file (not the per-device ones the
+ * struct holds), and its text parses back to the same topology. */
+static void test_to_json(void **s) {
+  (void)s;
+  carl_topo_t t, u;
+  const char *j = "{\"nodes\":4,\"devices_per_node\":2,\"nodes_per_rack\":2,\"nics_per_node\":1,\"name\":\"r\\\"q\","
+                  "\"links\":{\"intra\":{\"GBps\":200,\"latency_us\":1},\"rack\":{\"GBps\":100,\"latency_us\":4},"
+                  "\"inter\":{\"GBps\":50,\"latency_us\":8}},"
+                  "\"flops\":{\"device\":\"H800 SXM5\",\"peak_TFLOPS\":989.4,\"efficiency\":0.6}}";
+  assert_int_equal(parse(j, &t), CARL_OK);
+  char *txt = NULL;
+  size_t n = 0;
+  assert_int_equal(carl_topo_to_json(&t, &txt, &n), CARL_OK);
+  assert_int_equal(n, strlen(txt));
+  /* the file's 100 and 50 GB/s per NIC, not the stored 50 and 25 per device */
+  const char *rack = strstr(txt, "\"rack\""), *inter = strstr(txt, "\"inter\"");
+  assert_non_null(rack);
+  assert_non_null(inter);
+  assert_non_null(strstr(rack, "\"GBps\":\t100"));
+  assert_non_null(strstr(inter, "\"GBps\":\t50"));
+  assert_non_null(strstr(txt, "\"name\":\t\"r\\\"q\""));
+  assert_int_equal(parse(txt, &u), CARL_OK);
+  assert_topo_equal(&t, &u);
+  carl_mem_free(txt);
+  /* a share that is not a power of two (3 NICs for 7 devices) still parses back exactly */
+  j = "{\"nodes\":2,\"devices_per_node\":7,\"nics_per_node\":3,"
+      "\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50.3,\"latency_us\":10}}}";
+  assert_int_equal(parse(j, &t), CARL_OK);
+  assert_int_equal(carl_topo_to_json(&t, &txt, NULL), CARL_OK);
+  assert_int_equal(parse(txt, &u), CARL_OK);
+  assert_topo_equal(&t, &u);
+  carl_mem_free(txt);
+  /* a topology made in code, and every ready-made file, through save and load */
+  assert_int_equal(carl_topo_make(&t, 2, 2, 160, 3, 50, 10), CARL_OK);
+  assert_int_equal(carl_topo_to_json(&t, &txt, NULL), CARL_OK);
+  assert_int_equal(parse(txt, &u), CARL_OK);
+  assert_topo_equal(&t, &u);
+  carl_mem_free(txt);
+  static const char *all[] = {"h800-2x8", "h800-8x8", "h100-2x8", "pcie-1x8", "ascend-1x8", "ascend-4x8",
+                              "test-2x2", "test-1x4", "test-rack-4x2"};
+  char tmp[] = "/tmp/carl_topo_XXXXXX";
+  int fd = mkstemp(tmp);
+  assert_true(fd >= 0);
+  close(fd);
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "configs/topologies/%s.json", all[i]);
+    assert_int_equal(carl_topo_load(path, &t), CARL_OK);
+    assert_int_equal(carl_topo_save(tmp, &t), CARL_OK);
+    assert_int_equal(carl_topo_load(tmp, &u), CARL_OK);
+    assert_topo_equal(&t, &u);
+  }
+  unlink(tmp);
+  /* bad input */
+  assert_int_equal(carl_topo_to_json(NULL, &txt, NULL), CARL_ERR_INVALID);
+  t.nodes = 0;
+  assert_int_equal(carl_topo_to_json(&t, &txt, NULL), CARL_ERR_INVALID);
+  assert_null(txt);
+  assert_msg_contains("nodes must be in");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_basic),     cmocka_unit_test(test_rack_and_nics),
       cmocka_unit_test(test_make),            cmocka_unit_test(test_bad_topologies),
       cmocka_unit_test(test_ready_made_files), cmocka_unit_test(test_contiguous),
       cmocka_unit_test(test_replica_index),   cmocka_unit_test(test_placement_json),
+      cmocka_unit_test(test_to_json),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

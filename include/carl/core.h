@@ -111,6 +111,9 @@ carl_status carl_read_file(const char *path, char **data, size_t *len);
 /* Write bytes to path whole or not at all: a unique temporary next to it, every write checked,
  * fsync, rename, fsync of the directory (carl/fs.h has the rest of this family). */
 carl_status carl_write_file_atomic(const char *path, const void *data, size_t len);
+/* Free memory the library allocated for the caller (JSON texts, tables); NULL is a no-op. For
+ * callers that cannot reach the C library's free(), e.g. bindings. */
+void carl_mem_free(void *p);
 /* Monotonic seconds. */
 double carl_now(void);
 

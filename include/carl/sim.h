@@ -172,6 +172,19 @@ carl_status carl_sim_config_default(carl_sim_config_t *cfg);
 void carl_sim_config_free(carl_sim_config_t *cfg);
 /* Tokens per step on topology t: tokens_per_device x its devices when set, else tokens. */
 int64_t carl_sim_tokens(const carl_sim_config_t *cfg, int t);
+/* A config on the heap, for callers that hold it as an opaque handle (bindings): from the file
+ * path, from JSON text (json, len; base_dir as in carl_sim_config_parse), or the default study
+ * (path and json NULL). Free with carl_sim_config_destroy. */
+carl_status carl_sim_config_create(const char *path, const char *json, size_t len, const char *base_dir,
+                                   carl_sim_config_t **out);
+void carl_sim_config_destroy(carl_sim_config_t *cfg);
+/* The grid of a config as JSON text, NUL-terminated and malloc'ed (free with carl_mem_free): name,
+ * steps, tokens, tokens_per_device, layers, d, experts, lr, task_weight, token_bytes,
+ * expert_bytes, plan, summary_from, csv_every, step_time, routers [{label, name, opts,
+ * refresh_every}], topologies [{name, nodes, devices_per_node, tokens}], scenarios [{label,
+ * scenario | trace}], seeds, columns (carl_sim_col_names: the columns of carl_sim_run_t.rows).
+ * len (may be NULL) without the NUL. */
+carl_status carl_sim_config_describe(const carl_sim_config_t *cfg, char **text, size_t *len);
 
 /* ---- results --------------------------------------------------------------------------------- */
 /* Per-step values of a run (layers summed for bytes/time, averaged for the rest). The step-time

@@ -65,6 +65,12 @@ const char *carl_link_name(int cls); /* "self", "intra", "rack", "inter" */
 /* Parse JSON text (errors name the field); load reads a file and prefixes its path. */
 carl_status carl_topo_parse(const char *json, size_t len, carl_topo_t *t);
 carl_status carl_topo_load(const char *path, carl_topo_t *t);
+/* The topology as JSON text in the format above, NUL-terminated and malloc'ed (free with
+ * carl_mem_free); len (may be NULL) without the NUL. carl_topo_parse of the text gives back *t field
+ * for field (with nics_per_node the file's per-NIC bandwidth is written, the one that parses back
+ * to the stored per-device value). save writes the text to path atomically. */
+carl_status carl_topo_to_json(const carl_topo_t *t, char **text, size_t *len);
+carl_status carl_topo_save(const char *path, const carl_topo_t *t);
 /* A uniform topology built in code (used by tests and defaults). */
 carl_status carl_topo_make(carl_topo_t *t, int nodes, int devices_per_node, double intra_GBps,
                            double intra_lat_us, double inter_GBps, double inter_lat_us);
@@ -100,7 +106,8 @@ carl_status carl_placement_from_table(carl_placement_t *p, int E, int D, int slo
 carl_status carl_placement_parse(const char *json, size_t len, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_load(const char *path, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_save(const char *path, const carl_placement_t *p);
-/* The text that carl_placement_save writes, NUL-terminated and malloc'ed (caller frees); len without the NUL. */
+/* The text that carl_placement_save writes, NUL-terminated and malloc'ed (caller frees, or
+ * carl_mem_free); len without the NUL. */
 carl_status carl_placement_to_json(const carl_placement_t *p, char **text, size_t *len);
 void carl_placement_free(carl_placement_t *p);
 

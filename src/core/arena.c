@@ -62,6 +62,8 @@ void carl_arena_free(carl_arena_t *a) {
   a->head = NULL;
 }
 
+void carl_mem_free(void *p) { free(p); }
+
 carl_status carl_read_file(const char *path, char **data, size_t *len) {
   *data = NULL;
   if (len) *len = 0;

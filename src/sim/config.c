@@ -532,3 +532,93 @@ static const char *const default_json =
 carl_status carl_sim_config_default(carl_sim_config_t *cfg) {
   return carl_sim_config_parse(default_json, strlen(default_json), NULL, cfg);
 }
+
+/* ---- configs as opaque handles (bindings) ------------------------------------------------------ */
+carl_status carl_sim_config_create(const char *path, const char *json, size_t len, const char *base_dir,
+                                   carl_sim_config_t **out) {
+  if (!out) return carl_fail(CARL_ERR_INVALID, "sim config: out is NULL");
+  *out = NULL;
+  if (path && json) return carl_fail(CARL_ERR_INVALID, "sim config: give a path or JSON text, not both");
+  carl_sim_config_t *c = calloc(1, sizeof *c);
+  if (!c) return carl_fail(CARL_ERR_NOMEM, "sim config: out of memory");
+  carl_status st = path ? carl_sim_config_load(path, c)
+                        : json ? carl_sim_config_parse(json, len, base_dir, c) : carl_sim_config_default(c);
+  if (st != CARL_OK) {
+    free(c); /* a failed load or parse has freed what it allocated */
+    return st;
+  }
+  *out = c;
+  return CARL_OK;
+}
+
+void carl_sim_config_destroy(carl_sim_config_t *cfg) {
+  if (!cfg) return;
+  carl_sim_config_free(cfg);
+  free(cfg);
+}
+
+carl_status carl_sim_config_describe(const carl_sim_config_t *cfg, char **text, size_t *len) {
+  if (!text) return carl_fail(CARL_ERR_INVALID, "sim config describe: text is NULL");
+  *text = NULL;
+  if (len) *len = 0;
+  if (!cfg) return carl_fail(CARL_ERR_INVALID, "sim config describe: config is NULL");
+  cJSON *o = cJSON_CreateObject();
+  if (!o) return carl_fail(CARL_ERR_NOMEM, "sim config describe: out of memory");
+  cJSON_AddStringToObject(o, "name", cfg->name ? cfg->name : "");
+  cJSON_AddNumberToObject(o, "steps", (double)cfg->steps);
+  cJSON_AddNumberToObject(o, "tokens", (double)cfg->tokens);
+  cJSON_AddNumberToObject(o, "tokens_per_device", (double)cfg->tokens_per_device);
+  cJSON_AddNumberToObject(o, "layers", cfg->layers);
+  cJSON_AddNumberToObject(o, "d", cfg->d);
+  cJSON_AddNumberToObject(o, "experts", cfg->E);
+  cJSON_AddNumberToObject(o, "lr", cfg->lr);
+  cJSON_AddNumberToObject(o, "task_weight", cfg->task_weight);
+  cJSON_AddNumberToObject(o, "token_bytes", cfg->token_bytes);
+  cJSON_AddNumberToObject(o, "expert_bytes", cfg->expert_bytes);
+  cJSON_AddStringToObject(o, "plan", cfg->plan_mode == CARL_PLAN_HIER ? "hier" : "flat");
+  cJSON_AddNumberToObject(o, "summary_from", (double)cfg->summary_from);
+  cJSON_AddNumberToObject(o, "csv_every", cfg->csv_every);
+  cJSON_AddBoolToObject(o, "step_time", cfg->step_time);
+  cJSON *rs = cJSON_AddArrayToObject(o, "routers");
+  for (int i = 0; rs && i < cfg->nrouter; i++) {
+    const carl_sim_router_t *r = &cfg->routers[i];
+    cJSON *x = cJSON_CreateObject();
+    cJSON_AddItemToArray(rs, x);
+    cJSON_AddStringToObject(x, "label", r->label);
+    cJSON_AddStringToObject(x, "name", r->name);
+    cJSON *op = cJSON_AddObjectToObject(x, "opts");
+    for (int j = 0; op && j < r->nopt; j++) cJSON_AddNumberToObject(op, r->keys[j], r->vals[j]);
+    cJSON_AddNumberToObject(x, "refresh_every", r->refresh_every);
+  }
+  cJSON *ts = cJSON_AddArrayToObject(o, "topologies");
+  for (int i = 0; ts && i < cfg->ntopo; i++) {
+    const carl_topo_t *t = &cfg->topos[i];
+    cJSON *x = cJSON_CreateObject();
+    cJSON_AddItemToArray(ts, x);
+    cJSON_AddStringToObject(x, "name", t->name);
+    cJSON_AddNumberToObject(x, "nodes", t->nodes);
+    cJSON_AddNumberToObject(x, "devices_per_node", t->devices_per_node);
+    cJSON_AddNumberToObject(x, "tokens", (double)carl_sim_tokens(cfg, i));
+  }
+  cJSON *ss = cJSON_AddArrayToObject(o, "scenarios");
+  for (int i = 0; ss && i < cfg->nscen; i++) {
+    const carl_sim_scen_t *s = &cfg->scens[i];
+    cJSON *x = cJSON_CreateObject();
+    cJSON_AddItemToArray(ss, x);
+    cJSON_AddStringToObject(x, "label", s->label);
+    if (s->scenario >= 0)
+      cJSON_AddStringToObject(x, "scenario", carl_scenario_name(s->scenario));
+    else
+      cJSON_AddStringToObject(x, "trace", s->trace_dir ? s->trace_dir : "");
+  }
+  cJSON *sd = cJSON_AddArrayToObject(o, "seeds");
+  for (int i = 0; sd && i < cfg->nseed; i++) cJSON_AddItemToArray(sd, cJSON_CreateNumber((double)cfg->seeds[i]));
+  cJSON *cols = cJSON_AddArrayToObject(o, "columns");
+  for (int c = 0; cols && c < CARL_SIM_NCOL; c++) cJSON_AddItemToArray(cols, cJSON_CreateString(carl_sim_col_names[c]));
+  char *s = cJSON_Print(o);
+  cJSON_Delete(o);
+  if (!s) return carl_fail(CARL_ERR_NOMEM, "sim config describe: out of memory");
+  *text = s;
+  if (len) *len = strlen(s);
+  return CARL_OK;
+}

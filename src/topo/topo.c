@@ -176,3 +176,59 @@ double carl_topo_cost(const carl_topo_t *t, int a, int b) {
   if (c == CARL_LINK_SELF) return 0.0;
   return t->link[CARL_LINK_INTER].GBps / t->link[c].GBps;
 }
+
+/* The file's per-NIC bandwidth that parses back to the stored per-device value x (parse multiplies
+ * by share = nics_per_node / devices_per_node). */
+static double topo_file_GBps(double x, double share) {
+  double g = x / share;
+  for (int i = 0; i < 8 && g * share != x; i++) g = nextafter(g, g * share < x ? INFINITY : -INFINITY);
+  return g;
+}
+
+carl_status carl_topo_to_json(const carl_topo_t *t, char **text, size_t *len) {
+  if (!text) return carl_fail(CARL_ERR_INVALID, "topology: text is NULL");
+  *text = NULL;
+  if (len) *len = 0;
+  if (!t) return carl_fail(CARL_ERR_INVALID, "topology: NULL");
+  CARL_TRY(topo_check(t));
+  const double share = t->nics_per_node > 0 ? (double)t->nics_per_node / t->devices_per_node : 1;
+  cJSON *o = cJSON_CreateObject();
+  int ok = o != NULL;
+  if (ok && t->name[0]) ok = cJSON_AddStringToObject(o, "name", t->name) != NULL;
+  if (ok) ok = cJSON_AddNumberToObject(o, "nodes", t->nodes) && cJSON_AddNumberToObject(o, "devices_per_node", t->devices_per_node);
+  cJSON *links = ok ? cJSON_AddObjectToObject(o, "links") : NULL;
+  ok = links != NULL;
+  static const int cls[3] = {CARL_LINK_INTRA, CARL_LINK_RACK, CARL_LINK_INTER};
+  for (int i = 0; i < 3 && ok; i++) {
+    const int c = cls[i];
+    if (c == CARL_LINK_RACK && t->nodes_per_rack == 0) continue;
+    cJSON *l = cJSON_AddObjectToObject(links, carl_link_name(c));
+    double g = c == CARL_LINK_INTRA || t->nics_per_node == 0 ? t->link[c].GBps : topo_file_GBps(t->link[c].GBps, share);
+    ok = l && cJSON_AddNumberToObject(l, "GBps", g) && cJSON_AddNumberToObject(l, "latency_us", t->link[c].latency_us);
+  }
+  if (ok && t->nodes_per_rack > 0) ok = cJSON_AddNumberToObject(o, "nodes_per_rack", t->nodes_per_rack) != NULL;
+  if (ok && t->nics_per_node > 0) ok = cJSON_AddNumberToObject(o, "nics_per_node", t->nics_per_node) != NULL;
+  if (ok && t->peak_TFLOPS > 0) {
+    cJSON *f = cJSON_AddObjectToObject(o, "flops");
+    ok = f && (!t->device[0] || cJSON_AddStringToObject(f, "device", t->device)) &&
+         cJSON_AddNumberToObject(f, "peak_TFLOPS", t->peak_TFLOPS) && cJSON_AddNumberToObject(f, "efficiency", t->efficiency);
+  }
+  char *s = ok ? cJSON_Print(o) : NULL;
+  cJSON_Delete(o);
+  if (!s) return carl_fail(CARL_ERR_NOMEM, "topology: out of memory");
+  /* cJSON allocates with malloc (no hooks are installed), so carl_mem_free / free release it */
+  *text = s;
+  if (len) *len = strlen(s);
+  return CARL_OK;
+}
+
+carl_status carl_topo_save(const char *path, const carl_topo_t *t) {
+  if (!path) return carl_fail(CARL_ERR_INVALID, "topology save: path is NULL");
+  char *s;
+  size_t n;
+  carl_status st = carl_topo_to_json(t, &s, &n);
+  if (st != CARL_OK) return carl_errctx(st, "%s", path);
+  st = carl_write_file_atomic(path, s, n);
+  free(s);
+  return st;
+}
