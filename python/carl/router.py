@@ -344,10 +344,11 @@ def skew(load):
             "gini": s.gini}
 
 
-def route(logits, router="topk", topology=None, placement=None, src=None, token_ids=None, x=None, step=0, seed=0,
+def route(logits, router="topk", topology=None, placement=None, src=None, token_ids=None, x=None, step=None, seed=0,
           mode="flat", token_bytes=8192, state=None, update=True, grad=True, **options):
     """Route one batch of logits [T, E] float32 with a router (a name, with its **options, or a
-    Router, whose state is used and updated) on a topology and placement. Returns a RouteResult:
+    Router, whose state is used and updated; step None: the Router's next step, 0 for a new
+    one) on a topology and placement. Returns a RouteResult:
     experts, weights, losses, dlogits, cost (and .report(), the dict of `carl route`'s report.json).
 
         res = carl.route(logits, router="carl", topology="configs/topologies/h800-2x8.json", k=8)

@@ -107,7 +107,7 @@ def test_trace_equals_cli(tmp_path, router, opts):
     run_cli(*args)
     r = carl.Router(router, topology=topo_path("h800-2x8"), **opts)
     for s, z in enumerate(zs):
-        res = r.route(z)
+        res = r.route(z) if s % 2 else carl.route(z, router=r)  # both keep the Router's step count
         assert res.step == s
         d = tmp_path / "out" / ("step_%05d" % s)
         assert np.array_equal(res.experts, np.load(d / "experts.npy")), "step %d" % s
@@ -139,3 +139,19 @@ def test_demo_equals_cli(tmp_path):
     assert np.array_equal(bits(res.weights), bits(np.load(tmp_path / "o" / "weights.npy")))
     rep = load_json(tmp_path / "o" / "report.json")
     assert rep["losses"]["router"]["total"] == res.loss_total
+
+
+def test_zero_copy():
+    """The logits go to the library as they are (the result keeps the caller's array, not a
+    copy); a CPU torch tensor is viewed, not copied; the plan's row lists are views of the
+    library's memory."""
+    z = logits(3)
+    res = carl.route(z, router="topk", topology=topo_path("h800-2x8"), k=2)
+    assert res.logits is z
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(z.copy())
+    res2 = carl.route(t, router="topk", topology=topo_path("h800-2x8"), k=2)
+    assert np.shares_memory(res2.logits, t.numpy()) and np.array_equal(res2.experts, res.experts)
+    p = carl.plan(res.experts, topo_path("h800-2x8"), E=E)
+    a, b = p.row_copy, p.row_copy
+    assert np.shares_memory(a, b) and not a.flags.owndata
