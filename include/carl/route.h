@@ -65,6 +65,7 @@ typedef struct {
 } carl_opt_t;
 
 typedef struct carl_router carl_router_t;
+struct carl_select; /* carl_select_t, carl/route_util.h */
 
 /* ---- implementation side: one file per router family registers one of these ----------------- */
 typedef struct {
@@ -78,6 +79,15 @@ typedef struct {
   carl_status (*save)(const carl_router_t *r, const char *path); /* may be NULL: stateless */
   carl_status (*load)(carl_router_t *r, const char *path);
   void (*free)(carl_router_t *r);          /* may be NULL */
+  /* May be NULL. The selection route() makes this step, as one descriptor of the fused kernel
+   * (carl_route_select, carl/route_util.h; its arrays in r->scratch, valid until the next route),
+   * for executors that run that kernel elsewhere (the GPU path, src/cuda). Reads in's E, topology,
+   * placement and step, never T, logits or src: per-token rows follow the descriptor's by_src.
+   * CARL_ERR_UNSUPPORTED when this step's selection is not one such call (then call route()). */
+  carl_status (*describe)(carl_router_t *r, const carl_route_in_t *in, struct carl_select *sel);
+  /* May be NULL. The router's own losses after its selection, from the statistics the selection
+   * left (r->psum, r->load); the registry calls it after route(), before the common losses. */
+  carl_status (*finish)(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
 } carl_router_impl_t;
 
 struct carl_router {
