@@ -8,7 +8,7 @@
  *     selection reads them (biased or group-limited selection), so the weights differ only by the
  *     renormalisation's rounding; __expf (2 + 1.17 |x| ulp, CUDA Programming Guide, table of
  *     intrinsic functions) where the selection is on the logits. Bound per weight:
- *     (12 + 1.2 |z_e - max z| + k/2 + E/16) eps max(|a|, |b|) + 1e-12 (the sum terms as in
+ *     (12 + 1.2 (|z_e - max z| + |z_e|) + k/2 + E/16) eps max(|a|, |b|) + 1e-12 (the sum terms as in
  *     test_route_simd.c's WEIGHT_TOL);
  *   loads: exactly the counts of the CPU's experts; hop counts: exactly carl_plan_build's;
  *   losses and loss_total: 1e-5 relative (float sums of the same per-token values in another
@@ -85,8 +85,9 @@ typedef struct {
   int expect_cpu;  /* the router runs on the CPU */
 } cfg_t;
 
-static double weight_tol(double a, double b, float zgap, int k, int E) {
-  return (12 + 1.2 * fabs(zgap) + k / 2.0 + E / 16.0) * FLT_EPSILON * fmax(fabs(a), fabs(b)) + 1e-12;
+/* zgap: z_e - max z (the softmax argument); z: z_e (the sigmoid argument) */
+static double weight_tol(double a, double b, float zgap, float z, int k, int E) {
+  return (12 + 1.2 * (fabs(zgap) + fabs(z)) + k / 2.0 + E / 16.0) * FLT_EPSILON * fmax(fabs(a), fabs(b)) + 1e-12;
 }
 
 static void run_cfg(const cfg_t *c) {
@@ -160,7 +161,7 @@ static void run_cfg(const cfg_t *c) {
       for (int j = 0; j < k; j++) {
         const int64_t i = t * k + j;
         const int e = ex_c[i];
-        const int ok = ex_c[i] == ex_g[i] && fabs((double)w_c[i] - w_g[i]) <= weight_tol(w_c[i], w_g[i], e >= 0 ? z[t * E + e] - mx : 0, k, E);
+        const int ok = ex_c[i] == ex_g[i] && fabs((double)w_c[i] - w_g[i]) <= weight_tol(w_c[i], w_g[i], e >= 0 ? z[t * E + e] - mx : 0, e >= 0 ? z[t * E + e] : 0, k, E);
         if (!ok && bad++ < 4)
           print_error("%s (%s) step %d token %lld slot %d: cpu %d:%.9g, gpu %d:%.9g\n", c->router, c->opts, step,
                       (long long)t, j, ex_c[i], (double)w_c[i], ex_g[i], (double)w_g[i]);

@@ -53,6 +53,8 @@ void carl_cuda_mfree(carl_cuda_t *g, void *p);
 carl_status carl_cuda_upload(carl_cuda_t *g, void *dst, const void *src /* host */, size_t bytes);
 carl_status carl_cuda_download(carl_cuda_t *g, void *dst /* host */, const void *src, size_t bytes);
 carl_status carl_cuda_memset(carl_cuda_t *g, void *p, int byte, size_t bytes);
+/* Device to device, queued on the stream. */
+carl_status carl_cuda_copy(carl_cuda_t *g, void *dst, const void *src, size_t bytes);
 carl_status carl_cuda_sync(carl_cuda_t *g);
 /* The context's cudaStream_t. */
 void *carl_cuda_stream(carl_cuda_t *g);

@@ -128,6 +128,12 @@ carl_status carl_cuda_memset(carl_cuda_t *g, void *p, int byte, size_t bytes) {
   return CARL_OK;
 }
 
+carl_status carl_cuda_copy(carl_cuda_t *g, void *dst, const void *src, size_t bytes) {
+  if (bytes == 0) return CARL_OK;
+  CARL_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g->stream));
+  return CARL_OK;
+}
+
 carl_status carl_cuda_sync(carl_cuda_t *g) {
   CARL_CUDA_TRY(cudaStreamSynchronize(g->stream));
   CARL_CUDA_TRY(cudaGetLastError());

@@ -221,7 +221,7 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
     }
   }
   const int want_hop = o->hop && !replicated;
-  a.need_src = a.bias_by_src || (a.grouped && sl.group_bonus && sl.bonus_row) || want_hop;
+  a.need_src = in->src != NULL || a.bias_by_src || (a.grouped && sl.group_bonus && sl.bonus_row) || want_hop;
   int blocks = 0;
   size_t smem = 0;
   a.exp_dev = want_hop ? (const int32_t *)1 : NULL; /* placeholder for the grid computation */

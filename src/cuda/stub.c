@@ -39,6 +39,10 @@ carl_status carl_cuda_memset(carl_cuda_t *g, void *p, int byte, size_t bytes) {
   (void)g, (void)p, (void)byte, (void)bytes;
   return NO_CUDA();
 }
+carl_status carl_cuda_copy(carl_cuda_t *g, void *dst, const void *src, size_t bytes) {
+  (void)g, (void)dst, (void)src, (void)bytes;
+  return NO_CUDA();
+}
 carl_status carl_cuda_sync(carl_cuda_t *g) {
   (void)g;
   return NO_CUDA();
