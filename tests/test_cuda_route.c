@@ -226,7 +226,7 @@ static void run_cfg(const cfg_t *c) {
 CFG(topk_256, "topk", "k=8", 256, 8, 3001, 0, 0, 0, 0, 0, 0)
 CFG(topk_64_raw, "topk", "k=6 renorm=0 aux=0 z_loss=0", 64, 6, 2047, 0, 0, 0, 0, 0, 0)
 CFG(topk_sigmoid, "topk", "k=4 score=1", 32, 4, 1999, 0, 0, 0, 0, 0, 0)
-CFG(topk_16_on_cpu, "topk", "k=2", 16, 2, 1500, 0, 0, 0, 0, 0, 1)
+CFG(topk_16, "topk", "k=2", 16, 2, 1500, 0, 0, 0, 0, 0, 0)
 CFG(topk_32, "topk", "k=3", 32, 3, 1500, 0, 0, 0, 0, 0, 0)
 CFG(topk_512, "topk", "k=16", 512, 16, 1200, 0, 0, 0, 0, 0, 0)
 CFG(switch_128, "switch", "", 128, 1, 2500, 0, 0, 0, 0, 0, 0)
@@ -414,7 +414,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(device_errors),    cmocka_unit_test(topk_256),          cmocka_unit_test(topk_64_raw),
-      cmocka_unit_test(topk_sigmoid),     cmocka_unit_test(topk_16_on_cpu),     cmocka_unit_test(topk_32),           cmocka_unit_test(topk_512),
+      cmocka_unit_test(topk_sigmoid),     cmocka_unit_test(topk_16),     cmocka_unit_test(topk_32),           cmocka_unit_test(topk_512),
       cmocka_unit_test(switch_128),       cmocka_unit_test(lossfree_bias),     cmocka_unit_test(deepseek_v3),
       cmocka_unit_test(deepseek_v3_steps), cmocka_unit_test(grouplimited_opt), cmocka_unit_test(grouplimited_topo),
       cmocka_unit_test(carl_nodes),       cmocka_unit_test(carl_flat),         cmocka_unit_test(carl_steps),

@@ -41,8 +41,6 @@ step test_cuda_moe "$bin/test_cuda_moe"
 step moe_torch_check python3 "$root/tests/gpu/moe_torch.py" "$bin/gpu_moe_dump" 4096 1024 512 16 4
 step moe_torch_check_grouped python3 "$root/tests/gpu/moe_torch.py" "$bin/gpu_moe_dump" 2048 512 256 32 6 --gemm=1
 step bench_route "$bin/gpu_route" 1048576 256 8 $reps
-step bench_route_minb1 env CARL_CUDA_ROUTE_MINB=1 "$bin/gpu_route" 1048576 256 8 $reps
-step bench_route_minb4 env CARL_CUDA_ROUTE_MINB=4 "$bin/gpu_route" 1048576 256 8 $reps
 step torch_route python3 "$root/bench/gpu/torch_route.py" 1048576 256 8 $((reps / 2))
 step bench_moe "$bin/gpu_moe" $mreps
 step torch_moe python3 "$root/bench/gpu/torch_moe.py" $mreps

@@ -79,20 +79,16 @@ typedef struct {
   int on_cpu;           /* set: 1 when the router has no GPU kernel for these options and ran on the
                            CPU through the registry (inputs downloaded, outputs uploaded) */
   char note[200];       /* set: why it ran on the CPU, "" otherwise */
-  int64_t exact_tokens; /* set: tokens whose fast selection was not certified and that were routed
-                           again with the CPU's operations (see below) */
 } carl_cuda_route_t;
 
 /* Route on the device: in->logits [T, E] and in->src [T] (or NULL) are device pointers; topo,
  * place, step, seed as on the CPU (in->x and in->token_ids are not used). Routers with a GPU
  * kernel: topk, switch, lossfree (also group-limited: the DeepSeek-V3 policy), grouplimited and
- * carl after its warm start, with capacity_factor 0 (dropless), no jitter, E = 32, 64, 128, 256
- * or 512, k <= 16, and groups of 2^m consecutive experts (at most 32 groups, between E/128 and
- * E/4 experts each for E >= 128, per_group <= 4). Selections equal those of the CPU's portable
- * executor: where the selection reads the scores, a token's fast selection is kept only when its
- * deciding gaps exceed the error bounds of the scores, else the token is routed again with the
- * CPU's operations in the CPU's order (src/cuda/route_select.cu). Gate weights agree to a few ulp.
- * Every other router or option runs on the CPU (o->on_cpu, o->note). */
+ * carl after its warm start, with capacity_factor 0 (dropless), no jitter, E a multiple of 16 up
+ * to 512, k <= 16 and groups of consecutive experts, equal in size, a multiple of 16 experts, at
+ * most 32 groups, per_group <= 4. Selections equal those of the CPU's portable executor bit for
+ * bit (the scores are computed in the same order with the same operations). Every other router
+ * or option runs on the CPU (o->on_cpu, o->note). */
 carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_in_t *in, carl_cuda_route_t *o);
 /* The router's update (carl_router_update) from the loads of the last carl_cuda_route of o (its
  * `load`, or counted from the experts when it was NULL) as the step's global loads. */

@@ -15,7 +15,6 @@
 extern "C" {
 
 static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
-static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; } /* the kernel reads tables in 16-byte vectors */
 
 /* Copies per (source, destination) device of the flat plan of a host decision. */
 static carl_status host_hop(const carl_route_in_t *in, const int32_t *experts, const int32_t *src, int k, int64_t *hop) {
@@ -110,10 +109,8 @@ static void gpu_fit(const carl_router_t *r, const carl_route_in_t *in, const car
     snprintf(why, n, "groups that are not %d equal blocks of consecutive experts have no GPU kernel", G);
     return;
   }
-  const int W = E >= 128 ? 4 : E / 32; /* experts per lane chunk of the kernel */
-  if ((gs & (gs - 1)) != 0 || gs < W || gs > 32 * W || G > 32) {
-    snprintf(why, n, "groups of %d experts (%d groups): the GPU kernel takes at most 32 groups of 2^m experts, %d to %d",
-             gs, G, W, 32 * W);
+  if (gs % 16 != 0 || ((gs / 16) & (gs / 16 - 1)) != 0 || G > 16) {
+    snprintf(why, n, "groups of %d experts (%d groups): the GPU kernel takes at most 16 groups of 16 * 2^m experts", gs, G);
     return;
   }
   if (sl->per_group > 4 || sl->per_group > gs) {
@@ -143,7 +140,6 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
   if (!g || !r || !in || !o) return carl_fail(CARL_ERR_INVALID, "carl_cuda_route: NULL argument");
   o->on_cpu = 0;
   o->note[0] = 0;
-  o->exact_tokens = 0;
   if (in->T < 1) return carl_fail(CARL_ERR_INVALID, "T: %lld tokens, must be >= 1", (long long)in->T);
   if (in->E < 1) return carl_fail(CARL_ERR_INVALID, "E: %d experts, must be >= 1", in->E);
   const int k = (int)r->opt[CARL_OPT_K];
@@ -161,7 +157,7 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
   else if (c.jitter > 0) snprintf(o->note, sizeof o->note, "jitter: the selection noise is drawn on the CPU");
   else if (o->out.dlogits) snprintf(o->note, sizeof o->note, "dlogits: the router-loss gradients are computed on the CPU");
   else if (!carl__cuda_select_fits_E(E))
-    snprintf(o->note, sizeof o->note, "E = %d: the GPU kernel takes E = 32, 64, 128, 256 or 512", E);
+    snprintf(o->note, sizeof o->note, "E = %d: the GPU kernel takes E = 16, 32, 64, 128, 256 or 512", E);
   else if (k > 16) snprintf(o->note, sizeof o->note, "k = %d: the GPU kernel takes k <= 16", k);
   carl_select_t sl;
   memset(&sl, 0, sizeof sl);
@@ -204,6 +200,7 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
   if (a.grouped) {
     a.G = sl.ngroups;
     a.gsize = E / a.G;
+    while ((16 << a.gshift) < a.gsize) a.gshift++;
     a.M = sl.M;
     a.pg = sl.per_group;
   }
@@ -232,11 +229,11 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
   /* one device scratch: results | block partials | tables */
   const int nrows = sl.bias ? (a.bias_by_src ? D : 1) : 0;
   const int gbrows = a.grouped && sl.group_bonus ? (sl.bonus_row ? sl.nbrows : 1) : 0;
-  const size_t n_res = (size_t)E * 2 + 1 + (size_t)D * D + 3; /* psum, zsum, load, hop, bad (8 bytes each) */
+  const size_t n_res = (size_t)E * 2 + 1 + (size_t)D * D + 2; /* psum, zsum, load, hop, bad (8 bytes each) */
   const size_t o_part = align8(n_res * 8), o_zpart = align8(o_part + sizeof(float) * (size_t)blocks * E);
-  const size_t o_tab = align256(o_zpart + sizeof(double) * (size_t)blocks);
+  const size_t o_tab = align8(o_zpart + sizeof(double) * (size_t)blocks);
   const size_t tab_bytes = sizeof(float) * ((size_t)nrows * E + (size_t)gbrows * (a.grouped ? a.G : 0)) +
-                           sizeof(int32_t) * ((size_t)D + (size_t)E) + 1024;
+                           sizeof(int32_t) * ((size_t)D + (size_t)E) + 64;
   char *dev;
   CARL_TRY(carl__cuda_scratch(g, o_tab + tab_bytes, (void **)&dev));
   char *pin;
@@ -248,12 +245,10 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
   float *t_bias = NULL, *t_bonus = NULL;
   int32_t *t_node = NULL, *t_edev = NULL;
   if (nrows) {
-    for (size_t i = 0; i < (size_t)nrows * E; i++) a.bias_abs = fmaxf(a.bias_abs, fabsf(sl.bias[i]));
     memcpy(pin + off, sl.bias, sizeof(float) * (size_t)nrows * E);
     t_bias = (float *)(dev + o_tab + off);
     off += sizeof(float) * (size_t)nrows * E;
   }
-  off = align256(off);
   if (gbrows) {
     memcpy(pin + off, sl.group_bonus, sizeof(float) * (size_t)gbrows * a.G);
     t_bonus = (float *)(dev + o_tab + off);
@@ -274,7 +269,6 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
   if (off) CARL_CUDA_TRY(cudaMemcpyAsync(dev + o_tab, pin, off, cudaMemcpyHostToDevice, g->stream));
   CARL_CUDA_TRY(cudaMemsetAsync(d_load, 0, sizeof(unsigned long long) * ((size_t)E + (size_t)D * D), g->stream));
   CARL_CUDA_TRY(cudaMemsetAsync(d_bad, 0xFF, 2 * sizeof(unsigned long long), g->stream));
-  CARL_CUDA_TRY(cudaMemsetAsync(d_bad + 2, 0, sizeof(unsigned long long), g->stream));
   a.bias = t_bias;
   a.bonus = t_bonus;
   a.dev_node = t_node;
@@ -310,7 +304,6 @@ carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_i
   r->zsum = *h_zsum;
   r->have_zsum = stats;
   r->have_load = 1;
-  o->exact_tokens = (int64_t)h_bad[2];
   o->out.capacity = 0;
   o->out.dropped = 0;
   if (o->load)

@@ -15,15 +15,13 @@ typedef struct {
   int want_p;   /* accumulate P_e sums */
   int want_z;   /* accumulate logsumexp^2 */
   int sel_mode; /* selection on 0: z, 1: s, 2: s + bias */
-  int exact;    /* the selection reads the scores: certify it, or redo the token with the CPU's
-                   operations in the CPU's order */
-  float bias_abs; /* max |bias| over the table (the certification's bound on s from s + b) */
+  int exact;    /* scores by the CPU's operations in the CPU's order (the selection depends on them) */
   const float *bias;       /* [rows, E] (sel_mode 2) */
   int bias_by_src;         /* row src(t); else row 0 */
   const int32_t *src;      /* [T] or NULL: t * D / T */
   int D;
   int need_src;
-  int grouped, G, gsize, M, pg; /* G contiguous groups of gsize experts (a power of two) */
+  int grouped, G, gsize, gshift, M, pg; /* G contiguous groups of gsize = 16 << gshift experts */
   const float *bonus;      /* [rows, G] or NULL: row dev_node[src(t)] */
   const int32_t *dev_node; /* [D] */
   int gate_order;
@@ -35,8 +33,7 @@ typedef struct {
   double *zpart;           /* [blocks] */
   unsigned long long *load; /* [E] */
   unsigned long long *hop;  /* [D, D] */
-  unsigned long long *bad;  /* [3]: first token with non-finite logits, first token with src out of
-                               range, tokens routed by the exact (CPU-order) pass */
+  unsigned long long *bad;  /* [2]: first token with non-finite logits, first token with src out of range */
   double *psum;             /* [E] */
   double *zsum;             /* [1] */
   int work_floats;          /* shared work area per block */
