@@ -84,11 +84,12 @@ typedef struct {
 /* Route on the device: in->logits [T, E] and in->src [T] (or NULL) are device pointers; topo,
  * place, step, seed as on the CPU (in->x and in->token_ids are not used). Routers with a GPU
  * kernel: topk, switch, lossfree (also group-limited: the DeepSeek-V3 policy), grouplimited and
- * carl after its warm start, with capacity_factor 0 (dropless), no jitter, E a multiple of 16 up
- * to 512, k <= 16 and groups of consecutive experts, equal in size, a multiple of 16 experts, at
- * most 32 groups, per_group <= 4. Selections equal those of the CPU's portable executor bit for
- * bit (the scores are computed in the same order with the same operations). Every other router
- * or option runs on the CPU (o->on_cpu, o->note). */
+ * carl after its warm start, with capacity_factor 0 (dropless), no jitter, no dlogits, E = 16,
+ * 32, 64, 128, 256 or 512, k <= 16 and groups of consecutive experts, equal in size, 16 * 2^m
+ * experts each, at most 16 groups, per_group <= 4. Where the selection reads the scores they are
+ * computed with the CPU portable executor's operations in its order, so the selections equal its
+ * selections, ties included (docs/gpu.md). Every other router or option runs on the CPU through
+ * the registry (o->on_cpu, o->note). */
 carl_status carl_cuda_route(carl_cuda_t *g, carl_router_t *r, const carl_route_in_t *in, carl_cuda_route_t *o);
 /* The router's update (carl_router_update) from the loads of the last carl_cuda_route of o (its
  * `load`, or counted from the experts when it was NULL) as the step's global loads. */
