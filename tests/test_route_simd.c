@@ -1,6 +1,6 @@
 /* The AVX-512 executor of the routing kernels against the portable one, which is the reference:
- * every configuration is routed through the public registry twice, once with carl__route_simd = 0
- * (portable executor) and once with carl__route_simd = -1 (AVX-512 where the CPU has it and the
+ * every configuration is routed through the public registry twice, once with carl__kern_simd = 0
+ * (portable executor) and once with carl__kern_simd = -1 (AVX-512 where the CPU has it and the
  * shapes fit), by two routers created with the same options, and the results must agree:
  *   experts, dropped, capacity, status and error message: exactly;
  *   weights: |a - b| <= (12 + k/2 + E/16) eps max(|a|, |b|) + 1e-12 (see WEIGHT_TOL);
@@ -12,7 +12,7 @@
  * logits, E not a multiple of 16 (bitwise: the portable path both times), T = 1..3, and
  * capacity_factor = 1. T = 1003 = 3 * 256 + 235 gives several 256-token statistics blocks, the
  * 4-token blocks and a 3-token tail (235 = 58 * 4 + 3).
- * The outside reference: carl_route_score_row against softmax / sigmoid evaluated in double here,
+ * The outside reference: carl_kern_score_row against softmax / sigmoid evaluated in double here,
  * for both executors, and the selection rule (TopK of the exact scores, ties to the lower index) on
  * hand-computed rows whose fp32 scores round to equal values. */
 #include <setjmp.h>
@@ -24,7 +24,7 @@
 #include <stdio.h>
 
 #include "carl/topo.h"
-#include "route/select_internal.h"
+#include "kern/variant.h"
 #include "route_testutil.h"
 
 #define TBIG 1003
@@ -51,7 +51,7 @@ static int have512; /* the CPU runs the AVX-512 executor */
 static double worst_ulp; /* largest weight difference seen, in units of eps * max(|a|, |b|) */
 static char worst_what[320];
 
-static void set_simd(int v) { carl__route_simd = v; }
+static void set_simd(int v) { carl__kern_simd = v; }
 
 /* Buffers of the running test, freed by its teardown, also when an assertion fails. */
 static void *owned[256];
@@ -270,29 +270,28 @@ static float *logits_ties(int steps, int64_t T, int E, double lim, uint64_t seed
 static void note_executor(void **st) {
   (void)st;
   set_simd(-1);
-  have512 = carl__route_avx512_on();
+  have512 = carl__kern_avx512_on();
   if (!have512)
     print_message("note: this CPU has no AVX-512 executor; both runs take the portable path, so the comparisons "
                   "below hold trivially\n");
   set_simd(0);
-  assert_int_equal(carl__route_avx512_on(), 0); /* the hook turns it off */
+  assert_int_equal(carl__kern_avx512_on(), 0); /* the hook turns it off */
   set_simd(-1);
 }
 
 /* ---- the dispatch rule --------------------------------------------------------------------- */
-/* carl__select_avx512_fits against the rule documented in select_internal.h (what tells the
+/* carl__kern_select_avx512_fits against the rule documented in kern/variant.h (what tells the
  * configurations below which executor they exercise). */
 static int fits(int E, int k, double jitter, int G, int eqsize, int contig, int pg) {
-  carl_select_t sl = {.per_group = pg};
-  carl__selctx_t x = {.sl = &sl, .E = E, .k = k, .G = G, .grouped = G > 0, .eqsize = eqsize, .contig = contig};
-  x.c.k = k;
-  x.c.jitter = jitter;
-  return carl__select_avx512_fits(&x);
+  carl_kern_select_t sl = {.E = E, .k = k, .jitter = jitter, .G = G, .per_group = pg};
+  carl__kern_selctx_t x = {.sl = &sl, .E = E, .k = k, .G = G, .grouped = G > 0, .eqsize = eqsize, .contig = contig,
+                           .jitter = jitter};
+  return carl__kern_select_avx512_fits(&x);
 }
 
 static void test_dispatch_rule(void **st) {
   (void)st;
-  const int on = carl__route_avx512_on();
+  const int on = carl__kern_avx512_on();
   assert_int_equal(fits(64, 2, 0, 0, 0, 0, 1), on);
   assert_int_equal(fits(1024, 16, 0, 0, 0, 0, 1), on);
   assert_int_equal(fits(16, 16, 0, 0, 0, 0, 1), on);
@@ -713,7 +712,7 @@ static void test_saturated_rule(void **st) {
   assert_int_equal(nbad, 0);
 }
 
-/* ---- the outside reference: carl_route_score_row --------------------------------------------- */
+/* ---- the outside reference: carl_kern_score_row --------------------------------------------- */
 /* s = softmax(z) or sigmoid(z) and the returned logsumexp against the same functions in double.
  * Error budget of the float evaluation (eps = FLT_EPSILON), relative to the value:
  *   sigmoid 1 / (1 + exp(-z)): exp to a few ulp, one add, one divide: 4 eps;
@@ -732,7 +731,7 @@ static void check_score_rows(int E, int simd, double *worst_sm, double *worst_sg
       for (int e = 0; e < E; e++) zt[e] *= 8; /* wide rows: exp of arguments down to -87, tiny scores */
     for (int score = 0; score <= 1; score++) {
       set_simd(simd);
-      const float lse = carl_route_score_row(zt, E, score, s);
+      const float lse = carl_kern_score_row(zt, E, score, s);
       set_simd(-1);
       tu_scores(zt, E, score, ref);
       double m = zt[0], sum = 0;
@@ -763,11 +762,11 @@ static void check_score_rows(int E, int simd, double *worst_sm, double *worst_sg
   /* a non-finite entry gives NaN */
   z[3] = NAN;
   set_simd(simd);
-  assert_true(isnan(carl_route_score_row(z, E, 0, s)));
+  assert_true(isnan(carl_kern_score_row(z, E, 0, s)));
   z[3] = INFINITY;
-  assert_true(isnan(carl_route_score_row(z, E, 1, s)));
+  assert_true(isnan(carl_kern_score_row(z, E, 1, s)));
   z[3] = -INFINITY;
-  assert_true(isnan(carl_route_score_row(z, E, 0, s)));
+  assert_true(isnan(carl_kern_score_row(z, E, 0, s)));
   set_simd(-1);
 }
 

@@ -100,11 +100,11 @@ carl_status carl_retained_mass(const float *logits /* [T, E] */, int64_t T, int 
 carl_status carl_topk_jaccard(const float *logits /* [T, E] */, int64_t T, int E, int score,
                               const int32_t *experts /* [T, k] */, int k, double *jaccard);
 /* One token's terms of carl_retained_mass and carl_topk_jaccard, from its scores s [E]
- * (carl_route_score_row) and kept experts ex [k] (-1 or out of range: dropped); idx, val [k] are
+ * (carl_kern_score_row) and kept experts ex [k] (-1 or out of range: dropped); idx, val [k] are
  * scratch (TopK(s) on return). */
 void carl_token_selectivity(const float *s /* [E] */, int E, int k, const int32_t *ex /* [k] */, int32_t *idx /* [k] */,
                             float *val /* [k] */, double *retained, double *jaccard);
-/* Entropy (nats) of one token's routing distribution from its scores s [E] (carl_route_score_row):
+/* Entropy (nats) of one token's routing distribution from its scores s [E] (carl_kern_score_row):
  * p = s for softmax (0), p = s / sum(s) for sigmoid (1); -sum_e p ln p in double. */
 double carl_score_entropy(const float *s /* [E] */, int E, int score);
 /* Routing entropy: mean over tokens of -sum_e p[t,e] ln p[t,e] (nats; p as in the losses), and
