@@ -63,8 +63,7 @@ static void route_usage(FILE *f, const char *router) {
     if (router && strcmp(router, *names)) continue;
     const carl_opt_t *opts[MAX_ROUTER_OPTS];
     int n = carl_router_options(*names, opts, MAX_ROUTER_OPTS);
-    const carl_router_impl_t *impl = carl_router_find(*names);
-    fprintf(f, "router %s: %s\n", *names, impl && impl->help ? impl->help : "");
+    fprintf(f, "router %s: %s\n", *names, carl_router_help(*names));
     for (int i = 0; i < n; i++) {
       char flag[64];
       snprintf(flag, sizeof flag, "--%s", opts[i]->name);
@@ -373,9 +372,11 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   if ((st = carl_npy_save(path, CARL_F32, 2, shp, weights)) != CARL_OK) goto done;
 
   rep = cJSON_CreateObject();
-  cJSON_AddStringToObject(rep, "router", r->impl->name);
+  cJSON_AddStringToObject(rep, "router", carl_router_name(r));
   cJSON *opts = cJSON_AddObjectToObject(rep, "options");
-  for (int i = 0; i < r->nopt; i++) cJSON_AddNumberToObject(opts, r->opt_def[i]->name, r->opt[i]);
+  const carl_opt_t *od[MAX_ROUTER_OPTS];
+  const int nod = carl_router_options(carl_router_name(r), od, MAX_ROUTER_OPTS);
+  for (int i = 0; i < nod; i++) cJSON_AddNumberToObject(opts, od[i]->name, carl_router_get(r, od[i]->name));
   cJSON_AddNumberToObject(rep, "step", (double)step);
   cJSON_AddNumberToObject(rep, "T", (double)T);
   cJSON_AddNumberToObject(rep, "E", E);
@@ -591,7 +592,7 @@ int carl_cmd_route(int argc, char **argv) {
   }
   char rp[4096];
   if (a.trace) print_summary_row(stdout, -1, "mean", &total);
-  if (a.state_out || (a.trace && r->impl->save)) {
+  if (a.state_out || (a.trace && carl_router_has_state(r))) {
     if ((st = join_path(rp, sizeof rp, outdir, "state.bin")) != CARL_OK) goto fail;
     if ((st = carl_router_save(r, a.state_out ? a.state_out : rp)) != CARL_OK) goto fail;
   }

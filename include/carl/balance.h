@@ -40,8 +40,8 @@ carl_status carl_loss_expert(const float *logits /* [T, E] */, int64_t T, int E,
                              float *dlogits /* [T, E] or NULL */);
 
 /* CARL's L_G (DeepSeek-V2 device balance): value = coef * sum_g f'_g P'_g, f'_g = mean of f_e over the
- * experts of group g, P'_g = sum of P_e over them. group[e] in 0..G-1 (carl_route_expert_groups
- * gives it for devices or nodes). */
+ * experts of group g, P'_g = sum of P_e over them. group[e] in 0..G-1 (the device or the node of
+ * expert e's home replica, for the device or node balance). */
 carl_status carl_loss_group(const float *logits /* [T, E] */, int64_t T, int E, int score,
                             const int32_t *experts /* [T, k] */, int k, const int32_t *group /* [E] */, int G,
                             double coef, double *value, float *dlogits /* [T, E] or NULL */);
@@ -53,7 +53,7 @@ carl_status carl_loss_dual(const float *logits /* [T, E] */, int64_t T, int E, i
                            double coef_E, double coef_G, double *L_E, double *L_G, float *dlogits /* or NULL */);
 
 /* The values of carl_loss_dual from statistics at hand (no pass over the logits, no gradient):
- * psum [E] = sum_t p[t, e] as the routing kernels leave it in the router (p = s for softmax,
+ * psum [E] = sum_t p[t, e] as the routing kernels gather it while routing (p = s for softmax,
  * s / sum(s) for sigmoid); the loads from load [E] (kept pairs per expert) when not NULL, else
  * counted from experts. */
 carl_status carl_loss_dual_value(const int32_t *experts /* [T, k] or NULL */, const double *load /* [E] or NULL */,
@@ -99,12 +99,12 @@ carl_status carl_retained_mass(const float *logits /* [T, E] */, int64_t T, int 
 /* Mean over tokens of |S_t & TopK(s_t)| / |S_t | TopK(s_t)| (1 when both are empty). */
 carl_status carl_topk_jaccard(const float *logits /* [T, E] */, int64_t T, int E, int score,
                               const int32_t *experts /* [T, k] */, int k, double *jaccard);
-/* One token's terms of carl_retained_mass and carl_topk_jaccard, from its scores s [E]
- * (carl_kern_score_row) and kept experts ex [k] (-1 or out of range: dropped); idx, val [k] are
- * scratch (TopK(s) on return). */
+/* One token's terms of carl_retained_mass and carl_topk_jaccard, from its scores s [E] (softmax
+ * or sigmoid of its logits) and kept experts ex [k] (-1 or out of range: dropped); idx, val [k]
+ * are scratch (TopK(s) on return). */
 void carl_token_selectivity(const float *s /* [E] */, int E, int k, const int32_t *ex /* [k] */, int32_t *idx /* [k] */,
                             float *val /* [k] */, double *retained, double *jaccard);
-/* Entropy (nats) of one token's routing distribution from its scores s [E] (carl_kern_score_row):
+/* Entropy (nats) of one token's routing distribution from its scores s [E] (softmax or sigmoid):
  * p = s for softmax (0), p = s / sum(s) for sigmoid (1); -sum_e p ln p in double. */
 double carl_score_entropy(const float *s /* [E] */, int E, int score);
 /* Routing entropy: mean over tokens of -sum_e p[t,e] ln p[t,e] (nats; p as in the losses), and

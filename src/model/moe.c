@@ -73,7 +73,7 @@ carl_status carl__moe_forward(const carl__moe_t *L, const carl__moe_w_t *W, carl
     int32_t e = A->experts[i];
     if (e < -1 || e >= E)
       return carl_fail(CARL_ERR_INVALID, "router '%s': expert id %d for (token %lld, slot %lld) is outside -1..%d",
-                       L->router->impl->name, e, (long long)(i / k), (long long)(i % k), E - 1);
+                       carl_router_name(L->router), e, (long long)(i / k), (long long)(i % k), E - 1);
     if (e >= 0) A->load[e]++;
   }
   A->off[0] = 0;

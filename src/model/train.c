@@ -13,7 +13,7 @@
 
 #include "carl/array.h"
 #include "carl/data.h"
-#include "carl/json.h"
+#include "core/json_internal.h"
 #include "carl/safetensors.h"
 
 /* ============================== config ============================================================ */
@@ -429,7 +429,7 @@ static carl_status carl__write_optimizer(const char *path, carl_model_t *m) {
 
 static int carl__router_has_state(carl_model_t *m) {
   carl_router_t *r = carl_model_router(m, 0);
-  return r && r->impl->save && r->impl->load;
+  return carl_router_has_state(r);
 }
 
 /* Checkpoint directories are ckpt_<8-digit step>; returns step or -1 for other names. */

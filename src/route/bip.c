@@ -8,7 +8,7 @@
  * State: q [E] (float64 state file). */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int E;

@@ -21,7 +21,7 @@
 
 #include "carl/adaptive.h"
 #include "carl/balance.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 typedef struct {

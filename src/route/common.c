@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 /* ---- scores ----------------------------------------------------------------------------------- */
 carl_status carl_route_scores(carl_router_t *r, const float *logits, int64_t T, int E, int score, float *s) {

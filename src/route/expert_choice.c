@@ -7,7 +7,7 @@
  * renormalised by default). Not causal: an expert's choice depends on the whole batch. */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   float s;

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 typedef struct {

@@ -6,7 +6,7 @@
  * M = 0 (default) means M = min(number of groups, k). */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int level, M, groups;

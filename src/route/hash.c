@@ -7,7 +7,7 @@
  * Needs in->token_ids. k must be 1. State: the table [V] int32 (-1 = not in the table). */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int balanced;

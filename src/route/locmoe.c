@@ -16,7 +16,7 @@
 #include "carl/array.h"
 #include "carl/balance.h"
 #include "carl/route_seed.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 /* ---- GrAP ----------------------------------------------------------------------------------------- */

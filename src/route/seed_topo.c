@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 carl_status carl__seed_topo(carl_arena_t *a, const carl_route_in_t *in, int want_cost, int want_node_cost,

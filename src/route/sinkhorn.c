@@ -7,7 +7,7 @@
  * z + log d1, which orders each row exactly as P does. The score option is set from k. */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 #define SK_BLK 256
 

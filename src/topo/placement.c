@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/json.h"
+#include "core/json_internal.h"
 #include "carl/topo.h"
 
 #define PLACE_MAX_EXPERTS (1 << 20)

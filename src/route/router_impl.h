@@ -1,4 +1,6 @@
-/* carl/route_util.h: the machinery every router shares (ALGORITHMS.md section 2).
+/* route/router_impl.h (internal): the kit for writing a router: the implementation table the
+ * registry holds, the router object, and the machinery every router shares (ALGORITHMS.md
+ * section 2). The public side is carl/route.h; the kernels are in kern/kern.h.
  *
  * Usage (inside a router implementation, src/route/<family>.c):
  *   static carl_status my_init(carl_router_t *r) {
@@ -27,8 +29,8 @@
  *     which the registry resets before each route.
  * Ownership: nothing here keeps pointers to caller buffers; carl_route_scores writes caller storage.
  */
-#ifndef CARL_ROUTE_UTIL_H
-#define CARL_ROUTE_UTIL_H
+#ifndef CARL_ROUTER_IMPL_H
+#define CARL_ROUTER_IMPL_H
 
 #include <math.h>
 #include <string.h>
@@ -36,10 +38,45 @@
 #include "carl/route.h"
 #include "kern/kern.h"
 
-#ifdef __cplusplus
-extern "C" {
-#endif
+/* ---- the implementation: one file per router family registers one of these ------------------ */
+struct carl_router_impl {
+  const char *name;
+  const char *help;
+  const carl_opt_t *opts; /* router-specific options (the common ones are added by the registry) */
+  int nopts;
+  carl_status (*init)(carl_router_t *r);   /* validate options, allocate state */
+  carl_status (*route)(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
+  carl_status (*update)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out); /* may be NULL */
+  carl_status (*save)(const carl_router_t *r, const char *path); /* may be NULL: stateless */
+  carl_status (*load)(carl_router_t *r, const char *path);
+  void (*free)(carl_router_t *r);          /* may be NULL */
+};
 
+struct carl_router {
+  const carl_router_impl_t *impl;
+  int nopt;
+  const carl_opt_t *opt_def[64]; /* common options first, then impl->opts */
+  double opt[64];                /* current values, same order */
+  void *state;                   /* owned by the implementation */
+  /* Filled by the common machinery during route (below), read by the registry for the common
+   * losses; the registry owns psum and load. */
+  double *psum;  /* [psum_cap] sum over tokens of p[t, e] in the last route, valid when have_psum */
+  int psum_cap;
+  int have_psum;
+  double zsum;   /* sum over tokens of logsumexp(z_t)^2 in the last route, valid when have_zsum */
+  int have_zsum;
+  double *load;  /* [psum_cap] kept (token, slot) pairs per expert in the last route, valid when have_load */
+  int have_load;
+  /* Scratch of the kernels during one route (carl_arena_alloc), reset by the registry before each
+   * route and kept between routes, so that repeated routes do not map fresh memory. */
+  carl_arena_t scratch;
+  /* Set by a router's init to replace the default gate backward (NULL: gates are s at the chosen
+   * experts, renormalised when the renorm option is set; carl_route_gate_backward). */
+  carl_status (*backward)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out,
+                          const float *dweights /* [T, k] */, float *dlogits /* [T, E] */);
+};
+
+/* ---- common options ------------------------------------------------------------------------- */
 /* Common options: always the first CARL_NCOMMON entries of r->opt, in this order. */
 enum {
   CARL_OPT_K = 0,      /* experts per token */
@@ -165,7 +202,4 @@ carl_status carl_route_state_save(const char *path, const char *router, int type
 carl_status carl_route_state_load(const char *path, const char *router, int type, int64_t n, void *data,
                                   void **alloc, int64_t *nout);
 
-#ifdef __cplusplus
-}
-#endif
 #endif
