@@ -16,7 +16,6 @@
 #include "carl/topo.h"
 #include "cli.h"
 
-#define MAX_ROUTER_OPTS 64
 
 typedef struct {
   const char *logits, *source, *tokens, *features, *topology, *placement, *router, *out, *trace;
@@ -27,8 +26,8 @@ typedef struct {
   int demo;
   uint64_t seed;
   int nset;
-  const char *keys[MAX_ROUTER_OPTS];
-  double vals[MAX_ROUTER_OPTS];
+  const char *keys[CARL_ROUTER_MAX_OPTS];
+  double vals[CARL_ROUTER_MAX_OPTS];
 } route_args_t;
 
 static void route_usage(FILE *f, const char *router) {
@@ -61,8 +60,8 @@ static void route_usage(FILE *f, const char *router) {
   const char *const *names = carl_router_names();
   for (; *names; names++) {
     if (router && strcmp(router, *names)) continue;
-    const carl_opt_t *opts[MAX_ROUTER_OPTS];
-    int n = carl_router_options(*names, opts, MAX_ROUTER_OPTS);
+    const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+    int n = carl_router_options(*names, opts, CARL_ROUTER_MAX_OPTS);
     fprintf(f, "router %s: %s\n", *names, carl_router_help(*names));
     for (int i = 0; i < n; i++) {
       char flag[64];
@@ -141,7 +140,7 @@ static int parse_args(int argc, char **argv, route_args_t *a, char keybuf[][64])
       a->seed = s;
     } else {
       /* a router option: checked against the chosen router's table by carl_router_create */
-      if (a->nset >= MAX_ROUTER_OPTS || !flag_key(arg, keybuf[a->nset], 64)) {
+      if (a->nset >= CARL_ROUTER_MAX_OPTS || !flag_key(arg, keybuf[a->nset], 64)) {
         fprintf(stderr, "carl route: unknown option '%s' (carl route --help)\n", arg);
         return 2;
       }
@@ -374,8 +373,8 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   rep = cJSON_CreateObject();
   cJSON_AddStringToObject(rep, "router", carl_router_name(r));
   cJSON *opts = cJSON_AddObjectToObject(rep, "options");
-  const carl_opt_t *od[MAX_ROUTER_OPTS];
-  const int nod = carl_router_options(carl_router_name(r), od, MAX_ROUTER_OPTS);
+  const carl_opt_t *od[CARL_ROUTER_MAX_OPTS];
+  const int nod = carl_router_options(carl_router_name(r), od, CARL_ROUTER_MAX_OPTS);
   for (int i = 0; i < nod; i++) cJSON_AddNumberToObject(opts, od[i]->name, carl_router_get(r, od[i]->name));
   cJSON_AddNumberToObject(rep, "step", (double)step);
   cJSON_AddNumberToObject(rep, "T", (double)T);
@@ -484,7 +483,7 @@ static void print_summary_row(FILE *f, int64_t step, const char *router, const s
 }
 
 int carl_cmd_route(int argc, char **argv) {
-  static char keybuf[MAX_ROUTER_OPTS][64];
+  static char keybuf[CARL_ROUTER_MAX_OPTS][64];
   route_args_t a;
   int rc = parse_args(argc, argv, &a, keybuf);
   if (rc) return rc < 0 ? 0 : rc;

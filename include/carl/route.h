@@ -65,6 +65,10 @@ typedef struct {
   double def;
   const char *help;
 } carl_opt_t;
+/* Most options of one router (common ones included): room enough for carl_router_options. */
+#define CARL_ROUTER_MAX_OPTS 64
+/* Bytes of a router's name or of one of its option names, NUL included. */
+#define CARL_ROUTER_NAME_MAX 32
 
 /* A router: its implementation, options and state (opaque; created by carl_router_create). */
 typedef struct carl_router carl_router_t;

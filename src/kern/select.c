@@ -604,7 +604,7 @@ carl_status carl_kern_select(const carl_kern_select_t *sl, carl_arena_t *a) {
     bf.pidx = grouped ? malloc((size_t)pg * sizeof *bf.pidx) : NULL;
     bf.mask = grouped ? malloc((size_t)E) : NULL;
     float val[64];
-    bf.valp = k <= 64 ? val : malloc((size_t)k * sizeof *bf.valp);
+    bf.valp = k <= (int)(sizeof val / sizeof *val) ? val : malloc((size_t)k * sizeof *bf.valp);
     if (!bf.s || (need_sel && !bf.sel) || !bf.valp ||
         (grouped && (!bf.sel2 || !bf.gs || !bf.g2 || !bf.gidx || !bf.gval || !bf.pidx || !bf.mask)))
       nomem = 1;

@@ -57,14 +57,14 @@ static carl_status carl__check_router(const carl_model_config_t *m, const char *
       snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", names[0] ? ", " : "", *n);
     return carl_fail(CARL_ERR_NOT_FOUND, "%srouter: unknown router \"%s\" (known: %s)", ctx, m->router, names);
   }
-  const carl_opt_t *opts[64];
-  int no = carl_router_options(m->router, opts, 64);
+  const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+  int no = carl_router_options(m->router, opts, CARL_ROUTER_MAX_OPTS);
   for (int i = 0; i < m->n_router_opts; i++) {
     int ok = 0;
-    for (int j = 0; j < no && j < 64; j++) ok |= !strcmp(opts[j]->name, m->router_keys[i]);
+    for (int j = 0; j < no && j < CARL_ROUTER_MAX_OPTS; j++) ok |= !strcmp(opts[j]->name, m->router_keys[i]);
     if (!ok) {
       char names[1024] = "";
-      for (int j = 0; j < no && j < 64; j++)
+      for (int j = 0; j < no && j < CARL_ROUTER_MAX_OPTS; j++)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", j ? ", " : "", opts[j]->name);
       return carl_fail(CARL_ERR_NOT_FOUND, "%srouter_opts: router \"%s\" has no option \"%s\" (options: %s)", ctx,
                        m->router, m->router_keys[i], names);

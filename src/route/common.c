@@ -185,7 +185,9 @@ carl_status carl_route_expert_groups(const carl_route_in_t *in, int level, int32
 }
 
 /* ---- state files ----------------------------------------------------------------------------- */
+/* Header: magic [8], router name [CARL_ROUTER_NAME_MAX] at 8, type (int32) at 40, count (int64) at 48. */
 #define CARL__STATE_HDR 56
+_Static_assert(8 + CARL_ROUTER_NAME_MAX == 40, "router state files hold a name of 32 bytes");
 static const char carl__magic[8] = {'C', 'A', 'R', 'L', 'R', 'S', 'T', '1'};
 
 carl_status carl_route_state_save(const char *path, const char *router, int type, int64_t n, const void *data) {
@@ -194,7 +196,7 @@ carl_status carl_route_state_save(const char *path, const char *router, int type
   unsigned char *buf = calloc(1, len);
   if (!buf) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
   memcpy(buf, carl__magic, 8);
-  strncpy((char *)buf + 8, router, 31);
+  strncpy((char *)buf + 8, router, CARL_ROUTER_NAME_MAX - 1);
   int32_t ty = type;
   memcpy(buf + 40, &ty, 4);
   memcpy(buf + 48, &n, 8);
@@ -213,12 +215,12 @@ carl_status carl_route_state_load(const char *path, const char *router, int type
   int32_t ty;
   int64_t cnt;
   size_t es = type == CARL_STATE_F64 ? 8 : 4;
-  char name[33] = {0};
+  char name[CARL_ROUTER_NAME_MAX + 1] = {0};
   if (len < CARL__STATE_HDR || memcmp(buf, carl__magic, 8) != 0) {
     st = carl_fail(CARL_ERR_PARSE, "%s: not a router state file (bad header)", path);
     goto done;
   }
-  memcpy(name, buf + 8, 32);
+  memcpy(name, buf + 8, CARL_ROUTER_NAME_MAX);
   memcpy(&ty, buf + 40, 4);
   memcpy(&cnt, buf + 48, 8);
   if (strcmp(name, router) != 0) {

@@ -151,8 +151,8 @@ carl_status carl_router_create(const char *name, int nset, const char *const *ke
   if (!r) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", impl->name);
   r->impl = impl;
   carl_arena_init(&r->scratch, 0);
-  int n = carl__opt_table(impl, r->opt_def, 64);
-  CARL_ASSERT(n <= 64);
+  int n = carl__opt_table(impl, r->opt_def, CARL_ROUTER_MAX_OPTS);
+  CARL_ASSERT(n <= CARL_ROUTER_MAX_OPTS);
   r->nopt = n;
   for (int i = 0; i < n; i++) r->opt[i] = r->opt_def[i]->def;
   carl_status st = CARL_OK;

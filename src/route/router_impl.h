@@ -55,8 +55,8 @@ struct carl_router_impl {
 struct carl_router {
   const carl_router_impl_t *impl;
   int nopt;
-  const carl_opt_t *opt_def[64]; /* common options first, then impl->opts */
-  double opt[64];                /* current values, same order */
+  const carl_opt_t *opt_def[CARL_ROUTER_MAX_OPTS]; /* common options first, then impl->opts */
+  double opt[CARL_ROUTER_MAX_OPTS];                /* current values, same order */
   void *state;                   /* owned by the implementation */
   /* Filled by the common machinery during route (below), read by the registry for the common
    * losses; the registry owns psum and load. */
@@ -192,8 +192,8 @@ carl_status carl_sinkhorn_scalings(const float *z /* [T, E] */, int64_t T, int E
 carl_status carl_router_hash_build(carl_router_t *r, const int64_t *counts /* [V] */, int64_t V, int E);
 
 /* ---- router state files ---------------------------------------------------------------------- */
-/* A small binary file: "CARLRST1", router name (32 bytes), element type (0 float64, 1 int32),
- * count (int64), then the little-endian values. Written atomically. */
+/* A small binary file: "CARLRST1", router name (CARL_ROUTER_NAME_MAX = 32 bytes), element type
+ * (0 float64, 1 int32), count (int64), then the little-endian values. Written atomically. */
 enum { CARL_STATE_F64 = 0, CARL_STATE_I32 = 1 };
 carl_status carl_route_state_save(const char *path, const char *router, int type, int64_t n, const void *data);
 /* Reads a state written by carl_route_state_save. n >= 0: the count must equal n (else

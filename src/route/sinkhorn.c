@@ -9,8 +9,6 @@
 
 #include "route/router_impl.h"
 
-#define SK_BLK 256
-
 typedef struct {
   double tol;
   int max_iter;
@@ -47,7 +45,7 @@ carl_status carl_sinkhorn_scalings(const float *z, int64_t T, int E, double tol,
   const float shift = gmax > 80 ? gmax - 80 : 0;
 #pragma omp parallel for if((int64_t)T * E >= CARL_OMP_MIN_WORK) schedule(static)
   for (int64_t i = 0; i < T * E; i++) Cb[i] = (float)exp((double)z[i] - shift);
-  const int64_t nb = (T + SK_BLK - 1) / SK_BLK;
+  const int64_t nb = (T + CARL_KERN_BLOCK - 1) / CARL_KERN_BLOCK;
   double *part = malloc((size_t)nb * (size_t)E * sizeof *part);
   double *old = malloc((size_t)E * sizeof *old);
   if (!part || !old) {
@@ -73,8 +71,8 @@ carl_status carl_sinkhorn_scalings(const float *z, int64_t T, int E, double tol,
     for (int64_t b = 0; b < nb; b++) {
       double *pp = part + b * E;
       for (int e = 0; e < E; e++) pp[e] = 0;
-      int64_t t1 = (b + 1) * SK_BLK < T ? (b + 1) * SK_BLK : T;
-      for (int64_t t = b * SK_BLK; t < t1; t++) {
+      int64_t t1 = (b + 1) * CARL_KERN_BLOCK < T ? (b + 1) * CARL_KERN_BLOCK : T;
+      for (int64_t t = b * CARL_KERN_BLOCK; t < t1; t++) {
         const float *c = Cb + t * E;
         for (int e = 0; e < E; e++) pp[e] += (double)c[e] * d0[t];
       }
