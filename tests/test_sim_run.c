@@ -19,7 +19,6 @@
 #include "carl/balance.h"
 #include "carl/sim.h"
 #include "carl/step.h"
-#include "sim/sim_internal.h"
 
 #define TOPO_1x2 "{\"name\":\"t1x2\",\"nodes\":1,\"devices_per_node\":2,\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50,\"latency_us\":10}}}"
 #define TOPO_2x2 "{\"name\":\"t2x2\",\"nodes\":2,\"devices_per_node\":2,\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50,\"latency_us\":10}}}"
@@ -126,42 +125,6 @@ static void test_metrics_hand(void **s) {
   /* by hand: Jaccards 1, 1/3, 1/2, 1 */
   assert_true(fabs(m.jaccard - (1 + 1.0 / 3 + 0.5 + 1) / 4) < 1e-12);
   carl_placement_free(&pl);
-}
-
-/* Placement refresh on 2 nodes x 2 devices, one expert per device (contiguous: 0,1 on node 0 and
- * 2,3 on node 1). Tokens of node 0 choose experts 2 and 3, tokens of node 1 choose 0 and 1: the
- * placement that keeps all traffic inside nodes puts {2,3} on node 0 and {0,1} on node 1. Every
- * expert changes node: each device sends one copy and receives one over inter: with 1 GB per
- * expert at 50 GB/s the migration takes 1e9 / 50e9 = 0.02 s. */
-static void test_refresh_hand(void **s) {
-  (void)s;
-  carl_topo_t topo;
-  assert_int_equal(carl_topo_make(&topo, 2, 2, 160, 3, 50, 10), CARL_OK);
-  carl_placement_t old, np;
-  assert_int_equal(carl_placement_contiguous(&old, 4, 4), CARL_OK);
-  carl_place_stats_t st;
-  assert_int_equal(carl_place_stats_init(&st, 1, 4, 2, 0.5), CARL_OK);
-  const int32_t ex[8] = {2, 3, 2, 3, 0, 1, 0, 1};
-  const int32_t node[4] = {0, 0, 1, 1};
-  assert_int_equal(carl_place_stats_add(&st, 0, ex, node, 4, 2), CARL_OK);
-  double mig = -1;
-  assert_int_equal(carl__sim_refresh(&topo, &old, &st, 0, 1e9, &np, &mig), CARL_OK);
-  for (int e = 0; e < 4; e++) {
-    int dev = np.home[e];
-    assert_int_equal(carl_topo_node(&topo, dev), e >= 2 ? 0 : 1);
-  }
-  assert_true(fabs(mig - 1e9 / 50e9) < 1e-9);
-  carl_placement_free(&np);
-  /* the same statistics again from the refreshed placement: nothing moves, no time */
-  carl_placement_t np2;
-  carl_placement_t cur;
-  assert_int_equal(carl__sim_refresh(&topo, &old, &st, 0, 1e9, &cur, &mig), CARL_OK);
-  assert_int_equal(carl__sim_refresh(&topo, &cur, &st, 0, 1e9, &np2, &mig), CARL_OK);
-  assert_true(mig == 0);
-  carl_placement_free(&cur);
-  carl_placement_free(&np2);
-  carl_placement_free(&old);
-  carl_place_stats_free(&st);
 }
 
 static char tmpdir[256];
@@ -274,7 +237,7 @@ int main(void) {
   mkdir(tmpdir, 0755);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_errors), cmocka_unit_test(test_metrics_hand),
-      cmocka_unit_test(test_refresh_hand), cmocka_unit_test(test_trace_replay),
+      cmocka_unit_test(test_trace_replay),
       cmocka_unit_test(test_determinism_threads),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,6 +13,7 @@
 #include "carl/balance.h"
 #include "carl/plan.h"
 #include "carl/route.h"
+#include "carl/step.h"
 #include "carl/topo.h"
 #include "cli.h"
 
@@ -312,16 +313,15 @@ typedef struct {
 } step_summary_t;
 
 /* Route one step and write experts.npy, weights.npy and report.json into outdir. */
-static carl_status route_step(carl_router_t *r, const route_args_t *a, const carl_topo_t *topo,
-                              const carl_placement_t *pl, const step_inputs_t *s, int64_t step, const char *outdir,
-                              step_summary_t *sum) {
+static carl_status route_step(carl_router_t *r, carl_step_t *cs, const route_args_t *a, const carl_topo_t *topo,
+                              const step_inputs_t *s, int64_t step, const char *outdir, step_summary_t *sum) {
+  const carl_placement_t *pl = carl_step_placement(cs, 0);
   const int64_t T = s->logits.shape[0];
   const int E = (int)s->logits.shape[1];
   const int k = (int)carl_router_get(r, "k");
   const int score = (int)carl_router_get(r, "score");
   if (pl->E != E)
     return carl_fail(CARL_ERR_SHAPE, "logits have %d experts but the placement has %d", E, pl->E);
-  if (k < 1 || k > E) return carl_fail(CARL_ERR_INVALID, "k = %d must be in 1..E = %d", k, E);
   carl_status st = CARL_OK;
   int32_t *experts = malloc(sizeof(int32_t) * (size_t)(T * k));
   float *weights = malloc(sizeof(float) * (size_t)(T * k));
@@ -330,37 +330,32 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   double *dload = calloc((size_t)topo->devices, sizeof(double));
   double *nload = calloc((size_t)topo->nodes, sizeof(double));
   cJSON *rep = NULL;
-  carl_cost_t cost = {0};
   if (!experts || !weights || !dlogits || !eload || !dload || !nload) {
     st = carl_fail(CARL_ERR_NOMEM, "route: out of memory for T = %lld, E = %d", (long long)T, E);
     goto done;
   }
   carl_route_in_t in = {.T = T, .E = E, .logits = s->logits.data, .src = s->source.data, .token_ids = s->tokens.data,
                         .x = s->features.data, .d = s->features.data ? (int)s->features.shape[1] : 0,
-                        .topo = topo, .place = pl, .step = step, .seed = a->seed};
+                        .step = step, .seed = a->seed};
   carl_route_out_t out = {.experts = experts, .weights = weights, .dlogits = dlogits};
-  if ((st = carl_router_route(r, &in, &out)) != CARL_OK) goto done;
-  if ((st = carl_router_update(r, &in, &out)) != CARL_OK) goto done;
+  /* route, plan and cost, then the router's update from the (global) loads: the one step */
+  if ((st = carl_step_route(cs, 0, &in, &out)) != CARL_OK) goto done;
+  if ((st = carl_step_observe(cs, 0, &in, &out)) != CARL_OK) goto done;
+  const carl_cost_t *cost = carl_step_cost(cs, 0);
 
-  /* loads and skew */
-  carl_load_experts(experts, T, k, E, eload);
-  int nd = 0, nn = 0;
-  if ((st = carl_load_groups(eload, E, topo, pl, 0, dload, &nd)) != CARL_OK) goto done;
-  if ((st = carl_load_groups(eload, E, topo, pl, 1, nload, &nn)) != CARL_OK) goto done;
-  double rho = 0, jac = 0, tok_ent = 0, load_ent = 0, aux = 0, z = 0;
-  if ((st = carl_retained_mass(s->logits.data, T, E, score, experts, k, &rho)) != CARL_OK) goto done;
-  if ((st = carl_topk_jaccard(s->logits.data, T, E, score, experts, k, &jac)) != CARL_OK) goto done;
-  if ((st = carl_routing_entropy(s->logits.data, T, E, score, experts, k, &tok_ent, &load_ent)) != CARL_OK) goto done;
+  /* loads, skew and selectivity: the step metrics */
+  carl_step_metrics_t m;
+  if ((st = carl_step_metrics(topo, pl, T, E, k, score, s->logits.data, experts, &m, eload, dload, nload)) != CARL_OK)
+    goto done;
+  const int nd = topo->devices, nn = topo->nodes;
+  const double rho = m.retained, jac = m.jaccard, tok_ent = m.entropy;
+  double load_ent = 0, aux = 0, z = 0;
+  if ((st = carl_routing_entropy(s->logits.data, T, E, score, experts, k, NULL, &load_ent)) != CARL_OK) goto done;
   /* reference losses, unscaled (coefficient 1), the same for every router so they compare */
   if ((st = carl_loss_expert(s->logits.data, T, E, score, experts, k, 1.0, &aux, NULL)) != CARL_OK) goto done;
   if ((st = carl_loss_z(s->logits.data, T, E, 1.0, &z, NULL)) != CARL_OK) goto done;
 
-  /* communication */
-  if ((st = carl_cost_init(&cost, topo)) != CARL_OK) goto done;
-  carl_plan_mode mode = strcmp(a->mode, "hier") ? CARL_PLAN_FLAT : CARL_PLAN_HIER;
-  size_t token_bytes = (size_t)a->hidden * (size_t)a->elem_bytes;
-  if ((st = carl_plan_cost_decision(topo, pl, experts, s->source.data, T, k, token_bytes, mode, &cost)) != CARL_OK)
-    goto done;
+  const size_t token_bytes = (size_t)a->hidden * (size_t)a->elem_bytes;
 
   /* outputs */
   char path[4096];
@@ -393,7 +388,7 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   cJSON_AddItemToObject(skew, "node", json_skew(nload, nn));
   cJSON_AddNumberToObject(rep, "capacity", (double)out.capacity);
   cJSON_AddNumberToObject(rep, "dropped", (double)out.dropped);
-  cJSON_AddNumberToObject(rep, "drop_rate", carl_drop_rate(experts, T, k));
+  cJSON_AddNumberToObject(rep, "drop_rate", m.drop_rate);
   cJSON *sel = cJSON_AddObjectToObject(rep, "selectivity");
   cJSON_AddNumberToObject(sel, "retained_mass", rho);
   cJSON_AddNumberToObject(sel, "jaccard_topk", jac);
@@ -409,26 +404,26 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   cJSON_AddStringToObject(com, "mode", a->mode);
   cJSON_AddNumberToObject(com, "token_bytes", (double)token_bytes);
   cJSON *by = cJSON_AddObjectToObject(com, "bytes");
-  for (int c = 0; c < CARL_NLINK; c++) cJSON_AddNumberToObject(by, carl_link_name(c), cost.bytes[c]);
-  cJSON_AddNumberToObject(com, "inter_fraction", cost.inter_fraction);
-  cJSON_AddNumberToObject(com, "a2a_time_s", cost.a2a_s);
-  cJSON_AddNumberToObject(com, "copies", (double)cost.copies);
+  for (int c = 0; c < CARL_NLINK; c++) cJSON_AddNumberToObject(by, carl_link_name(c), cost->bytes[c]);
+  cJSON_AddNumberToObject(com, "inter_fraction", cost->inter_fraction);
+  cJSON_AddNumberToObject(com, "a2a_time_s", cost->a2a_s);
+  cJSON_AddNumberToObject(com, "copies", (double)cost->copies);
   cJSON *dev = cJSON_AddArrayToObject(com, "devices");
   for (int d = 0; d < topo->devices; d++) {
     cJSON *o = cJSON_CreateObject();
     cJSON *sb = cJSON_AddObjectToObject(o, "send_bytes"), *rb = cJSON_AddObjectToObject(o, "recv_bytes");
     cJSON *sm = cJSON_AddObjectToObject(o, "send_msgs"), *rm = cJSON_AddObjectToObject(o, "recv_msgs");
     for (int c = 0; c < CARL_NLINK; c++) {
-      cJSON_AddNumberToObject(sb, carl_link_name(c), cost.send_bytes[d * CARL_NLINK + c]);
-      cJSON_AddNumberToObject(rb, carl_link_name(c), cost.recv_bytes[d * CARL_NLINK + c]);
-      cJSON_AddNumberToObject(sm, carl_link_name(c), (double)cost.send_msgs[d * CARL_NLINK + c]);
-      cJSON_AddNumberToObject(rm, carl_link_name(c), (double)cost.recv_msgs[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(sb, carl_link_name(c), cost->send_bytes[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(rb, carl_link_name(c), cost->recv_bytes[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(sm, carl_link_name(c), (double)cost->send_msgs[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(rm, carl_link_name(c), (double)cost->recv_msgs[d * CARL_NLINK + c]);
     }
     cJSON_AddItemToArray(dev, o);
   }
   cJSON *tm = cJSON_AddArrayToObject(com, "traffic_matrix");
   for (int d = 0; d < topo->devices; d++)
-    cJSON_AddItemToArray(tm, json_array_d(cost.traffic + (size_t)d * topo->devices, topo->devices));
+    cJSON_AddItemToArray(tm, json_array_d(cost->traffic + (size_t)d * topo->devices, topo->devices));
   char *txt = cJSON_Print(rep);
   if (!txt) {
     st = carl_fail(CARL_ERR_NOMEM, "report: out of memory");
@@ -443,12 +438,11 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   carl_skew(eload, E, &se);
   carl_skew(dload, nd, &sd);
   carl_skew(nload, nn, &sn);
-  *sum = (step_summary_t){se.maxvio, sd.maxvio, sn.maxvio, carl_drop_rate(experts, T, k), rho, jac,
-                          cost.bytes[CARL_LINK_INTER] + cost.bytes[CARL_LINK_RACK], cost.bytes[CARL_LINK_INTRA],
-                          cost.inter_fraction, cost.a2a_s, out.loss_total};
+  *sum = (step_summary_t){se.maxvio, sd.maxvio, sn.maxvio, m.drop_rate, rho, jac,
+                          cost->bytes[CARL_LINK_INTER] + cost->bytes[CARL_LINK_RACK], cost->bytes[CARL_LINK_INTRA],
+                          cost->inter_fraction, cost->a2a_s, out.loss_total};
 done:
   cJSON_Delete(rep);
-  carl_cost_free(&cost);
   free(experts);
   free(weights);
   free(dlogits);
@@ -491,6 +485,7 @@ int carl_cmd_route(int argc, char **argv) {
   carl_topo_t topo;
   carl_placement_t pl = {0};
   carl_router_t *r = NULL;
+  carl_step_t *cs = NULL;
   step_inputs_t in = {0};
   carl_status st = CARL_OK;
   FILE *csv = NULL;
@@ -570,12 +565,28 @@ int carl_cmd_route(int argc, char **argv) {
       else
         st = carl_placement_contiguous(&pl, E, topo.devices);
       if (st) goto fail;
+      const int k = (int)carl_router_get(r, "k");
+      if (k < 1 || k > E) {
+        st = carl_fail(CARL_ERR_INVALID, "k = %d must be in 1..E = %d", k, E);
+        goto fail;
+      }
+      carl_step_opts_t so;
+      carl_step_opts_default(&so);
+      so.topo = &topo;
+      so.layers = 1;
+      so.E = E;
+      so.k = k;
+      so.routers = &r;
+      so.place = &pl;
+      so.mode = strcmp(a.mode, "hier") ? CARL_PLAN_FLAT : CARL_PLAN_HIER;
+      so.token_bytes = (size_t)a.hidden * (size_t)a.elem_bytes;
+      if ((st = carl_step_create(&so, &cs)) != CARL_OK) goto fail;
     } else if (Es != E) {
       st = carl_fail(CARL_ERR_SHAPE, "%s: %d experts, but step 0 had %d", lp, Es, E);
       goto fail;
     }
     step_summary_t s = {0};
-    st = route_step(r, &a, &topo, &pl, &in, step, stepdir, &s);
+    st = route_step(r, cs, &a, &topo, &in, step, stepdir, &s);
     if (st) {
       if (a.trace) carl_errctx(st, "step %d", step);
       goto fail;
@@ -606,6 +617,7 @@ out:
     rc = 1;
   }
   step_inputs_free(&in);
+  carl_step_free(cs);
   carl_router_free(r);
   carl_placement_free(&pl);
   return rc;

@@ -34,6 +34,13 @@ static void train_usage(FILE *f, const char *router) {
           "                       source devices (DIR/src.npy [N] int32) and token ids (DIR/tokens.npy)\n"
           "                       for `carl sim` [off]\n"
           "  --dump-every N       record every N-th step into the trace [log-every]\n"
+          "  --refresh-every N    recompute every layer's expert placement every N steps from its routing\n"
+          "                       statistics; expert weights and AdamW moments move with their experts\n"
+          "                       (0: static placement) [config's train.refresh_every]\n"
+          "  --place ALGO         placement algorithm of the refresh and of the initial replicas:\n"
+          "                       contiguous, roundrobin, eplb, traffic, coactivation [config's train.place]\n"
+          "  --replicas N         physical experts in all (>= experts, a multiple of the devices; needs a\n"
+          "                       topology) [config's train.replicas, 0: ceil(E / D) per device]\n"
           "  --quiet              no progress lines, only the summary [off]\n"
           "  -h, --help           this help\n\n"
           "routers:");
@@ -74,11 +81,11 @@ static int parse_i64(const char *opt, const char *v, long long lo, long long *ou
 }
 
 int carl_cmd_train(int argc, char **argv) {
-  const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL;
+  const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL, *place = NULL;
   const char *ropt_k[CARL_MODEL_MAX_ROUTER_OPTS];
   double ropt_v[CARL_MODEL_MAX_ROUTER_OPTS];
   int nropt = 0, resume = 0, quiet = 0;
-  long long steps = -1, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0;
+  long long steps = -1, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0, refresh_every = -1, replicas = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -138,6 +145,16 @@ int carl_cmd_train(int argc, char **argv) {
       if (!parse_i64(a, v, 1, &stop_after)) return 2;
     } else if (!strcmp(a, "--dump-every")) {
       if (!parse_i64(a, v, 1, &dump_every)) return 2;
+    } else if (!strcmp(a, "--refresh-every")) {
+      if (!parse_i64(a, v, 0, &refresh_every)) return 2;
+    } else if (!strcmp(a, "--replicas")) {
+      if (!parse_i64(a, v, 1, &replicas)) return 2;
+      if (replicas > 65536) {
+        fprintf(stderr, "carl train: --replicas %lld exceeds 65536\n", replicas);
+        return 2;
+      }
+    } else if (!strcmp(a, "--place")) {
+      place = v;
     } else {
       fprintf(stderr, "carl train: unknown option '%s' (carl train --help)\n", a);
       return 2;
@@ -156,6 +173,15 @@ int carl_cmd_train(int argc, char **argv) {
   if (eval_every >= 0) cfg.eval_every = eval_every;
   if (ckpt_every >= 0) cfg.ckpt_every = ckpt_every;
   if (seed >= 0) cfg.model.seed = cfg.data_seed = (uint64_t)seed;
+  if (refresh_every >= 0) cfg.refresh_every = refresh_every;
+  if (replicas > 0) cfg.replicas = (int)replicas;
+  if (place) {
+    if (strlen(place) >= sizeof cfg.place) {
+      fprintf(stderr, "carl train: --place '%s' is not a placement algorithm\n", place);
+      return 2;
+    }
+    snprintf(cfg.place, sizeof cfg.place, "%s", place);
+  }
   /* re-check with the overrides (router name and options against the registry) */
   char *text = carl_train_config_to_json(&cfg);
   st = text ? carl_train_config_parse(text, strlen(text), "options", &cfg) : CARL_ERR_NOMEM;

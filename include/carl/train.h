@@ -75,6 +75,10 @@ typedef struct {
   int64_t log_every;     /* progress line + CSV row every n steps */
   uint64_t data_seed;    /* data order */
   char train_data[CARL_PATH_MAX], val_data[CARL_PATH_MAX], topology[CARL_PATH_MAX];
+  int64_t refresh_every; /* placement refresh every n steps (0: static placement) */
+  char place[32];        /* placement algorithm of the refresh and of the initial replicas (carl place) */
+  int replicas;          /* physical experts in all (slots over every device, >= E, a multiple of D);
+                            0: ceil(E / D) per device. Sets model.n_slots. */
 } carl_train_config_t;
 
 /* Defaults for everything (model from carl_model_config_default). */

@@ -41,6 +41,9 @@ void carl_train_config_default(carl_train_config_t *c) {
   snprintf(c->train_data, sizeof c->train_data, "data/kjv.train.txt");
   snprintf(c->val_data, sizeof c->val_data, "data/kjv.val.txt");
   c->topology[0] = '\0';
+  c->refresh_every = 0;
+  snprintf(c->place, sizeof c->place, "traffic");
+  c->replicas = 0;
 }
 
 static carl_status carl__copy_str(char *dst, size_t cap, const char *src, const char *field) {
@@ -82,7 +85,7 @@ static carl_status carl__check_router(const carl_model_config_t *m, const char *
 
 static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
   static const char *const keys[] = {"vocab", "max_seq", "d_model", "n_layers", "n_heads", "d_ff", "n_experts",
-                                     "top_k", "d_shared", "init_std", "norm_eps", "seed", "router", "router_opts"};
+                                     "top_k", "d_shared", "slots", "init_std", "norm_eps", "seed", "router", "router_opts"};
   const char *ctx = "model";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -95,6 +98,7 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
   CARL_TRY(carl_json_opt_int(o, ctx, "n_experts", 1, 4096, m->n_experts, &m->n_experts));
   CARL_TRY(carl_json_opt_int(o, ctx, "top_k", 1, 4096, m->top_k, &m->top_k));
   CARL_TRY(carl_json_opt_int(o, ctx, "d_shared", 0, 1 << 18, m->d_shared, &m->d_shared));
+  CARL_TRY(carl_json_opt_int(o, ctx, "slots", 0, 1 << 16, m->n_slots, &m->n_slots));
   double v;
   CARL_TRY(carl_json_opt_pos(o, ctx, "init_std", m->init_std, &v));
   m->init_std = (float)v;
@@ -136,7 +140,8 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
 static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   static const char *const keys[] = {"batch", "seq_len", "steps", "lr", "lr_min", "warmup", "weight_decay",
                                      "grad_clip", "beta1", "beta2", "adam_eps", "eval_every", "eval_batches",
-                                     "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology"};
+                                     "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology",
+                                     "refresh_every", "place", "replicas"};
   const char *ctx = "train";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -165,6 +170,13 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   CARL_TRY(carl__copy_str(c->val_data, sizeof c->val_data, s, "train.val_data"));
   CARL_TRY(carl_json_opt_str(o, ctx, "topology", c->topology, &s));
   CARL_TRY(carl__copy_str(c->topology, sizeof c->topology, s, "train.topology"));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "refresh_every", 0, (int64_t)1 << 40, c->refresh_every, &c->refresh_every));
+  CARL_TRY(carl_json_opt_str(o, ctx, "place", c->place, &s));
+  CARL_TRY(carl__copy_str(c->place, sizeof c->place, s, "train.place"));
+  carl_place_algo algo;
+  carl_status st = carl_place_algo_parse(c->place, &algo);
+  if (st != CARL_OK) return carl_errctx(st, "train.place");
+  CARL_TRY(carl_json_opt_int(o, ctx, "replicas", 0, 1 << 16, c->replicas, &c->replicas));
   return CARL_OK;
 }
 
@@ -226,6 +238,7 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddNumberToObject(m, "n_experts", mc->n_experts);
   cJSON_AddNumberToObject(m, "top_k", mc->top_k);
   cJSON_AddNumberToObject(m, "d_shared", mc->d_shared);
+  cJSON_AddNumberToObject(m, "slots", mc->n_slots);
   cJSON_AddNumberToObject(m, "init_std", mc->init_std);
   cJSON_AddNumberToObject(m, "norm_eps", mc->norm_eps);
   cJSON_AddNumberToObject(m, "seed", (double)mc->seed);
@@ -252,6 +265,9 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddStringToObject(t, "train_data", c->train_data);
   cJSON_AddStringToObject(t, "val_data", c->val_data);
   cJSON_AddStringToObject(t, "topology", c->topology);
+  cJSON_AddNumberToObject(t, "refresh_every", (double)c->refresh_every);
+  cJSON_AddStringToObject(t, "place", c->place);
+  cJSON_AddNumberToObject(t, "replicas", c->replicas);
   return root;
 }
 
@@ -286,6 +302,7 @@ int carl_train_config_model_diff(const carl_train_config_t *a, const carl_train_
   CARL__DIFF_INT(n_experts)
   CARL__DIFF_INT(top_k)
   CARL__DIFF_INT(d_shared)
+  CARL__DIFF_INT(n_slots)
   CARL__DIFF_INT(seed)
 #undef CARL__DIFF_INT
   if (x->init_std != y->init_std || x->norm_eps != y->norm_eps) {
@@ -498,6 +515,15 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     snprintf(f, sizeof f, "%s/router_%d.state", tmp, l);
     st = carl_router_save(carl_model_router(m, l), f);
   }
+  /* each layer's placement (the layout of its expert tensors) and the refresh statistics */
+  for (int l = 0; !st && l < cfg->model.n_layers; l++) {
+    snprintf(f, sizeof f, "%s/placement_%d.json", tmp, l);
+    st = carl_placement_save(f, carl_model_placement(m, l));
+  }
+  if (!st && cfg->refresh_every > 0) {
+    snprintf(f, sizeof f, "%s/place_stats", tmp);
+    st = carl_step_stats_save(carl_model_dispatch(m), f);
+  }
   if (!st) {
     cJSON *s = cJSON_CreateObject();
     cJSON_AddStringToObject(s, "format", "carl-checkpoint-1");
@@ -650,6 +676,24 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
   return CARL_OK;
 }
 
+/* The expert tensors were saved in the layout of each layer's placement_<l>.json: move them into
+ * the model's layout; resuming (adopt = 1) then takes the checkpoint's placements as well. */
+static carl_status carl__load_placements(const char *dir, carl_model_t *m, int adopt) {
+  const carl_model_config_t *c = carl_model_config(m);
+  char f[CARL_PATH_MAX + 128];
+  for (int l = 0; l < c->n_layers; l++) {
+    snprintf(f, sizeof f, "%s/placement_%d.json", dir, l);
+    if (!carl__exists(f)) continue; /* a checkpoint from before placements were recorded */
+    carl_placement_t p;
+    CARL_TRY(carl_placement_load(f, NULL, c->n_experts, &p));
+    carl_status st = carl_model_import_layout(m, l, &p);
+    if (!st && adopt) st = carl_model_set_placement(m, l, &p);
+    carl_placement_free(&p);
+    if (st != CARL_OK) return carl_errctx(st, "%s", f);
+  }
+  return CARL_OK;
+}
+
 static carl_status carl__load_routers(const char *dir, carl_model_t *m, int files) {
   int L = carl_model_config(m)->n_layers;
   int has = carl__router_has_state(m);
@@ -673,6 +717,7 @@ carl_status carl_ckpt_load_model(const char *path, carl_train_config_t *cfg, car
   carl_model_t *m;
   CARL_TRY(carl_model_create(&cfg->model, &m));
   carl_status st = carl__load_params(dir, m, 0);
+  if (!st) st = carl__load_placements(dir, m, 0);
   if (!st) st = carl__load_routers(dir, m, rf);
   if (st != CARL_OK) {
     carl_model_free(m);
@@ -733,53 +778,27 @@ static carl_status carl__csv_open(const char *path, int resume, int64_t keep_ste
 
 /* ============================== the loop ========================================================== */
 
-typedef struct {
-  const carl_topo_t *topo;
-  const carl_placement_t *pl;
-  int D, nodes, E;
-  double *dev, *node; /* [D], [nodes] scratch */
-} carl__skew_t;
-
-static double carl__maxmean(const double *x, int n) {
-  double s = 0, mx = 0;
-  for (int i = 0; i < n; i++) {
-    s += x[i];
-    if (x[i] > mx) mx = x[i];
-  }
-  return s > 0 ? mx / (s / n) : 1.0;
-}
-
-/* Fill skews, bytes, drops of the last forward into mt. */
-static carl_status carl__step_stats(carl_model_t *m, carl__skew_t *sk, carl_train_metrics_t *mt) {
+/* Fill skews, bytes, drops of the last forward into mt: the step metrics of every layer (loads
+ * over the layer's replicas, skew) and the layer's dispatch cost, summed or averaged over layers. */
+static carl_status carl__step_stats(carl_model_t *m, carl_train_metrics_t *mt) {
   const carl_model_config_t *c = carl_model_config(m);
-  double se = 0, sd = 0, sn = 0, inter = 0, intra = 0, a2a = 0, drop = 0, slots = 0;
-  double *le = malloc((size_t)c->n_experts * sizeof *le);
-  if (!le) return carl_fail(CARL_ERR_NOMEM, "metrics: out of memory");
+  double se = 0, sd = 0, sn = 0, inter = 0, intra = 0, a2a = 0, drop = 0;
+  const carl_step_t *ds = carl_model_dispatch(m);
   for (int l = 0; l < c->n_layers; l++) {
     carl_moe_stats_t st;
-    carl_status s = carl_model_layer_stats(m, l, &st);
-    if (s != CARL_OK) {
-      free(le);
-      return s;
-    }
-    for (int e = 0; e < st.E; e++) le[e] = (double)st.load[e];
-    se += carl__maxmean(le, st.E);
-    memset(sk->dev, 0, (size_t)sk->D * sizeof *sk->dev);
-    memset(sk->node, 0, (size_t)sk->nodes * sizeof *sk->node);
-    for (int e = 0; e < st.E; e++) {
-      int dv = sk->pl ? sk->pl->home[e] : 0;
-      sk->dev[dv] += le[e];
-      sk->node[sk->topo ? carl_topo_node(sk->topo, dv) : 0] += le[e];
-    }
-    sd += carl__maxmean(sk->dev, sk->D);
-    sn += carl__maxmean(sk->node, sk->nodes);
+    CARL_TRY(carl_model_layer_stats(m, l, &st));
+    const double score = carl_router_get(carl_model_router(m, l), "score");
+    carl_step_metrics_t sm;
+    CARL_TRY(carl_step_metrics(carl_model_topology(m), carl_step_placement(ds, l), st.T, st.E, st.k, isfinite(score) ? (int)score : 0,
+                               st.logits, st.experts, &sm, NULL, NULL, NULL));
+    se += sm.skew_expert;
+    sd += sm.skew_device;
+    sn += sm.skew_node;
+    drop += sm.drop_rate;
     inter += st.bytes[CARL_LINK_INTER] + st.bytes[CARL_LINK_RACK];
     intra += st.bytes[CARL_LINK_INTRA];
     a2a += st.a2a_s;
-    drop += (double)st.dropped;
-    slots += (double)st.T * st.k;
   }
-  free(le);
   int L = c->n_layers;
   mt->skew_expert = se / L;
   mt->skew_device = sd / L;
@@ -788,7 +807,7 @@ static carl_status carl__step_stats(carl_model_t *m, carl__skew_t *sk, carl_trai
   mt->intra_bytes = intra;
   mt->inter_fraction = inter + intra > 0 ? inter / (inter + intra) : 0;
   mt->a2a_ms = a2a * 1e3;
-  mt->drop_rate = slots > 0 ? drop / slots : 0;
+  mt->drop_rate = drop / L;
   return CARL_OK;
 }
 
@@ -863,6 +882,52 @@ static carl_status carl__trace_write(const carl__trace_t *tr, const char *dir, i
   return carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
 }
 
+/* model.n_slots from train.replicas and the topology: replicas, else ceil(E / D) per device. */
+static carl_status carl__slots(carl_train_config_t *c, const carl_topo_t *t) {
+  const int E = c->model.n_experts, D = t ? t->devices : 1;
+  if (c->replicas > 0) {
+    if (!t) return carl_fail(CARL_ERR_INVALID, "train.replicas = %d needs a topology (train.topology)", c->replicas);
+    if (c->replicas < E || c->replicas % D)
+      return carl_fail(CARL_ERR_INVALID, "train.replicas = %d must be >= n_experts (%d) and a multiple of the %d devices",
+                       c->replicas, E, D);
+  }
+  const int want = c->replicas > 0 ? c->replicas : t ? D * ((E + D - 1) / D) : 0;
+  if (c->model.n_slots && c->model.n_slots != (want ? want : E))
+    return carl_fail(CARL_ERR_INVALID, "model.slots = %d, but train.replicas and the topology give %d", c->model.n_slots,
+                     want ? want : E);
+  c->model.n_slots = want;
+  return CARL_OK;
+}
+
+/* The placement training starts from: contiguous, or with replicas the train.place algorithm on
+ * uniform statistics (every expert equally loaded, from every node alike). */
+static carl_status carl__initial_placement(const carl_train_config_t *c, const carl_topo_t *t, carl_placement_t *pl) {
+  const int E = c->model.n_experts, D = t->devices, N = t->nodes;
+  if (c->model.n_slots == D * ((E + D - 1) / D)) return carl_placement_contiguous(pl, E, D);
+  double *u = malloc(sizeof(double) * (size_t)E * (size_t)(1 + N + E));
+  if (!u) return carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+  for (int64_t i = 0; i < (int64_t)E * (1 + N + E); i++) u[i] = 1.0;
+  carl_place_input_t in = {.E = E, .N = N, .load = u, .traffic = u + E, .coact = u + E + (int64_t)N * E};
+  carl_place_opts_t po;
+  carl_place_opts_default(&po);
+  carl_status st = carl_place_algo_parse(c->place, &po.algo);
+  po.replicas = c->model.n_slots;
+  if (!st) st = carl_place_compute(t, &in, &po, pl);
+  free(u);
+  return st == CARL_OK ? CARL_OK : carl_errctx(st, "initial placement with train.replicas = %d", c->replicas);
+}
+
+/* Topology, initial placement and refresh of the model (before its parameters are loaded). */
+static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config_t *c, const carl_topo_t *t,
+                                        const carl_placement_t *pl) {
+  if (t) CARL_TRY(carl_model_set_topology(m, t, pl));
+  if (c->refresh_every <= 0) return CARL_OK;
+  carl_place_opts_t po;
+  carl_place_opts_default(&po);
+  CARL_TRY(carl_place_algo_parse(c->place, &po.algo));
+  return carl_model_set_refresh(m, c->refresh_every, &po, 0.9);
+}
+
 carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_opts_t *o, carl_train_result_t *res) {
   memset(res, 0, sizeof *res);
   if (!o || !o->out_dir || !o->out_dir[0]) return carl_fail(CARL_ERR_INVALID, "train: no output directory given");
@@ -881,7 +946,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   FILE *csv = NULL;
   int32_t *x = NULL, *y = NULL;
   carl__trace_t tr = {0};
-  carl__skew_t sk = {0};
+  int trace_D = 1;
   char ckdir[CARL_PATH_MAX + 64] = "", path[CARL_PATH_MAX + 64];
   int64_t start = 0;
   carl__run_state_t rs = {0, NAN, NAN, NAN};
@@ -893,9 +958,10 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   if (!st) st = carl_loader_init(&vl, &val, 1, S, cfg.data_seed);
   if (!st && cfg.topology[0]) {
     st = carl_topo_load(cfg.topology, &topo);
-    if (!st) st = carl_placement_contiguous(&pl, cfg.model.n_experts, topo.devices);
     have_topo = !st;
   }
+  if (!st) st = carl__slots(&cfg, have_topo ? &topo : NULL);
+  if (!st && have_topo) st = carl__initial_placement(&cfg, &topo, &pl);
   if (!st && o->resume) {
     carl_train_config_t ck;
     int rf = 0;
@@ -912,17 +978,23 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       CARL_WARN("train: resuming with steps = %lld (the checkpoint's run had %lld): the learning-rate schedule changes",
                 (long long)cfg.steps, (long long)ck.steps);
     if (!st) st = carl_model_create(&cfg.model, &m);
+    if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
     if (!st) st = carl__load_params(ckdir, m, 1);
+    if (!st) st = carl__load_placements(ckdir, m, 1);
     if (!st) st = carl__load_routers(ckdir, m, rf);
+    if (!st && cfg.refresh_every > 0) {
+      snprintf(path, sizeof path, "%s/place_stats", ckdir);
+      st = carl_step_stats_load(carl_model_dispatch_mut(m), path);
+    }
     if (!st && start > cfg.steps)
       st = carl_fail(CARL_ERR_STATE, "%s: checkpoint is at step %lld, past train.steps = %lld", ckdir, (long long)start,
                      (long long)cfg.steps);
     if (!st) snprintf(res->last_ckpt, sizeof res->last_ckpt, "%s", ckdir);
   } else if (!st) {
     st = carl_model_create(&cfg.model, &m);
+    if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
   }
   if (!st) st = carl__mkdir_p(o->out_dir);
-  if (!st && have_topo) st = carl_model_set_topology(m, &topo, &pl);
   if (!st) {
     snprintf(path, sizeof path, "%s/metrics.csv", o->out_dir);
     st = carl__csv_open(path, o->resume, start, &csv);
@@ -930,18 +1002,12 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   if (!st) {
     x = malloc((size_t)T * sizeof *x);
     y = malloc((size_t)T * sizeof *y);
-    sk.topo = have_topo ? &topo : NULL;
-    sk.pl = have_topo ? &pl : NULL;
-    sk.D = have_topo ? topo.devices : 1;
-    sk.nodes = have_topo ? topo.nodes : 1;
-    sk.E = cfg.model.n_experts;
-    sk.dev = calloc((size_t)sk.D, sizeof *sk.dev);
-    sk.node = calloc((size_t)sk.nodes, sizeof *sk.node);
+    trace_D = have_topo ? topo.devices : 1;
     tr.L = cfg.model.n_layers;
     tr.E = cfg.model.n_experts;
     tr.T = T;
     tr.logits = calloc((size_t)tr.L, sizeof *tr.logits);
-    if (!x || !y || !sk.dev || !sk.node || !tr.logits) st = carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+    if (!x || !y || !tr.logits) st = carl_fail(CARL_ERR_NOMEM, "train: out of memory");
   }
 
   carl_adamw_cfg_t opt = carl_adamw_default();
@@ -990,8 +1056,12 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     float lr = carl_lr_cosine(step, cfg.warmup, cfg.steps, (float)cfg.lr, (float)cfg.lr_min);
     st = carl_model_adamw_step(m, &opt, lr);
     if (st) break;
+    /* every refresh_every steps: new placements, expert weights and moments migrate */
+    carl_step_refresh_t rf;
+    st = carl_model_end_step(m, step, cfg.steps, &rf);
+    if (st) break;
     /* statistics of this step's forward (before any validation forward overwrites them) */
-    st = carl__step_stats(m, &sk, &mt);
+    st = carl__step_stats(m, &mt);
     if (!st && o->dump_trace && step % dump_every == 0) st = carl__trace_add(&tr, m, x);
     if (st) break;
     train_time += carl_now() - ts;
@@ -1044,7 +1114,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       if (st) break;
     }
   }
-  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, sk.D);
+  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, trace_D);
 
   res->step = step;
   res->val_ce = rs.val_ce;
@@ -1058,8 +1128,6 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   for (int l = 0; tr.logits && l < tr.L; l++) free(tr.logits[l]);
   free(tr.logits);
   free(tr.tokens);
-  free(sk.dev);
-  free(sk.node);
   free(x);
   free(y);
   carl_model_free(m);

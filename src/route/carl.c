@@ -12,6 +12,7 @@
  *             r = max/mean load: alpha <- beta*alpha + (1-beta)*min(xi*(r-1), alpha_max)
  *             (off: the alphas stay at alpha_E0, alpha_G0);
  *   warm      for the first W steps select TopK of sinkhorn(exp(u)) (balanced), no L_E / L_G.
+ * With hier = 1, M is checked against the topology at every route, the warm-start ones included.
  * With every component off (and alpha_E0 = alpha_G0 = 0) the router is exactly topk.
  * State: alpha_E, alpha_G and the step counter (advanced by update()); save/load keep them.
  */
@@ -208,8 +209,12 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   const int M = st->M ? st->M : (tp.N < k ? tp.N : k);
   const float lam = st->comm ? (float)st->lambda_c : 0.0f;
   carl_status rc = CARL_OK;
-  if (hier) {
-    if (M > tp.N) rc = carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology", M, tp.N);
+  /* M is checked at every route with hier = 1, also during the warm start (which does not use it):
+   * a bad M fails at the first route, not at the first step after the warm start */
+  if (st->hier) {
+    if (M > tp.N)
+      rc = carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology (router 'carl', hier = 1)",
+                     M, tp.N);
     /* the M nodes with the fewest experts must still hold k of them */
     int *cnt = malloc((size_t)tp.N * sizeof *cnt);
     if (rc == CARL_OK && !cnt) rc = carl_fail(CARL_ERR_NOMEM, "carl: nodes");
