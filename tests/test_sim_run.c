@@ -183,6 +183,74 @@ static void test_trace_replay(void **s) {
   assert_non_null(strstr(carl_errmsg(), "experts = 8"));
 }
 
+/* Step time on the same trace: all 128 rows of a step (64 tokens x {0, 1}) land on device 0; the
+ * tokens live 32 on each device (tokens_per_device 32 on 2 devices: 64 per step). Rate 6e9 FLOP/s
+ * (peak 0.006 TFLOPS, efficiency 1); d = 10, f = 100: a row is 6 x 10 x 100 = 6000 FLOPs = 1 us
+ * forward; shared f = 50: 0.5 us per token. Device 0: 128 + 16 = 144 us, device 1: 16 us (mean
+ * 80 us). Training: compute 3 x 144 = 432 us (mean 240 us). Each phase: device 1 sends 32 x 100 B
+ * intra to device 0: 3200/160e9 + 3e-6 = 3.02 us; four phases 12.08 us. No overlap: 444.08 us.
+ * Pipelined in 2 chunks: a = b = 1600/160e9 + 3e-6 = 3.01 us; forward (6.02 + 72) + max(6.02, 72)
+ * = 150.02 us, backward (6.02 + 144) + 144 = 294.02 us: 444.04 us. No refresh: step = MoE time. */
+#define TOPO_1x2_FLOPS "{\"name\":\"t1x2\",\"nodes\":1,\"devices_per_node\":2,\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50,\"latency_us\":10}},\"flops\":{\"peak_TFLOPS\":0.006,\"efficiency\":1}}"
+static void test_trace_steptime(void **s) {
+  (void)s;
+  make_trace(8, 256, 0);
+  static const char *const overlap[2] = {"none", "pipelined"};
+  const double want_ms[2] = {0.44408, 0.44404};
+  for (int o = 0; o < 2; o++) {
+    char json[2048];
+    snprintf(json, sizeof json,
+             "{\"steps\":4,\"tokens_per_device\":32,\"experts\":8,\"token_bytes\":100,"
+             "\"step_time\":{\"hidden\":10,\"ffn\":100,\"shared_ffn\":50,\"overlap\":\"%s\",\"chunks\":2},"
+             "\"routers\":[{\"name\":\"topk\",\"opts\":{\"k\":2,\"capacity_factor\":0}}],"
+             "\"topologies\":[" TOPO_1x2_FLOPS "],\"scenarios\":[{\"trace\":\"%s\",\"label\":\"tr\"}],\"seeds\":[3]}",
+             overlap[o], tmpdir);
+    carl_sim_config_t c;
+    assert_int_equal(parse(json, &c), CARL_OK);
+    assert_int_equal(carl_sim_tokens(&c, 0), 64);
+    carl_sim_run_t run;
+    assert_int_equal(carl_sim_run_cell(&c, 0, 0, 0, 0, &run), CARL_OK);
+    for (int step = 0; step < 4; step++) {
+      const double *row = run.rows + step * CARL_SIM_NCOL;
+      assert_true(fabs(row[CARL_SIM_COMPUTE_MS] - 0.432) < 1e-12);
+      assert_true(fabs(row[CARL_SIM_COMPUTE_MEAN_MS] - 0.240) < 1e-12);
+      assert_true(fabs(row[CARL_SIM_MOE_MS] - want_ms[o]) < 1e-12);
+      assert_true(fabs(row[CARL_SIM_STEP_MS] - want_ms[o]) < 1e-12);
+    }
+    free(run.rows);
+    carl_sim_config_free(&c);
+  }
+  /* without step_time the columns are NaN */
+  char json[2048];
+  snprintf(json, sizeof json,
+           "{\"steps\":2,\"tokens\":64,\"experts\":8,\"routers\":[{\"name\":\"topk\",\"opts\":{\"k\":2}}],"
+           "\"topologies\":[" TOPO_1x2_FLOPS "],\"scenarios\":[{\"trace\":\"%s\",\"label\":\"tr\"}],\"seeds\":[3]}",
+           tmpdir);
+  carl_sim_config_t c;
+  assert_int_equal(parse(json, &c), CARL_OK);
+  carl_sim_run_t run;
+  assert_int_equal(carl_sim_run_cell(&c, 0, 0, 0, 0, &run), CARL_OK);
+  assert_true(isnan(run.rows[CARL_SIM_STEP_MS]) && isnan(run.rows[CARL_SIM_COMPUTE_MS]));
+  free(run.rows);
+  carl_sim_config_free(&c);
+  /* errors */
+  expect_error("{\"step_time\":{\"hidden\":10,\"ffn\":100},\"routers\":[\"topk\"],\"topologies\":[" TOPO_2x2
+               "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "step_time: topologies[0] ('t2x2') has no device rate");
+  expect_error("{\"step_time\":{\"ffn\":100},\"routers\":[\"topk\"],\"topologies\":[" TOPO_1x2_FLOPS
+               "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "hidden and ffn");
+  expect_error("{\"step_time\":{\"hidden\":10,\"ffn\":100,\"overlap\":\"full\"},\"routers\":[\"topk\"],\"topologies\":["
+               TOPO_1x2_FLOPS "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "step_time.overlap: 'full'");
+  expect_error("{\"step_time\":{\"hidden\":10,\"ffn\":100,\"chunk\":2},\"routers\":[\"topk\"],\"topologies\":["
+               TOPO_1x2_FLOPS "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "step_time.chunk: unknown field");
+  expect_error("{\"tokens\":64,\"tokens_per_device\":32,\"routers\":[\"topk\"],\"topologies\":[" TOPO_2x2
+               "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "not both");
+}
+
 /* The same grid with 1 and 2 threads: identical rows and identical report bytes. The gate learns:
  * the task KL of the last step is below that of the first. */
 static void test_determinism_threads(void **s) {
@@ -237,7 +305,7 @@ int main(void) {
   mkdir(tmpdir, 0755);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_errors), cmocka_unit_test(test_metrics_hand),
-      cmocka_unit_test(test_trace_replay),
+      cmocka_unit_test(test_trace_replay), cmocka_unit_test(test_trace_steptime),
       cmocka_unit_test(test_determinism_threads),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

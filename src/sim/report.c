@@ -101,6 +101,39 @@ static void md_num(sbuf_t *b, double v, const char *fmt) {
   }
 }
 
+/* Step time per router on topology t (docs/cost-model.md "Step time"): the MoE layers' time and its
+ * parts, and the migration charged to its refresh step, which the mean over steps amortises over
+ * the refresh interval. */
+static void md_steptime(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res, int t) {
+  const carl_steptime_opts_t *o = &cfg->steptime;
+  sb_printf(b, "#### %s: step time of the %d MoE layer(s), ms per step (d %lld, f %lld, shared f %lld, %s, overlap %s",
+            cfg->topos[t].name, cfg->layers, (long long)o->d, (long long)o->f, (long long)o->f_shared,
+            o->backward ? "forward + backward" : "forward only", o->overlap == CARL_OVERLAP_PIPELINE ? "pipelined" : "none");
+  if (o->overlap == CARL_OVERLAP_PIPELINE) sb_printf(b, " in %d chunks", o->chunks);
+  sb_printf(b, "; %s at %.0f TFLOPS)\n\n", cfg->topos[t].device[0] ? cfg->topos[t].device : "device",
+            cfg->topos[t].flops / 1e12);
+  sb_printf(b, "| router | step | MoE layers | compute (slowest device) | compute (device mean) | straggler | exposed "
+               "comm | migration (amortised) |\n");
+  sb_printf(b, "|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (int r = 0; r < cfg->nrouter; r++) {
+    double step = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_STEP_MS);
+    double moe = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MOE_MS);
+    double cmax = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MS);
+    double cmean = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MEAN_MS);
+    double mig = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MIGRATE_MS);
+    sb_printf(b, "| %s |", cfg->routers[r].label);
+    md_num(b, step, "%.4f");
+    md_num(b, moe, "%.4f");
+    md_num(b, cmax, "%.4f");
+    md_num(b, cmean, "%.4f");
+    md_num(b, cmax - cmean, "%.4f");
+    md_num(b, moe - cmax, "%.4f");
+    md_num(b, mig, "%.4f");
+    sb_printf(b, "\n");
+  }
+  sb_printf(b, "\n");
+}
+
 static void md_tables(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res) {
   for (int t = 0; t < cfg->ntopo; t++) {
     const carl_topo_t *tp = &cfg->topos[t];
@@ -126,6 +159,7 @@ static void md_tables(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_re
       sb_printf(b, "\n");
     }
     sb_printf(b, "\n");
+    if (cfg->step_time) md_steptime(b, cfg, res, t);
   }
 }
 
@@ -133,12 +167,14 @@ static void md_per_scenario(sbuf_t *b, const carl_sim_config_t *cfg, const carl_
   static const struct {
     int col;
     const char *title, *fmt;
-  } tabs[] = {{CARL_SIM_COMM_MS, "communication ms/step (all-to-all + migration)", "%.4f"},
+  } tabs[] = {{CARL_SIM_STEP_MS, "step time ms/step (MoE layers + migration)", "%.4f"},
+              {CARL_SIM_COMM_MS, "communication ms/step (all-to-all + migration)", "%.4f"},
               {CARL_SIM_SKEW_EXPERT, "expert load max/mean", "%.3f"},
               {CARL_SIM_SKEW_DEVICE, "device load max/mean", "%.3f"},
               {CARL_SIM_RETAINED, "retained mass", "%.4f"}};
   for (int t = 0; t < cfg->ntopo; t++)
     for (size_t q = 0; q < sizeof tabs / sizeof tabs[0]; q++) {
+      if (tabs[q].col == CARL_SIM_STEP_MS && !cfg->step_time) continue;
       sb_printf(b, "#### %s: %s, per scenario (mean over seeds)\n\n| router |", cfg->topos[t].name, tabs[q].title);
       for (int s = 0; s < cfg->nscen; s++) sb_printf(b, " %s |", cfg->scens[s].label);
       sb_printf(b, "\n|---|");
@@ -261,9 +297,14 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
     sb_printf(&b, "\n");
   }
   CARL_TRY(sb_write(&b, dir, "summary.csv"));
-  sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens x %d layer(s), E = %d, d = %d, %s plan\n\n", cfg->name,
-            (long long)cfg->steps, (long long)cfg->tokens, cfg->layers, cfg->E, cfg->d,
-            cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
+  if (cfg->tokens_per_device > 0)
+    sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens per device x %d layer(s), E = %d, d = %d, %s plan\n\n",
+              cfg->name, (long long)cfg->steps, (long long)cfg->tokens_per_device, cfg->layers, cfg->E, cfg->d,
+              cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
+  else
+    sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens x %d layer(s), E = %d, d = %d, %s plan\n\n", cfg->name,
+              (long long)cfg->steps, (long long)cfg->tokens, cfg->layers, cfg->E, cfg->d,
+              cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
   md_tables(&b, cfg, res);
   md_per_scenario(&b, cfg, res);
   CARL_TRY(sb_write(&b, dir, "summary.md"));

@@ -21,7 +21,8 @@
 
 const char *const carl_sim_col_names[CARL_SIM_NCOL] = {
     "bytes_inter", "bytes_intra", "inter_frac", "a2a_ms",    "migrate_ms", "comm_ms",  "skew_expert", "skew_device",
-    "skew_node",   "cv_expert",   "drop_rate",  "retained", "jaccard",    "entropy", "task_kl",     "bal_loss"};
+    "skew_node",   "cv_expert",   "drop_rate",  "retained", "jaccard",    "entropy", "task_kl",     "bal_loss",
+    "compute_ms",  "compute_mean_ms", "moe_ms", "step_ms"};
 
 typedef struct {
   int64_t N;        /* tokens in the trace */
@@ -91,7 +92,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   const carl_sim_scen_t *sc = &cfg->scens[si];
   const uint64_t seed = cfg->seeds[seedi];
   const int L = cfg->layers, E = cfg->E, d = cfg->d, D = topo->devices;
-  const int64_t T = cfg->tokens, steps = cfg->steps;
+  const int64_t T = carl_sim_tokens(cfg, ti), steps = cfg->steps;
   const double t0 = carl_now();
 
   carl_status st = CARL_OK;
@@ -195,7 +196,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
         for (int64_t t = 0; t < T; t++) src[t] = (int32_t)(t * D / T);
       srcp = src;
     }
-    double inter = 0, intra = 0, a2a = 0, kl = 0, bal = 0;
+    double inter = 0, intra = 0, a2a = 0, kl = 0, bal = 0, stt[3] = {0, 0, 0};
     carl_step_metrics_t msum;
     memset(&msum, 0, sizeof msum);
     for (int l = 0; l < L; l++) {
@@ -217,6 +218,12 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       if (st != CARL_OK) goto done;
       if ((st = carl_step_observe(stp, l, &in, &ro)) != CARL_OK) goto done;
       const carl_cost_t *cost = carl_step_cost(stp, l);
+      if (cfg->step_time) { /* step time of the layer (docs/cost-model.md): compute, mean compute, layer */
+        carl_steptime_t stl;
+        st = carl_steptime_decision(topo, carl_step_placement(stp, l), experts, srcp, T, k, cost, &cfg->steptime, &stl);
+        if (st != CARL_OK) goto done;
+        stt[0] += stl.compute_s * 1e3, stt[1] += stl.compute_mean_s * 1e3, stt[2] += stl.layer_s * 1e3;
+      }
       inter += cost->bytes[CARL_LINK_INTER] + cost->bytes[CARL_LINK_RACK];
       intra += cost->bytes[CARL_LINK_INTRA];
       a2a += cost->a2a_s * 1e3;
@@ -275,6 +282,10 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
     row[CARL_SIM_ENTROPY] = msum.entropy * invL;
     row[CARL_SIM_TASK_KL] = sc->scenario >= 0 ? kl * invL : NAN;
     row[CARL_SIM_BAL_LOSS] = bal * invL;
+    row[CARL_SIM_COMPUTE_MS] = cfg->step_time ? stt[0] : NAN;
+    row[CARL_SIM_COMPUTE_MEAN_MS] = cfg->step_time ? stt[1] : NAN;
+    row[CARL_SIM_MOE_MS] = cfg->step_time ? stt[2] : NAN;
+    row[CARL_SIM_STEP_MS] = cfg->step_time ? stt[2] + migrate : NAN;
   }
   /* summary: mean over steps >= summary_from, summed in step order */
   for (int c = 0; c < CARL_SIM_NCOL; c++) {
