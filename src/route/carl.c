@@ -22,7 +22,7 @@
 
 #include "carl/adaptive.h"
 #include "carl/balance.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 typedef struct {
@@ -303,7 +303,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     }
     if (rc == CARL_OK) rc = carl_select_replicated(st, in, &c, &tp, s, sel, M, out->experts, out->weights, prio);
     if (rc == CARL_OK)
-      rc = carl__seed_finish(T, k, E, carl_route_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
+      rc = carl__seed_finish(T, k, E, carl_kern_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
     resort = 0;
   } else if (rc == CARL_OK) {
     /* flat selection: the topk kernel with a per-source-device bias -lambda_c * c^ */

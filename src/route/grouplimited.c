@@ -7,7 +7,7 @@
  * either kind, with or without a placement) is an error at route time. */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int level, M, groups;

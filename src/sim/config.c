@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "carl/array.h"
-#include "carl/json.h"
+#include "core/json_internal.h"
 #include "carl/sim.h"
 
 static char *dupstr(const char *s) {
