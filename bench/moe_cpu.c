@@ -92,6 +92,12 @@ int main(int argc, char **argv) {
     return 1;
   }
   carl__moe_t L = {.d = d, .f = f, .E = E, .k = k, .fs = 0, .router = r};
+  carl_topo_t topo1;
+  carl_exec_t *ex;
+  if (carl__moe_standalone(&L, &topo1, &ex) != CARL_OK) {
+    fprintf(stderr, "step: %s\n", carl_errmsg());
+    return 1;
+  }
   float *x = randn(T * d, 1, 1.0f), *dy = randn(T * d, 2, 1.0f), *y = calloc((size_t)(T * d), sizeof(float)),
         *dx = calloc((size_t)(T * d), sizeof(float));
   carl__moe_w_t W = {randn((int64_t)E * d, 3, 0.02f), randn((int64_t)E * 2 * f * d, 4, 0.02f),
@@ -161,6 +167,7 @@ int main(int argc, char **argv) {
     printf("  nominal peak      : %7.1f GFLOP/s (%d cores x %.0f MHz x 64 FLOP/cycle); MoE %.2f, dense %.2f of it\n",
            peak * 1e-9, threads, mhz, flop_moe / mm / peak, flop_dense / md / peak);
   carl__moe_act_free(&A);
+  carl__moe_standalone_free(&L, ex);
   carl_router_free(r);
   return 0;
 }

@@ -38,8 +38,8 @@
 #include "carl/balance.h"
 #include "carl/cuda.h"
 #include "carl/plan.h"
-#include "carl/route_util.h"
-#include "route/select_internal.h"
+#include "kern/variant.h"
+#include "route/router_impl.h"
 #include "route_testutil.h"
 
 static carl_cuda_t *G;
@@ -141,9 +141,9 @@ static void run_cfg(const cfg_t *c) {
     in_g.logits = dz;
     in_g.src = dsrc;
     carl_route_out_t oc = {.experts = ex_c, .weights = w_c};
-    carl__route_simd = 0;
+    carl__kern_simd = 0;
     carl_status st_c = carl_router_route(rc, &in_c, &oc);
-    carl__route_simd = -1;
+    carl__kern_simd = -1;
     assert_int_equal(carl_cuda_memset(G, dex, 0xEE, sizeof(int32_t) * (size_t)T * k), CARL_OK); /* poison */
     carl_cuda_route_t og = {.out = {.experts = dex, .weights = dw}, .load = load_g, .hop = hop_g};
     carl_status st_g = carl_cuda_route(G, rg, &in_g, &og);

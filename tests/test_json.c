@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "carl/json.h"
+#include "core/json_internal.h"
 
 static cJSON *parse_ok(const char *text) {
   cJSON *doc = NULL;
@@ -46,6 +46,32 @@ static void test_syntax_errors(void **s) {
   assert_msg_contains("t.json: malformed JSON at line 1");
   /* A length shorter than the string: only the first len bytes count. */
   assert_int_equal(carl_json_parse("{\"a\":1}garbage", 7, "t.json", &doc), CARL_OK);
+  carl_json_free(doc);
+}
+
+/* cJSON's nesting limit is 1000 (CJSON_NESTING_LIMIT in cJSON.h): 1000 nested arrays parse, 1001
+ * are refused as nested too deep, not as malformed; a syntax error at depth 1000 stays malformed. */
+static void test_nesting(void **s) {
+  (void)s;
+  enum { N = 1001 };
+  char text[2 * N + 2];
+  cJSON *doc = NULL;
+  for (int i = 0; i < N - 1; i++) text[i] = '[';
+  for (int i = 0; i < N - 1; i++) text[N - 1 + i] = ']';
+  assert_int_equal(carl_json_parse(text, 2 * (N - 1), "deep.json", &doc), CARL_OK);
+  carl_json_free(doc);
+  for (int i = 0; i < N; i++) text[i] = '[';
+  for (int i = 0; i < N; i++) text[N + i] = ']';
+  assert_int_equal(carl_json_parse(text, 2 * N, "deep.json", &doc), CARL_ERR_PARSE);
+  assert_msg_contains("deep.json: JSON nested deeper than 1000 levels");
+  assert_null(strstr(carl_errmsg(), "malformed"));
+  for (int i = 0; i < N - 1; i++) text[i] = '[';
+  text[N - 1] = 'x';
+  assert_int_equal(carl_json_parse(text, N, "deep.json", &doc), CARL_ERR_PARSE);
+  assert_msg_contains("deep.json: malformed JSON at line 1, column 1001");
+  /* brackets inside strings do not count */
+  const char *str = "{\"a\": \"[[[[{{{{\", \"b\": [1]}";
+  assert_int_equal(carl_json_parse(str, strlen(str), "s.json", &doc), CARL_OK);
   carl_json_free(doc);
 }
 
@@ -193,7 +219,7 @@ static void test_keys_and_arrays(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_syntax_errors), cmocka_unit_test(test_load), cmocka_unit_test(test_ints),
+      cmocka_unit_test(test_syntax_errors), cmocka_unit_test(test_nesting), cmocka_unit_test(test_load), cmocka_unit_test(test_ints),
       cmocka_unit_test(test_numbers_bools_strings), cmocka_unit_test(test_keys_and_arrays),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -133,6 +133,9 @@ static void moe_case(int T, int d, int f, int E, int k, int fs, double cf, int r
   carl_router_t *r;
   assert_int_equal(carl_router_create("topk", 5, keys, vals, &r), CARL_OK);
   carl__moe_t L = {.d = d, .f = f, .E = E, .k = k, .fs = fs, .router = r};
+  carl_topo_t topo1;
+  carl_exec_t *ex;
+  assert_int_equal(carl__moe_standalone(&L, &topo1, &ex), CARL_OK);
   float *x = malloc(sizeof(float) * T * d), *y = malloc(sizeof(float) * T * d);
   float *Wr = malloc(sizeof(float) * E * d), *w13 = malloc(sizeof(float) * E * 2 * f * d),
         *w2 = malloc(sizeof(float) * E * d * f), *s13 = malloc(sizeof(float) * (2 * fs * d + 1)),
@@ -225,6 +228,7 @@ static void moe_case(int T, int d, int f, int E, int k, int fs, double cf, int r
     if (A.experts[i] >= 0) cnt[A.experts[i]]++;
   for (int e = 0; e < E; e++) assert_int_equal(cnt[e], A.load[e]);
   carl__moe_act_free(&A);
+  carl__moe_standalone_free(&L, ex);
   carl_router_free(r);
   free(x); free(y); free(Wr); free(w13); free(w2); free(s13); free(s2);
 }

@@ -211,6 +211,15 @@ static void test_eplb_parts(void **s) {
   assert_int_equal(cnt[0], 3);
   assert_int_equal(cnt[1], 1);
   assert_int_equal(carl_eplb_replicate(w2, 3, 2, phy, rk, cnt), CARL_ERR_INVALID);
+  /* float32 as the reference (weight.float()): 16777216 and 16777217 are the same float, so the
+   * tie keeps index order: 0 -> GPU 0, 1 -> GPU 1, 3 (2) -> GPU 0 (equal loads: first), 2 -> GPU 1;
+   * phy2log [0, 3, 1, 2], which eplb.py prints for these loads. In double, expert 1 would come first
+   * and give [1, 2, 0, 3]. */
+  const double w3[] = {16777216, 16777217, 1, 2};
+  int32_t p3[4], c3[4];
+  assert_int_equal(carl_eplb_rebalance(w3, 4, 4, 1, 1, 2, p3, c3), CARL_OK);
+  const int32_t want3[] = {0, 3, 1, 2};
+  for (int i = 0; i < 4; i++) assert_int_equal(p3[i], want3[i]);
 }
 
 /* ---- placements with known optima ------------------------------------------------------------------ */
@@ -360,7 +369,21 @@ static void test_all_valid(void **s) {
       assert_int_equal(carl_place_compute(&t, &in, &o, &q), CARL_OK);
       assert_int_equal(p.slots, reps[r] ? reps[r] / 8 : 3);
       assert_memory_equal(p.slot_expert, q.slot_expert, (size_t)8 * p.slots * sizeof(int32_t));
-      assert_int_equal(p.rep_off[E], reps[r] ? reps[r] : E);
+      const int R = reps[r] ? reps[r] : E;
+      if (a == CARL_PLACE_EPLB) {
+        /* the reference's table, a second copy of an expert on a GPU left empty */
+        int32_t phy2log[48], cnt[24], empty = 0;
+        assert_int_equal(carl_eplb_rebalance(w, E, R, 2, 2, 8, phy2log, cnt), CARL_OK);
+        for (int i = 0; i < R; i++) {
+          int d = i / p.slots, dup = 0;
+          for (int j = d * p.slots; j < i; j++) dup |= phy2log[j] == phy2log[i];
+          assert_int_equal(p.slot_expert[i], dup ? -1 : phy2log[i]);
+          empty += dup;
+        }
+        assert_int_equal(p.rep_off[E], R - empty);
+      } else {
+        assert_int_equal(p.rep_off[E], R);
+      }
       carl_placement_free(&p);
       carl_placement_free(&q);
     }

@@ -605,13 +605,31 @@ static void test_errors(void **st) {
   assert_int_equal(carl_router_route(r, &in, &o.out), CARL_ERR_INVALID);
   assert_non_null(strstr(carl_errmsg(), "M: 3"));
   carl_router_free(r);
-  /* the kept nodes hold fewer than k experts: 4 nodes x 1 expert, M = 1, k = 2 */
+  /* the same with the warm start on (W = 100 and W = 1, where the hierarchical selection would
+   * first run at the second step): the first route refuses it, before any warm-start work */
+  const char *warm_opts[] = {"M=3", "M=3 W=1"};
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(tu_create("carl", warm_opts[i], &r), CARL_OK);
+    assert_int_equal(carl_router_route(r, &in, &o.out), CARL_ERR_INVALID);
+    assert_non_null(strstr(carl_errmsg(), "M: 3"));
+    assert_non_null(strstr(carl_errmsg(), "2 nodes"));
+    carl_router_free(r);
+  }
+  /* hier = 0 does not use M: no error */
+  assert_int_equal(tu_create("carl", "M=3 hier=0", &r), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  carl_router_free(r);
+  /* the kept nodes hold fewer than k experts: 4 nodes x 1 expert, M = 1, k = 2; with and without
+   * the warm start */
   carl_topo_t t4 = topo(4, 1);
   in.topo = &t4;
-  assert_int_equal(tu_create("carl", "M=1 warm=0", &r), CARL_OK);
-  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_ERR_INVALID);
-  assert_non_null(strstr(carl_errmsg(), "fewer than k=2"));
-  carl_router_free(r);
+  const char *few_opts[] = {"M=1 warm=0", "M=1"};
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(tu_create("carl", few_opts[i], &r), CARL_OK);
+    assert_int_equal(carl_router_route(r, &in, &o.out), CARL_ERR_INVALID);
+    assert_non_null(strstr(carl_errmsg(), "fewer than k=2"));
+    carl_router_free(r);
+  }
   /* src outside the topology, non-finite logits, missing logits */
   assert_int_equal(tu_create("carl", "hier=0 warm=0", &r), CARL_OK);
   int32_t bad[2] = {0, 9};

@@ -169,6 +169,41 @@ static void test_errors(void **st) {
   assert_non_null(strstr(carl_errmsg(), "divisible"));
   carl_router_free(r);
   in.topo = NULL;
+  /* E = 16 over 3 nodes x 2 devices: 16 is divisible neither by the 6 devices nor by the 3 nodes,
+   * without a placement and with the contiguous one (what the command line passes) */
+  {
+    float z16[16] = {0};
+    tu_out_t o16;
+    tu_out_init(&o16, 1, 16, 2, 0);
+    carl_topo_t t32 = {.nodes = 3, .devices_per_node = 2, .devices = 6};
+    carl_placement_t pl = {0};
+    assert_int_equal(carl_placement_contiguous(&pl, 16, 6), CARL_OK);
+    carl_route_in_t in16 = {.T = 1, .E = 16, .logits = z16, .topo = &t32};
+    for (int with_place = 0; with_place < 2; with_place++) {
+      in16.place = with_place ? &pl : NULL;
+      assert_int_equal(tu_create("grouplimited", "k=2 level=1", &r), CARL_OK);
+      assert_int_equal(carl_router_route(r, &in16, &o16.out), CARL_ERR_INVALID);
+      assert_non_null(strstr(carl_errmsg(), "E = 16"));
+      assert_non_null(strstr(carl_errmsg(), "3 nodes"));
+      carl_router_free(r);
+      assert_int_equal(tu_create("grouplimited", "k=2 level=0", &r), CARL_OK);
+      assert_int_equal(carl_router_route(r, &in16, &o16.out), CARL_ERR_INVALID);
+      assert_non_null(strstr(carl_errmsg(), "E = 16"));
+      assert_non_null(strstr(carl_errmsg(), "6 devices"));
+      carl_router_free(r);
+    }
+    /* E = 12 is divisible by both: accepted with the placement */
+    float z12[12] = {0};
+    carl_placement_t p12 = {0};
+    assert_int_equal(carl_placement_contiguous(&p12, 12, 6), CARL_OK);
+    carl_route_in_t in12 = {.T = 1, .E = 12, .logits = z12, .topo = &t32, .place = &p12};
+    assert_int_equal(tu_create("grouplimited", "k=2 level=0", &r), CARL_OK);
+    assert_int_equal(carl_router_route(r, &in12, &o.out), CARL_OK);
+    carl_router_free(r);
+    carl_placement_free(&pl);
+    carl_placement_free(&p12);
+    tu_out_free(&o16);
+  }
   /* kept groups too small for k: 6 groups of 2 experts, M = 1, k = 3 */
   tu_out_t o3;
   tu_out_init(&o3, 1, 12, 3, 0);

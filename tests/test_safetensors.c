@@ -142,8 +142,11 @@ static void test_corrupt(void **s) {
   unsigned char big[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, '{', '}'};
   assert_int_equal(carl_st_parse(big, sizeof big, &f), CARL_ERR_PARSE);
 
-  expect_parse_error("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, CARL_ERR_PARSE, "not a JSON object");
+  expect_parse_error("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, CARL_ERR_PARSE, "header: malformed JSON");
   expect_parse_error("[1,2]", 0, CARL_ERR_PARSE, "not a JSON object");
+  /* a shape whose byte size overflows 64 bits (2^32 * 2^32 elements) is named as such, not as -1 bytes */
+  expect_parse_error("{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", 8,
+                     CARL_ERR_SHAPE, "tensor 'x': shape [4294967296, 4294967296] of dtype F32 is too large (its byte size overflows)");
   expect_parse_error("{\"x\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4, CARL_ERR_DTYPE, "BF16");
   expect_parse_error("{\"x\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8, CARL_ERR_PARSE, "'dtype' missing");
   expect_parse_error("{\"x\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, CARL_ERR_PARSE, "shape entry 0");

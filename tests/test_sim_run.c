@@ -19,7 +19,6 @@
 #include "carl/balance.h"
 #include "carl/sim.h"
 #include "carl/step.h"
-#include "sim/sim_internal.h"
 
 #define TOPO_1x2 "{\"name\":\"t1x2\",\"nodes\":1,\"devices_per_node\":2,\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50,\"latency_us\":10}}}"
 #define TOPO_2x2 "{\"name\":\"t2x2\",\"nodes\":2,\"devices_per_node\":2,\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50,\"latency_us\":10}}}"
@@ -128,42 +127,6 @@ static void test_metrics_hand(void **s) {
   carl_placement_free(&pl);
 }
 
-/* Placement refresh on 2 nodes x 2 devices, one expert per device (contiguous: 0,1 on node 0 and
- * 2,3 on node 1). Tokens of node 0 choose experts 2 and 3, tokens of node 1 choose 0 and 1: the
- * placement that keeps all traffic inside nodes puts {2,3} on node 0 and {0,1} on node 1. Every
- * expert changes node: each device sends one copy and receives one over inter: with 1 GB per
- * expert at 50 GB/s the migration takes 1e9 / 50e9 = 0.02 s. */
-static void test_refresh_hand(void **s) {
-  (void)s;
-  carl_topo_t topo;
-  assert_int_equal(carl_topo_make(&topo, 2, 2, 160, 3, 50, 10), CARL_OK);
-  carl_placement_t old, np;
-  assert_int_equal(carl_placement_contiguous(&old, 4, 4), CARL_OK);
-  carl_place_stats_t st;
-  assert_int_equal(carl_place_stats_init(&st, 1, 4, 2, 0.5), CARL_OK);
-  const int32_t ex[8] = {2, 3, 2, 3, 0, 1, 0, 1};
-  const int32_t node[4] = {0, 0, 1, 1};
-  assert_int_equal(carl_place_stats_add(&st, 0, ex, node, 4, 2), CARL_OK);
-  double mig = -1;
-  assert_int_equal(carl__sim_refresh(&topo, &old, &st, 0, 1e9, &np, &mig), CARL_OK);
-  for (int e = 0; e < 4; e++) {
-    int dev = np.home[e];
-    assert_int_equal(carl_topo_node(&topo, dev), e >= 2 ? 0 : 1);
-  }
-  assert_true(fabs(mig - 1e9 / 50e9) < 1e-9);
-  carl_placement_free(&np);
-  /* the same statistics again from the refreshed placement: nothing moves, no time */
-  carl_placement_t np2;
-  carl_placement_t cur;
-  assert_int_equal(carl__sim_refresh(&topo, &old, &st, 0, 1e9, &cur, &mig), CARL_OK);
-  assert_int_equal(carl__sim_refresh(&topo, &cur, &st, 0, 1e9, &np2, &mig), CARL_OK);
-  assert_true(mig == 0);
-  carl_placement_free(&cur);
-  carl_placement_free(&np2);
-  carl_placement_free(&old);
-  carl_place_stats_free(&st);
-}
-
 static char tmpdir[256];
 
 static void make_trace(int E, int64_t N, int bad_src) {
@@ -220,6 +183,74 @@ static void test_trace_replay(void **s) {
   assert_non_null(strstr(carl_errmsg(), "experts = 8"));
 }
 
+/* Step time on the same trace: all 128 rows of a step (64 tokens x {0, 1}) land on device 0; the
+ * tokens live 32 on each device (tokens_per_device 32 on 2 devices: 64 per step). Rate 6e9 FLOP/s
+ * (peak 0.006 TFLOPS, efficiency 1); d = 10, f = 100: a row is 6 x 10 x 100 = 6000 FLOPs = 1 us
+ * forward; shared f = 50: 0.5 us per token. Device 0: 128 + 16 = 144 us, device 1: 16 us (mean
+ * 80 us). Training: compute 3 x 144 = 432 us (mean 240 us). Each phase: device 1 sends 32 x 100 B
+ * intra to device 0: 3200/160e9 + 3e-6 = 3.02 us; four phases 12.08 us. No overlap: 444.08 us.
+ * Pipelined in 2 chunks: a = b = 1600/160e9 + 3e-6 = 3.01 us; forward (6.02 + 72) + max(6.02, 72)
+ * = 150.02 us, backward (6.02 + 144) + 144 = 294.02 us: 444.04 us. No refresh: step = MoE time. */
+#define TOPO_1x2_FLOPS "{\"name\":\"t1x2\",\"nodes\":1,\"devices_per_node\":2,\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3},\"inter\":{\"GBps\":50,\"latency_us\":10}},\"flops\":{\"peak_TFLOPS\":0.006,\"efficiency\":1}}"
+static void test_trace_steptime(void **s) {
+  (void)s;
+  make_trace(8, 256, 0);
+  static const char *const overlap[2] = {"none", "pipelined"};
+  const double want_ms[2] = {0.44408, 0.44404};
+  for (int o = 0; o < 2; o++) {
+    char json[2048];
+    snprintf(json, sizeof json,
+             "{\"steps\":4,\"tokens_per_device\":32,\"experts\":8,\"token_bytes\":100,"
+             "\"step_time\":{\"hidden\":10,\"ffn\":100,\"shared_ffn\":50,\"overlap\":\"%s\",\"chunks\":2},"
+             "\"routers\":[{\"name\":\"topk\",\"opts\":{\"k\":2,\"capacity_factor\":0}}],"
+             "\"topologies\":[" TOPO_1x2_FLOPS "],\"scenarios\":[{\"trace\":\"%s\",\"label\":\"tr\"}],\"seeds\":[3]}",
+             overlap[o], tmpdir);
+    carl_sim_config_t c;
+    assert_int_equal(parse(json, &c), CARL_OK);
+    assert_int_equal(carl_sim_tokens(&c, 0), 64);
+    carl_sim_run_t run;
+    assert_int_equal(carl_sim_run_cell(&c, 0, 0, 0, 0, &run), CARL_OK);
+    for (int step = 0; step < 4; step++) {
+      const double *row = run.rows + step * CARL_SIM_NCOL;
+      assert_true(fabs(row[CARL_SIM_COMPUTE_MS] - 0.432) < 1e-12);
+      assert_true(fabs(row[CARL_SIM_COMPUTE_MEAN_MS] - 0.240) < 1e-12);
+      assert_true(fabs(row[CARL_SIM_MOE_MS] - want_ms[o]) < 1e-12);
+      assert_true(fabs(row[CARL_SIM_STEP_MS] - want_ms[o]) < 1e-12);
+    }
+    free(run.rows);
+    carl_sim_config_free(&c);
+  }
+  /* without step_time the columns are NaN */
+  char json[2048];
+  snprintf(json, sizeof json,
+           "{\"steps\":2,\"tokens\":64,\"experts\":8,\"routers\":[{\"name\":\"topk\",\"opts\":{\"k\":2}}],"
+           "\"topologies\":[" TOPO_1x2_FLOPS "],\"scenarios\":[{\"trace\":\"%s\",\"label\":\"tr\"}],\"seeds\":[3]}",
+           tmpdir);
+  carl_sim_config_t c;
+  assert_int_equal(parse(json, &c), CARL_OK);
+  carl_sim_run_t run;
+  assert_int_equal(carl_sim_run_cell(&c, 0, 0, 0, 0, &run), CARL_OK);
+  assert_true(isnan(run.rows[CARL_SIM_STEP_MS]) && isnan(run.rows[CARL_SIM_COMPUTE_MS]));
+  free(run.rows);
+  carl_sim_config_free(&c);
+  /* errors */
+  expect_error("{\"step_time\":{\"hidden\":10,\"ffn\":100},\"routers\":[\"topk\"],\"topologies\":[" TOPO_2x2
+               "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "step_time: topologies[0] ('t2x2') has no device rate");
+  expect_error("{\"step_time\":{\"ffn\":100},\"routers\":[\"topk\"],\"topologies\":[" TOPO_1x2_FLOPS
+               "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "hidden and ffn");
+  expect_error("{\"step_time\":{\"hidden\":10,\"ffn\":100,\"overlap\":\"full\"},\"routers\":[\"topk\"],\"topologies\":["
+               TOPO_1x2_FLOPS "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "step_time.overlap: 'full'");
+  expect_error("{\"step_time\":{\"hidden\":10,\"ffn\":100,\"chunk\":2},\"routers\":[\"topk\"],\"topologies\":["
+               TOPO_1x2_FLOPS "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "step_time.chunk: unknown field");
+  expect_error("{\"tokens\":64,\"tokens_per_device\":32,\"routers\":[\"topk\"],\"topologies\":[" TOPO_2x2
+               "],\"scenarios\":[\"zipf\"],\"seeds\":[1]}",
+               CARL_ERR_INVALID, "not both");
+}
+
 /* The same grid with 1 and 2 threads: identical rows and identical report bytes. The gate learns:
  * the task KL of the last step is below that of the first. */
 static void test_determinism_threads(void **s) {
@@ -274,7 +305,7 @@ int main(void) {
   mkdir(tmpdir, 0755);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_errors), cmocka_unit_test(test_metrics_hand),
-      cmocka_unit_test(test_refresh_hand), cmocka_unit_test(test_trace_replay),
+      cmocka_unit_test(test_trace_replay), cmocka_unit_test(test_trace_steptime),
       cmocka_unit_test(test_determinism_threads),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,11 +8,15 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "carl/array.h"
+#include "carl/fs.h"
+#include "core/json_internal.h"
 #include "carl/safetensors.h"
 #include "carl/train.h"
 
@@ -327,6 +331,230 @@ static void test_resume_rejects(void **s) {
   assert_non_null(strstr(carl_errmsg(), "scripts/prepare_data.sh"));
 }
 
+/* ---- write errors ------------------------------------------------------------------------------ */
+/* After step `at` is logged, the file-size limit is set to metrics.csv's size: the next row cannot
+ * be written (EFBIG, as on a full disk). */
+typedef struct {
+  char csv[400];
+  int64_t at;
+  struct rlimit old;
+} limit_ud_t;
+
+static void limit_after(const carl_train_metrics_t *m, void *ud) {
+  limit_ud_t *u = ud;
+  if (m->step != u->at) return;
+  struct stat sb;
+  if (stat(u->csv, &sb) != 0) return;
+  struct rlimit l = u->old;
+  l.rlim_cur = (rlim_t)sb.st_size;
+  setrlimit(RLIMIT_FSIZE, &l);
+}
+
+/* A row of metrics.csv that cannot be written stops the run with an error naming the file and the
+ * step; metrics.csv holds whole rows only; the last good checkpoint stays the latest; a resume
+ * continues from it with every row. */
+static void test_write_error_stops(void **s) {
+  (void)s;
+  carl_train_config_t c;
+  tiny_config(&c, "topk", "", 6);
+  char o[300], f[400];
+  out_dir(o, sizeof o, "full");
+  limit_ud_t u = {.at = 3};
+  snprintf(u.csv, sizeof u.csv, "%s/metrics.csv", o);
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &u.old), 0);
+  void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+  carl_train_result_t r;
+  carl_train_opts_t opt = {.out_dir = o, .progress = limit_after, .ud = &u};
+  carl_status st = carl_train_run(&c, &opt, &r);
+  setrlimit(RLIMIT_FSIZE, &u.old);
+  signal(SIGXFSZ, prev);
+  if (st != CARL_ERR_IO || !strstr(carl_errmsg(), "metrics.csv") || !strstr(carl_errmsg(), "step 4"))
+    fail_msg("want an I/O error naming metrics.csv and step 4, got %d: %s", st, carl_errmsg());
+  assert_non_null(strstr(carl_errmsg(), "ckpt_00000002"));
+  snprintf(f, sizeof f, "%s/latest", o);
+  size_t n;
+  char *latest = slurp(f, &n);
+  assert_string_equal(latest, "ckpt_00000002\n");
+  free(latest);
+  snprintf(f, sizeof f, "%s/ckpt_00000004", o);
+  assert_int_equal(access(f, F_OK), -1);
+  /* the header and rows 1..3, each whole (19 fields) */
+  char *csv = slurp(u.csv, &n), *save = NULL;
+  assert_int_equal(csv[n - 1], '\n');
+  int lines = 0;
+  for (char *line = strtok_r(csv, "\n", &save); line; line = strtok_r(NULL, "\n", &save), lines++) {
+    int commas = 0;
+    for (char *p = line; *p; p++) commas += *p == ',';
+    assert_int_equal(commas, 18);
+    if (lines > 0) assert_int_equal(atoi(line), lines);
+  }
+  assert_int_equal(lines, 4);
+  free(csv);
+  /* resumed from step 2: rows 1..6 */
+  opt.resume = 1;
+  opt.progress = NULL;
+  assert_int_equal(carl_train_run(&c, &opt, &r), CARL_OK);
+  assert_int_equal(r.step, 6);
+  char *cols = loss_columns(u.csv);
+  lines = 0;
+  for (char *p = cols; *p; p++) lines += *p == '\n';
+  assert_int_equal(lines, 7);
+  free(cols);
+}
+
+/* A checkpoint that cannot be written: the error names the checkpoint's file, not the temporary
+ * directory or file it was being written as; nothing of it is left. */
+static void test_ckpt_write_error(void **s) {
+  (void)s;
+  carl_train_config_t c;
+  tiny_config(&c, "topk", "", 4);
+  c.log_every = 2; /* the limit is set after step 2's row, before its checkpoint */
+  char o[300], f[400];
+  out_dir(o, sizeof o, "ckfull");
+  limit_ud_t u = {.at = 2};
+  snprintf(u.csv, sizeof u.csv, "%s/metrics.csv", o);
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &u.old), 0);
+  void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+  carl_train_result_t r;
+  carl_train_opts_t opt = {.out_dir = o, .progress = limit_after, .ud = &u};
+  carl_status st = carl_train_run(&c, &opt, &r);
+  setrlimit(RLIMIT_FSIZE, &u.old);
+  signal(SIGXFSZ, prev);
+  char want[400];
+  snprintf(want, sizeof want, "checkpoint at step 2: %s/ckpt_00000002/model.safetensors: cannot write", o);
+  if (st != CARL_ERR_IO || !strstr(carl_errmsg(), want) || strstr(carl_errmsg(), ".tmp"))
+    fail_msg("want an I/O error starting '%s' without a temporary name, got %d: %s", want, st, carl_errmsg());
+  assert_non_null(strstr(carl_errmsg(), "Last good checkpoint: none yet"));
+  snprintf(f, sizeof f, "%s/ckpt_00000002.tmp", o);
+  assert_int_equal(access(f, F_OK), -1);
+  snprintf(f, sizeof f, "%s/ckpt_00000002", o);
+  assert_int_equal(access(f, F_OK), -1);
+}
+
+/* ---- corrupt checkpoints: CRC32C and non-finite values ------------------------------------------ */
+/* Set element `flat` of tensor `name` in a safetensors file to v (the rest, metadata included, as it was). */
+static void poke_tensor(const char *path, const char *name, int64_t flat, float v) {
+  carl_st_file_t f;
+  if (carl_st_read(path, &f) != CARL_OK) fail_msg("%s: %s", path, carl_errmsg());
+  const carl_st_tensor_t *t = carl_st_find(&f, name);
+  assert_non_null(t);
+  assert_int_equal(t->dtype, CARL_F32);
+  ((float *)t->data)[flat] = v;
+  const char **meta = calloc(2 * (size_t)f.nmeta + 1, sizeof *meta);
+  for (int i = 0; i < 2 * f.nmeta; i++) meta[i] = f.meta[i];
+  assert_int_equal(carl_st_write(path, f.tensors, f.n, meta), CARL_OK);
+  free(meta);
+  carl_st_free(&f);
+}
+
+/* Record file's present CRC32C in its checkpoint's state.json (as a run that wrote it would have). */
+static void restamp_crc(const char *ckpt, const char *file) {
+  char f[400], hex[16];
+  uint32_t c;
+  snprintf(f, sizeof f, "%s/%s", ckpt, file);
+  assert_int_equal(carl_fs_crc32c_file(f, &c), CARL_OK);
+  snprintf(hex, sizeof hex, "%08x", c);
+  snprintf(f, sizeof f, "%s/state.json", ckpt);
+  cJSON *doc;
+  assert_int_equal(carl_json_load(f, &doc), CARL_OK);
+  cJSON *crc = cJSON_GetObjectItemCaseSensitive(doc, "crc32c");
+  assert_non_null(cJSON_GetObjectItemCaseSensitive(crc, file));
+  cJSON_ReplaceItemInObjectCaseSensitive(crc, file, cJSON_CreateString(hex));
+  char *text = cJSON_Print(doc);
+  assert_int_equal(carl_write_file_atomic(f, text, strlen(text)), CARL_OK);
+  cJSON_free(text);
+  carl_json_free(doc);
+}
+
+static void flip_last_byte(const char *path) {
+  size_t n;
+  char *d = slurp(path, &n);
+  d[n - 1] ^= 0x01;
+  assert_int_equal(carl_write_file_atomic(path, d, n), CARL_OK);
+  free(d);
+}
+
+static void copy_file(const char *from, const char *to) {
+  size_t n;
+  char *d = slurp(from, &n);
+  assert_int_equal(carl_write_file_atomic(to, d, n), CARL_OK);
+  free(d);
+}
+
+/* One flipped bit in a parameter, an AdamW moment, a router state or a placement is refused by its CRC32C; a NaN
+ * or Inf written with a matching CRC (a run that had diverged) is refused naming the tensor and
+ * the element. The checkpoint is never changed by the refusals. */
+static void test_corrupt_checkpoint(void **s) {
+  (void)s;
+  carl_train_config_t c;
+  tiny_config(&c, "lossfree", "", 2);
+  char o[300], ck[400], f[500], keep[500];
+  out_dir(o, sizeof o, "corrupt");
+  carl_train_result_t r;
+  carl_train_opts_t opt = {.out_dir = o};
+  assert_int_equal(carl_train_run(&c, &opt, &r), CARL_OK);
+  snprintf(ck, sizeof ck, "%s/ckpt_00000002", o);
+  c.steps = 4;
+  opt.resume = 1;
+  carl_train_config_t lc;
+  carl_model_t *m = NULL;
+  int64_t step;
+  static const char *files[] = {"model.safetensors", "optimizer.safetensors", "router_1.state", "placement_0.json"};
+  for (int i = 0; i < 4; i++) {
+    snprintf(f, sizeof f, "%s/%s", ck, files[i]);
+    snprintf(keep, sizeof keep, "%s/keep", g_dir);
+    copy_file(f, keep);
+    flip_last_byte(f);
+    carl_status st = carl_train_run(&c, &opt, &r);
+    if (st != CARL_ERR_PARSE || !strstr(carl_errmsg(), "CRC32C") || !strstr(carl_errmsg(), files[i]))
+      fail_msg("%s with a flipped bit: got %d: %s", files[i], st, carl_errmsg());
+    if (i != 1) { /* sampling reads the parameters and the router state, not the optimizer */
+      assert_int_equal(carl_ckpt_load_model(o, &lc, &m, &step), CARL_ERR_PARSE);
+      assert_non_null(strstr(carl_errmsg(), files[i]));
+    }
+    copy_file(keep, f);
+  }
+  /* NaN in tok_emb [256, 16] at [3, 5]: flat element 3 * 16 + 5 = 53 */
+  snprintf(f, sizeof f, "%s/model.safetensors", ck);
+  copy_file(f, keep);
+  poke_tensor(f, "tok_emb", 53, NAN);
+  restamp_crc(ck, "model.safetensors");
+  carl_status st = carl_train_run(&c, &opt, &r);
+  if (st != CARL_ERR_NUMERIC || !strstr(carl_errmsg(), "tensor 'tok_emb' holds NaN at element 53 (index [3, 5])") ||
+      !strstr(carl_errmsg(), "model.safetensors"))
+    fail_msg("NaN in tok_emb: got %d: %s", st, carl_errmsg());
+  assert_int_equal(carl_ckpt_load_model(o, &lc, &m, &step), CARL_ERR_NUMERIC);
+  copy_file(keep, f);
+  restamp_crc(ck, "model.safetensors");
+  /* -Inf in the second moment of the last element of the final norm */
+  snprintf(f, sizeof f, "%s/optimizer.safetensors", ck);
+  poke_tensor(f, "v.final_norm", 15, -INFINITY);
+  restamp_crc(ck, "optimizer.safetensors");
+  size_t n;
+  st = carl_train_run(&c, &opt, &r);
+  if (st != CARL_ERR_NUMERIC || !strstr(carl_errmsg(), "tensor 'v.final_norm' holds -Inf at element 15 (index [15])"))
+    fail_msg("Inf in v.final_norm: got %d: %s", st, carl_errmsg());
+  /* NaN as the first value (after the 56-byte header) of a router state */
+  snprintf(f, sizeof f, "%s/router_0.state", ck);
+  char *rd = slurp(f, &n);
+  double nan_v = NAN;
+  memcpy(rd + 56, &nan_v, sizeof nan_v);
+  assert_int_equal(carl_write_file_atomic(f, rd, n), CARL_OK);
+  free(rd);
+  restamp_crc(ck, "router_0.state");
+  snprintf(f, sizeof f, "%s/optimizer.safetensors", ck);
+  poke_tensor(f, "v.final_norm", 15, 1.0f);
+  restamp_crc(ck, "optimizer.safetensors");
+  st = carl_train_run(&c, &opt, &r);
+  if (st != CARL_ERR_NUMERIC || !strstr(carl_errmsg(), "router_0.state: value 0 of 4 is NaN"))
+    fail_msg("NaN in router_0.state: got %d: %s", st, carl_errmsg());
+  /* the latest checkpoint is still step 2 */
+  snprintf(f, sizeof f, "%s/latest", o);
+  char *latest = slurp(f, &n);
+  assert_string_equal(latest, "ckpt_00000002\n");
+  free(latest);
+}
+
 /* ---- trace and sampling ------------------------------------------------------------------------- */
 static void test_trace_and_sample(void **s) {
   (void)s;
@@ -392,7 +620,8 @@ int main(void) {
       cmocka_unit_test(test_config),       cmocka_unit_test(test_resume_topk),
       cmocka_unit_test(test_resume_lossfree), cmocka_unit_test(test_resume_carl),
       cmocka_unit_test(test_nan_stops),    cmocka_unit_test(test_resume_rejects),
-      cmocka_unit_test(test_trace_and_sample),
+      cmocka_unit_test(test_trace_and_sample), cmocka_unit_test(test_write_error_stops),
+      cmocka_unit_test(test_corrupt_checkpoint), cmocka_unit_test(test_ckpt_write_error),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,4 +1,5 @@
 /* carl: the CARL-MoE command-line tool. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,7 +25,7 @@ static void usage(FILE *f) {
           "commands:\n");
   for (size_t i = 0; i < CARL_NCMDS; i++) fprintf(f, "  %-8s %s\n", carl__cmds[i].name, carl__cmds[i].help);
   fprintf(f, "\nenvironment: CARL_LOG=debug|info|warn|error|off (default info), OMP_NUM_THREADS,\n"
-             "  CARL_ROUTE_SIMD=0 (routing kernels on the portable executor: the same results on every CPU)\n");
+             "  CARL_ROUTE_SIMD=0 (routing kernels on the portable variant: the same results on every CPU)\n");
 }
 
 int carl_cli_error(const char *cmd, carl_status st) {
@@ -46,7 +47,15 @@ int main(int argc, char **argv) {
     return 0;
   }
   for (size_t i = 0; i < CARL_NCMDS; i++)
-    if (!strcmp(argv[1], carl__cmds[i].name)) return carl__cmds[i].fn(argc - 1, argv + 1);
+    if (!strcmp(argv[1], carl__cmds[i].name)) {
+      int rc = carl__cmds[i].fn(argc - 1, argv + 1);
+      /* the report on standard output is an output too: a failed write is an error */
+      if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "carl %s: cannot write to standard output: %s\n", argv[1], strerror(errno));
+        if (rc == 0) rc = 1;
+      }
+      return rc;
+    }
   fprintf(stderr, "carl: unknown command '%s'\n\n", argv[1]);
   usage(stderr);
   return 2;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "carl/array.h"
+#include "carl/fs.h"
 #include "carl/place.h"
 #include "cli.h"
 
@@ -26,12 +27,12 @@ static void place_usage(FILE *f) {
           "  --topology T.json    cluster topology (configs/topologies/)\n"
           "  --out P.json         placement to write: {\"experts\":E,\"devices\":[[e,..],..]}\n"
           "options (default):\n"
-          "  --algo NAME          contiguous | roundrobin | eplb | traffic | coactivation (eplb)\n"
+          "  --algo NAME          contiguous | roundrobin | eplb | eplb-nodup | traffic | coactivation (eplb)\n"
           "  --layer L            layer of the statistics to place (0)\n"
           "  --replicas R         physical experts in all, a multiple of the devices, >= E (0: ceil(E/D)*D)\n"
           "  --slots S            slots per device (0: replicas / devices)\n"
-          "  --groups G           eplb: expert groups (0: one per node when E %% nodes == 0, else global policy)\n"
-          "  --global             eplb: use the global policy\n"
+          "  --groups G           eplb, eplb-nodup: expert groups (0: one per node when E %% nodes == 0, else global policy)\n"
+          "  --global             eplb, eplb-nodup: use the global policy\n"
           "  --load-bound X       traffic, coactivation: device max/mean load to stay under, or X times\n"
           "                       the floor set by the hottest expert when that is higher (1.25)\n"
           "  --passes N           traffic, coactivation: local-search passes (8)\n"
@@ -100,9 +101,10 @@ int carl_cmd_place(int argc, char **argv) {
   const char *stats_dir = NULL, *topo_path = NULL, *out_path = NULL, *from_path = NULL, *report_path = NULL;
   const char *algo_name = "eplb";
   int layer = 0, relabel = 1;
-  double token_bytes = DEF_TOKEN_BYTES, expert_bytes = DEF_EXPERT_BYTES, state_bytes = DEF_STATE_BYTES, seed = 1;
+  double token_bytes = DEF_TOKEN_BYTES, expert_bytes = DEF_EXPERT_BYTES, state_bytes = DEF_STATE_BYTES;
   carl_place_opts_t o;
   carl_place_opts_default(&o);
+  double seed = (double)o.seed;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -129,7 +131,7 @@ int carl_cmd_place(int argc, char **argv) {
     else if (!strcmp(a, "--algo")) algo_name = v;
     else if (!strcmp(a, "--layer")) ok = parse_int(a, v, 0, 1 << 20, &layer);
     else if (!strcmp(a, "--replicas")) ok = parse_int(a, v, 0, 1 << 30, &o.replicas);
-    else if (!strcmp(a, "--slots")) ok = parse_int(a, v, 0, 1 << 16, &o.slots);
+    else if (!strcmp(a, "--slots")) ok = parse_int(a, v, 0, CARL_PLACE_MAX_SLOTS, &o.slots);
     else if (!strcmp(a, "--groups")) ok = parse_int(a, v, 0, 1 << 20, &o.groups);
     else if (!strcmp(a, "--passes")) ok = parse_int(a, v, 0, 1000, &o.refine_passes);
     else if (!strcmp(a, "--load-bound")) ok = parse_num(a, v, 1.0, 1e9, &o.load_bound);
@@ -184,7 +186,6 @@ int carl_cmd_place(int argc, char **argv) {
     if ((st = carl_place_evaluate(&topo, &in, &old, token_bytes, &ev_old))) goto fail;
     if ((st = carl_place_migrate(&topo, &old, &pl, relabel, expert_bytes + state_bytes, &mig))) goto fail;
   }
-  if ((st = carl_placement_save(out_path, &pl))) goto fail;
   /* report: stdout (Markdown) and JSON */
   printf("carl place: %s, layer %d, %d experts over %d devices (%d nodes x %d), %d slots per device, %d replicas, %.3f ms\n\n",
          carl_place_algo_name(o.algo), layer, in.E, topo.devices, topo.nodes, topo.devices_per_node, pl.slots,
@@ -200,7 +201,6 @@ int carl_cmd_place(int argc, char **argv) {
            (long long)mig.n_moves, (long long)mig.kept, mig.total_bytes, mig.bytes[CARL_LINK_INTRA], mig.bytes[CARL_LINK_RACK],
            mig.bytes[CARL_LINK_INTER], (long long)mig.n_moves, expert_bytes + state_bytes, expert_bytes, state_bytes,
            mig.time_s * 1e3);
-  printf("\nwrote %s\n", out_path);
   rep = cJSON_CreateObject();
   cJSON_AddStringToObject(rep, "algorithm", carl_place_algo_name(o.algo));
   cJSON_AddNumberToObject(rep, "layer", layer);
@@ -241,15 +241,26 @@ int carl_cmd_place(int argc, char **argv) {
       snprintf(rp, sizeof rp, "%s.report.json", out_path);
     report_path = rp;
   }
-  char *text = cJSON_Print(rep);
+  /* the placement and its report appear together or not at all */
+  char *text = cJSON_Print(rep), *ptext = NULL;
+  size_t plen = 0;
   if (!text) {
     st = carl_fail(CARL_ERR_NOMEM, "report: out of memory");
     goto fail;
   }
-  st = carl_write_file_atomic(report_path, text, strlen(text));
+  carl_fs_staged_t sp, sr;
+  sp.tmp[0] = sr.tmp[0] = '\0';
+  st = carl_placement_to_json(&pl, &ptext, &plen);
+  if (!st) st = carl_fs_stage(&sp, out_path, &(carl_fs_part_t){ptext, plen}, 1);
+  if (!st) st = carl_fs_stage(&sr, report_path, &(carl_fs_part_t){text, strlen(text)}, 1);
+  if (!st) st = carl_fs_commit(&sp);
+  if (!st) st = carl_fs_commit(&sr);
+  carl_fs_discard(&sp);
+  carl_fs_discard(&sr);
   free(text);
+  free(ptext);
   if (st) goto fail;
-  printf("wrote %s\n", report_path);
+  printf("\nwrote %s\nwrote %s\n", out_path, report_path);
   cJSON_Delete(rep);
   carl_migration_free(&mig);
   carl_placement_free(&old);

@@ -11,12 +11,13 @@
 
 #include "carl/array.h"
 #include "carl/balance.h"
+#include "carl/fs.h"
 #include "carl/plan.h"
 #include "carl/route.h"
+#include "carl/step.h"
 #include "carl/topo.h"
 #include "cli.h"
 
-#define MAX_ROUTER_OPTS 64
 
 typedef struct {
   const char *logits, *source, *tokens, *features, *topology, *placement, *router, *out, *trace;
@@ -27,8 +28,8 @@ typedef struct {
   int demo;
   uint64_t seed;
   int nset;
-  const char *keys[MAX_ROUTER_OPTS];
-  double vals[MAX_ROUTER_OPTS];
+  const char *keys[CARL_ROUTER_MAX_OPTS];
+  double vals[CARL_ROUTER_MAX_OPTS];
 } route_args_t;
 
 static void route_usage(FILE *f, const char *router) {
@@ -61,10 +62,9 @@ static void route_usage(FILE *f, const char *router) {
   const char *const *names = carl_router_names();
   for (; *names; names++) {
     if (router && strcmp(router, *names)) continue;
-    const carl_opt_t *opts[MAX_ROUTER_OPTS];
-    int n = carl_router_options(*names, opts, MAX_ROUTER_OPTS);
-    const carl_router_impl_t *impl = carl_router_find(*names);
-    fprintf(f, "router %s: %s\n", *names, impl && impl->help ? impl->help : "");
+    const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+    int n = carl_router_options(*names, opts, CARL_ROUTER_MAX_OPTS);
+    fprintf(f, "router %s: %s\n", *names, carl_router_help(*names));
     for (int i = 0; i < n; i++) {
       char flag[64];
       snprintf(flag, sizeof flag, "--%s", opts[i]->name);
@@ -142,7 +142,7 @@ static int parse_args(int argc, char **argv, route_args_t *a, char keybuf[][64])
       a->seed = s;
     } else {
       /* a router option: checked against the chosen router's table by carl_router_create */
-      if (a->nset >= MAX_ROUTER_OPTS || !flag_key(arg, keybuf[a->nset], 64)) {
+      if (a->nset >= CARL_ROUTER_MAX_OPTS || !flag_key(arg, keybuf[a->nset], 64)) {
         fprintf(stderr, "carl route: unknown option '%s' (carl route --help)\n", arg);
         return 2;
       }
@@ -314,16 +314,15 @@ typedef struct {
 } step_summary_t;
 
 /* Route one step and write experts.npy, weights.npy and report.json into outdir. */
-static carl_status route_step(carl_router_t *r, const route_args_t *a, const carl_topo_t *topo,
-                              const carl_placement_t *pl, const step_inputs_t *s, int64_t step, const char *outdir,
-                              step_summary_t *sum) {
+static carl_status route_step(carl_router_t *r, carl_step_t *cs, const route_args_t *a, const carl_topo_t *topo,
+                              const step_inputs_t *s, int64_t step, const char *outdir, step_summary_t *sum) {
+  const carl_placement_t *pl = carl_step_placement(cs, 0);
   const int64_t T = s->logits.shape[0];
   const int E = (int)s->logits.shape[1];
   const int k = (int)carl_router_get(r, "k");
   const int score = (int)carl_router_get(r, "score");
   if (pl->E != E)
     return carl_fail(CARL_ERR_SHAPE, "logits have %d experts but the placement has %d", E, pl->E);
-  if (k < 1 || k > E) return carl_fail(CARL_ERR_INVALID, "k = %d must be in 1..E = %d", k, E);
   carl_status st = CARL_OK;
   int32_t *experts = malloc(sizeof(int32_t) * (size_t)(T * k));
   float *weights = malloc(sizeof(float) * (size_t)(T * k));
@@ -332,37 +331,32 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   double *dload = calloc((size_t)topo->devices, sizeof(double));
   double *nload = calloc((size_t)topo->nodes, sizeof(double));
   cJSON *rep = NULL;
-  carl_cost_t cost = {0};
   if (!experts || !weights || !dlogits || !eload || !dload || !nload) {
     st = carl_fail(CARL_ERR_NOMEM, "route: out of memory for T = %lld, E = %d", (long long)T, E);
     goto done;
   }
   carl_route_in_t in = {.T = T, .E = E, .logits = s->logits.data, .src = s->source.data, .token_ids = s->tokens.data,
                         .x = s->features.data, .d = s->features.data ? (int)s->features.shape[1] : 0,
-                        .topo = topo, .place = pl, .step = step, .seed = a->seed};
+                        .step = step, .seed = a->seed};
   carl_route_out_t out = {.experts = experts, .weights = weights, .dlogits = dlogits};
-  if ((st = carl_router_route(r, &in, &out)) != CARL_OK) goto done;
-  if ((st = carl_router_update(r, &in, &out)) != CARL_OK) goto done;
+  /* route, plan and cost, then the router's update from the (global) loads: the one step */
+  if ((st = carl_step_route(cs, 0, &in, &out)) != CARL_OK) goto done;
+  if ((st = carl_step_observe(cs, 0, &in, &out)) != CARL_OK) goto done;
+  const carl_cost_t *cost = carl_step_cost(cs, 0);
 
-  /* loads and skew */
-  carl_load_experts(experts, T, k, E, eload);
-  int nd = 0, nn = 0;
-  if ((st = carl_load_groups(eload, E, topo, pl, 0, dload, &nd)) != CARL_OK) goto done;
-  if ((st = carl_load_groups(eload, E, topo, pl, 1, nload, &nn)) != CARL_OK) goto done;
-  double rho = 0, jac = 0, tok_ent = 0, load_ent = 0, aux = 0, z = 0;
-  if ((st = carl_retained_mass(s->logits.data, T, E, score, experts, k, &rho)) != CARL_OK) goto done;
-  if ((st = carl_topk_jaccard(s->logits.data, T, E, score, experts, k, &jac)) != CARL_OK) goto done;
-  if ((st = carl_routing_entropy(s->logits.data, T, E, score, experts, k, &tok_ent, &load_ent)) != CARL_OK) goto done;
+  /* loads, skew and selectivity: the step metrics */
+  carl_step_metrics_t m;
+  if ((st = carl_step_metrics(topo, pl, T, E, k, score, s->logits.data, experts, &m, eload, dload, nload)) != CARL_OK)
+    goto done;
+  const int nd = topo->devices, nn = topo->nodes;
+  const double rho = m.retained, jac = m.jaccard, tok_ent = m.entropy;
+  double load_ent = 0, aux = 0, z = 0;
+  if ((st = carl_routing_entropy(s->logits.data, T, E, score, experts, k, NULL, &load_ent)) != CARL_OK) goto done;
   /* reference losses, unscaled (coefficient 1), the same for every router so they compare */
   if ((st = carl_loss_expert(s->logits.data, T, E, score, experts, k, 1.0, &aux, NULL)) != CARL_OK) goto done;
   if ((st = carl_loss_z(s->logits.data, T, E, 1.0, &z, NULL)) != CARL_OK) goto done;
 
-  /* communication */
-  if ((st = carl_cost_init(&cost, topo)) != CARL_OK) goto done;
-  carl_plan_mode mode = strcmp(a->mode, "hier") ? CARL_PLAN_FLAT : CARL_PLAN_HIER;
-  size_t token_bytes = (size_t)a->hidden * (size_t)a->elem_bytes;
-  if ((st = carl_plan_cost_decision(topo, pl, experts, s->source.data, T, k, token_bytes, mode, &cost)) != CARL_OK)
-    goto done;
+  const size_t token_bytes = (size_t)a->hidden * (size_t)a->elem_bytes;
 
   /* outputs */
   char path[4096];
@@ -373,9 +367,11 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   if ((st = carl_npy_save(path, CARL_F32, 2, shp, weights)) != CARL_OK) goto done;
 
   rep = cJSON_CreateObject();
-  cJSON_AddStringToObject(rep, "router", r->impl->name);
+  cJSON_AddStringToObject(rep, "router", carl_router_name(r));
   cJSON *opts = cJSON_AddObjectToObject(rep, "options");
-  for (int i = 0; i < r->nopt; i++) cJSON_AddNumberToObject(opts, r->opt_def[i]->name, r->opt[i]);
+  const carl_opt_t *od[CARL_ROUTER_MAX_OPTS];
+  const int nod = carl_router_options(carl_router_name(r), od, CARL_ROUTER_MAX_OPTS);
+  for (int i = 0; i < nod; i++) cJSON_AddNumberToObject(opts, od[i]->name, carl_router_get(r, od[i]->name));
   cJSON_AddNumberToObject(rep, "step", (double)step);
   cJSON_AddNumberToObject(rep, "T", (double)T);
   cJSON_AddNumberToObject(rep, "E", E);
@@ -393,7 +389,7 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   cJSON_AddItemToObject(skew, "node", json_skew(nload, nn));
   cJSON_AddNumberToObject(rep, "capacity", (double)out.capacity);
   cJSON_AddNumberToObject(rep, "dropped", (double)out.dropped);
-  cJSON_AddNumberToObject(rep, "drop_rate", carl_drop_rate(experts, T, k));
+  cJSON_AddNumberToObject(rep, "drop_rate", m.drop_rate);
   cJSON *sel = cJSON_AddObjectToObject(rep, "selectivity");
   cJSON_AddNumberToObject(sel, "retained_mass", rho);
   cJSON_AddNumberToObject(sel, "jaccard_topk", jac);
@@ -409,26 +405,26 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   cJSON_AddStringToObject(com, "mode", a->mode);
   cJSON_AddNumberToObject(com, "token_bytes", (double)token_bytes);
   cJSON *by = cJSON_AddObjectToObject(com, "bytes");
-  for (int c = 0; c < CARL_NLINK; c++) cJSON_AddNumberToObject(by, carl_link_name(c), cost.bytes[c]);
-  cJSON_AddNumberToObject(com, "inter_fraction", cost.inter_fraction);
-  cJSON_AddNumberToObject(com, "a2a_time_s", cost.a2a_s);
-  cJSON_AddNumberToObject(com, "copies", (double)cost.copies);
+  for (int c = 0; c < CARL_NLINK; c++) cJSON_AddNumberToObject(by, carl_link_name(c), cost->bytes[c]);
+  cJSON_AddNumberToObject(com, "inter_fraction", cost->inter_fraction);
+  cJSON_AddNumberToObject(com, "a2a_time_s", cost->a2a_s);
+  cJSON_AddNumberToObject(com, "copies", (double)cost->copies);
   cJSON *dev = cJSON_AddArrayToObject(com, "devices");
   for (int d = 0; d < topo->devices; d++) {
     cJSON *o = cJSON_CreateObject();
     cJSON *sb = cJSON_AddObjectToObject(o, "send_bytes"), *rb = cJSON_AddObjectToObject(o, "recv_bytes");
     cJSON *sm = cJSON_AddObjectToObject(o, "send_msgs"), *rm = cJSON_AddObjectToObject(o, "recv_msgs");
     for (int c = 0; c < CARL_NLINK; c++) {
-      cJSON_AddNumberToObject(sb, carl_link_name(c), cost.send_bytes[d * CARL_NLINK + c]);
-      cJSON_AddNumberToObject(rb, carl_link_name(c), cost.recv_bytes[d * CARL_NLINK + c]);
-      cJSON_AddNumberToObject(sm, carl_link_name(c), (double)cost.send_msgs[d * CARL_NLINK + c]);
-      cJSON_AddNumberToObject(rm, carl_link_name(c), (double)cost.recv_msgs[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(sb, carl_link_name(c), cost->send_bytes[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(rb, carl_link_name(c), cost->recv_bytes[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(sm, carl_link_name(c), (double)cost->send_msgs[d * CARL_NLINK + c]);
+      cJSON_AddNumberToObject(rm, carl_link_name(c), (double)cost->recv_msgs[d * CARL_NLINK + c]);
     }
     cJSON_AddItemToArray(dev, o);
   }
   cJSON *tm = cJSON_AddArrayToObject(com, "traffic_matrix");
   for (int d = 0; d < topo->devices; d++)
-    cJSON_AddItemToArray(tm, json_array_d(cost.traffic + (size_t)d * topo->devices, topo->devices));
+    cJSON_AddItemToArray(tm, json_array_d(cost->traffic + (size_t)d * topo->devices, topo->devices));
   char *txt = cJSON_Print(rep);
   if (!txt) {
     st = carl_fail(CARL_ERR_NOMEM, "report: out of memory");
@@ -443,12 +439,11 @@ static carl_status route_step(carl_router_t *r, const route_args_t *a, const car
   carl_skew(eload, E, &se);
   carl_skew(dload, nd, &sd);
   carl_skew(nload, nn, &sn);
-  *sum = (step_summary_t){se.maxvio, sd.maxvio, sn.maxvio, carl_drop_rate(experts, T, k), rho, jac,
-                          cost.bytes[CARL_LINK_INTER] + cost.bytes[CARL_LINK_RACK], cost.bytes[CARL_LINK_INTRA],
-                          cost.inter_fraction, cost.a2a_s, out.loss_total};
+  *sum = (step_summary_t){se.maxvio, sd.maxvio, sn.maxvio, m.drop_rate, rho, jac,
+                          cost->bytes[CARL_LINK_INTER] + cost->bytes[CARL_LINK_RACK], cost->bytes[CARL_LINK_INTRA],
+                          cost->inter_fraction, cost->a2a_s, out.loss_total};
 done:
   cJSON_Delete(rep);
-  carl_cost_free(&cost);
   free(experts);
   free(weights);
   free(dlogits);
@@ -456,19 +451,6 @@ done:
   free(dload);
   free(nload);
   return st;
-}
-
-static carl_status make_dir(const char *dir) {
-  char buf[4096];
-  if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) return carl_fail(CARL_ERR_INVALID, "%s: path too long", dir);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-    *p = '/';
-  }
-  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-  return CARL_OK;
 }
 
 static void print_summary_header(FILE *f) {
@@ -483,7 +465,7 @@ static void print_summary_row(FILE *f, int64_t step, const char *router, const s
 }
 
 int carl_cmd_route(int argc, char **argv) {
-  static char keybuf[MAX_ROUTER_OPTS][64];
+  static char keybuf[CARL_ROUTER_MAX_OPTS][64];
   route_args_t a;
   int rc = parse_args(argc, argv, &a, keybuf);
   if (rc) return rc < 0 ? 0 : rc;
@@ -491,9 +473,12 @@ int carl_cmd_route(int argc, char **argv) {
   carl_topo_t topo;
   carl_placement_t pl = {0};
   carl_router_t *r = NULL;
+  carl_step_t *cs = NULL;
   step_inputs_t in = {0};
   carl_status st = CARL_OK;
   FILE *csv = NULL;
+  char *csv_text = NULL;
+  size_t csv_len = 0;
   if (a.demo) {
     st = make_demo(&topo, &in);
   } else {
@@ -523,9 +508,15 @@ int carl_cmd_route(int argc, char **argv) {
   }
 
   const char *outdir = a.out ? a.out : "out/route-demo";
-  if ((st = make_dir(outdir)) != CARL_OK) return carl_cli_error("route", st);
   if ((st = carl_router_create(a.router, a.nset, a.keys, a.vals, &r)) != CARL_OK) return carl_cli_error("route", st);
   if (a.state_in && (st = carl_router_load(r, a.state_in)) != CARL_OK) {
+    carl_router_free(r);
+    return carl_cli_error("route", carl_errctx(st, "--state"));
+  }
+  /* every output goes into a work directory inside outdir, moved in once all of them are written:
+   * an error leaves the outputs of before, never a part of this run's */
+  char work[CARL_FS_PATH_MAX] = "";
+  if ((st = carl_fs_work_begin(outdir, work, sizeof work)) != CARL_OK) {
     carl_router_free(r);
     return carl_cli_error("route", st);
   }
@@ -534,13 +525,11 @@ int carl_cmd_route(int argc, char **argv) {
   step_summary_t total = {0};
   int is_tty = 0;
   if (a.trace) {
-    char cp[4096];
-    snprintf(cp, sizeof cp, "%s/summary.csv", outdir);
-    csv = fopen(cp, "w");
+    /* summary.csv is collected in memory and written whole at the end */
+    csv = open_memstream(&csv_text, &csv_len);
     if (!csv) {
-      fprintf(stderr, "carl route: cannot create %s: %s\n", cp, strerror(errno));
-      rc = 1;
-      goto out;
+      st = carl_fail(CARL_ERR_NOMEM, "summary.csv: out of memory");
+      goto fail;
     }
     fprintf(csv, "step,expert_maxvio,device_maxvio,node_maxvio,drop_rate,retained_mass,jaccard,inter_bytes,"
                  "intra_bytes,inter_fraction,a2a_s,router_loss\n");
@@ -548,16 +537,16 @@ int carl_cmd_route(int argc, char **argv) {
   (void)is_tty;
   print_summary_header(stdout);
   for (int step = 0; step < nsteps; step++) {
-    char sd[4096];
-    const char *stepdir = outdir;
+    char sd[CARL_FS_PATH_MAX + 16];
+    const char *stepdir = work;
     if (a.trace) {
       snprintf(lp, sizeof lp, "%s/logits_%05d.npy", a.trace, step);
       snprintf(sp, sizeof sp, "%s/source_%05d.npy", a.trace, step);
       snprintf(tp, sizeof tp, "%s/tokens_%05d.npy", a.trace, step);
       st = load_step(lp, file_exists(sp) ? sp : NULL, file_exists(tp) ? tp : NULL, NULL, &topo, &in);
-      snprintf(sd, sizeof sd, "%s/step_%05d", outdir, step);
+      snprintf(sd, sizeof sd, "%s/step_%05d", work, step);
       stepdir = sd;
-      if (!st) st = make_dir(sd);
+      if (!st) st = carl_fs_mkdir_p(sd);
     } else if (!a.demo) {
       st = load_step(a.logits, a.source, a.tokens, a.features, &topo, &in);
     }
@@ -570,12 +559,28 @@ int carl_cmd_route(int argc, char **argv) {
       else
         st = carl_placement_contiguous(&pl, E, topo.devices);
       if (st) goto fail;
+      const int k = (int)carl_router_get(r, "k");
+      if (k < 1 || k > E) {
+        st = carl_fail(CARL_ERR_INVALID, "k = %d must be in 1..E = %d", k, E);
+        goto fail;
+      }
+      carl_step_opts_t so;
+      carl_step_opts_default(&so);
+      so.topo = &topo;
+      so.layers = 1;
+      so.E = E;
+      so.k = k;
+      so.routers = &r;
+      so.place = &pl;
+      so.mode = strcmp(a.mode, "hier") ? CARL_PLAN_FLAT : CARL_PLAN_HIER;
+      so.token_bytes = (size_t)a.hidden * (size_t)a.elem_bytes;
+      if ((st = carl_step_create(&so, &cs)) != CARL_OK) goto fail;
     } else if (Es != E) {
       st = carl_fail(CARL_ERR_SHAPE, "%s: %d experts, but step 0 had %d", lp, Es, E);
       goto fail;
     }
     step_summary_t s = {0};
-    st = route_step(r, &a, &topo, &pl, &in, step, stepdir, &s);
+    st = route_step(r, cs, &a, &topo, &in, step, stepdir, &s);
     if (st) {
       if (a.trace) carl_errctx(st, "step %d", step);
       goto fail;
@@ -590,22 +595,40 @@ int carl_cmd_route(int argc, char **argv) {
     step_inputs_free(&in);
   }
   char rp[4096];
-  if (a.trace) print_summary_row(stdout, -1, "mean", &total);
-  if (a.state_out || (a.trace && r->impl->save)) {
-    if ((st = join_path(rp, sizeof rp, outdir, "state.bin")) != CARL_OK) goto fail;
-    if ((st = carl_router_save(r, a.state_out ? a.state_out : rp)) != CARL_OK) goto fail;
+  if (csv) {
+    int bad = fclose(csv) != 0;
+    csv = NULL;
+    if (bad || !csv_text) {
+      st = carl_fail(CARL_ERR_NOMEM, "summary.csv: out of memory");
+      goto fail;
+    }
+    if ((st = join_path(rp, sizeof rp, work, "summary.csv")) != CARL_OK) goto fail;
+    if ((st = carl_write_file_atomic(rp, csv_text, csv_len)) != CARL_OK) goto fail;
   }
+  if (a.trace) print_summary_row(stdout, -1, "mean", &total);
+  if (a.state_out || (a.trace && carl_router_has_state(r))) {
+    if ((st = join_path(rp, sizeof rp, work, "state.bin")) != CARL_OK) goto fail;
+    if ((st = carl_router_save(r, a.state_out ? a.state_out : rp)) != CARL_OK) {
+      if (a.state_out) carl_errctx(st, "--save-state");
+      goto fail;
+    }
+  }
+  if ((st = carl_fs_work_commit(work, outdir)) != CARL_OK) goto fail;
+  work[0] = '\0';
   fprintf(stderr, "carl route: wrote %s/%s\n", outdir, a.trace ? "step_*/{experts,weights}.npy, report.json, summary.csv"
                                                                 : "experts.npy, weights.npy, report.json");
   goto out;
 fail:
+  if (work[0]) {
+    carl_fs_errmsg_replace(st, work, outdir); /* errors name the output directory */
+    carl_fs_remove_tree(work);
+  }
   rc = carl_cli_error("route", st);
 out:
-  if (csv && fclose(csv) != 0 && rc == 0) {
-    fprintf(stderr, "carl route: cannot write summary.csv\n");
-    rc = 1;
-  }
+  if (csv) fclose(csv);
+  free(csv_text);
   step_inputs_free(&in);
+  carl_step_free(cs);
   carl_router_free(r);
   carl_placement_free(&pl);
   return rc;

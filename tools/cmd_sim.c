@@ -75,8 +75,8 @@ int carl_cmd_sim(int argc, char **argv) {
     } else if (!strcmp(a, "--threads") && i + 1 < argc) {
       char *end;
       long v = strtol(argv[++i], &end, 10);
-      if (*end || v < 1 || v > 4096) {
-        fprintf(stderr, "carl sim: --threads: '%s' is not a positive integer\n", argv[i]);
+      if (end == argv[i] || *end || v < 1 || v > 4096) {
+        fprintf(stderr, "carl sim: --threads: '%s' must be an integer from 1 to 4096\n", argv[i]);
         return 2;
       }
       threads = (int)v;

@@ -28,26 +28,36 @@ static void train_usage(FILE *f, const char *router) {
           "  --eval-every N       validation every N steps (0: only at the end) [config's]\n"
           "  --ckpt-every N       checkpoint every N steps (0: only at the end) [config's]\n"
           "  --seed N             model init and data order seed (sets model.seed and train.data_seed) [config's]\n"
-          "  --resume             continue from OUT's latest checkpoint, bitwise as if never stopped [off]\n"
+          "  --resume             continue from OUT's latest checkpoint, bitwise as if never stopped (without\n"
+          "                       'latest', or when it names an incomplete checkpoint: the newest complete one) [off]\n"
+          "  --overwrite          start a new run in an OUT that holds another run (its metrics.csv is replaced,\n"
+          "                       its checkpoints are kept and never pruned); without it that is refused [off]\n"
           "  --stop-after N       stop (with a checkpoint) after N steps, e.g. to resume later [run all]\n"
           "  --dump-trace DIR     write router logits per layer (DIR/layer_<l>.npy [N, E] float32), token\n"
           "                       source devices (DIR/src.npy [N] int32) and token ids (DIR/tokens.npy)\n"
           "                       for `carl sim` [off]\n"
           "  --dump-every N       record every N-th step into the trace [log-every]\n"
+          "  --refresh-every N    recompute every layer's expert placement every N steps from its routing\n"
+          "                       statistics; expert weights and AdamW moments move with their experts\n"
+          "                       (0: static placement) [config's train.refresh_every]\n"
+          "  --place ALGO         placement algorithm of the refresh and of the initial replicas:\n"
+          "                       contiguous, roundrobin, eplb, traffic, coactivation [config's train.place]\n"
+          "  --replicas N         physical experts in all (>= experts, a multiple of the devices; needs a\n"
+          "                       topology) [config's train.replicas, 0: ceil(E / D) per device]\n"
           "  --quiet              no progress lines, only the summary [off]\n"
           "  -h, --help           this help\n\n"
           "routers:");
   for (const char *const *n = carl_router_names(); *n; n++) fprintf(f, " %s", *n);
   fprintf(f, "\n(`carl train --router NAME --help` lists that router's options with their defaults.)\n");
   if (!router) return;
-  const carl_opt_t *opts[64];
-  int no = carl_router_options(router, opts, 64);
+  const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+  int no = carl_router_options(router, opts, CARL_ROUTER_MAX_OPTS);
   if (no < 0 || !carl_router_find(router)) {
     fprintf(f, "\nunknown router '%s'\n", router);
     return;
   }
   fprintf(f, "\noptions of router %s (--router-opt K=V; default in brackets):\n", router);
-  for (int i = 0; i < no && i < 64; i++) fprintf(f, "  %-14s %s [%g]\n", opts[i]->name, opts[i]->help, opts[i]->def);
+  for (int i = 0; i < no && i < CARL_ROUTER_MAX_OPTS; i++) fprintf(f, "  %-14s %s [%g]\n", opts[i]->name, opts[i]->help, opts[i]->def);
 }
 
 static void progress(const carl_train_metrics_t *m, void *ud) {
@@ -74,11 +84,11 @@ static int parse_i64(const char *opt, const char *v, long long lo, long long *ou
 }
 
 int carl_cmd_train(int argc, char **argv) {
-  const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL;
+  const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL, *place = NULL;
   const char *ropt_k[CARL_MODEL_MAX_ROUTER_OPTS];
   double ropt_v[CARL_MODEL_MAX_ROUTER_OPTS];
-  int nropt = 0, resume = 0, quiet = 0;
-  long long steps = -1, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0;
+  int nropt = 0, resume = 0, quiet = 0, overwrite = 0;
+  long long steps = -1, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0, refresh_every = -1, replicas = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -91,6 +101,10 @@ int carl_cmd_train(int argc, char **argv) {
     }
     if (!strcmp(a, "--quiet")) {
       quiet = 1;
+      continue;
+    }
+    if (!strcmp(a, "--overwrite")) {
+      overwrite = 1;
       continue;
     }
     if (i + 1 >= argc) {
@@ -115,7 +129,7 @@ int carl_cmd_train(int argc, char **argv) {
         fprintf(stderr, "carl train: at most %d --router-opt\n", CARL_MODEL_MAX_ROUTER_OPTS);
         return 2;
       }
-      static char keys[CARL_MODEL_MAX_ROUTER_OPTS][32];
+      static char keys[CARL_MODEL_MAX_ROUTER_OPTS][CARL_ROUTER_NAME_MAX];
       if ((size_t)(eq - v) >= sizeof keys[0]) {
         fprintf(stderr, "carl train: --router-opt key too long in '%s'\n", v);
         return 2;
@@ -138,6 +152,16 @@ int carl_cmd_train(int argc, char **argv) {
       if (!parse_i64(a, v, 1, &stop_after)) return 2;
     } else if (!strcmp(a, "--dump-every")) {
       if (!parse_i64(a, v, 1, &dump_every)) return 2;
+    } else if (!strcmp(a, "--refresh-every")) {
+      if (!parse_i64(a, v, 0, &refresh_every)) return 2;
+    } else if (!strcmp(a, "--replicas")) {
+      if (!parse_i64(a, v, 1, &replicas)) return 2;
+      if (replicas > 65536) {
+        fprintf(stderr, "carl train: --replicas %lld exceeds 65536\n", replicas);
+        return 2;
+      }
+    } else if (!strcmp(a, "--place")) {
+      place = v;
     } else {
       fprintf(stderr, "carl train: unknown option '%s' (carl train --help)\n", a);
       return 2;
@@ -156,6 +180,15 @@ int carl_cmd_train(int argc, char **argv) {
   if (eval_every >= 0) cfg.eval_every = eval_every;
   if (ckpt_every >= 0) cfg.ckpt_every = ckpt_every;
   if (seed >= 0) cfg.model.seed = cfg.data_seed = (uint64_t)seed;
+  if (refresh_every >= 0) cfg.refresh_every = refresh_every;
+  if (replicas > 0) cfg.replicas = (int)replicas;
+  if (place) {
+    if (strlen(place) >= sizeof cfg.place) {
+      fprintf(stderr, "carl train: --place '%s' is not a placement algorithm\n", place);
+      return 2;
+    }
+    snprintf(cfg.place, sizeof cfg.place, "%s", place);
+  }
   /* re-check with the overrides (router name and options against the registry) */
   char *text = carl_train_config_to_json(&cfg);
   st = text ? carl_train_config_parse(text, strlen(text), "options", &cfg) : CARL_ERR_NOMEM;
@@ -175,7 +208,11 @@ int carl_cmd_train(int argc, char **argv) {
            resume ? " (resuming)" : "");
     fflush(stdout);
   }
-  carl_train_opts_t o = {.out_dir = out, .resume = resume, .dump_trace = trace, .dump_every = dump_every,
+  if (resume && overwrite) {
+    fprintf(stderr, "carl train: --resume and --overwrite exclude each other\n");
+    return 2;
+  }
+  carl_train_opts_t o = {.out_dir = out, .resume = resume, .overwrite = overwrite, .dump_trace = trace, .dump_every = dump_every,
                          .stop_after = stop_after, .progress = quiet ? NULL : progress};
   carl_train_result_t res;
   st = carl_train_run(&cfg, &o, &res);

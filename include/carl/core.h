@@ -1,4 +1,5 @@
-/* carl/core.h: status codes, error details, logging, assertions, the counter-based RNG, arenas.
+/* carl/core.h: status codes, error details, logging, assertions, the counter-based RNG, arenas,
+ * and the few constants every module shares (score functions, the threading threshold, pi).
  *
  * Usage:
  *   carl_status st = carl_npy_read("logits.npy", &arr);
@@ -106,10 +107,20 @@ void *carl_arena_alloc(carl_arena_t *a, size_t bytes);
 void carl_arena_reset(carl_arena_t *a);
 void carl_arena_free(carl_arena_t *a);
 
+/* ---- shared vocabulary ------------------------------------------------------------------------ */
+/* Score functions of routing: the router option "score" and the score argument of carl/balance.h. */
+enum { CARL_SCORE_SOFTMAX = 0, CARL_SCORE_SIGMOID = 1 };
+/* Loops with less work than this (elements; T * E for the routing kernels) run on one thread: a
+ * parallel region costs more. */
+#define CARL_OMP_MIN_WORK 32768
+/* pi in double precision (Box-Muller, cosine schedules). */
+#define CARL_PI 3.14159265358979323846
+
 /* ---- small helpers ---------------------------------------------------------------------------- */
 /* Read a whole file into a NUL-terminated malloc'ed buffer (caller frees). */
 carl_status carl_read_file(const char *path, char **data, size_t *len);
-/* Write bytes to path atomically: path.tmp, fsync, rename. Nothing is left half-written. */
+/* Write bytes to path whole or not at all: a unique temporary next to it, every write checked,
+ * fsync, rename, fsync of the directory (carl/fs.h has the rest of this family). */
 carl_status carl_write_file_atomic(const char *path, const void *data, size_t len);
 /* Monotonic seconds. */
 double carl_now(void);

@@ -40,16 +40,24 @@
  *   layers.<l>.attn.wo       [d, d]
  *   layers.<l>.moe_norm      [d]
  *   layers.<l>.moe.router    [E, d]
- *   layers.<l>.moe.w13       [E, 2f, d]   per expert rows 0..f-1 gate (silu), f..2f-1 up
- *   layers.<l>.moe.w2        [E, d, f]
+ *   layers.<l>.moe.w13       [P, 2f, d]   per physical slot (P = n_slots, E when 0): rows
+ *                                         0..f-1 gate (silu), f..2f-1 up
+ *   layers.<l>.moe.w2        [P, d, f]
  *   layers.<l>.moe.shared_w13 [2fs, d]    only when d_shared > 0
  *   layers.<l>.moe.shared_w2  [d, fs]
  *   final_norm               [d]
  *
  * Ownership: carl_model_t owns parameters, gradients, optimizer moments, activations, routers.
  * Pointers returned by accessors are valid until the next forward (activations) or until
- * carl_model_free (parameters, gradients). The topology and placement given to
- * carl_model_set_topology are borrowed and must outlive the model's use of them.
+ * carl_model_free (parameters, gradients). The topology given to carl_model_set_topology is
+ * borrowed and must outlive the model's use of it; placements are copied.
+ * Experts and slots: expert weights (and their AdamW moments) are stored per physical slot
+ * g = device x S + local slot of the layer's placement; slot g holds expert g until a placement is
+ * set. Every MoE layer runs its step through carl/step.h: route -> dispatch plan -> the local
+ * executor (dispatch, experts on each slot's rows, combine) -> statistics -> every R steps a new
+ * placement, with the expert tensors moved by the migration plan (carl_model_end_step). Replicas
+ * of an expert get the sum of their gradients, so they stay bitwise equal; the gradient norm
+ * counts each expert once.
  * Determinism: the same config, seed and inputs give bitwise the same results for any OpenMP
  * thread count (fixed-order reductions, no atomics in float sums).
  */
@@ -59,6 +67,7 @@
 #include "carl/nn.h"
 #include "carl/plan.h"
 #include "carl/route.h"
+#include "carl/step.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -76,12 +85,14 @@ typedef struct {
   int n_experts;    /* E */
   int top_k;        /* k: passed to the router as option "k" unless the options set it */
   int d_shared;     /* fs: hidden width of the shared expert; 0 = none */
+  int n_slots;      /* P: physical expert slots (devices x slots per device; replicas fill the
+                       slots beyond E); 0: one per expert (P = E) */
   float init_std;   /* N(0, init_std) for matrices; wo and w2 are scaled by 1/sqrt(2L) */
   float norm_eps;   /* RMSNorm epsilon */
   uint64_t seed;    /* parameter init and router seed */
-  char router[32];  /* router registry name ("topk", "carl", ...) */
+  char router[CARL_ROUTER_NAME_MAX]; /* router registry name ("topk", "carl", ...) */
   int n_router_opts;
-  char router_keys[CARL_MODEL_MAX_ROUTER_OPTS][32];
+  char router_keys[CARL_MODEL_MAX_ROUTER_OPTS][CARL_ROUTER_NAME_MAX];
   double router_vals[CARL_MODEL_MAX_ROUTER_OPTS];
 } carl_model_config_t;
 
@@ -119,9 +130,29 @@ float *carl_model_adam_m(carl_model_t *m);
 float *carl_model_adam_v(carl_model_t *m);
 int64_t *carl_model_adam_t(carl_model_t *m);
 
-/* Topology and placement for the routers and for the dispatch-cost accounting (borrowed; NULL:
- * one device, no dispatch cost). Tokens of a step are split evenly over the devices in order. */
+/* Topology and placement of every layer (topo NULL: one device, no dispatch cost; place NULL:
+ * contiguous). The expert tensors move from each layer's current placement to the new one. The
+ * placement's devices x slots must equal the model's n_slots. Tokens of a step are split evenly
+ * over the devices in order. Any placement refresh set before is kept. */
 carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place);
+/* Placement of one layer (same topology); its expert tensors move to the new slots. */
+carl_status carl_model_set_placement(carl_model_t *m, int layer, const carl_placement_t *place);
+const carl_placement_t *carl_model_placement(const carl_model_t *m, int layer);
+/* The expert tensors of layer l were written in layout `from` (e.g. loaded from a checkpoint of
+ * another topology, any D x S = n_slots): move them to the layer's current placement. */
+carl_status carl_model_import_layout(carl_model_t *m, int layer, const carl_placement_t *from);
+/* Placement refresh: every `every` steps (0: never) each layer's placement is recomputed by
+ * po->algo (NULL: traffic) from its routing statistics (EMA decay stats_decay) and the expert
+ * tensors migrate (carl_model_end_step). Statistics gathered so far are dropped. */
+carl_status carl_model_set_refresh(carl_model_t *m, int64_t every, const carl_place_opts_t *po, double stats_decay);
+/* End of training step `step` (after the optimizer step): the refresh when one is due
+ * (carl_step_end; last: the run's step count). */
+carl_status carl_model_end_step(carl_model_t *m, int64_t step, int64_t last, carl_step_refresh_t *info);
+/* The model's step (placements, plans, costs, statistics of every layer); _mut for restoring its
+ * statistics from a checkpoint. The topology the step runs on (one device when none is set). */
+const carl_step_t *carl_model_dispatch(const carl_model_t *m);
+carl_step_t *carl_model_dispatch_mut(carl_model_t *m);
+const carl_topo_t *carl_model_topology(const carl_model_t *m);
 /* Training step passed to the routers (schedules, warm start, jitter stream). */
 void carl_model_set_step(carl_model_t *m, int64_t step);
 /* The router of layer l (for save/load of its state). */
@@ -143,7 +174,9 @@ const float *carl_model_logits(const carl_model_t *m);
 void carl_model_zero_grad(carl_model_t *m);
 /* Adds d(loss.total)/d(params) of the last forward (with targets) into the gradients. */
 carl_status carl_model_backward(carl_model_t *m);
-/* Let stateful routers update from the last forward's routing (call once per training step). */
+/* Statistics of the last forward (carl_step_observe): loads all-reduced through the executor,
+ * stateful routers update from them (bias, duals), placement statistics accumulate. Call once per
+ * training step. */
 carl_status carl_model_router_update(carl_model_t *m);
 
 /* Global L2 norm of the gradients (fixed-order sum in double); scales them to max_norm when the

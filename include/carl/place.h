@@ -1,5 +1,6 @@
 /* carl/place.h: routing statistics for placement, placement algorithms (contiguous, roundrobin,
- * DeepSeek EPLB, traffic-aware, co-activation/METIS) and migration plans (ALGORITHMS.md section 4).
+ * DeepSeek EPLB exactly and without duplicates on a GPU, traffic-aware, co-activation/METIS) and
+ * migration plans (ALGORITHMS.md section 4).
  *
  * Usage:
  *   carl_place_stats_t st;
@@ -77,11 +78,14 @@ carl_status carl_place_stats_load(const char *dir, double decay, carl_place_stat
 typedef enum {
   CARL_PLACE_CONTIGUOUS = 0, /* expert e on device e*D/E, once */
   CARL_PLACE_ROUNDROBIN = 1, /* expert e on device e mod D, once */
-  CARL_PLACE_EPLB = 2,       /* DeepSeek EPLB: hierarchical or global policy, replicas */
+  CARL_PLACE_EPLB = 2,       /* DeepSeek EPLB exactly (eplb.py): hierarchical or global policy, replicas;
+                                where it puts an expert twice on a GPU, the second copy's slot is empty */
   CARL_PLACE_TRAFFIC = 3,    /* minimise expected inter-node copies under a load bound, replicas */
-  CARL_PLACE_COACTIVATION = 4 /* METIS k-way partition of the co-activation graph, replicas */
+  CARL_PLACE_COACTIVATION = 4, /* METIS k-way partition of the co-activation graph, replicas */
+  CARL_PLACE_EPLB_NODUP = 5  /* "eplb-nodup": EPLB that never puts an expert twice on a GPU; the same as
+                                eplb wherever eplb has no such duplicate */
 } carl_place_algo;
-#define CARL_PLACE_NALGO 5
+#define CARL_PLACE_NALGO 6
 
 const char *carl_place_algo_name(carl_place_algo a); /* "contiguous", ... */
 carl_status carl_place_algo_parse(const char *name, carl_place_algo *out);
@@ -118,16 +122,28 @@ carl_status carl_place_compute(const carl_topo_t *t, const carl_place_input_t *i
                                carl_placement_t *out);
 
 /* ---- DeepSeek EPLB, exact semantics of deepseek-ai/EPLB eplb.py (one layer) --------------------- */
-/* Items sorted by weight descending (ties: lower index first); each goes to the lightest pack
- * (ties: lower pack) that still holds fewer than n/packs items. pack, rank: [n]. n % packs == 0. */
+/* As the reference, in float32: weights are rounded to float, and sums, loads and quotients are
+ * float arithmetic. Equal weights keep index order (a stable sort; torch's default CPU sort may
+ * order them otherwise, docs/placement.md). */
+/* Items sorted by weight descending (ties: lower index first); each goes to the lightest pack (ties:
+ * lower pack) that still holds fewer than n/packs items. pack, rank: [n]. n % packs == 0. */
 carl_status carl_eplb_balanced_packing(const double *w, int n, int packs, int32_t *pack, int32_t *rank);
 /* Replicate n logical experts to nphy physical ones: each extra replica goes to argmax w/cnt (ties:
  * lower index). phy2log, rank: [nphy]; cnt: [n]. */
 carl_status carl_eplb_replicate(const double *w, int n, int nphy, int32_t *phy2log, int32_t *rank, int32_t *cnt);
 /* rebalance_experts for one layer: hierarchical policy when groups % nodes == 0, else global.
- * w: [E]; phy2log: [R] (GPU g holds phy2log[g*R/gpus .. (g+1)*R/gpus)); logcnt: [E]. */
+ * w: [E]; phy2log: [R] (GPU g holds phy2log[g*R/gpus .. (g+1)*R/gpus)); logcnt: [E]. An expert may
+ * appear twice on one GPU, as in the reference. */
 carl_status carl_eplb_rebalance(const double *w, int E, int R, int groups, int nodes, int gpus, int32_t *phy2log,
                                 int32_t *logcnt);
+/* The same with no expert twice on a GPU: at most one replica per GPU of the node (the hierarchical
+ * policy) or of the cluster (the global one) in the replica counts, and the packing skips a GPU that
+ * holds the expert (a swap makes room when every GPU with room holds it); where a rule changed a
+ * choice, load-lowering swaps between the GPUs of the node follow. The hierarchical policy needs
+ * R <= E * gpus / nodes (a node holds only its own experts); above that, the global policy. Equal to
+ * carl_eplb_rebalance wherever that one has no duplicate; succeeds whenever R <= E * gpus. */
+carl_status carl_eplb_rebalance_nodup(const double *w, int E, int R, int groups, int nodes, int gpus, int32_t *phy2log,
+                                      int32_t *logcnt);
 
 /* ---- evaluation -------------------------------------------------------------------------------- */
 typedef struct {

@@ -31,6 +31,7 @@
 
 #include "carl/plan.h"
 #include "carl/route.h"
+#include "carl/steptime.h"
 #include "carl/topo.h"
 
 #ifdef __cplusplus
@@ -139,7 +140,8 @@ typedef struct {
 
 typedef struct {
   char *name;
-  int64_t steps, tokens;    /* steps per run, tokens per step */
+  int64_t steps, tokens;    /* steps per run, tokens per step (carl_sim_tokens: per topology) */
+  int64_t tokens_per_device;/* > 0: tokens per step = tokens_per_device x the topology's devices */
   int layers, d, E;         /* MoE layers, router width, experts */
   double lr;                /* gate SGD learning rate */
   double task_weight;       /* weight of the task (KL) term against the router's balancing losses */
@@ -150,6 +152,8 @@ typedef struct {
   int64_t summary_from;     /* summary averages steps >= this */
   int c2r_profile;          /* c2r: steps of profiling (routing as topk) before its table is built */
   int csv_every;            /* per-step CSV: one row every n steps */
+  int step_time;            /* 1: the step-time columns are computed (config field "step_time") */
+  carl_steptime_opts_t steptime; /* model widths, passes and overlap of the step time */
   carl_workload_cfg_t work; /* workload knobs (scenario, E, d, D, layers, steps, seed set per cell) */
   int nrouter, ntopo, nscen, nseed;
   carl_sim_router_t *routers; /* [nrouter] */
@@ -166,14 +170,17 @@ carl_status carl_sim_config_load(const char *path, carl_sim_config_t *cfg);
 /* The default study of `carl sim` with no arguments (runs in well under a minute on 2 cores). */
 carl_status carl_sim_config_default(carl_sim_config_t *cfg);
 void carl_sim_config_free(carl_sim_config_t *cfg);
+/* Tokens per step on topology t: tokens_per_device x its devices when set, else tokens. */
+int64_t carl_sim_tokens(const carl_sim_config_t *cfg, int t);
 
 /* ---- results --------------------------------------------------------------------------------- */
-/* Per-step values of a run (layers summed for bytes/time, averaged for the rest). */
+/* Per-step values of a run (layers summed for bytes/time, averaged for the rest). The step-time
+ * columns (compute_ms .. step_ms) are NaN unless the config has "step_time". */
 enum {
   CARL_SIM_BYTES_INTER = 0, CARL_SIM_BYTES_INTRA, CARL_SIM_INTER_FRAC, CARL_SIM_A2A_MS, CARL_SIM_MIGRATE_MS,
   CARL_SIM_COMM_MS, CARL_SIM_SKEW_EXPERT, CARL_SIM_SKEW_DEVICE, CARL_SIM_SKEW_NODE, CARL_SIM_CV_EXPERT,
   CARL_SIM_DROP_RATE, CARL_SIM_RETAINED, CARL_SIM_JACCARD, CARL_SIM_ENTROPY, CARL_SIM_TASK_KL,
-  CARL_SIM_BAL_LOSS, CARL_SIM_NCOL
+  CARL_SIM_BAL_LOSS, CARL_SIM_COMPUTE_MS, CARL_SIM_COMPUTE_MEAN_MS, CARL_SIM_MOE_MS, CARL_SIM_STEP_MS, CARL_SIM_NCOL
 };
 extern const char *const carl_sim_col_names[CARL_SIM_NCOL]; /* CSV column names */
 

@@ -88,6 +88,11 @@ carl_status carl_step_set_tensors(carl_step_t *s, int layer, const carl_exec_ten
 /* Replace every layer's placement (e.g. from a checkpoint) without moving tensors. */
 carl_status carl_step_set_placement(carl_step_t *s, int layer, const carl_placement_t *p);
 
+/* The placement statistics (refresh_every > 0) to and from DIR (carl_place_stats_save/load), for
+ * checkpoints: a resumed run refreshes as the uninterrupted one would. */
+carl_status carl_step_stats_save(const carl_step_t *s, const char *dir);
+carl_status carl_step_stats_load(carl_step_t *s, const char *dir);
+
 const carl_placement_t *carl_step_placement(const carl_step_t *s, int layer);
 const carl_plan_t *carl_step_plan(const carl_step_t *s, int layer);
 const carl_cost_t *carl_step_cost(const carl_step_t *s, int layer);

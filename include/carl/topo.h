@@ -16,10 +16,15 @@
  *            "rack":{"GBps":..,"latency_us":..}},            (optional level)
  *   "nodes_per_rack": 4,                                        (with "rack")
  *   "nics_per_node": 8,                                         (optional; default one per device)
+ *   "flops": {"device": "H800 SXM5", "peak_TFLOPS": 989.4, "efficiency": 0.6},
+ *                                                               (optional; required by step time)
  *   "name": "h800-2x8", "comment": "..."}                       (optional)
  * Bandwidths are per device and per direction, in GB/s (1e9 bytes/s); latencies in microseconds.
  * With nics_per_node, links.inter.GBps (and links.rack.GBps) is the bandwidth of ONE NIC and a
  * device gets GBps * nics_per_node / devices_per_node: that is what link[INTER/RACK].GBps holds.
+ * flops: the compute rate of one device (all devices of a topology are of one class): the dense
+ * peak in TFLOPS at the precision of the expert GEMMs times the achieved fraction `efficiency`;
+ * the library stores peak * efficiency * 1e12 in flops (0 when the file has no "flops").
  * Unknown keys are errors. Format and error list: docs/topologies.md.
  * Ownership: carl_topo_t is plain data (no heap). carl_placement_t owns its arrays.
  */
@@ -48,6 +53,10 @@ typedef struct {
   int nodes_per_rack;  /* 0: no rack level (RACK class unused) */
   int nics_per_node;   /* 0: one NIC per device */
   carl_link_t link[CARL_NLINK]; /* indexed by carl_link_class; link[SELF] is free */
+  double flops;        /* FLOP/s of one device for the expert GEMMs (peak x efficiency); 0: not given */
+  double peak_TFLOPS;  /* as in the file (0: not given) */
+  double efficiency;   /* fraction of the peak, (0, 1] (0: not given) */
+  char device[32];     /* device class name, e.g. "H800 SXM5" ("" when not given) */
   char name[64];
 } carl_topo_t;
 
@@ -67,6 +76,8 @@ int carl_topo_link(const carl_topo_t *t, int a, int b);
 double carl_topo_cost(const carl_topo_t *t, int a, int b);
 
 /* ---- placement: expert -> device slots (replicas allowed) ------------------------------------ */
+/* Most slots per device a placement may have. */
+#define CARL_PLACE_MAX_SLOTS (1 << 16)
 typedef struct {
   int E;               /* logical experts */
   int D;               /* devices */
@@ -91,6 +102,8 @@ carl_status carl_placement_from_table(carl_placement_t *p, int E, int D, int slo
 carl_status carl_placement_parse(const char *json, size_t len, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_load(const char *path, const carl_topo_t *t, int E, carl_placement_t *p);
 carl_status carl_placement_save(const char *path, const carl_placement_t *p);
+/* The text that carl_placement_save writes, NUL-terminated and malloc'ed (caller frees); len without the NUL. */
+carl_status carl_placement_to_json(const carl_placement_t *p, char **text, size_t *len);
 void carl_placement_free(carl_placement_t *p);
 
 #ifdef __cplusplus

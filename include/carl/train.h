@@ -31,9 +31,20 @@
  * checkpoints ckpt_<step>/ holding model.safetensors (parameters by name, loadable by PyTorch;
  * metadata "config" = the config JSON, "step"), optimizer.safetensors (AdamW moments "m.<name>",
  * "v.<name>" and "adam_t"), router_<layer>.state for stateful routers (carl_router_save), and
- * state.json ({"step", "config", "metrics", ...}). A checkpoint is written into ckpt_<step>.tmp/,
- * every file fsync'ed, then the directory is renamed; "latest" names the newest one and is itself
- * replaced atomically. The two newest checkpoints are kept.
+ * state.json ({"format": "carl-checkpoint-2", "run_id", "step", "config", "metrics", "crc32c", ...}:
+ * crc32c holds the CRC32C of each other file). A checkpoint is written into ckpt_<step>.tmp/, every
+ * file fsync'ed, then the directory is renamed; "latest" names the newest one and is itself
+ * replaced atomically. The two newest checkpoints of the run (its run_id) are kept; other runs'
+ * checkpoints are never pruned. metrics.csv holds whole rows only: a row that cannot be written
+ * stops the run with CARL_ERR_IO naming the file, the step and the last good checkpoint.
+ *
+ * Loading (resume, carl_ckpt_load_model) checks each file's CRC32C (CARL_ERR_PARSE) and every
+ * parameter, moment and router-state value for NaN/Inf (CARL_ERR_NUMERIC, naming the tensor and
+ * element). Resolving an output directory: its "latest", or, when "latest" is missing or names a
+ * missing or incomplete checkpoint, the newest complete ckpt_<step> (with a warning).
+ *
+ * A fresh run into a directory that holds a run ("latest", a ckpt_<step> or metrics.csv) is refused
+ * with CARL_ERR_STATE unless opts.overwrite.
  *
  * Resume: everything a step depends on is in the checkpoint (parameters, AdamW moments and step,
  * router state) or is a function of (seed, step) (data order, router jitter), so a resumed run
@@ -75,6 +86,10 @@ typedef struct {
   int64_t log_every;     /* progress line + CSV row every n steps */
   uint64_t data_seed;    /* data order */
   char train_data[CARL_PATH_MAX], val_data[CARL_PATH_MAX], topology[CARL_PATH_MAX];
+  int64_t refresh_every; /* placement refresh every n steps (0: static placement) */
+  char place[32];        /* placement algorithm of the refresh and of the initial replicas (carl place) */
+  int replicas;          /* physical experts in all (slots over every device, >= E, a multiple of D);
+                            0: ceil(E / D) per device. Sets model.n_slots. */
 } carl_train_config_t;
 
 /* Defaults for everything (model from carl_model_config_default). */
@@ -114,6 +129,7 @@ void carl_train_csv_row(FILE *f, const carl_train_metrics_t *m);
 typedef struct {
   const char *out_dir;     /* required: created when missing */
   int resume;              /* continue from out_dir's latest checkpoint (error when there is none) */
+  int overwrite;           /* a fresh run into a directory that holds another run (else refused) */
   const char *dump_trace;  /* directory for router logits per layer (.npy) or NULL */
   int64_t dump_every;      /* trace: record every n-th step (0: log_every) */
   int64_t stop_after;      /* stop (with a checkpoint) once this many steps are done; 0: run all */

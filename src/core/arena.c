@@ -99,35 +99,3 @@ carl_status carl_read_file(const char *path, char **data, size_t *len) {
   if (len) *len = n;
   return CARL_OK;
 }
-
-carl_status carl_write_file_atomic(const char *path, const void *data, size_t len) {
-  char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-    return carl_fail(CARL_ERR_INVALID, "%s: path too long", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-  const unsigned char *p = data;
-  size_t left = len;
-  while (left > 0) {
-    ssize_t w = write(fd, p, left);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      close(fd);
-      unlink(tmp);
-      return carl_fail(CARL_ERR_IO, "%s: write failed: %s", tmp, strerror(e));
-    }
-    p += w;
-    left -= (size_t)w;
-  }
-  if (fsync(fd) != 0 || close(fd) != 0) {
-    unlink(tmp);
-    return carl_fail(CARL_ERR_IO, "%s: fsync/close failed: %s", tmp, strerror(errno));
-  }
-  if (rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    return carl_fail(CARL_ERR_IO, "%s: rename failed: %s", path, strerror(e));
-  }
-  return CARL_OK;
-}

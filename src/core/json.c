@@ -1,5 +1,5 @@
-/* JSON documents and typed getters whose errors name the field (see carl/json.h). */
-#include "carl/json.h"
+/* JSON documents and typed getters whose errors name the field (core/json_internal.h). */
+#include "core/json_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -43,6 +43,27 @@ static carl_status json_syntax_error(const char *text, size_t len, size_t pos, c
   return carl_fail(CARL_ERR_PARSE, "%s: %s at line %d, column %d (end of input)", pre, why, line, col);
 }
 
+/* Nesting depth (open brackets and braces, outside strings) of text just before pos. */
+static int json_depth_at(const char *text, size_t pos) {
+  int depth = 0, in_str = 0;
+  for (size_t i = 0; i < pos; i++) {
+    char c = text[i];
+    if (in_str) {
+      if (c == '\\')
+        i++;
+      else if (c == '"')
+        in_str = 0;
+    } else if (c == '"') {
+      in_str = 1;
+    } else if (c == '[' || c == '{') {
+      depth++;
+    } else if (c == ']' || c == '}') {
+      depth--;
+    }
+  }
+  return depth;
+}
+
 carl_status carl_json_parse(const char *text, size_t len, const char *what, cJSON **out) {
   *out = NULL;
   if (!text) return carl_fail(CARL_ERR_INVALID, "%s: no JSON text", what && *what ? what : "JSON");
@@ -53,6 +74,13 @@ carl_status carl_json_parse(const char *text, size_t len, const char *what, cJSO
   cJSON *doc = cJSON_ParseWithLengthOpts(text, len, &end, 0);
   if (!doc) {
     size_t pos = end && end >= text ? (size_t)(end - text) : 0;
+    if (pos > len) pos = len;
+    /* cJSON stops at its nesting limit with the same failure as for a syntax error */
+    if (json_depth_at(text, pos + 1) > CJSON_NESTING_LIMIT) {
+      char why[96];
+      snprintf(why, sizeof why, "JSON nested deeper than %d levels (the parser's limit)", CJSON_NESTING_LIMIT);
+      return json_syntax_error(text, len, pos, what, why);
+    }
     return json_syntax_error(text, len, pos, what, "malformed JSON");
   }
   size_t pos = end ? (size_t)(end - text) : len;

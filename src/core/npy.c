@@ -9,6 +9,7 @@
  * evaluated. Every error names the input ("<path>: ..." for files, "npy buffer: ..." in memory).
  */
 #include "carl/array.h"
+#include "carl/fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -104,10 +105,10 @@ carl_status carl_array_alloc(carl_array_t *a, carl_dtype dt, int ndim, const int
   memset(a, 0, sizeof *a);
   size_t bytes;
   carl_status st = shape_size(dt, ndim, shape, NULL, &bytes);
-  if (st != CARL_OK) return carl_errctx(st, "carl_array_alloc");
+  if (st != CARL_OK) return carl_errctx(st, "array");
   /* never NULL, even for an empty array, so that callers can test data != NULL */
   void *p = calloc(bytes ? bytes : 1, 1);
-  if (!p) return carl_fail(CARL_ERR_NOMEM, "carl_array_alloc: cannot allocate %zu bytes", bytes);
+  if (!p) return carl_fail(CARL_ERR_NOMEM, "array: cannot allocate %zu bytes", bytes);
   a->dtype = dt;
   a->ndim = ndim;
   for (int i = 0; i < ndim; i++) a->shape[i] = shape[i];
@@ -541,62 +542,6 @@ static size_t build_header(char *buf, size_t cap, const carl_array_t *a) {
   return total;
 }
 
-static int write_all(int fd, const void *data, size_t len) {
-  const unsigned char *p = data;
-  while (len > 0) {
-    size_t chunk = len > ((size_t)1 << 30) ? (size_t)1 << 30 : len;
-    ssize_t w = write(fd, p, chunk);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
-/* Stream header and data to a temporary file next to path, fsync it, rename it over path, and
- * fsync the directory: either the old file or the complete new one is there, never a partial one. */
-static carl_status write_atomic2(const char *path, const void *a, size_t alen, const void *b, size_t blen) {
-  static _Atomic unsigned counter = 0;
-  char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(), counter++) >= (int)sizeof tmp)
-    return carl_fail(CARL_ERR_INVALID, "%s: path too long", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-  if (write_all(fd, a, alen) != 0 || write_all(fd, b, blen) != 0) {
-    int e = errno;
-    close(fd);
-    unlink(tmp);
-    return carl_fail(CARL_ERR_IO, "%s: write failed: %s", tmp, strerror(e));
-  }
-  if (fsync(fd) != 0) {
-    int e = errno;
-    close(fd);
-    unlink(tmp);
-    return carl_fail(CARL_ERR_IO, "%s: fsync failed: %s", tmp, strerror(e));
-  }
-  if (close(fd) != 0) {
-    int e = errno;
-    unlink(tmp);
-    return carl_fail(CARL_ERR_IO, "%s: close failed: %s", tmp, strerror(e));
-  }
-  if (rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    return carl_fail(CARL_ERR_IO, "%s: rename failed: %s", path, strerror(e));
-  }
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s", path);
-  int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) { /* best effort: makes the rename itself durable */
-    (void)fsync(dfd);
-    close(dfd);
-  }
-  return CARL_OK;
-}
-
 carl_status carl_npy_write(const char *path, const carl_array_t *a) {
   CARL_ASSERT(path != NULL && a != NULL);
   size_t bytes;
@@ -606,7 +551,8 @@ carl_status carl_npy_write(const char *path, const carl_array_t *a) {
   char hdr[1024];
   size_t hn = build_header(hdr, sizeof hdr, a);
   CARL_ASSERT(hn > 0);
-  return write_atomic2(path, hdr, hn, a->data, bytes);
+  carl_fs_part_t parts[2] = {{hdr, hn}, {a->data, bytes}};
+  return carl_fs_write_parts(path, parts, 2);
 }
 
 carl_status carl_npy_save(const char *path, carl_dtype dt, int ndim, const int64_t *shape, const void *data) {

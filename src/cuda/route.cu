@@ -7,10 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdint.h>
+
 #include "carl/balance.h"
 #include "carl/place.h"
-#include "carl/route_util.h"
 #include "cuda/route_internal.h"
+extern "C" {
+#include "route/router_impl.h"
+}
 
 extern "C" {
 

@@ -5,9 +5,10 @@
  * lower-index tie rule, the gate weights (renormalised; in gate order for carl), the per-expert
  * loads, the per-(source, destination) device copy counts of the flat plan and the statistics of
  * the z-loss and the auxiliary losses.
- * CPU reference: carl_route_select (src/route/common.c, its portable executor), which it matches
+ * CPU reference: carl_route_select (src/route/common.c; the portable kernel carl_kern_select in
+ * src/kern/select.c), which it matches
  * selection for selection: where the selection reads the scores, they are computed with the same
- * float operations in the same order as the CPU's portable code (the Cephes exp of carl_expf
+ * float operations in the same order as the CPU's portable code (the Cephes exp of carl_kern_expf
  * without fused multiply-adds, the 16-lane sum tree of carl__score_row), so the selection values
  * are the same floats and the same experts win.
  *
@@ -22,7 +23,7 @@
 
 #include "cuda/route_internal.h"
 
-/* carl_expf (carl/route_util.h) with every operation rounded on its own, as the CPU's vector code
+/* carl_kern_expf (kern/kern.h) with every operation rounded on its own, as the CPU's vector code
  * computes it (no contraction into fused multiply-adds). */
 __device__ __forceinline__ float exp_cpu(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);

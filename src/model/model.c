@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "carl/exec.h"
+#include "carl/step.h"
 #include "model/moe.h"
 
 typedef struct {
@@ -24,7 +26,6 @@ typedef struct {
   float *rstd2; /* [T] */
   carl__moe_act_t moe;
   carl_route_in_t in;
-  double bytes[CARL_NLINK], inter_fraction, a2a_s;
 } carl__layer_act_t;
 
 struct carl_model {
@@ -37,10 +38,16 @@ struct carl_model {
   float *params, *grads, *adam_m, *adam_v;
   int64_t adam_t;
   carl_router_t **routers;
-  const carl_topo_t *topo;
-  const carl_placement_t *place;
-  carl_cost_t cost;
-  int have_cost;
+  int P;                    /* physical expert slots of every layer (D x slots per device) */
+  carl_topo_t topo1;        /* one device: the topology when none is set */
+  const carl_topo_t *topo;  /* &topo1 or the caller's (borrowed) */
+  int user_topo;            /* 1: the caller's topology (dispatch is priced) */
+  carl_exec_t *exec;        /* local: this process runs every device */
+  carl_step_t *dstep;       /* the decision path of every layer: route -> plan -> exec -> stats -> place */
+  int64_t refresh_every;
+  carl_place_opts_t place_opts;
+  double stats_decay;
+  int has_replicas;         /* some layer has an expert on several slots */
   int64_t step;
   /* activations of the last forward */
   int B, S;
@@ -72,6 +79,7 @@ void carl_model_config_default(carl_model_config_t *c) {
   c->n_experts = 8;
   c->top_k = 2;
   c->d_shared = 0;
+  c->n_slots = 0;
   c->init_std = 0.02f;
   c->norm_eps = 1e-5f;
   c->seed = 1234;
@@ -92,6 +100,8 @@ carl_status carl_model_config_check(const carl_model_config_t *c) {
   CHK(c->n_experts >= 1 && c->n_experts <= 4096, "model config: n_experts = %d, must be in 1..4096", c->n_experts);
   CHK(c->top_k >= 1 && c->top_k <= c->n_experts, "model config: top_k = %d, must be in 1..n_experts (%d)", c->top_k,
       c->n_experts);
+  CHK(c->n_slots == 0 || (c->n_slots >= c->n_experts && c->n_slots <= 65536),
+      "model config: slots = %d, must be 0 (one per expert) or in n_experts (%d)..65536", c->n_slots, c->n_experts);
   CHK(c->d_shared >= 0 && c->d_shared <= (1 << 20), "model config: d_shared = %d, must be in 0..1048576", c->d_shared);
   CHK(isfinite(c->init_std) && c->init_std > 0, "model config: init_std = %g, must be > 0", (double)c->init_std);
   CHK(isfinite(c->norm_eps) && c->norm_eps > 0, "model config: norm_eps = %g, must be > 0", (double)c->norm_eps);
@@ -148,6 +158,8 @@ static void carl__moe_of(const carl_model_t *m, int l, carl__moe_t *L) {
   L->k = c->top_k;
   L->fs = c->d_shared;
   L->router = m->routers[l];
+  L->step = m->dstep;
+  L->layer = l;
 }
 
 static void carl__moe_w(carl_model_t *m, int l, int grads, carl__moe_w_t *w) {
@@ -160,6 +172,140 @@ static void carl__moe_w(carl_model_t *m, int l, int grads, carl__moe_w_t *w) {
   w->sw2 = get(m, x->sw2);
 }
 
+/* ---- expert slots and the step ------------------------------------------------------------ */
+/* The expert tensors of layer l that move with their experts: parameters and both AdamW moments
+ * of w13 and w2, each [P, numel] in slot order. */
+static int carl__slot_tensors(carl_model_t *m, int l, carl_exec_tensor_t *t) {
+  const carl__layer_idx_t *x = &m->li[l];
+  float *bases[3] = {m->params, m->adam_m, m->adam_v};
+  const int idx[2] = {x->w13, x->w2};
+  int n = 0;
+  for (int b = 0; b < 3; b++)
+    for (int i = 0; i < 2; i++) {
+      const carl_tensor_info_t *ti = &m->tensors[idx[i]];
+      t[n++] = (carl_exec_tensor_t){bases[b] + ti->offset, ti->numel / m->P};
+    }
+  return n;
+}
+
+static carl_status carl__check_placement(const carl_model_t *m, const carl_topo_t *t, const carl_placement_t *p) {
+  if (p->E != m->cfg.n_experts)
+    return carl_fail(CARL_ERR_INVALID, "placement: %d experts, the model has %d", p->E, m->cfg.n_experts);
+  if (p->D != t->devices)
+    return carl_fail(CARL_ERR_INVALID, "placement: %d devices, the topology has %d", p->D, t->devices);
+  if ((int64_t)p->D * p->slots != m->P)
+    return carl_fail(CARL_ERR_INVALID, "placement: %d devices x %d slots = %d expert slots, the model has %d (model.slots)",
+                     p->D, p->slots, p->D * p->slots, m->P);
+  return CARL_OK;
+}
+
+/* Move layer l's expert tensors from layout `from` to layout `to` (both D x S = P slots): every
+ * slot of `to` takes the weights and moments of its expert's first slot in `from`; empty slots
+ * are zero. Replicas hold bitwise the same values, so any replica would do. */
+static carl_status carl__relayout(carl_model_t *m, int l, const carl_placement_t *from, const carl_placement_t *to) {
+  const int P = m->P;
+  if (from->D == to->D && !memcmp(from->slot_expert, to->slot_expert, sizeof(int32_t) * (size_t)P)) return CARL_OK;
+  int32_t *first = malloc(sizeof(int32_t) * (size_t)m->cfg.n_experts);
+  if (!first) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  for (int e = 0; e < m->cfg.n_experts; e++) first[e] = -1;
+  for (int g = P - 1; g >= 0; g--)
+    if (from->slot_expert[g] >= 0) first[from->slot_expert[g]] = g;
+  carl_exec_tensor_t t[6];
+  const int n = carl__slot_tensors(m, l, t);
+  carl_status st = CARL_OK;
+  for (int i = 0; i < n && st == CARL_OK; i++) {
+    const size_t row = sizeof(float) * (size_t)t[i].numel;
+    float *old = malloc(row * (size_t)P);
+    if (!old) {
+      st = carl_fail(CARL_ERR_NOMEM, "model: out of memory for the expert layout");
+      break;
+    }
+    memcpy(old, t[i].base, row * (size_t)P);
+    for (int g = 0; g < P; g++) {
+      const int e = to->slot_expert[g];
+      float *dst = t[i].base + (int64_t)g * t[i].numel;
+      if (e < 0)
+        memset(dst, 0, row);
+      else
+        memcpy(dst, old + (int64_t)first[e] * t[i].numel, row);
+    }
+    free(old);
+  }
+  free(first);
+  return st;
+}
+
+static void carl__note_replicas(carl_model_t *m) {
+  m->has_replicas = 0;
+  for (int l = 0; l < m->cfg.n_layers; l++) {
+    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    int filled = 0;
+    for (int g = 0; g < m->P; g++) filled += p->slot_expert[g] >= 0;
+    if (filled > p->E) m->has_replicas = 1;
+  }
+}
+
+/* (Re)build the step: every layer on `place`, the model's topology, executor and refresh. */
+static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *place) {
+  const carl_model_config_t *c = &m->cfg;
+  carl_step_free(m->dstep);
+  m->dstep = NULL;
+  carl_step_opts_t o;
+  carl_step_opts_default(&o);
+  o.topo = m->topo;
+  o.layers = c->n_layers;
+  o.E = c->n_experts;
+  o.k = c->top_k;
+  o.routers = m->routers;
+  o.place = place;
+  o.token_bytes = sizeof(float) * (size_t)c->d_model;
+  o.exec = m->exec;
+  o.refresh_every = m->refresh_every;
+  o.place_opts = m->place_opts;
+  o.stats_decay = m->stats_decay;
+  o.expert_bytes = 3.0 * 3.0 * c->d_model * c->d_ff * sizeof(float); /* w13 + w2, and both moments */
+  CARL_TRY(carl_step_create(&o, &m->dstep));
+  for (int l = 0; l < c->n_layers; l++) {
+    carl_exec_tensor_t t[6];
+    const int n = carl__slot_tensors(m, l, t);
+    CARL_TRY(carl_step_set_tensors(m->dstep, l, t, n));
+  }
+  carl__note_replicas(m);
+  return CARL_OK;
+}
+
+/* Replicas of one expert: their gradients are summed (slot order) and every replica gets the
+ * sum, so that AdamW keeps them bitwise equal. */
+static void carl__sync_replicas(carl_model_t *m) {
+  if (!m->has_replicas) return;
+  const int P = m->P, E = m->cfg.n_experts;
+  for (int l = 0; l < m->cfg.n_layers; l++) {
+    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    const int idx[2] = {m->li[l].w13, m->li[l].w2};
+    for (int i = 0; i < 2; i++) {
+      const carl_tensor_info_t *ti = &m->tensors[idx[i]];
+      const int64_t n = ti->numel / P;
+      float *g0 = m->grads + ti->offset;
+      for (int e = 0; e < E; e++) {
+        int first = -1, count = 0;
+        for (int g = 0; g < P; g++) {
+          if (p->slot_expert[g] != e) continue;
+          count++;
+          if (first < 0) {
+            first = g;
+            continue;
+          }
+          float *a = g0 + (int64_t)first * n, *b = g0 + (int64_t)g * n;
+          for (int64_t j = 0; j < n; j++) a[j] += b[j];
+        }
+        if (count < 2) continue;
+        for (int g = first + 1; g < P; g++)
+          if (p->slot_expert[g] == e) memcpy(g0 + (int64_t)g * n, g0 + (int64_t)first * n, sizeof(float) * (size_t)n);
+      }
+    }
+  }
+}
+
 carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out) {
   if (!out) return carl_fail(CARL_ERR_INVALID, "carl_model_create: out is NULL");
   *out = NULL;
@@ -169,6 +315,7 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   m->cfg = *cfg;
   const carl_model_config_t *c = &m->cfg;
   const int L = c->n_layers, d = c->d_model, f = c->d_ff, E = c->n_experts, fs = c->d_shared;
+  const int P = m->P = c->n_slots ? c->n_slots : E;
   int cap = 3 + 9 * L;
   m->tensors = calloc((size_t)cap, sizeof *m->tensors);
   m->li = calloc((size_t)L, sizeof *m->li);
@@ -189,8 +336,8 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
     x->wo = carl__add(m, cap, NAME("attn.wo"), 2, d, d, 0, 1);
     x->moe_norm = carl__add(m, cap, NAME("moe_norm"), 1, d, 0, 0, 0);
     x->router = carl__add(m, cap, NAME("moe.router"), 2, E, d, 0, 1);
-    x->w13 = carl__add(m, cap, NAME("moe.w13"), 3, E, 2 * f, d, 1);
-    x->w2 = carl__add(m, cap, NAME("moe.w2"), 3, E, d, f, 1);
+    x->w13 = carl__add(m, cap, NAME("moe.w13"), 3, P, 2 * f, d, 1);
+    x->w2 = carl__add(m, cap, NAME("moe.w2"), 3, P, d, f, 1);
     x->sw13 = fs ? carl__add(m, cap, NAME("moe.shared_w13"), 2, 2 * fs, d, 0, 1) : -1;
     x->sw2 = fs ? carl__add(m, cap, NAME("moe.shared_w2"), 2, d, fs, 0, 1) : -1;
 #undef NAME
@@ -206,21 +353,26 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
     return carl_fail(CARL_ERR_NOMEM, "model: cannot allocate %lld parameters", (long long)m->nparams);
   }
   /* init: norms 1; matrices N(0, std) from Philox keyed by (seed, INIT, global offset);
-   * residual output projections (wo, w2, shared_w2) scaled by 1/sqrt(2L) (GPT-2) */
+   * residual output projections (wo, w2, shared_w2) scaled by 1/sqrt(2L) (GPT-2). Expert slots:
+   * slot g holds expert g (g < E) until a placement is set, slots >= E are empty (zero); the key
+   * is the offset in the model with one slot per expert, so the init does not depend on n_slots. */
   const float resid = 1.0f / sqrtf(2.0f * (float)L);
+  int64_t key = 0; /* offset of the tensor in the model with one slot per expert */
   for (int i = 0; i < m->ntensors; i++) {
     const carl_tensor_info_t *t = &m->tensors[i];
     float *p = m->params + t->offset;
-    if (t->ndim == 1) {
-      for (int64_t j = 0; j < t->numel; j++) p[j] = 1.0f;
-      continue;
-    }
+    const int64_t n = t->ndim == 3 ? t->numel / P * E : t->numel; /* expert tensors: the first E slots */
     float s = c->init_std;
     const char *dot = strrchr(t->name, '.');
     if (dot && (!strcmp(dot, ".wo") || !strcmp(dot, ".w2") || !strcmp(dot, ".shared_w2"))) s *= resid;
-#pragma omp parallel for schedule(static) if (t->numel >= CARL_OMP_MIN_WORK)
-    for (int64_t j = 0; j < t->numel; j++)
-      p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(t->offset + j));
+    if (t->ndim == 1) {
+      for (int64_t j = 0; j < n; j++) p[j] = 1.0f;
+    } else {
+#pragma omp parallel for schedule(static) if (n >= CARL_OMP_MIN_WORK)
+      for (int64_t j = 0; j < n; j++) p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(key + j));
+      memset(p + n, 0, sizeof(float) * (size_t)(t->numel - n));
+    }
+    key += n;
   }
   /* one router per layer (each owns its state); "k" = top_k unless the options set it */
   const char *keys[CARL_MODEL_MAX_ROUTER_OPTS + 1];
@@ -248,6 +400,27 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
       return carl_fail(CARL_ERR_INVALID, "model config: router option k = %g differs from top_k = %d", k, top_k);
     }
   }
+  /* one device, slot g = expert g, until carl_model_set_topology */
+  carl_status st = carl_topo_make(&m->topo1, 1, 1, 1, 0, 1, 0);
+  if (st == CARL_OK) st = carl_exec_local_create(&m->exec);
+  carl_placement_t pl = {0};
+  if (st == CARL_OK) {
+    int32_t *tab = malloc(sizeof(int32_t) * (size_t)P);
+    if (!tab) st = carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+    for (int g = 0; tab && g < P; g++) tab[g] = g < E ? g : -1;
+    if (tab) st = carl_placement_from_table(&pl, E, 1, P, tab);
+    free(tab);
+  }
+  m->topo = &m->topo1;
+  carl_place_opts_default(&m->place_opts);
+  m->place_opts.algo = CARL_PLACE_TRAFFIC;
+  m->stats_decay = 0.9;
+  if (st == CARL_OK) st = carl__step_build(m, &pl);
+  carl_placement_free(&pl);
+  if (st != CARL_OK) {
+    carl_model_free(m);
+    return st;
+  }
   *out = m;
   return CARL_OK;
 }
@@ -271,7 +444,8 @@ void carl_model_free(carl_model_t *m) {
   if (!m) return;
   carl__free_acts(m);
   for (int l = 0; m->routers && l < m->cfg.n_layers; l++) carl_router_free(m->routers[l]);
-  if (m->have_cost) carl_cost_free(&m->cost);
+  carl_step_free(m->dstep);
+  carl_exec_free(m->exec);
   free(m->routers); free(m->la); free(m->li); free(m->tensors);
   free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
   free(m);
@@ -299,21 +473,86 @@ carl_router_t *carl_model_router(carl_model_t *m, int layer) {
 }
 
 carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place) {
-  if (m->have_cost) carl_cost_free(&m->cost);
-  m->have_cost = 0;
-  m->topo = topo;
-  m->place = place;
+  const carl_model_config_t *c = &m->cfg;
   if (place && !topo) return carl_fail(CARL_ERR_INVALID, "placement given without a topology");
-  if (place && place->E != m->cfg.n_experts)
-    return carl_fail(CARL_ERR_INVALID, "placement: %d experts, the model has %d", place->E, m->cfg.n_experts);
-  if (topo && place && place->D != topo->devices)
-    return carl_fail(CARL_ERR_INVALID, "placement: %d devices, the topology has %d", place->D, topo->devices);
-  if (topo) {
-    CARL_TRY(carl_cost_init(&m->cost, topo));
-    m->have_cost = 1;
+  const carl_topo_t *t = topo ? topo : &m->topo1;
+  carl_placement_t contig = {0};
+  if (!place) {
+    CARL_TRY(carl_placement_contiguous(&contig, c->n_experts, t->devices));
+    place = &contig;
   }
+  carl_status st = carl__check_placement(m, t, place);
+  if (st == CARL_OK) {
+    /* experts move from the current layout of every layer to the new placement */
+    for (int l = 0; l < c->n_layers && st == CARL_OK; l++) st = carl__relayout(m, l, carl_step_placement(m->dstep, l), place);
+  }
+  if (st == CARL_OK) {
+    m->topo = t;
+    m->user_topo = topo != NULL;
+    st = carl__step_build(m, place);
+  }
+  carl_placement_free(&contig);
+  return st;
+}
+
+carl_status carl_model_set_placement(carl_model_t *m, int layer, const carl_placement_t *place) {
+  if (layer < 0 || layer >= m->cfg.n_layers)
+    return carl_fail(CARL_ERR_INVALID, "layer %d: outside 0..%d", layer, m->cfg.n_layers - 1);
+  CARL_TRY(carl__check_placement(m, m->topo, place));
+  CARL_TRY(carl__relayout(m, layer, carl_step_placement(m->dstep, layer), place));
+  CARL_TRY(carl_step_set_placement(m->dstep, layer, place));
+  carl__note_replicas(m);
   return CARL_OK;
 }
+
+carl_status carl_model_import_layout(carl_model_t *m, int layer, const carl_placement_t *from) {
+  if (layer < 0 || layer >= m->cfg.n_layers)
+    return carl_fail(CARL_ERR_INVALID, "layer %d: outside 0..%d", layer, m->cfg.n_layers - 1);
+  if (from->E != m->cfg.n_experts || (int64_t)from->D * from->slots != m->P)
+    return carl_fail(CARL_ERR_INVALID, "layout of layer %d: %d experts on %d x %d slots, the model has %d experts on %d slots",
+                     layer, from->E, from->D, from->slots, m->cfg.n_experts, m->P);
+  return carl__relayout(m, layer, from, carl_step_placement(m->dstep, layer));
+}
+
+const carl_placement_t *carl_model_placement(const carl_model_t *m, int layer) {
+  return carl_step_placement(m->dstep, layer);
+}
+
+carl_status carl_model_set_refresh(carl_model_t *m, int64_t every, const carl_place_opts_t *po, double stats_decay) {
+  if (every < 0) return carl_fail(CARL_ERR_INVALID, "refresh every %lld steps: must be >= 0", (long long)every);
+  if (!(stats_decay >= 0 && stats_decay < 1))
+    return carl_fail(CARL_ERR_INVALID, "refresh: statistics decay %g is outside [0, 1)", stats_decay);
+  const int L = m->cfg.n_layers;
+  /* the step is rebuilt with the same placements (nothing moves) */
+  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
+  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  carl_status st = CARL_OK;
+  for (int l = 0; l < L && st == CARL_OK; l++) {
+    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
+  }
+  if (st == CARL_OK) {
+    m->refresh_every = every;
+    if (po) m->place_opts = *po;
+    m->stats_decay = stats_decay;
+    st = carl__step_build(m, &keep[0]);
+  }
+  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
+  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
+  free(keep);
+  carl__note_replicas(m);
+  return st;
+}
+
+carl_status carl_model_end_step(carl_model_t *m, int64_t step, int64_t last, carl_step_refresh_t *info) {
+  CARL_TRY(carl_step_end(m->dstep, step, last, info));
+  carl__note_replicas(m);
+  return CARL_OK;
+}
+
+const carl_step_t *carl_model_dispatch(const carl_model_t *m) { return m->dstep; }
+carl_step_t *carl_model_dispatch_mut(carl_model_t *m) { return m->dstep; }
+const carl_topo_t *carl_model_topology(const carl_model_t *m) { return m->topo; }
 
 /* ---- activations ---------------------------------------------------------------------------- */
 static carl_status carl__reserve(carl_model_t *m, int B, int S) {
@@ -393,33 +632,12 @@ carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int
     a->in.E = c->n_experts;
     a->in.src = NULL; /* tokens split evenly over the devices in order */
     a->in.token_ids = m->tokens;
-    a->in.topo = m->topo;
-    a->in.place = m->place;
     a->in.step = m->step;
     a->in.seed = c->seed + (uint64_t)l * 0x9E3779B97F4A7C15ull;
     carl_status st = carl__moe_forward(&L, &W, &a->moe, &a->in, a->n2, h_out);
     if (st != CARL_OK) return carl_errctx(st, "layer %d", l);
     for (int64_t i = 0; i < T * d; i++) h_out[i] += a->h_mid[i];
     router_loss += a->moe.out.loss_total;
-    /* simulated dispatch of this layer */
-    memset(a->bytes, 0, sizeof a->bytes);
-    a->inter_fraction = a->a2a_s = 0;
-    if (m->have_cost) {
-      carl_placement_t contig;
-      const carl_placement_t *pl = m->place;
-      if (!pl) {
-        CARL_TRY(carl_placement_contiguous(&contig, c->n_experts, m->topo->devices));
-        pl = &contig;
-      }
-      carl_cost_reset(&m->cost);
-      st = carl_plan_cost_decision(m->topo, pl, a->moe.experts, NULL, T, c->top_k, sizeof(float) * (size_t)d,
-                                   CARL_PLAN_FLAT, &m->cost);
-      if (pl != m->place) carl_placement_free(&contig);
-      if (st != CARL_OK) return carl_errctx(st, "layer %d dispatch", l);
-      memcpy(a->bytes, m->cost.bytes, sizeof a->bytes);
-      a->inter_fraction = m->cost.inter_fraction;
-      a->a2a_s = m->cost.a2a_s;
-    }
   }
   carl_rmsnorm_fwd(m->nf, m->rstdf, m->h_final, P(m, m->final_norm), T, d, c->norm_eps);
   carl_linear_fwd(m->logits, m->nf, P(m, m->tok_emb), T, d, V); /* tied head */
@@ -473,20 +691,48 @@ carl_status carl_model_backward(carl_model_t *m) {
     carl_rmsnorm_bwd(m->dh, G(m, x->attn_norm), m->dtmp2, a->h_in, P(m, x->attn_norm), a->rstd1, T, d, 1);
   }
   carl_embed_bwd(G(m, m->tok_emb), G(m, m->pos_emb), m->dh, m->tokens, B, S, d);
+  carl__sync_replicas(m);
   return CARL_OK;
 }
 
 carl_status carl_model_router_update(carl_model_t *m) {
   if (!m->cap_T) return carl_fail(CARL_ERR_STATE, "router update: no forward before it");
   for (int l = 0; l < m->cfg.n_layers; l++) {
-    carl_status st = carl_router_update(m->routers[l], &m->la[l].in, &m->la[l].moe.out);
+    carl_status st = carl_step_observe(m->dstep, l, &m->la[l].in, &m->la[l].moe.out);
     if (st != CARL_OK) return carl_errctx(st, "layer %d router update", l);
   }
   return CARL_OK;
 }
 
+/* Sum of squared gradients with each expert counted once (its first slot): replicas of an expert
+ * are one parameter. Without replicas: one fixed-order pass over all gradients. */
+static double carl__grad_sumsq(const carl_model_t *m) {
+  if (!m->has_replicas) return carl_sumsq(m->grads, m->nparams);
+  double s = 0;
+  for (int i = 0; i < m->ntensors; i++) {
+    const carl_tensor_info_t *t = &m->tensors[i];
+    const float *g = m->grads + t->offset;
+    int layer = -1;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+      if (i == m->li[l].w13 || i == m->li[l].w2) layer = l;
+    if (layer < 0) {
+      s += carl_sumsq(g, t->numel);
+      continue;
+    }
+    const carl_placement_t *p = carl_step_placement(m->dstep, layer);
+    const int64_t n = t->numel / m->P;
+    for (int gi = 0; gi < m->P; gi++) {
+      const int e = p->slot_expert[gi];
+      int first = e >= 0;
+      for (int q = 0; first && q < gi; q++) first = p->slot_expert[q] != e;
+      if (first) s += carl_sumsq(g + (int64_t)gi * n, n);
+    }
+  }
+  return s;
+}
+
 float carl_model_clip_grad(carl_model_t *m, float max_norm) {
-  double norm = sqrt(carl_sumsq(m->grads, m->nparams));
+  double norm = sqrt(carl__grad_sumsq(m));
   if (max_norm > 0 && norm > max_norm) {
     float s = (float)(max_norm / norm);
 #pragma omp parallel for schedule(static) if (m->nparams >= CARL_OMP_MIN_WORK)
@@ -526,8 +772,11 @@ carl_status carl_model_layer_stats(const carl_model_t *m, int layer, carl_moe_st
   st->nloss = a->moe.out.nloss;
   memcpy(st->loss, a->moe.out.loss, sizeof st->loss);
   st->loss_total = a->moe.out.loss_total;
-  memcpy(st->bytes, a->bytes, sizeof st->bytes);
-  st->inter_fraction = a->inter_fraction;
-  st->a2a_s = a->a2a_s;
+  if (m->user_topo) {
+    const carl_cost_t *c = carl_step_cost(m->dstep, layer);
+    memcpy(st->bytes, c->bytes, sizeof st->bytes);
+    st->inter_fraction = c->inter_fraction;
+    st->a2a_s = c->a2a_s;
+  }
   return CARL_OK;
 }

@@ -1,5 +1,6 @@
 /* safetensors read/write (carl/safetensors.h). The JSON header goes through cJSON. */
 #include "carl/safetensors.h"
+#include "core/json_internal.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -200,7 +201,14 @@ static carl_status carl__st_parse_header(carl_st_file_t *f, const cJSON *root, c
       return carl_fail(CARL_ERR_PARSE, "tensor '%s': data_offsets [%lld, %lld] outside the %zu-byte data buffer "
                        "(file truncated?)", name, (long long)b, (long long)e, data_len);
     int64_t nb = carl__st_nbytes(t->ndim, t->shape, carl__st_dtypes[di].size);
-    if (nb < 0 || nb != e - b)
+    if (nb < 0) {
+      char sh[200] = "";
+      for (int k = 0; k < t->ndim; k++)
+        snprintf(sh + strlen(sh), sizeof sh - strlen(sh), "%s%lld", k ? ", " : "", (long long)t->shape[k]);
+      return carl_fail(CARL_ERR_SHAPE, "tensor '%s': shape [%s] of dtype %s is too large (its byte size overflows)",
+                       name, sh, carl__st_dtypes[di].name);
+    }
+    if (nb != e - b)
       return carl_fail(CARL_ERR_SHAPE, "tensor '%s': %lld data bytes but dtype %s and its shape need %lld", name,
                        (long long)(e - b), carl__st_dtypes[di].name, (long long)nb);
     t->data = data + b;
@@ -236,12 +244,10 @@ carl_status carl_st_parse(const void *img, size_t len, carl_st_file_t *f) {
   memcpy(f->buf, img, len);
   f->buf[len] = 0;
   f->len = len;
-  cJSON *root = cJSON_ParseWithLength((const char *)f->buf + 8, (size_t)hl);
-  carl_status st;
-  if (!root || !cJSON_IsObject(root))
-    st = carl_fail(CARL_ERR_PARSE, "header is not a JSON object");
-  else
-    st = carl__st_parse_header(f, root, f->buf + 8 + hl, len - 8 - (size_t)hl);
+  cJSON *root = NULL;
+  carl_status st = carl_json_parse((const char *)f->buf + 8, (size_t)hl, "header", &root);
+  if (st == CARL_OK && !cJSON_IsObject(root)) st = carl_fail(CARL_ERR_PARSE, "header is not a JSON object");
+  if (st == CARL_OK) st = carl__st_parse_header(f, root, f->buf + 8 + hl, len - 8 - (size_t)hl);
   cJSON_Delete(root);
   if (st != CARL_OK) {
     carl_st_free(f);

@@ -9,11 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "carl/array.h"
 #include "carl/data.h"
-#include "carl/json.h"
+#include "carl/fs.h"
+#include "core/json_internal.h"
 #include "carl/safetensors.h"
 
 /* ============================== config ============================================================ */
@@ -41,6 +43,9 @@ void carl_train_config_default(carl_train_config_t *c) {
   snprintf(c->train_data, sizeof c->train_data, "data/kjv.train.txt");
   snprintf(c->val_data, sizeof c->val_data, "data/kjv.val.txt");
   c->topology[0] = '\0';
+  c->refresh_every = 0;
+  snprintf(c->place, sizeof c->place, "traffic");
+  c->replicas = 0;
 }
 
 static carl_status carl__copy_str(char *dst, size_t cap, const char *src, const char *field) {
@@ -57,14 +62,14 @@ static carl_status carl__check_router(const carl_model_config_t *m, const char *
       snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", names[0] ? ", " : "", *n);
     return carl_fail(CARL_ERR_NOT_FOUND, "%srouter: unknown router \"%s\" (known: %s)", ctx, m->router, names);
   }
-  const carl_opt_t *opts[64];
-  int no = carl_router_options(m->router, opts, 64);
+  const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+  int no = carl_router_options(m->router, opts, CARL_ROUTER_MAX_OPTS);
   for (int i = 0; i < m->n_router_opts; i++) {
     int ok = 0;
-    for (int j = 0; j < no && j < 64; j++) ok |= !strcmp(opts[j]->name, m->router_keys[i]);
+    for (int j = 0; j < no && j < CARL_ROUTER_MAX_OPTS; j++) ok |= !strcmp(opts[j]->name, m->router_keys[i]);
     if (!ok) {
       char names[1024] = "";
-      for (int j = 0; j < no && j < 64; j++)
+      for (int j = 0; j < no && j < CARL_ROUTER_MAX_OPTS; j++)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", j ? ", " : "", opts[j]->name);
       return carl_fail(CARL_ERR_NOT_FOUND, "%srouter_opts: router \"%s\" has no option \"%s\" (options: %s)", ctx,
                        m->router, m->router_keys[i], names);
@@ -82,7 +87,7 @@ static carl_status carl__check_router(const carl_model_config_t *m, const char *
 
 static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
   static const char *const keys[] = {"vocab", "max_seq", "d_model", "n_layers", "n_heads", "d_ff", "n_experts",
-                                     "top_k", "d_shared", "init_std", "norm_eps", "seed", "router", "router_opts"};
+                                     "top_k", "d_shared", "slots", "init_std", "norm_eps", "seed", "router", "router_opts"};
   const char *ctx = "model";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -95,6 +100,7 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
   CARL_TRY(carl_json_opt_int(o, ctx, "n_experts", 1, 4096, m->n_experts, &m->n_experts));
   CARL_TRY(carl_json_opt_int(o, ctx, "top_k", 1, 4096, m->top_k, &m->top_k));
   CARL_TRY(carl_json_opt_int(o, ctx, "d_shared", 0, 1 << 18, m->d_shared, &m->d_shared));
+  CARL_TRY(carl_json_opt_int(o, ctx, "slots", 0, 1 << 16, m->n_slots, &m->n_slots));
   double v;
   CARL_TRY(carl_json_opt_pos(o, ctx, "init_std", m->init_std, &v));
   m->init_std = (float)v;
@@ -136,7 +142,8 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
 static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   static const char *const keys[] = {"batch", "seq_len", "steps", "lr", "lr_min", "warmup", "weight_decay",
                                      "grad_clip", "beta1", "beta2", "adam_eps", "eval_every", "eval_batches",
-                                     "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology"};
+                                     "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology",
+                                     "refresh_every", "place", "replicas"};
   const char *ctx = "train";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -165,6 +172,13 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   CARL_TRY(carl__copy_str(c->val_data, sizeof c->val_data, s, "train.val_data"));
   CARL_TRY(carl_json_opt_str(o, ctx, "topology", c->topology, &s));
   CARL_TRY(carl__copy_str(c->topology, sizeof c->topology, s, "train.topology"));
+  CARL_TRY(carl_json_opt_i64(o, ctx, "refresh_every", 0, (int64_t)1 << 40, c->refresh_every, &c->refresh_every));
+  CARL_TRY(carl_json_opt_str(o, ctx, "place", c->place, &s));
+  CARL_TRY(carl__copy_str(c->place, sizeof c->place, s, "train.place"));
+  carl_place_algo algo;
+  carl_status st = carl_place_algo_parse(c->place, &algo);
+  if (st != CARL_OK) return carl_errctx(st, "train.place");
+  CARL_TRY(carl_json_opt_int(o, ctx, "replicas", 0, 1 << 16, c->replicas, &c->replicas));
   return CARL_OK;
 }
 
@@ -226,6 +240,7 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddNumberToObject(m, "n_experts", mc->n_experts);
   cJSON_AddNumberToObject(m, "top_k", mc->top_k);
   cJSON_AddNumberToObject(m, "d_shared", mc->d_shared);
+  cJSON_AddNumberToObject(m, "slots", mc->n_slots);
   cJSON_AddNumberToObject(m, "init_std", mc->init_std);
   cJSON_AddNumberToObject(m, "norm_eps", mc->norm_eps);
   cJSON_AddNumberToObject(m, "seed", (double)mc->seed);
@@ -252,6 +267,9 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddStringToObject(t, "train_data", c->train_data);
   cJSON_AddStringToObject(t, "val_data", c->val_data);
   cJSON_AddStringToObject(t, "topology", c->topology);
+  cJSON_AddNumberToObject(t, "refresh_every", (double)c->refresh_every);
+  cJSON_AddStringToObject(t, "place", c->place);
+  cJSON_AddNumberToObject(t, "replicas", c->replicas);
   return root;
 }
 
@@ -286,6 +304,7 @@ int carl_train_config_model_diff(const carl_train_config_t *a, const carl_train_
   CARL__DIFF_INT(n_experts)
   CARL__DIFF_INT(top_k)
   CARL__DIFF_INT(d_shared)
+  CARL__DIFF_INT(n_slots)
   CARL__DIFF_INT(seed)
 #undef CARL__DIFF_INT
   if (x->init_std != y->init_std || x->norm_eps != y->norm_eps) {
@@ -321,45 +340,8 @@ int carl_train_config_model_diff(const carl_train_config_t *a, const carl_train_
 
 /* ============================== files and directories ============================================= */
 
-static carl_status carl__mkdir_p(const char *path) {
-  char buf[CARL_PATH_MAX];
-  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-    return carl_fail(CARL_ERR_INVALID, "%s: path too long", path);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-    *p = '/';
-  }
-  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
-  struct stat sb;
-  if (stat(buf, &sb) != 0 || !S_ISDIR(sb.st_mode)) return carl_fail(CARL_ERR_IO, "%s: not a directory", buf);
-  return CARL_OK;
-}
-
-static carl_status carl__fsync_dir(const char *path) {
-  int fd = open(path, O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return carl_fail(CARL_ERR_IO, "%s: cannot open directory: %s", path, strerror(errno));
-  int r = fsync(fd);
-  close(fd);
-  if (r != 0 && errno != EINVAL) return carl_fail(CARL_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-  return CARL_OK;
-}
-
-/* Remove a directory holding plain files only (a checkpoint). Missing is fine. */
-static void carl__rm_dir(const char *path) {
-  DIR *d = opendir(path);
-  if (!d) return;
-  struct dirent *e;
-  char f[CARL_PATH_MAX * 2];
-  while ((e = readdir(d))) {
-    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-    snprintf(f, sizeof f, "%s/%s", path, e->d_name);
-    unlink(f);
-  }
-  closedir(d);
-  rmdir(path);
-}
+/* Remove a checkpoint directory (or anything else) and what it holds. Missing is fine. */
+static void carl__rm_dir(const char *path) { (void)carl_fs_remove_tree(path); }
 
 static int carl__exists(const char *path) {
   struct stat sb;
@@ -371,6 +353,7 @@ static int carl__exists(const char *path) {
 typedef struct {
   double inter_bytes_total;
   double val_ce, val_bpb, loss;
+  char run_id[32]; /* of the run that writes the checkpoints: only its own are pruned */
 } carl__run_state_t;
 
 static carl_status carl__write_tensors(const char *path, carl_model_t *m, const float *base, const char *prefix,
@@ -429,7 +412,7 @@ static carl_status carl__write_optimizer(const char *path, carl_model_t *m) {
 
 static int carl__router_has_state(carl_model_t *m) {
   carl_router_t *r = carl_model_router(m, 0);
-  return r && r->impl->save && r->impl->load;
+  return carl_router_has_state(r);
 }
 
 /* Checkpoint directories are ckpt_<8-digit step>; returns step or -1 for other names. */
@@ -445,48 +428,146 @@ static int64_t carl__ckpt_step(const char *name) {
   return v;
 }
 
-static void carl__prune(const char *out_dir, const char *keep_name, int keep) {
+/* A checkpoint directory is complete when it has its state.json: it only gets its name once all of
+ * its files are written. */
+static int carl__ckpt_complete(const char *dir) {
+  char f[CARL_PATH_MAX + 128];
+  snprintf(f, sizeof f, "%s/state.json", dir);
+  return carl__exists(f);
+}
+
+/* The run id in a checkpoint's state.json ("" when unreadable or from before run ids). */
+static void carl__ckpt_run_id(const char *dir, char *id, size_t cap) {
+  char f[CARL_PATH_MAX + 128];
+  id[0] = '\0';
+  snprintf(f, sizeof f, "%s/state.json", dir);
+  cJSON *doc;
+  if (carl_json_load(f, &doc) != CARL_OK) return;
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "run_id");
+  if (cJSON_IsString(v)) snprintf(id, cap, "%s", v->valuestring);
+  carl_json_free(doc);
+}
+
+/* Steps of the checkpoint directories ckpt_<step> in out_dir, newest first; complete ones only
+ * when `complete`. Returns the count (at most cap: of the first cap found, so cap must be large
+ * enough when the order matters). */
+static int carl__ckpt_list(const char *out_dir, int complete, int64_t *steps, int cap) {
   DIR *d = opendir(out_dir);
-  if (!d) return;
-  int64_t steps[4096];
+  if (!d) return 0;
   int n = 0;
   struct dirent *e;
-  while ((e = readdir(d)) && n < 4096) {
+  char path[CARL_PATH_MAX + 64];
+  while ((e = readdir(d)) && n < cap) {
     int64_t s = carl__ckpt_step(e->d_name);
-    if (s >= 0) steps[n++] = s;
+    if (s < 0) continue;
+    snprintf(path, sizeof path, "%s/%s", out_dir, e->d_name);
+    if (complete && !carl__ckpt_complete(path)) continue;
+    steps[n++] = s;
   }
   closedir(d);
-  /* sort descending */
   for (int i = 1; i < n; i++)
     for (int j = i; j > 0 && steps[j] > steps[j - 1]; j--) {
       int64_t t = steps[j];
       steps[j] = steps[j - 1];
       steps[j - 1] = t;
     }
-  for (int i = keep; i < n; i++) {
-    char name[64], path[CARL_PATH_MAX + 64];
-    snprintf(name, sizeof name, "ckpt_%08" PRId64, steps[i]);
-    if (!strcmp(name, keep_name)) continue;
-    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+  return n;
+}
+
+/* Keep the `keep` newest checkpoints of run `run_id` (and keep_name); checkpoints of other runs,
+ * and incomplete ones, are never removed. */
+static void carl__prune(const char *out_dir, const char *run_id, const char *keep_name, int keep) {
+  int64_t steps[4096];
+  int n = carl__ckpt_list(out_dir, 1, steps, 4096), mine = 0;
+  char id[64], path[CARL_PATH_MAX + 64];
+  for (int i = 0; i < n; i++) {
+    snprintf(path, sizeof path, "%s/ckpt_%08" PRId64, out_dir, steps[i]);
+    carl__ckpt_run_id(path, id, sizeof id);
+    if (!run_id[0] || strcmp(id, run_id)) continue;
+    if (mine++ < keep || !strcmp(path + strlen(out_dir) + 1, keep_name)) continue;
     carl__rm_dir(path);
   }
 }
 
+/* A new run id: 16 hex digits from the clock and the process id. */
+static void carl__new_run_id(char *id, size_t cap) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t z = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + ((uint64_t)getpid() << 48);
+  /* splitmix64 finaliser */
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  snprintf(id, cap, "%016llx", (unsigned long long)z);
+}
+
+#define CARL__CKPT_MAX_FILES 1024
+#define CARL__CKPT_NAME_MAX 64
+
+static int carl__cmp_name(const void *a, const void *b) { return strcmp((const char *)a, (const char *)b); }
+
+/* The files of a checkpoint directory other than state.json, and those of its subdirectories as
+ * "sub/name", sorted; at most CARL__CKPT_MAX_FILES. */
+static carl_status carl__ckpt_files(const char *dir, char (*names)[CARL__CKPT_NAME_MAX], int *count) {
+  *count = 0;
+  char sub[CARL_PATH_MAX + 160];
+  for (int level = 0; level < 2; level++) {
+    int n0 = *count;
+    for (int k = level ? 0 : -1; k < (level ? n0 : 0); k++) {
+      /* level 0: dir itself; level 1: each entry of level 0 that is a directory */
+      const char *prefix = k < 0 ? "" : names[k];
+      snprintf(sub, sizeof sub, "%s%s%s", dir, k < 0 ? "" : "/", prefix);
+      struct stat sb;
+      if (k >= 0 && (stat(sub, &sb) != 0 || !S_ISDIR(sb.st_mode))) continue;
+      DIR *d = opendir(sub);
+      if (!d) return carl_fail(CARL_ERR_IO, "%s: cannot read: %s", sub, strerror(errno));
+      struct dirent *e;
+      while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || (k < 0 && !strcmp(e->d_name, "state.json"))) continue;
+        if (*count == CARL__CKPT_MAX_FILES ||
+            snprintf(names[*count], CARL__CKPT_NAME_MAX, "%s%s%s", prefix, k < 0 ? "" : "/", e->d_name) >=
+                CARL__CKPT_NAME_MAX) {
+          closedir(d);
+          return carl_fail(CARL_ERR_INVALID, "%s: more than %d files or a name too long", dir, CARL__CKPT_MAX_FILES);
+        }
+        (*count)++;
+      }
+      closedir(d);
+    }
+  }
+  /* drop the directories themselves */
+  int n = 0;
+  for (int i = 0; i < *count; i++) {
+    struct stat sb;
+    snprintf(sub, sizeof sub, "%s/%s", dir, names[i]);
+    if (stat(sub, &sb) == 0 && S_ISREG(sb.st_mode)) memmove(names[n++], names[i], CARL__CKPT_NAME_MAX);
+  }
+  *count = n;
+  qsort(names, (size_t)n, CARL__CKPT_NAME_MAX, carl__cmp_name);
+  return CARL_OK;
+}
+
+/* Errors of a checkpoint's files name the checkpoint (ckpt_<step>/model.safetensors), not the
+ * directory it is being written in (ckpt_<step>.tmp). */
+static carl_status carl__ckpt_error(carl_status st, const char *tmp, const char *dir, int64_t step) {
+  carl_fs_errmsg_replace(st, tmp, dir);
+  return carl_errctx(st, "checkpoint at step %" PRId64, step);
+}
+
 static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m, int64_t step,
                                    const carl__run_state_t *rs, char *saved, size_t saved_cap) {
-  char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], old[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 128];
+  char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 160];
   snprintf(name, sizeof name, "ckpt_%08" PRId64, step);
   snprintf(dir, sizeof dir, "%s/%s", out_dir, name);
   snprintf(tmp, sizeof tmp, "%s.tmp", dir);
-  snprintf(old, sizeof old, "%s.old", dir);
   carl__rm_dir(tmp);
-  if (mkdir(tmp, 0755) != 0) return carl_fail(CARL_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+  carl_status st = carl_fs_mkdir_p(tmp);
+  if (st != CARL_OK) return carl__ckpt_error(st, tmp, dir, step);
   cJSON *cj = carl__config_json(cfg);
   char *cfg_text = cJSON_PrintUnformatted(cj);
   char step_text[32];
   snprintf(step_text, sizeof step_text, "%" PRId64, step);
   const char *meta[] = {"format", "pt", "producer", "carl-moe", "step", step_text, "config", cfg_text, NULL};
-  carl_status st = CARL_OK;
   snprintf(f, sizeof f, "%s/model.safetensors", tmp);
   st = carl__write_tensors(f, m, carl_model_params(m), "", meta, NULL);
   if (!st) {
@@ -498,9 +579,19 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     snprintf(f, sizeof f, "%s/router_%d.state", tmp, l);
     st = carl_router_save(carl_model_router(m, l), f);
   }
+  /* each layer's placement (the layout of its expert tensors) and the refresh statistics */
+  for (int l = 0; !st && l < cfg->model.n_layers; l++) {
+    snprintf(f, sizeof f, "%s/placement_%d.json", tmp, l);
+    st = carl_placement_save(f, carl_model_placement(m, l));
+  }
+  if (!st && cfg->refresh_every > 0) {
+    snprintf(f, sizeof f, "%s/place_stats", tmp);
+    st = carl_step_stats_save(carl_model_dispatch(m), f);
+  }
   if (!st) {
     cJSON *s = cJSON_CreateObject();
-    cJSON_AddStringToObject(s, "format", "carl-checkpoint-1");
+    cJSON_AddStringToObject(s, "format", "carl-checkpoint-2");
+    cJSON_AddStringToObject(s, "run_id", rs->run_id);
     cJSON_AddNumberToObject(s, "step", (double)step);
     cJSON_AddNumberToObject(s, "router_state_files", has_router ? cfg->model.n_layers : 0);
     cJSON_AddNumberToObject(s, "inter_bytes_total", rs->inter_bytes_total);
@@ -508,86 +599,199 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
     cJSON_AddNumberToObject(mt, "loss", isfinite(rs->loss) ? rs->loss : 0);
     cJSON_AddNumberToObject(mt, "val_ce", isfinite(rs->val_ce) ? rs->val_ce : 0);
     cJSON_AddNumberToObject(mt, "val_bpb", isfinite(rs->val_bpb) ? rs->val_bpb : 0);
+    /* CRC32C of each file as written (read back), checked on load */
+    cJSON *crc = cJSON_AddObjectToObject(s, "crc32c");
+    char (*names)[CARL__CKPT_NAME_MAX] = malloc(CARL__CKPT_MAX_FILES * sizeof *names);
+    int nfiles = 0;
+    st = names ? carl__ckpt_files(tmp, names, &nfiles) : carl_fail(CARL_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < nfiles && !st; i++) {
+      char hex[16];
+      uint32_t c = 0;
+      if (snprintf(f, sizeof f, "%s/%s", tmp, names[i]) >= (int)sizeof f)
+        st = carl_fail(CARL_ERR_INVALID, "%s/%s: path too long", tmp, names[i]);
+      if (!st) st = carl_fs_crc32c_file(f, &c);
+      snprintf(hex, sizeof hex, "%08x", c);
+      cJSON_AddStringToObject(crc, names[i], hex);
+    }
+    free(names);
     cJSON_AddItemToObject(s, "config", cj);
     cj = NULL;
-    char *text = cJSON_Print(s);
+    char *text = st ? NULL : cJSON_Print(s);
     cJSON_Delete(s);
     snprintf(f, sizeof f, "%s/state.json", tmp);
-    st = text ? carl_write_file_atomic(f, text, strlen(text)) : carl_fail(CARL_ERR_NOMEM, "state.json: out of memory");
+    if (!st) st = text ? carl_write_file_atomic(f, text, strlen(text)) : carl_fail(CARL_ERR_NOMEM, "state.json: out of memory");
     free(text);
   }
   cJSON_Delete(cj);
   cJSON_free(cfg_text);
-  if (!st) st = carl__fsync_dir(tmp);
-  if (!st) {
-    /* replace an older checkpoint of the same step (a run resumed before this step) */
-    carl__rm_dir(old);
-    if (carl__exists(dir) && rename(dir, old) != 0)
-      st = carl_fail(CARL_ERR_IO, "%s: cannot move aside: %s", dir, strerror(errno));
-    if (!st && rename(tmp, dir) != 0) st = carl_fail(CARL_ERR_IO, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno));
-  }
+  if (!st) st = carl_fs_sync_dir(tmp);
+  /* replaces an older checkpoint of the same step (a run resumed before this step) */
+  if (!st) st = carl_fs_replace_dir(tmp, dir);
   if (!st) {
     char latest[CARL_PATH_MAX + 16], line[80];
     snprintf(latest, sizeof latest, "%s/latest", out_dir);
     snprintf(line, sizeof line, "%s\n", name);
     st = carl_write_file_atomic(latest, line, strlen(line));
   }
-  if (!st) st = carl__fsync_dir(out_dir);
+  if (!st) st = carl_fs_sync_dir(out_dir);
   if (st != CARL_OK) {
     carl__rm_dir(tmp);
-    return carl_errctx(st, "checkpoint at step %" PRId64, step);
+    return carl__ckpt_error(st, tmp, dir, step);
   }
-  carl__rm_dir(old);
-  carl__prune(out_dir, name, 2);
+  carl__prune(out_dir, rs->run_id, name, 2);
   snprintf(saved, saved_cap, "%s", dir);
   return CARL_OK;
 }
 
-carl_status carl_ckpt_resolve(const char *path, char *dir, size_t cap) {
+/* The checkpoint to load from path: path itself when it holds a state.json; else the one named by
+ * path/latest when that is complete; else (latest missing, or naming a checkpoint that is missing
+ * or incomplete: a kill between the two) the newest complete ckpt_<step>, with a note saying so. */
+static carl_status carl__ckpt_find(const char *path, char *dir, size_t cap, char *note, size_t note_cap) {
   char f[CARL_PATH_MAX + 128];
-  snprintf(f, sizeof f, "%s/state.json", path);
-  if (carl__exists(f)) {
+  note[0] = '\0';
+  if (carl__ckpt_complete(path)) {
     snprintf(dir, cap, "%s", path);
     return CARL_OK;
   }
-  snprintf(f, sizeof f, "%s/latest", path);
   if (!carl__exists(path)) return carl_fail(CARL_ERR_IO, "%s: no such checkpoint or output directory", path);
-  if (!carl__exists(f)) return carl_fail(CARL_ERR_NOT_FOUND, "%s: no checkpoint here (no 'latest' file and no state.json)", path);
-  char *text;
-  size_t len;
-  CARL_TRY(carl_read_file(f, &text, &len));
-  while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' ')) text[--len] = '\0';
-  if (carl__ckpt_step(text) < 0) {
-    carl_status st = carl_fail(CARL_ERR_PARSE, "%s: corrupt: expected a name ckpt_<step>, got \"%.40s\"", f, text);
+  snprintf(f, sizeof f, "%s/latest", path);
+  char named[64] = "";
+  if (carl__exists(f)) {
+    char *text;
+    size_t len;
+    CARL_TRY(carl_read_file(f, &text, &len));
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' ')) text[--len] = '\0';
+    if (carl__ckpt_step(text) < 0 || len >= sizeof named) {
+      carl_status st = carl_fail(CARL_ERR_PARSE, "%s: corrupt: expected a name ckpt_<step>, got \"%.40s\"", f, text);
+      free(text);
+      return st;
+    }
+    snprintf(named, sizeof named, "%s", text);
     free(text);
-    return st;
+    snprintf(dir, cap, "%s/%s", path, named);
+    if (carl__ckpt_complete(dir)) return CARL_OK;
   }
-  snprintf(dir, cap, "%s/%s", path, text);
-  free(text);
-  snprintf(f, sizeof f, "%s/state.json", dir);
-  if (!carl__exists(f)) return carl_fail(CARL_ERR_IO, "%s: checkpoint named by %s/latest is missing or incomplete", dir, path);
+  int64_t steps[4096];
+  if (carl__ckpt_list(path, 1, steps, 4096) < 1) {
+    if (named[0])
+      return carl_fail(CARL_ERR_IO, "%s/%s: the checkpoint named by %s is missing or incomplete, and no other complete "
+                       "checkpoint is there", path, named, f);
+    return carl_fail(CARL_ERR_NOT_FOUND, "%s: no checkpoint here (no 'latest' file, no complete ckpt_<step> directory, "
+                     "no state.json)", path);
+  }
+  snprintf(dir, cap, "%s/ckpt_%08" PRId64, path, steps[0]);
+  if (named[0])
+    snprintf(note, note_cap, "%s names %s, which is missing or incomplete: using %s, the newest complete checkpoint", f,
+             named, dir);
+  else
+    snprintf(note, note_cap, "%s has no 'latest' file: using %s, the newest complete checkpoint", path, dir);
+  return CARL_OK;
+}
+
+carl_status carl_ckpt_resolve(const char *path, char *dir, size_t cap) {
+  char note[CARL_PATH_MAX * 3];
+  CARL_TRY(carl__ckpt_find(path, dir, cap, note, sizeof note));
+  if (note[0]) CARL_WARN("%s", note);
+  return CARL_OK;
+}
+
+/* What state.json says beyond the config and step. */
+typedef struct {
+  int router_files;
+  int has_crc; /* carl-checkpoint-2 */
+  int nfiles;
+  char names[CARL__CKPT_MAX_FILES][CARL__CKPT_NAME_MAX]; /* files of the checkpoint, relative */
+  uint32_t crc[CARL__CKPT_MAX_FILES];                    /* their CRC32C */
+} carl__ckpt_info_t;
+
+/* The CRC32C recorded for file `name`; 0 when none is (or the checkpoint has none). */
+static int carl__ckpt_crc(const carl__ckpt_info_t *info, const char *name, uint32_t *crc) {
+  for (int i = 0; info->has_crc && i < info->nfiles; i++)
+    if (!strcmp(info->names[i], name)) {
+      *crc = info->crc[i];
+      return 1;
+    }
+  return 0;
+}
+
+/* "crc32c": {"<file>": "<8 hex digits>", ...}; it must cover the parameters, the optimizer and
+ * every router state. */
+static carl_status carl__parse_crc(const cJSON *doc, int router_files, carl__ckpt_info_t *info) {
+  const cJSON *crc = NULL;
+  CARL_TRY(carl_json_get_obj(doc, "", "crc32c", &crc));
+  info->has_crc = 1;
+  for (const cJSON *v = crc->child; v; v = v->next) {
+    char *end = NULL;
+    unsigned long x = cJSON_IsString(v) ? strtoul(v->valuestring, &end, 16) : 0;
+    if (!cJSON_IsString(v) || strlen(v->valuestring) != 8 || *end || x > 0xffffffffUL)
+      return carl_fail(CARL_ERR_PARSE, "crc32c.%s: must be 8 hex digits", v->string);
+    if (!v->string[0] || v->string[0] == '/' || strstr(v->string, "..") || strlen(v->string) >= CARL__CKPT_NAME_MAX)
+      return carl_fail(CARL_ERR_PARSE, "crc32c: \"%.80s\" is not a file of the checkpoint", v->string);
+    if (info->nfiles == CARL__CKPT_MAX_FILES)
+      return carl_fail(CARL_ERR_PARSE, "crc32c: more than %d files", CARL__CKPT_MAX_FILES);
+    snprintf(info->names[info->nfiles], CARL__CKPT_NAME_MAX, "%s", v->string);
+    info->crc[info->nfiles++] = (uint32_t)x;
+  }
+  char name[CARL__CKPT_NAME_MAX];
+  uint32_t c;
+  for (int i = -2; i < router_files; i++) {
+    if (i == -2) snprintf(name, sizeof name, "model.safetensors");
+    else if (i == -1) snprintf(name, sizeof name, "optimizer.safetensors");
+    else snprintf(name, sizeof name, "router_%d.state", i);
+    if (!carl__ckpt_crc(info, name, &c)) return carl_fail(CARL_ERR_PARSE, "crc32c: no entry for %s", name);
+  }
+  return CARL_OK;
+}
+
+/* Every file with a recorded CRC32C, except the two safetensors files (checked as they are read),
+ * must exist and match it. */
+static carl_status carl__verify_ckpt_files(const char *dir, const carl__ckpt_info_t *info) {
+  char f[CARL_PATH_MAX + 160];
+  for (int i = 0; info->has_crc && i < info->nfiles; i++) {
+    if (!strcmp(info->names[i], "model.safetensors") || !strcmp(info->names[i], "optimizer.safetensors")) continue;
+    if (snprintf(f, sizeof f, "%s/%s", dir, info->names[i]) >= (int)sizeof f)
+      return carl_fail(CARL_ERR_INVALID, "%s/%s: path too long", dir, info->names[i]);
+    uint32_t got;
+    CARL_TRY(carl_fs_crc32c_file(f, &got));
+    if (got != info->crc[i])
+      return carl_fail(CARL_ERR_PARSE, "%s: CRC32C is %08x but state.json records %08x: the file was changed or is "
+                       "corrupt", f, got, info->crc[i]);
+  }
   return CARL_OK;
 }
 
 static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *cfg, int64_t *step, carl__run_state_t *rs,
-                                    int *router_files) {
+                                    carl__ckpt_info_t *info) {
   char f[CARL_PATH_MAX + 128];
   snprintf(f, sizeof f, "%s/state.json", ckpt_dir);
   cJSON *doc;
   CARL_TRY(carl_json_load(f, &doc));
-  static const char *const keys[] = {"format", "step", "router_state_files", "inter_bytes_total", "metrics", "config"};
+  static const char *const keys1[] = {"format", "step", "router_state_files", "inter_bytes_total", "metrics", "config"};
+  static const char *const keys2[] = {"format", "step", "router_state_files", "inter_bytes_total", "metrics", "config",
+                                      "run_id", "crc32c"};
   const cJSON *cj = NULL;
-  const char *fmt = NULL;
+  const char *fmt = NULL, *run_id = "";
   int64_t s = 0;
-  int rf = 0;
+  int rf = 0, version = 0;
   double ib = 0;
-  carl_status st = carl_json_check_keys(doc, "", keys, 6);
-  if (!st) st = carl_json_get_str(doc, "", "format", &fmt);
-  if (!st && strcmp(fmt, "carl-checkpoint-1"))
-    st = carl_fail(CARL_ERR_PARSE, "format \"%s\" is not carl-checkpoint-1", fmt);
+  carl__ckpt_info_t *scratch = info ? NULL : malloc(sizeof *scratch);
+  if (!info && !scratch) {
+    carl_json_free(doc);
+    return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", f);
+  }
+  if (!info) info = scratch;
+  info->router_files = info->has_crc = info->nfiles = 0;
+  carl_status st = carl_json_get_str(doc, "", "format", &fmt);
+  if (!st) {
+    version = !strcmp(fmt, "carl-checkpoint-1") ? 1 : !strcmp(fmt, "carl-checkpoint-2") ? 2 : 0;
+    if (!version) st = carl_fail(CARL_ERR_PARSE, "format \"%s\" is not carl-checkpoint-2 (or -1)", fmt);
+  }
+  if (!st) st = version == 1 ? carl_json_check_keys(doc, "", keys1, 6) : carl_json_check_keys(doc, "", keys2, 8);
   if (!st) st = carl_json_get_i64(doc, "", "step", 0, (int64_t)1 << 50, &s);
-  if (!st) st = carl_json_opt_int(doc, "", "router_state_files", 0, 4096, 0, &rf);
+  if (!st) st = carl_json_opt_int(doc, "", "router_state_files", 0, 256, 0, &rf);
   if (!st) st = carl_json_opt_num(doc, "", "inter_bytes_total", 0, INFINITY, 0, &ib);
+  if (!st && version == 2) st = carl_json_get_str(doc, "", "run_id", &run_id);
+  if (!st && version == 2) st = carl__parse_crc(doc, rf, info);
   if (!st) st = carl_json_get_obj(doc, "", "config", &cj);
   char *ctext = NULL;
   if (!st) {
@@ -597,6 +801,7 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
   cJSON_free(ctext);
   if (st != CARL_OK) {
     carl_json_free(doc);
+    free(scratch);
     return carl_errctx(st, "%s", f);
   }
   *step = s;
@@ -604,45 +809,103 @@ static carl_status carl__read_state(const char *ckpt_dir, carl_train_config_t *c
     memset(rs, 0, sizeof *rs);
     rs->inter_bytes_total = ib;
     rs->val_ce = rs->val_bpb = rs->loss = NAN;
+    snprintf(rs->run_id, sizeof rs->run_id, "%s", run_id);
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(doc, "metrics");
     const cJSON *v;
     if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_ce")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_ce = v->valuedouble;
     if ((v = cJSON_GetObjectItemCaseSensitive(mt, "val_bpb")) && cJSON_IsNumber(v) && v->valuedouble > 0) rs->val_bpb = v->valuedouble;
     if ((v = cJSON_GetObjectItemCaseSensitive(mt, "loss")) && cJSON_IsNumber(v)) rs->loss = v->valuedouble;
   }
-  if (router_files) *router_files = rf;
+  info->router_files = rf;
   carl_json_free(doc);
+  free(scratch);
   return CARL_OK;
 }
 
 carl_status carl_ckpt_read_config(const char *ckpt_dir, carl_train_config_t *cfg, int64_t *step) {
-  char dir[CARL_PATH_MAX + 64];
-  CARL_TRY(carl_ckpt_resolve(ckpt_dir, dir, sizeof dir));
-  return carl__read_state(dir, cfg, step, NULL, NULL);
+  char dir[CARL_PATH_MAX + 64], note[CARL_PATH_MAX * 3];
+  CARL_TRY(carl__ckpt_find(ckpt_dir, dir, sizeof dir, note, sizeof note));
+  CARL_TRY(carl__read_state(dir, cfg, step, NULL, NULL));
+  if (note[0]) CARL_WARN("%s", note);
+  return CARL_OK;
 }
 
-static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_optimizer) {
+/* "[i, j, ...]" of flat index k in shape. */
+static void carl__index_str(int64_t k, int ndim, const int64_t *shape, char *buf, size_t cap) {
+  int64_t idx[CARL_MAX_DIMS];
+  for (int d = ndim - 1; d >= 0; d--) {
+    idx[d] = shape[d] > 0 ? k % shape[d] : 0;
+    k = shape[d] > 0 ? k / shape[d] : 0;
+  }
+  size_t n = (size_t)snprintf(buf, cap, "[");
+  for (int d = 0; d < ndim && n < cap; d++) n += (size_t)snprintf(buf + n, cap - n, "%s%lld", d ? ", " : "", (long long)idx[d]);
+  if (n < cap) snprintf(buf + n, cap - n, "]");
+}
+
+/* Every element of a loaded tensor is finite; the error names the tensor and the first bad element. */
+static carl_status carl__check_finite(const char *name, const float *x, int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; d++) n *= shape[d];
+  for (int64_t k = 0; k < n; k++)
+    if (!isfinite(x[k])) {
+      char at[160];
+      carl__index_str(k, ndim, shape, at, sizeof at);
+      return carl_fail(CARL_ERR_NUMERIC, "tensor '%s' holds %s at element %lld (index %s): the file is corrupt or was "
+                       "written by a run that had diverged", name, isnan(x[k]) ? "NaN" : x[k] > 0 ? "+Inf" : "-Inf",
+                       (long long)k, at);
+    }
+  return CARL_OK;
+}
+
+/* Read a safetensors file; with a CRC from state.json, its bytes must match it. */
+static carl_status carl__read_st_checked(const char *path, const carl__ckpt_info_t *info, carl_st_file_t *sf) {
+  const char *base = strrchr(path, '/');
+  uint32_t want = 0;
+  int has_crc = carl__ckpt_crc(info, base ? base + 1 : path, &want);
+  char *buf;
+  size_t len;
+  CARL_TRY(carl_read_file(path, &buf, &len));
+  carl_status st = carl_st_parse(buf, len, sf);
+  if (st != CARL_OK) {
+    free(buf);
+    return carl_errctx(st, "%s", path);
+  }
+  uint32_t got = carl_crc32c(0, buf, len);
+  free(buf);
+  if (has_crc && got != want) {
+    carl_st_free(sf);
+    return carl_fail(CARL_ERR_PARSE, "%s: CRC32C is %08x but state.json records %08x: the file was changed or is corrupt",
+                     path, got, want);
+  }
+  return CARL_OK;
+}
+
+static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_optimizer, const carl__ckpt_info_t *info) {
   char f[CARL_PATH_MAX + 128];
   carl_st_file_t sf;
   snprintf(f, sizeof f, "%s/model.safetensors", dir);
-  CARL_TRY(carl_st_read(f, &sf));
+  CARL_TRY(carl__read_st_checked(f, info, &sf));
   carl_status st = CARL_OK;
   int n = carl_model_ntensors(m);
   for (int i = 0; i < n && !st; i++) {
     const carl_tensor_info_t *ti = carl_model_tensor(m, i);
-    st = carl_st_get_f32(&sf, ti->name, ti->ndim, ti->shape, carl_model_params(m) + ti->offset);
+    float *dst = carl_model_params(m) + ti->offset;
+    st = carl_st_get_f32(&sf, ti->name, ti->ndim, ti->shape, dst);
+    if (!st) st = carl__check_finite(ti->name, dst, ti->ndim, ti->shape);
   }
   carl_st_free(&sf);
   if (st != CARL_OK) return carl_errctx(st, "%s", f);
   if (!with_optimizer) return CARL_OK;
   snprintf(f, sizeof f, "%s/optimizer.safetensors", dir);
-  CARL_TRY(carl_st_read(f, &sf));
+  CARL_TRY(carl__read_st_checked(f, info, &sf));
   char name[CARL_ST_NAME_MAX];
   for (int pass = 0; pass < 2 && !st; pass++)
     for (int i = 0; i < n && !st; i++) {
       const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+      float *dst = (pass ? carl_model_adam_v(m) : carl_model_adam_m(m)) + ti->offset;
       snprintf(name, sizeof name, "%s%s", pass ? "v." : "m.", ti->name);
-      st = carl_st_get_f32(&sf, name, ti->ndim, ti->shape, (pass ? carl_model_adam_v(m) : carl_model_adam_m(m)) + ti->offset);
+      st = carl_st_get_f32(&sf, name, ti->ndim, ti->shape, dst);
+      if (!st) st = carl__check_finite(name, dst, ti->ndim, ti->shape);
     }
   if (!st) st = carl_st_get(&sf, "adam_t", CARL_I64, 1, (int64_t[]){1}, carl_model_adam_t(m));
   carl_st_free(&sf);
@@ -650,34 +913,63 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
   return CARL_OK;
 }
 
-static carl_status carl__load_routers(const char *dir, carl_model_t *m, int files) {
+/* Prefix the current error with path unless it already names it. */
+static carl_status carl__ctx_path(carl_status st, const char *path) {
+  return strstr(carl_errmsg(), path) ? st : carl_errctx(st, "%s", path);
+}
+
+/* The expert tensors were saved in the layout of each layer's placement_<l>.json: move them into
+ * the model's layout; resuming (adopt = 1) then takes the checkpoint's placements as well. */
+static carl_status carl__load_placements(const char *dir, carl_model_t *m, int adopt) {
+  const carl_model_config_t *c = carl_model_config(m);
+  char f[CARL_PATH_MAX + 128];
+  for (int l = 0; l < c->n_layers; l++) {
+    snprintf(f, sizeof f, "%s/placement_%d.json", dir, l);
+    if (!carl__exists(f)) continue; /* a checkpoint from before placements were recorded */
+    carl_placement_t p;
+    CARL_TRY(carl_placement_load(f, NULL, c->n_experts, &p));
+    carl_status st = carl_model_import_layout(m, l, &p);
+    if (!st && adopt) st = carl_model_set_placement(m, l, &p);
+    carl_placement_free(&p);
+    if (st != CARL_OK) return carl_errctx(st, "%s", f);
+  }
+  return CARL_OK;
+}
+
+static carl_status carl__load_routers(const char *dir, carl_model_t *m, const carl__ckpt_info_t *info) {
   int L = carl_model_config(m)->n_layers;
   int has = carl__router_has_state(m);
-  if (has && files != L)
-    return carl_fail(CARL_ERR_STATE, "%s: router state for %d layers, the model has %d stateful router layers", dir, files, L);
+  if (has && info->router_files != L)
+    return carl_fail(CARL_ERR_STATE, "%s: router state for %d layers, the model has %d stateful router layers", dir,
+                     info->router_files, L);
   char f[CARL_PATH_MAX + 128];
   for (int l = 0; has && l < L; l++) {
     snprintf(f, sizeof f, "%s/router_%d.state", dir, l);
     carl_status st = carl_router_load(carl_model_router(m, l), f);
-    if (st != CARL_OK) return carl_errctx(st, "%s", f);
+    if (st != CARL_OK) return carl__ctx_path(st, f);
   }
   return CARL_OK;
 }
 
 carl_status carl_ckpt_load_model(const char *path, carl_train_config_t *cfg, carl_model_t **out, int64_t *step) {
   *out = NULL;
-  char dir[CARL_PATH_MAX + 64];
-  CARL_TRY(carl_ckpt_resolve(path, dir, sizeof dir));
-  int rf = 0;
-  CARL_TRY(carl__read_state(dir, cfg, step, NULL, &rf));
-  carl_model_t *m;
-  CARL_TRY(carl_model_create(&cfg->model, &m));
-  carl_status st = carl__load_params(dir, m, 0);
-  if (!st) st = carl__load_routers(dir, m, rf);
+  char dir[CARL_PATH_MAX + 64], note[CARL_PATH_MAX * 3];
+  CARL_TRY(carl__ckpt_find(path, dir, sizeof dir, note, sizeof note));
+  carl__ckpt_info_t *info = malloc(sizeof *info); /* 70 KB: not on the stack */
+  if (!info) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", dir);
+  carl_model_t *m = NULL;
+  carl_status st = carl__read_state(dir, cfg, step, NULL, info);
+  if (!st) st = carl_model_create(&cfg->model, &m);
+  if (!st) st = carl__verify_ckpt_files(dir, info);
+  if (!st) st = carl__load_params(dir, m, 0, info);
+  if (!st) st = carl__load_placements(dir, m, 0);
+  if (!st) st = carl__load_routers(dir, m, info);
+  free(info);
   if (st != CARL_OK) {
     carl_model_free(m);
     return st;
   }
+  if (note[0]) CARL_WARN("%s", note);
   *out = m;
   return CARL_OK;
 }
@@ -689,29 +981,70 @@ const char *carl_train_csv_header(void) {
          "inter_bytes,intra_bytes,inter_bytes_total,inter_fraction,a2a_ms,drop_rate,elapsed_s";
 }
 
-void carl_train_csv_row(FILE *f, const carl_train_metrics_t *m) {
+/* One row (with its newline) into buf; the length, or -1 when it does not fit. */
+static int carl__csv_row_text(char *buf, size_t cap, const carl_train_metrics_t *m) {
   char vce[32] = "", vbpb[32] = "";
   if (m->has_val) {
     snprintf(vce, sizeof vce, "%.9g", m->val_ce);
     snprintf(vbpb, sizeof vbpb, "%.9g", m->val_bpb);
   }
-  fprintf(f, "%" PRId64 ",%.9g,%.9g,%.9g,%s,%s,%.6g,%.6g,%.1f,%.6g,%.6g,%.6g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.2f\n",
-          m->step, m->loss, m->ce, m->router_loss, vce, vbpb, m->lr, m->grad_norm, m->tokens_per_s, m->skew_expert,
-          m->skew_device, m->skew_node, m->inter_bytes, m->intra_bytes, m->inter_bytes_total, m->inter_fraction,
-          m->a2a_ms, m->drop_rate, m->elapsed_s);
+  int n = snprintf(buf, cap, "%" PRId64 ",%.9g,%.9g,%.9g,%s,%s,%.6g,%.6g,%.1f,%.6g,%.6g,%.6g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.2f\n",
+                   m->step, m->loss, m->ce, m->router_loss, vce, vbpb, m->lr, m->grad_norm, m->tokens_per_s, m->skew_expert,
+                   m->skew_device, m->skew_node, m->inter_bytes, m->intra_bytes, m->inter_bytes_total, m->inter_fraction,
+                   m->a2a_ms, m->drop_rate, m->elapsed_s);
+  return n >= 0 && (size_t)n < cap ? n : -1;
 }
 
-/* Keep the header and rows with step <= keep_step; create the file with a header when missing. */
-static carl_status carl__csv_open(const char *path, int resume, int64_t keep_step, FILE **out) {
+void carl_train_csv_row(FILE *f, const carl_train_metrics_t *m) {
+  char row[1024];
+  if (carl__csv_row_text(row, sizeof row, m) > 0) fputs(row, f);
+}
+
+/* metrics.csv, appended to row by row; every write is checked, and a failed one is cut off again
+ * so that the file holds whole rows only. */
+typedef struct {
+  FILE *f;
+  char path[CARL_PATH_MAX + 64];
+  long size; /* bytes of whole rows written */
+} carl__csv_t;
+
+static int carl__count_commas(const char *s) {
+  int n = 0;
+  for (; *s; s++) n += *s == ',';
+  return n;
+}
+
+/* Fresh run: a new file with the header. Resume: the header and the rows with step <= keep_step
+ * (rows past the checkpoint, or cut short, are dropped) are written whole through a temporary and
+ * a rename, so that a kill at any moment leaves the old rows or the new file, never less; rows are
+ * then appended. */
+static carl_status carl__csv_open(carl__csv_t *c, const char *path, int resume, int64_t keep_step) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->path, sizeof c->path, "%s", path);
+  const char *hdr = carl_train_csv_header();
+  if (!resume) {
+    c->f = fopen(path, "w");
+    if (!c->f) return carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (fprintf(c->f, "%s\n", hdr) < 0 || fflush(c->f) != 0) {
+      carl_status st = carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+      fclose(c->f);
+      c->f = NULL;
+      return st;
+    }
+    c->size = (long)strlen(hdr) + 1;
+    return CARL_OK;
+  }
   char *old = NULL;
   size_t len = 0;
-  if (resume && carl__exists(path)) CARL_TRY(carl_read_file(path, &old, &len));
-  FILE *f = fopen(path, "w");
-  if (!f) {
+  if (carl__exists(path)) CARL_TRY(carl_read_file(path, &old, &len));
+  size_t cap = strlen(hdr) + 2 + len;
+  char *text = malloc(cap);
+  if (!text) {
     free(old);
-    return carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
   }
-  fprintf(f, "%s\n", carl_train_csv_header());
+  size_t n = (size_t)snprintf(text, cap, "%s\n", hdr);
+  int fields = carl__count_commas(hdr);
   if (old) {
     char *save = NULL;
     int first = 1;
@@ -722,64 +1055,76 @@ static carl_status carl__csv_open(const char *path, int resume, int64_t keep_ste
       }
       char *end;
       long long s = strtoll(line, &end, 10);
-      if (end != line && *end == ',' && s <= keep_step) fprintf(f, "%s\n", line);
+      if (end != line && *end == ',' && s <= keep_step && carl__count_commas(line) == fields) {
+        size_t l = strlen(line);
+        memcpy(text + n, line, l);
+        text[n + l] = '\n';
+        n += l + 1;
+      }
     }
     free(old);
   }
-  fflush(f);
-  *out = f;
+  carl_status st = carl_write_file_atomic(path, text, n);
+  free(text);
+  CARL_TRY(st);
+  c->f = fopen(path, "a");
+  if (!c->f) return carl_fail(CARL_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+  c->size = (long)n;
+  return CARL_OK;
+}
+
+static carl_status carl__csv_append(carl__csv_t *c, const carl_train_metrics_t *m) {
+  char row[1024];
+  int n = carl__csv_row_text(row, sizeof row, m);
+  if (n < 0) return carl_fail(CARL_ERR_INVALID, "%s: row of step %lld too long", c->path, (long long)m->step);
+  if (fputs(row, c->f) == EOF || fflush(c->f) != 0) {
+    int e = errno;
+    clearerr(c->f);
+    if (ftruncate(fileno(c->f), c->size) == 0) fseek(c->f, 0, SEEK_END);
+    return carl_fail(CARL_ERR_IO, "%s: cannot write the row of step %lld: %s", c->path, (long long)m->step, strerror(e));
+  }
+  c->size += n;
+  return CARL_OK;
+}
+
+/* The rows so far on disk (before a checkpoint refers to them). */
+static carl_status carl__csv_sync(carl__csv_t *c) {
+  if (fsync(fileno(c->f)) != 0 && errno != EINVAL)
+    return carl_fail(CARL_ERR_IO, "%s: cannot write (sync failed): %s", c->path, strerror(errno));
+  return CARL_OK;
+}
+
+static carl_status carl__csv_close(carl__csv_t *c) {
+  if (!c->f) return CARL_OK;
+  int bad = fclose(c->f) != 0;
+  c->f = NULL;
+  if (bad) return carl_fail(CARL_ERR_IO, "%s: cannot write (close failed): %s", c->path, strerror(errno));
   return CARL_OK;
 }
 
 /* ============================== the loop ========================================================== */
 
-typedef struct {
-  const carl_topo_t *topo;
-  const carl_placement_t *pl;
-  int D, nodes, E;
-  double *dev, *node; /* [D], [nodes] scratch */
-} carl__skew_t;
-
-static double carl__maxmean(const double *x, int n) {
-  double s = 0, mx = 0;
-  for (int i = 0; i < n; i++) {
-    s += x[i];
-    if (x[i] > mx) mx = x[i];
-  }
-  return s > 0 ? mx / (s / n) : 1.0;
-}
-
-/* Fill skews, bytes, drops of the last forward into mt. */
-static carl_status carl__step_stats(carl_model_t *m, carl__skew_t *sk, carl_train_metrics_t *mt) {
+/* Fill skews, bytes, drops of the last forward into mt: the step metrics of every layer (loads
+ * over the layer's replicas, skew) and the layer's dispatch cost, summed or averaged over layers. */
+static carl_status carl__step_stats(carl_model_t *m, carl_train_metrics_t *mt) {
   const carl_model_config_t *c = carl_model_config(m);
-  double se = 0, sd = 0, sn = 0, inter = 0, intra = 0, a2a = 0, drop = 0, slots = 0;
-  double *le = malloc((size_t)c->n_experts * sizeof *le);
-  if (!le) return carl_fail(CARL_ERR_NOMEM, "metrics: out of memory");
+  double se = 0, sd = 0, sn = 0, inter = 0, intra = 0, a2a = 0, drop = 0;
+  const carl_step_t *ds = carl_model_dispatch(m);
   for (int l = 0; l < c->n_layers; l++) {
     carl_moe_stats_t st;
-    carl_status s = carl_model_layer_stats(m, l, &st);
-    if (s != CARL_OK) {
-      free(le);
-      return s;
-    }
-    for (int e = 0; e < st.E; e++) le[e] = (double)st.load[e];
-    se += carl__maxmean(le, st.E);
-    memset(sk->dev, 0, (size_t)sk->D * sizeof *sk->dev);
-    memset(sk->node, 0, (size_t)sk->nodes * sizeof *sk->node);
-    for (int e = 0; e < st.E; e++) {
-      int dv = sk->pl ? sk->pl->home[e] : 0;
-      sk->dev[dv] += le[e];
-      sk->node[sk->topo ? carl_topo_node(sk->topo, dv) : 0] += le[e];
-    }
-    sd += carl__maxmean(sk->dev, sk->D);
-    sn += carl__maxmean(sk->node, sk->nodes);
+    CARL_TRY(carl_model_layer_stats(m, l, &st));
+    const double score = carl_router_get(carl_model_router(m, l), "score");
+    carl_step_metrics_t sm;
+    CARL_TRY(carl_step_metrics(carl_model_topology(m), carl_step_placement(ds, l), st.T, st.E, st.k, isfinite(score) ? (int)score : 0,
+                               st.logits, st.experts, &sm, NULL, NULL, NULL));
+    se += sm.skew_expert;
+    sd += sm.skew_device;
+    sn += sm.skew_node;
+    drop += sm.drop_rate;
     inter += st.bytes[CARL_LINK_INTER] + st.bytes[CARL_LINK_RACK];
     intra += st.bytes[CARL_LINK_INTRA];
     a2a += st.a2a_s;
-    drop += (double)st.dropped;
-    slots += (double)st.T * st.k;
   }
-  free(le);
   int L = c->n_layers;
   mt->skew_expert = se / L;
   mt->skew_device = sd / L;
@@ -788,7 +1133,7 @@ static carl_status carl__step_stats(carl_model_t *m, carl__skew_t *sk, carl_trai
   mt->intra_bytes = intra;
   mt->inter_fraction = inter + intra > 0 ? inter / (inter + intra) : 0;
   mt->a2a_ms = a2a * 1e3;
-  mt->drop_rate = slots > 0 ? drop / slots : 0;
+  mt->drop_rate = drop / L;
   return CARL_OK;
 }
 
@@ -844,23 +1189,129 @@ static carl_status carl__trace_add(carl__trace_t *tr, carl_model_t *m, const int
   return CARL_OK;
 }
 
+/* The trace files are written into a work directory inside dir and moved in together at the end:
+ * a failure leaves the trace files of before, or the new ones, never a mix. Errors name dir. */
 static carl_status carl__trace_write(const carl__trace_t *tr, const char *dir, int D) {
-  CARL_TRY(carl__mkdir_p(dir));
-  char f[CARL_PATH_MAX + 128];
-  for (int l = 0; l < tr->L; l++) {
-    snprintf(f, sizeof f, "%s/layer_%d.npy", dir, l);
-    CARL_TRY(carl_npy_save(f, CARL_F32, 2, (int64_t[]){tr->rows, tr->E}, tr->logits[l]));
+  char work[CARL_FS_PATH_MAX], f[CARL_FS_PATH_MAX + 64];
+  CARL_TRY(carl_fs_work_begin(dir, work, sizeof work));
+  carl_status st = CARL_OK;
+  for (int l = 0; l < tr->L && !st; l++) {
+    snprintf(f, sizeof f, "%s/layer_%d.npy", work, l);
+    st = carl_npy_save(f, CARL_F32, 2, (int64_t[]){tr->rows, tr->E}, tr->logits[l]);
   }
-  int32_t *src = malloc((size_t)(tr->rows > 0 ? tr->rows : 1) * sizeof *src);
-  if (!src) return carl_fail(CARL_ERR_NOMEM, "trace: out of memory");
-  /* the model spreads the T tokens of a step evenly over the devices in order: t*D/T */
-  for (int64_t i = 0; i < tr->rows; i++) src[i] = (int32_t)((i % tr->T) * D / tr->T);
-  snprintf(f, sizeof f, "%s/src.npy", dir);
-  carl_status st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, src);
+  int32_t *src = st ? NULL : malloc((size_t)(tr->rows > 0 ? tr->rows : 1) * sizeof *src);
+  if (!st && !src) st = carl_fail(CARL_ERR_NOMEM, "trace: out of memory");
+  if (!st) {
+    /* the model spreads the T tokens of a step evenly over the devices in order: t*D/T */
+    for (int64_t i = 0; i < tr->rows; i++) src[i] = (int32_t)((i % tr->T) * D / tr->T);
+    snprintf(f, sizeof f, "%s/src.npy", work);
+    st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, src);
+  }
   free(src);
-  CARL_TRY(st);
-  snprintf(f, sizeof f, "%s/tokens.npy", dir);
-  return carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
+  if (!st) {
+    snprintf(f, sizeof f, "%s/tokens.npy", work);
+    st = carl_npy_save(f, CARL_I32, 1, (int64_t[]){tr->rows}, tr->tokens);
+  }
+  if (st) {
+    carl_fs_errmsg_replace(st, work, dir);
+    carl_fs_remove_tree(work);
+    return carl_errctx(st, "trace");
+  }
+  return carl_fs_work_commit(work, dir);
+}
+
+/* The byte tokenizer gives ids 0..255: a smaller model.vocab must hold every byte of the corpus. */
+static carl_status carl__check_vocab(const carl_train_config_t *cfg, const carl_text_t *train, const carl_text_t *val) {
+  const int V = cfg->model.vocab;
+  if (V >= CARL_BYTE_VOCAB) return CARL_OK;
+  const carl_text_t *texts[2] = {train, val};
+  const char *paths[2] = {cfg->train_data, cfg->val_data};
+  for (int k = 0; k < 2; k++)
+    for (int64_t i = 0; i < texts[k]->n; i++)
+      if (texts[k]->bytes[i] >= V)
+        return carl_fail(CARL_ERR_INVALID, "%s: byte %d at offset %lld is outside the vocabulary: model.vocab is %d in "
+                         "the config \"%s\" (the byte tokenizer needs 256 to read any text)", paths[k],
+                         texts[k]->bytes[i], (long long)i, V, cfg->name);
+  return CARL_OK;
+}
+
+/* The trace directory must be a directory (or not exist yet, then it is created): checked before
+ * training, not after it. */
+static carl_status carl__check_trace_dir(const char *dir) {
+  struct stat sb;
+  if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode))
+    return carl_fail(CARL_ERR_INVALID, "trace directory %s: exists and is not a directory", dir);
+  return carl_fs_mkdir_p(dir);
+}
+
+/* A fresh run does not write into another run's directory unless told to (opts.overwrite). */
+static carl_status carl__check_fresh_dir(const char *out_dir) {
+  char f[CARL_PATH_MAX + 64], what[CARL_PATH_MAX + 160] = "";
+  struct stat sb;
+  snprintf(f, sizeof f, "%s/latest", out_dir);
+  if (lstat(f, &sb) == 0) snprintf(what, sizeof what, "a 'latest' file");
+  int64_t steps[1];
+  if (!what[0] && carl__ckpt_list(out_dir, 0, steps, 1) > 0)
+    snprintf(what, sizeof what, "checkpoint ckpt_%08" PRId64, steps[0]);
+  snprintf(f, sizeof f, "%s/metrics.csv", out_dir);
+  if (!what[0] && lstat(f, &sb) == 0) snprintf(what, sizeof what, "a metrics.csv");
+  if (!what[0]) return CARL_OK;
+  return carl_fail(CARL_ERR_STATE, "%s already holds a training run (%s): --resume continues it; --overwrite starts a "
+                   "new run there (metrics.csv is replaced, the other run's checkpoints are kept)", out_dir, what);
+}
+
+/* Add to the current error that training stopped at step `step` and which checkpoint stays. */
+static void carl__stopped(carl_status st, int64_t step, const char *last_ckpt) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", carl_errmsg());
+  carl_fail(st, "%s; training stopped at step %lld. Last good checkpoint: %s", msg, (long long)step,
+            last_ckpt[0] ? last_ckpt : "none yet");
+}
+
+/* model.n_slots from train.replicas and the topology: replicas, else ceil(E / D) per device. */
+static carl_status carl__slots(carl_train_config_t *c, const carl_topo_t *t) {
+  const int E = c->model.n_experts, D = t ? t->devices : 1;
+  if (c->replicas > 0) {
+    if (!t) return carl_fail(CARL_ERR_INVALID, "train.replicas = %d needs a topology (train.topology)", c->replicas);
+    if (c->replicas < E || c->replicas % D)
+      return carl_fail(CARL_ERR_INVALID, "train.replicas = %d must be >= n_experts (%d) and a multiple of the %d devices",
+                       c->replicas, E, D);
+  }
+  const int want = c->replicas > 0 ? c->replicas : t ? D * ((E + D - 1) / D) : 0;
+  if (c->model.n_slots && c->model.n_slots != (want ? want : E))
+    return carl_fail(CARL_ERR_INVALID, "model.slots = %d, but train.replicas and the topology give %d", c->model.n_slots,
+                     want ? want : E);
+  c->model.n_slots = want;
+  return CARL_OK;
+}
+
+/* The placement training starts from: contiguous, or with replicas the train.place algorithm on
+ * uniform statistics (every expert equally loaded, from every node alike). */
+static carl_status carl__initial_placement(const carl_train_config_t *c, const carl_topo_t *t, carl_placement_t *pl) {
+  const int E = c->model.n_experts, D = t->devices, N = t->nodes;
+  if (c->model.n_slots == D * ((E + D - 1) / D)) return carl_placement_contiguous(pl, E, D);
+  double *u = malloc(sizeof(double) * (size_t)E * (size_t)(1 + N + E));
+  if (!u) return carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+  for (int64_t i = 0; i < (int64_t)E * (1 + N + E); i++) u[i] = 1.0;
+  carl_place_input_t in = {.E = E, .N = N, .load = u, .traffic = u + E, .coact = u + E + (int64_t)N * E};
+  carl_place_opts_t po;
+  carl_place_opts_default(&po);
+  carl_status st = carl_place_algo_parse(c->place, &po.algo);
+  po.replicas = c->model.n_slots;
+  if (!st) st = carl_place_compute(t, &in, &po, pl);
+  free(u);
+  return st == CARL_OK ? CARL_OK : carl_errctx(st, "initial placement with train.replicas = %d", c->replicas);
+}
+
+/* Topology, initial placement and refresh of the model (before its parameters are loaded). */
+static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config_t *c, const carl_topo_t *t,
+                                        const carl_placement_t *pl) {
+  if (t) CARL_TRY(carl_model_set_topology(m, t, pl));
+  if (c->refresh_every <= 0) return CARL_OK;
+  carl_place_opts_t po;
+  carl_place_opts_default(&po);
+  CARL_TRY(carl_place_algo_parse(c->place, &po.algo));
+  return carl_model_set_refresh(m, c->refresh_every, &po, 0.9);
 }
 
 carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_opts_t *o, carl_train_result_t *res) {
@@ -878,13 +1329,14 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   carl_placement_t pl = {0};
   int have_topo = 0;
   carl_model_t *m = NULL;
-  FILE *csv = NULL;
+  carl__csv_t csv = {0};
   int32_t *x = NULL, *y = NULL;
   carl__trace_t tr = {0};
-  carl__skew_t sk = {0};
+  int trace_D = 1;
   char ckdir[CARL_PATH_MAX + 64] = "", path[CARL_PATH_MAX + 64];
   int64_t start = 0;
-  carl__run_state_t rs = {0, NAN, NAN, NAN};
+  carl__run_state_t rs = {0, NAN, NAN, NAN, ""};
+  char note[CARL_PATH_MAX * 3] = "", steps_note[256] = ""; /* warnings, printed once the input is accepted */
   carl_status st;
 
   st = carl_text_load(cfg.train_data, &train);
@@ -893,14 +1345,18 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   if (!st) st = carl_loader_init(&vl, &val, 1, S, cfg.data_seed);
   if (!st && cfg.topology[0]) {
     st = carl_topo_load(cfg.topology, &topo);
-    if (!st) st = carl_placement_contiguous(&pl, cfg.model.n_experts, topo.devices);
     have_topo = !st;
   }
+  if (!st) st = carl__slots(&cfg, have_topo ? &topo : NULL);
+  if (!st && have_topo) st = carl__initial_placement(&cfg, &topo, &pl);
+  if (!st) st = carl__check_vocab(&cfg, &train, &val);
+  if (!st && o->dump_trace) st = carl__check_trace_dir(o->dump_trace);
+  if (!st && !o->resume && !o->overwrite) st = carl__check_fresh_dir(o->out_dir);
   if (!st && o->resume) {
     carl_train_config_t ck;
-    int rf = 0;
-    st = carl_ckpt_resolve(o->out_dir, ckdir, sizeof ckdir);
-    if (!st) st = carl__read_state(ckdir, &ck, &start, &rs, &rf);
+    carl__ckpt_info_t *info = malloc(sizeof *info); /* 70 KB: not on the stack */
+    st = info ? carl__ckpt_find(o->out_dir, ckdir, sizeof ckdir, note, sizeof note) : carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+    if (!st) st = carl__read_state(ckdir, &ck, &start, &rs, info);
     char why[256];
     if (!st && carl_train_config_model_diff(&ck, &cfg, why, sizeof why))
       st = carl_fail(CARL_ERR_STATE, "%s: the checkpoint does not match the config: %s (checkpoint vs config)", ckdir, why);
@@ -909,39 +1365,44 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
                      "(%d, %d, %llu vs %d, %d, %llu)", ckdir, cfg.batch, cfg.seq_len, (unsigned long long)cfg.data_seed,
                      ck.batch, ck.seq_len, (unsigned long long)ck.data_seed);
     if (!st && ck.steps != cfg.steps)
-      CARL_WARN("train: resuming with steps = %lld (the checkpoint's run had %lld): the learning-rate schedule changes",
-                (long long)cfg.steps, (long long)ck.steps);
+      snprintf(steps_note, sizeof steps_note, "train: resuming with steps = %lld (the checkpoint's run had %lld): the "
+               "learning-rate schedule changes", (long long)cfg.steps, (long long)ck.steps);
     if (!st) st = carl_model_create(&cfg.model, &m);
-    if (!st) st = carl__load_params(ckdir, m, 1);
-    if (!st) st = carl__load_routers(ckdir, m, rf);
+    if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
+    if (!st) st = carl__verify_ckpt_files(ckdir, info);
+    if (!st) st = carl__load_params(ckdir, m, 1, info);
+    if (!st) st = carl__load_placements(ckdir, m, 1);
+    if (!st) st = carl__load_routers(ckdir, m, info);
+    free(info);
+    if (!st && cfg.refresh_every > 0) {
+      snprintf(path, sizeof path, "%s/place_stats", ckdir);
+      st = carl_step_stats_load(carl_model_dispatch_mut(m), path);
+    }
     if (!st && start > cfg.steps)
       st = carl_fail(CARL_ERR_STATE, "%s: checkpoint is at step %lld, past train.steps = %lld", ckdir, (long long)start,
                      (long long)cfg.steps);
     if (!st) snprintf(res->last_ckpt, sizeof res->last_ckpt, "%s", ckdir);
+    /* a checkpoint from before run ids: this run gets one (the older checkpoints are then never pruned) */
+    if (!st && !rs.run_id[0]) carl__new_run_id(rs.run_id, sizeof rs.run_id);
   } else if (!st) {
+    carl__new_run_id(rs.run_id, sizeof rs.run_id);
     st = carl_model_create(&cfg.model, &m);
+    if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
   }
-  if (!st) st = carl__mkdir_p(o->out_dir);
-  if (!st && have_topo) st = carl_model_set_topology(m, &topo, &pl);
+  if (!st) st = carl_fs_mkdir_p(o->out_dir);
   if (!st) {
     snprintf(path, sizeof path, "%s/metrics.csv", o->out_dir);
-    st = carl__csv_open(path, o->resume, start, &csv);
+    st = carl__csv_open(&csv, path, o->resume, start);
   }
   if (!st) {
     x = malloc((size_t)T * sizeof *x);
     y = malloc((size_t)T * sizeof *y);
-    sk.topo = have_topo ? &topo : NULL;
-    sk.pl = have_topo ? &pl : NULL;
-    sk.D = have_topo ? topo.devices : 1;
-    sk.nodes = have_topo ? topo.nodes : 1;
-    sk.E = cfg.model.n_experts;
-    sk.dev = calloc((size_t)sk.D, sizeof *sk.dev);
-    sk.node = calloc((size_t)sk.nodes, sizeof *sk.node);
+    trace_D = have_topo ? topo.devices : 1;
     tr.L = cfg.model.n_layers;
     tr.E = cfg.model.n_experts;
     tr.T = T;
     tr.logits = calloc((size_t)tr.L, sizeof *tr.logits);
-    if (!x || !y || !sk.dev || !sk.node || !tr.logits) st = carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+    if (!x || !y || !tr.logits) st = carl_fail(CARL_ERR_NOMEM, "train: out of memory");
   }
 
   carl_adamw_cfg_t opt = carl_adamw_default();
@@ -952,6 +1413,9 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   int64_t dump_every = o->dump_every > 0 ? o->dump_every : cfg.log_every;
   int64_t end = cfg.steps;
   if (o->stop_after > 0 && o->stop_after < end) end = o->stop_after;
+
+  if (!st && note[0]) CARL_WARN("%s", note);
+  if (!st && steps_note[0]) CARL_WARN("%s", steps_note);
 
   double t0 = carl_now(), t_log = t0, train_time = 0;
   double sum_loss = 0, sum_ce = 0, sum_router = 0, sum_se = 0, sum_sd = 0;
@@ -990,8 +1454,12 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     float lr = carl_lr_cosine(step, cfg.warmup, cfg.steps, (float)cfg.lr, (float)cfg.lr_min);
     st = carl_model_adamw_step(m, &opt, lr);
     if (st) break;
+    /* every refresh_every steps: new placements, expert weights and moments migrate */
+    carl_step_refresh_t rf;
+    st = carl_model_end_step(m, step, cfg.steps, &rf);
+    if (st) break;
     /* statistics of this step's forward (before any validation forward overwrites them) */
-    st = carl__step_stats(m, &sk, &mt);
+    st = carl__step_stats(m, &mt);
     if (!st && o->dump_trace && step % dump_every == 0) st = carl__trace_add(&tr, m, x);
     if (st) break;
     train_time += carl_now() - ts;
@@ -1027,8 +1495,11 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       }
       mt.elapsed_s = carl_now() - t0;
       rs.loss = mt.loss;
-      carl_train_csv_row(csv, &mt);
-      fflush(csv);
+      st = carl__csv_append(&csv, &mt);
+      if (st) {
+        carl__stopped(st, done, res->last_ckpt);
+        break;
+      }
       if (o->progress) o->progress(&mt, o->ud);
       sum_se += mt.skew_expert;
       sum_sd += mt.skew_device;
@@ -1040,11 +1511,15 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       t_log = carl_now();
     }
     if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
-      st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
-      if (st) break;
+      st = carl__csv_sync(&csv);
+      if (!st) st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      if (st) {
+        carl__stopped(st, done, res->last_ckpt);
+        break;
+      }
     }
   }
-  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, sk.D);
+  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, trace_D);
 
   res->step = step;
   res->val_ce = rs.val_ce;
@@ -1054,12 +1529,11 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   res->skew_expert_mean = nlogged ? sum_se / (double)nlogged : 0;
   res->skew_device_mean = nlogged ? sum_sd / (double)nlogged : 0;
 
-  if (csv) fclose(csv);
+  carl_status cst = carl__csv_close(&csv);
+  if (!st) st = cst;
   for (int l = 0; tr.logits && l < tr.L; l++) free(tr.logits[l]);
   free(tr.logits);
   free(tr.tokens);
-  free(sk.dev);
-  free(sk.node);
   free(x);
   free(y);
   carl_model_free(m);

@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "carl/array.h"
+#include "carl/fs.h"
 #include "carl/place.h"
 
 #define STATS_MAX_EXPERTS 65536
@@ -144,7 +145,7 @@ static carl_status stats_path(char *buf, size_t cap, const char *dir, const char
 
 carl_status carl_place_stats_save(const carl_place_stats_t *s, const char *dir) {
   CARL_ASSERT(s != NULL && dir != NULL);
-  if (mkdir(dir, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
+  CARL_TRY(carl_fs_mkdir_p(dir));
   char p[4096];
   int64_t sh[3];
   sh[0] = s->L; sh[1] = s->E;

@@ -12,6 +12,7 @@
  *             r = max/mean load: alpha <- beta*alpha + (1-beta)*min(xi*(r-1), alpha_max)
  *             (off: the alphas stay at alpha_E0, alpha_G0);
  *   warm      for the first W steps select TopK of sinkhorn(exp(u)) (balanced), no L_E / L_G.
+ * With hier = 1, M is checked against the topology at every route, the warm-start ones included.
  * With every component off (and alpha_E0 = alpha_G0 = 0) the router is exactly topk.
  * State: alpha_E, alpha_G and the step counter (advanced by update()); save/load keep them.
  */
@@ -21,7 +22,7 @@
 
 #include "carl/adaptive.h"
 #include "carl/balance.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 typedef struct {
@@ -211,8 +212,12 @@ static carl_status carl_prepare(carl_router_t *r, const carl_route_in_t *in, car
   const int M = st->M ? st->M : (tp->N < k ? tp->N : k);
   *Mout = M;
   const float lam = st->comm ? (float)st->lambda_c : 0.0f;
-  if (hier) {
-    if (M > tp->N) return carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology", M, tp->N);
+  /* M is checked at every route with hier = 1, also during the warm start (which does not use it):
+   * a bad M fails at the first route, not at the first step after the warm start */
+  if (st->hier) {
+    if (M > tp->N)
+      return carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology (router 'carl', hier = 1)",
+                       M, tp->N);
     /* the M nodes with the fewest experts must still hold k of them */
     int *cnt = carl_arena_alloc(&r->scratch, (size_t)tp->N * sizeof *cnt);
     if (!cnt) return carl_fail(CARL_ERR_NOMEM, "carl: nodes");
@@ -349,7 +354,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     }
     if (rc == CARL_OK) rc = carl_select_replicated(st, in, &c, &tp, s, sel, M, out->experts, out->weights, prio);
     if (rc == CARL_OK)
-      rc = carl__seed_finish(T, k, E, carl_route_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
+      rc = carl__seed_finish(T, k, E, carl_kern_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
     resort = 0;
   } else {
     rc = carl_route_select(r, in, out, &sl);

@@ -3,11 +3,14 @@
  * is 0; C <= T); equal scores: the lower token index first. The output holds at most k experts per
  * token: a token chosen by more than k experts keeps its k best (by s; lower expert on ties), and
  * each expert left below C then takes its next best tokens that still have a free slot (experts
- * in index order). When T*k = C*E this fills every expert to exactly C. Gates = s (not
- * renormalised by default). Not causal: an expert's choice depends on the whole batch. */
+ * in index order). Where that greedy fill leaves fewer than min(T k, C E) pairs, augmenting paths
+ * in the token-slot / expert-capacity graph move slots until it has that many (ec_augment), so
+ * every expert holds exactly C tokens when T k >= C E and every token k distinct experts when
+ * T k <= C E. Gates = s (not renormalised by default). Not causal: an expert's choice depends on
+ * the whole batch. */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   float s;
@@ -46,13 +49,146 @@ static void ec_select(ec_pair_t *a, int64_t n, int64_t m) {
   }
 }
 
+/* Insert expert e into token t's slot list ex[0..n-1] (descending s, lower expert on ties). */
+static void ec_insert(int32_t *ex, int n, const float *st /* [E] */, int32_t e) {
+  int p = n;
+  while (p > 0 && (st[ex[p - 1]] < st[e] || (st[ex[p - 1]] == st[e] && ex[p - 1] > e))) {
+    ex[p] = ex[p - 1];
+    p--;
+  }
+  ex[p] = e;
+}
+
+static int ec_has(const int32_t *ex, int n, int32_t e) {
+  for (int j = 0; j < n; j++)
+    if (ex[j] == e) return 1;
+  return 0;
+}
+
+/* Raise the number of (token, expert) pairs to want = min(T k, C E), the most the graph allows
+ * (tokens hold at most k distinct experts, experts at most C tokens; k <= E and C <= T, so the
+ * assignment of slot i = t k + j to expert i mod E reaches it). One augmenting path per missing
+ * pair: a breadth-first search over experts, from every expert below C, where x reaches f when a
+ * full token holds f and not x (it could swap f for x), and the path ends at an expert that a
+ * token with a free slot does not hold. The path is then applied from its end: the last expert
+ * takes the free token with the largest s[t, .], and each step's token is the full one that loses
+ * least, s[t, x] - s[t, f] largest (lower token on ties), looked up in f's list of tokens. Every
+ * token keeps distinct experts, no expert loses a token, the root gains one. experts [T, k] (each
+ * token's cnt[t] kept experts by descending s, then -1), cnt [T] and load [E] are updated. */
+static carl_status ec_augment(const float *s /* [T, E] */, int64_t T, int E, int k, int64_t C, int32_t *experts,
+                              int32_t *cnt, int64_t *load, int64_t assigned) {
+  const int64_t want = T * k < C * E ? T * k : C * E;
+  if (assigned >= want) return CARL_OK;
+  int64_t nfree = 0;
+  for (int64_t t = 0; t < T; t++) nfree += cnt[t] < k;
+  int32_t *queue = malloc((size_t)E * sizeof *queue);
+  int32_t *from = malloc((size_t)E * sizeof *from); /* the expert that reached f (-1: a root) */
+  uint8_t *seen = malloc((size_t)E);
+  int64_t *freet = malloc((size_t)(nfree ? nfree : 1) * sizeof *freet); /* tokens with a free slot */
+  /* [E, C + 1] the tokens of each expert (one more than C: the path's last expert briefly holds
+   * C + 1), nmem [E] their counts */
+  int32_t *mem = malloc((size_t)E * (size_t)(C + 1) * sizeof *mem);
+  int64_t *nmem = calloc((size_t)E, sizeof *nmem);
+  carl_status rc = CARL_OK;
+  if (!queue || !from || !seen || !freet || !mem || !nmem)
+    rc = carl_fail(CARL_ERR_NOMEM, "expert_choice: out of memory (E = %d, C = %lld)", E, (long long)C);
+  nfree = 0;
+  for (int64_t t = 0; rc == CARL_OK && t < T; t++) {
+    if (cnt[t] < k) freet[nfree++] = t;
+    for (int j = 0; j < cnt[t]; j++) {
+      const int32_t e = experts[t * k + j];
+      mem[(int64_t)e * (C + 1) + nmem[e]++] = (int32_t)t;
+    }
+  }
+  while (rc == CARL_OK && assigned < want) {
+    int head = 0, tail = 0, unseen = 0;
+    for (int e = 0; e < E; e++) {
+      seen[e] = load[e] < C;
+      from[e] = -1;
+      if (seen[e]) queue[tail++] = e;
+      else unseen++;
+    }
+    int32_t end_x = -1;
+    int64_t end_t = -1;
+    while (head < tail) {
+      const int32_t x = queue[head++];
+      for (int64_t i = 0; i < nfree; i++) { /* a free token without x ends the path */
+        const int64_t t = freet[i];
+        if (!ec_has(experts + t * k, cnt[t], x) && (end_t < 0 || s[t * E + x] > s[end_t * E + x] ||
+                                                     (s[t * E + x] == s[end_t * E + x] && t < end_t)))
+          end_t = t;
+      }
+      if (end_t >= 0) {
+        end_x = x;
+        break;
+      }
+      for (int64_t t = 0; t < T && unseen > 0; t++) { /* the experts x reaches, in token order */
+        const int32_t *ex = experts + t * k;
+        if (cnt[t] < k || ec_has(ex, k, x)) continue;
+        for (int j = 0; j < k; j++)
+          if (!seen[ex[j]]) {
+            seen[ex[j]] = 1;
+            from[ex[j]] = x;
+            queue[tail++] = ex[j];
+            unseen--;
+          }
+      }
+    }
+    if (end_x < 0) break; /* no augmenting path: cannot happen while assigned < want */
+    ec_insert(experts + end_t * k, cnt[end_t], s + end_t * E, end_x);
+    mem[(int64_t)end_x * (C + 1) + nmem[end_x]++] = (int32_t)end_t;
+    if (++cnt[end_t] == k) /* the token is full: out of the free list */
+      for (int64_t i = 0; i < nfree; i++)
+        if (freet[i] == end_t) {
+          freet[i] = freet[--nfree];
+          break;
+        }
+    for (int32_t f = end_x; from[f] >= 0; f = from[f]) { /* from[f] takes a token of f's */
+      const int32_t x = from[f];
+      int32_t *mf = mem + (int64_t)f * (C + 1);
+      int64_t best = -1, bi = -1;
+      float bg = 0;
+      for (int64_t i = 0; i < nmem[f]; i++) {
+        const int64_t t = mf[i];
+        if (cnt[t] < k || ec_has(experts + t * k, k, x)) continue;
+        const float g = s[t * E + x] - s[t * E + f];
+        if (best < 0 || g > bg || (g == bg && t < best)) {
+          best = t;
+          bi = i;
+          bg = g;
+        }
+      }
+      /* the search's witness is still there: only other experts were swapped in or out */
+      CARL_ASSERT(best >= 0);
+      mf[bi] = mf[--nmem[f]];
+      mem[(int64_t)x * (C + 1) + nmem[x]++] = (int32_t)best;
+      int32_t *ex = experts + best * k;
+      int j = 0;
+      while (ex[j] != f) j++;
+      for (; j + 1 < k; j++) ex[j] = ex[j + 1];
+      ec_insert(ex, k - 1, s + best * E, x);
+    }
+    int32_t root = end_x;
+    while (from[root] >= 0) root = from[root];
+    load[root]++;
+    assigned++;
+  }
+  free(queue);
+  free(from);
+  free(seen);
+  free(freet);
+  free(mem);
+  free(nmem);
+  return rc;
+}
+
 static carl_status ec_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
   carl_route_common_t c;
   carl_route_common(r, &c);
   const int64_t T = in->T;
   const int E = in->E, k = c.k;
   if (T > INT32_MAX) return carl_fail(CARL_ERR_INVALID, "expert_choice: T = %lld tokens is too many", (long long)T);
-  int64_t C = carl_route_capacity(c.cf > 0 ? c.cf : 1.0, T, k, E);
+  int64_t C = carl_kern_capacity(c.cf > 0 ? c.cf : 1.0, T, k, E);
   if (C > T) C = T;
   float *s = malloc((size_t)T * (size_t)E * sizeof *s);
   int32_t *chosen = malloc((size_t)E * (size_t)C * sizeof *chosen); /* [E, C] tokens, -1 free */
@@ -67,7 +203,7 @@ static carl_status ec_route(carl_router_t *r, const carl_route_in_t *in, carl_ro
      *    over the scores (one cache line per token) */
     enum { EC_CHUNK = 16 };
     const int nchunk = (E + EC_CHUNK - 1) / EC_CHUNK;
-#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_OMP_MIN_WORK) reduction(| : nomem)
     {
       ec_pair_t *col = malloc((size_t)T * EC_CHUNK * sizeof *col);
       if (!col) nomem = 1;
@@ -153,6 +289,16 @@ static carl_status ec_route(carl_router_t *r, const carl_route_in_t *in, carl_ro
       }
       free(col);
       free(mine);
+    }
+    /* 4. where the greedy fill stopped short of min(T k, C E) pairs: augmenting paths */
+    if (rc == CARL_OK) {
+      int64_t assigned = 0;
+      for (int64_t i = 0; i < T * k; i++)
+        if (out->experts[i] >= 0) {
+          load[out->experts[i]]++;
+          assigned++;
+        }
+      rc = ec_augment(s, T, E, k, C, out->experts, cnt, load, assigned);
     }
   }
   if (rc == CARL_OK) {

@@ -3,10 +3,11 @@
  * the option groups = G > 0, G contiguous blocks of E/G experts (Megatron's num_groups).
  * Group score = sum of the top (k/M) scores in the group (at least 1); keep the top M groups
  * (lower group index on ties); S_t = TopK(s) inside them; g = s at S_t, renormalised.
- * M = 0 (default) means M = min(number of groups, k). */
+ * M = 0 (default) means M = min(number of groups, k). E not divisible by the number of groups (of
+ * either kind, with or without a placement) is an error at route time. */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int level, M, groups;
@@ -34,10 +35,14 @@ static carl_status gl_describe(carl_router_t *r, const carl_route_in_t *in, carl
       return carl_fail(CARL_ERR_INVALID, "groups: E = %d experts are not divisible into %d groups", E, G);
     for (int e = 0; e < E; e++) group[e] = e / (E / G);
   } else {
+    /* E must split evenly over the groups whatever the placement (the command line always passes
+     * one): every expert has one home group, so E % G != 0 leaves groups of different sizes */
     CARL_TRY(carl_route_expert_groups(in, st->level, group, &G));
-    if (!in->place && E % G != 0)
-      return carl_fail(CARL_ERR_INVALID, "grouplimited: E = %d experts are not divisible over %d %s", E, G,
-                       st->level ? "nodes" : "devices");
+    if (E % G != 0)
+      return carl_fail(CARL_ERR_INVALID,
+                       "grouplimited: E = %d experts are not divisible over %d %s (level = %d); use a multiple of %d "
+                       "experts, or groups = G with G dividing E",
+                       E, G, st->level ? "nodes" : "devices", st->level, G);
   }
   int M = st->M > 0 ? st->M : (G < k ? G : k);
   if (M > G)

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "carl/balance.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int E;      /* 0 until the first route or load */

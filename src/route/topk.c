@@ -2,7 +2,7 @@
  * s = softmax(z) (or sigmoid); S_t = TopK(s) with the lower index winning ties; g = s at S_t,
  * renormalised over the kept experts (option renorm). Capacity C = ceil(cf*T*k/E), overflow
  * dropped lowest score first. Default aux loss 1e-2 (Switch). */
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 static carl_status topk_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
   return carl_route_topk_biased(r, in, out, NULL, 0, NULL);

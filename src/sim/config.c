@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "carl/array.h"
+#include "core/json_internal.h"
 #include "carl/sim.h"
 
 static char *dupstr(const char *s) {
@@ -94,6 +95,7 @@ static void defaults(carl_sim_config_t *c) {
   c->summary_from = 0;
   c->csv_every = 1;
   c->c2r_profile = 50;
+  carl_steptime_opts_default(&c->steptime);
   carl_workload_defaults(&c->work);
 }
 
@@ -267,18 +269,67 @@ static carl_status check_trace(const carl_sim_config_t *c, const char *ctx, cons
   return check_tokens(ctx, dir, N);
 }
 
+/* "step_time": {"hidden": d, "ffn": f, "shared_ffn": f_s, "backward": bool, "overlap": "none" |
+ * "pipelined", "chunks": n}; every topology must give its device rate ("flops"). */
+static carl_status parse_step_time(const cJSON *root, carl_sim_config_t *c) {
+  carl_steptime_opts_default(&c->steptime);
+  const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "step_time");
+  if (!o) return CARL_OK;
+  if (!cJSON_IsObject(o)) return carl_fail(CARL_ERR_INVALID, "step_time: must be an object");
+  static const char *const keys[] = {"hidden", "ffn", "shared_ffn", "backward", "overlap", "chunks", "comment", NULL};
+  CARL_TRY(check_keys(o, "step_time.", keys));
+  carl_steptime_opts_t *s = &c->steptime;
+  if (!cJSON_GetObjectItemCaseSensitive(o, "hidden") || !cJSON_GetObjectItemCaseSensitive(o, "ffn"))
+    return carl_fail(CARL_ERR_INVALID, "step_time: hidden and ffn (the model width and one expert's FFN width) are required");
+  CARL_TRY(get_int(o, "step_time.", "hidden", 1, 1 << 20, &s->d));
+  CARL_TRY(get_int(o, "step_time.", "ffn", 1, 1 << 22, &s->f));
+  CARL_TRY(get_int(o, "step_time.", "shared_ffn", 0, 1 << 24, &s->f_shared));
+  const cJSON *bw = cJSON_GetObjectItemCaseSensitive(o, "backward");
+  if (bw) {
+    if (!cJSON_IsBool(bw)) return carl_fail(CARL_ERR_INVALID, "step_time.backward: must be true or false");
+    s->backward = cJSON_IsTrue(bw);
+  }
+  const cJSON *ov = cJSON_GetObjectItemCaseSensitive(o, "overlap");
+  if (ov) {
+    if (!cJSON_IsString(ov)) return carl_fail(CARL_ERR_INVALID, "step_time.overlap: must be \"none\" or \"pipelined\"");
+    if (!strcmp(ov->valuestring, "none"))
+      s->overlap = CARL_OVERLAP_NONE;
+    else if (!strcmp(ov->valuestring, "pipelined"))
+      s->overlap = CARL_OVERLAP_PIPELINE;
+    else
+      return carl_fail(CARL_ERR_INVALID, "step_time.overlap: '%s' is not \"none\" or \"pipelined\"", ov->valuestring);
+  }
+  CARL_TRY(get_i32(o, "step_time.", "chunks", 1, 4096, &s->chunks));
+  for (int t = 0; t < c->ntopo; t++)
+    if (!(c->topos[t].flops > 0))
+      return carl_fail(CARL_ERR_INVALID,
+                       "step_time: topologies[%d] ('%s') has no device rate: add \"flops\": {\"peak_TFLOPS\": .., "
+                       "\"efficiency\": ..} to it (docs/topologies.md)",
+                       t, c->topos[t].name);
+  c->step_time = 1;
+  return CARL_OK;
+}
+
+int64_t carl_sim_tokens(const carl_sim_config_t *cfg, int t) {
+  return cfg->tokens_per_device > 0 ? cfg->tokens_per_device * cfg->topos[t].devices : cfg->tokens;
+}
+
 static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_config_t *c) {
   if (!cJSON_IsObject(root)) return carl_fail(CARL_ERR_PARSE, "config: the top level must be a JSON object");
   static const char *const top[] = {"name",        "steps",     "tokens",    "layers",     "d",
                                     "experts",     "lr",        "token_bytes", "expert_bytes", "plan",
                                     "place_ema",   "summary_from", "csv_every", "workload",   "routers",
-                                    "topologies",  "scenarios", "seeds",     "comment",    "c2r_profile", "task_weight", NULL};
+                                    "topologies",  "scenarios", "seeds",     "comment",    "c2r_profile", "task_weight",
+                                    "tokens_per_device", "step_time", NULL};
   CARL_TRY(check_keys(root, "", top));
   const cJSON *nm = cJSON_GetObjectItemCaseSensitive(root, "name");
   if (nm && !cJSON_IsString(nm)) return carl_fail(CARL_ERR_INVALID, "name: must be a string");
   c->name = dupstr(nm ? nm->valuestring : "study");
   CARL_TRY(get_int(root, "", "steps", 1, 1e9, &c->steps));
   CARL_TRY(get_int(root, "", "tokens", 1, 1 << 26, &c->tokens));
+  CARL_TRY(get_int(root, "", "tokens_per_device", 1, 1 << 26, &c->tokens_per_device));
+  if (c->tokens_per_device > 0 && cJSON_GetObjectItemCaseSensitive(root, "tokens"))
+    return carl_fail(CARL_ERR_INVALID, "tokens_per_device: give either tokens (per step) or tokens_per_device, not both");
   CARL_TRY(get_i32(root, "", "layers", 1, 1024, &c->layers));
   CARL_TRY(get_i32(root, "", "d", 1, 65536, &c->d));
   CARL_TRY(get_i32(root, "", "experts", 1, 65536, &c->E));
@@ -350,6 +401,18 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
                          c->routers[a].label);
   i = 0;
   for (const cJSON *it = arr[1]->child; it; it = it->next, i++) CARL_TRY(parse_topo(it, i, base_dir, &c->topos[i]));
+  if (c->tokens_per_device > 0) {
+    /* the per-step count is that of the largest topology for the checks that need one (traces) */
+    c->tokens = 0;
+    for (int t = 0; t < c->ntopo; t++) {
+      int64_t T = carl_sim_tokens(c, t);
+      if (T > (1 << 26))
+        return carl_fail(CARL_ERR_INVALID, "tokens_per_device: %lld x %d devices of '%s' = %lld tokens per step, more than %d",
+                         (long long)c->tokens_per_device, c->topos[t].devices, c->topos[t].name, (long long)T, 1 << 26);
+      if (T > c->tokens) c->tokens = T;
+    }
+  }
+  CARL_TRY(parse_step_time(root, c));
   i = 0;
   for (const cJSON *it = arr[3]->child; it; it = it->next, i++) {
     if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble != floor(it->valuedouble) || it->valuedouble > 9e15)
@@ -424,12 +487,8 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
 
 carl_status carl_sim_config_parse(const char *json, size_t len, const char *base_dir, carl_sim_config_t *cfg) {
   defaults(cfg);
-  cJSON *root = cJSON_ParseWithLength(json, len);
-  if (!root) {
-    const char *at = cJSON_GetErrorPtr();
-    long off = at && at >= json && at <= json + len ? (long)(at - json) : -1;
-    return carl_fail(CARL_ERR_PARSE, "config: malformed JSON near byte %ld", off);
-  }
+  cJSON *root = NULL;
+  CARL_TRY(carl_json_parse(json, len, "config", &root));
   carl_status st = parse_obj(root, base_dir, cfg);
   cJSON_Delete(root);
   if (st != CARL_OK) {
@@ -456,7 +515,8 @@ carl_status carl_sim_config_load(const char *path, carl_sim_config_t *cfg) {
 }
 
 /* The default study: carl and five baselines on 2 nodes x 8 GPUs, three scenarios, one seed
- * (18 runs of 200 steps x 2048 tokens: seconds on 2 cores). */
+ * (18 runs of 200 steps x 2048 tokens: seconds on 2 cores), with the step time of a training
+ * step whose experts are d 4096 x f 1408 SwiGLU FFNs (token_bytes 8192: bf16 copies). */
 static const char *const default_json =
     "{\"name\":\"default\",\"steps\":200,\"tokens\":2048,\"layers\":1,\"d\":64,\"experts\":64,"
     "\"summary_from\":50,"
@@ -466,8 +526,10 @@ static const char *const default_json =
     "{\"name\":\"grouplimited\",\"opts\":{\"k\":2}},"
     "{\"name\":\"sinkhorn\",\"opts\":{\"k\":2}},"
     "{\"name\":\"fastermoe\",\"opts\":{\"k\":2}}],"
+    "\"step_time\":{\"hidden\":4096,\"ffn\":1408},"
     "\"topologies\":[{\"name\":\"h800-2x8\",\"nodes\":2,\"devices_per_node\":8,"
-    "\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3.4},\"inter\":{\"GBps\":50,\"latency_us\":9.6}}}],"
+    "\"links\":{\"intra\":{\"GBps\":160,\"latency_us\":3.4},\"inter\":{\"GBps\":50,\"latency_us\":9.6}},"
+    "\"flops\":{\"device\":\"H800 SXM5\",\"peak_TFLOPS\":989.4,\"efficiency\":0.6}}],"
     "\"scenarios\":[\"zipf\",\"hot_device\",\"rotating\"],\"seeds\":[1]}";
 
 carl_status carl_sim_config_default(carl_sim_config_t *cfg) {

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "carl/fs.h"
 #include "carl/sim.h"
 
 typedef struct {
@@ -101,6 +102,39 @@ static void md_num(sbuf_t *b, double v, const char *fmt) {
   }
 }
 
+/* Step time per router on topology t (docs/cost-model.md "Step time"): the MoE layers' time and its
+ * parts, and the migration charged to its refresh step, which the mean over steps amortises over
+ * the refresh interval. */
+static void md_steptime(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res, int t) {
+  const carl_steptime_opts_t *o = &cfg->steptime;
+  sb_printf(b, "#### %s: step time of the %d MoE layer(s), ms per step (d %lld, f %lld, shared f %lld, %s, overlap %s",
+            cfg->topos[t].name, cfg->layers, (long long)o->d, (long long)o->f, (long long)o->f_shared,
+            o->backward ? "forward + backward" : "forward only", o->overlap == CARL_OVERLAP_PIPELINE ? "pipelined" : "none");
+  if (o->overlap == CARL_OVERLAP_PIPELINE) sb_printf(b, " in %d chunks", o->chunks);
+  sb_printf(b, "; %s at %.0f TFLOPS)\n\n", cfg->topos[t].device[0] ? cfg->topos[t].device : "device",
+            cfg->topos[t].flops / 1e12);
+  sb_printf(b, "| router | step | MoE layers | compute (slowest device) | compute (device mean) | straggler | exposed "
+               "comm | migration (amortised) |\n");
+  sb_printf(b, "|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (int r = 0; r < cfg->nrouter; r++) {
+    double step = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_STEP_MS);
+    double moe = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MOE_MS);
+    double cmax = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MS);
+    double cmean = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MEAN_MS);
+    double mig = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MIGRATE_MS);
+    sb_printf(b, "| %s |", cfg->routers[r].label);
+    md_num(b, step, "%.4f");
+    md_num(b, moe, "%.4f");
+    md_num(b, cmax, "%.4f");
+    md_num(b, cmean, "%.4f");
+    md_num(b, cmax - cmean, "%.4f");
+    md_num(b, moe - cmax, "%.4f");
+    md_num(b, mig, "%.4f");
+    sb_printf(b, "\n");
+  }
+  sb_printf(b, "\n");
+}
+
 static void md_tables(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res) {
   for (int t = 0; t < cfg->ntopo; t++) {
     const carl_topo_t *tp = &cfg->topos[t];
@@ -126,6 +160,7 @@ static void md_tables(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_re
       sb_printf(b, "\n");
     }
     sb_printf(b, "\n");
+    if (cfg->step_time) md_steptime(b, cfg, res, t);
   }
 }
 
@@ -133,12 +168,14 @@ static void md_per_scenario(sbuf_t *b, const carl_sim_config_t *cfg, const carl_
   static const struct {
     int col;
     const char *title, *fmt;
-  } tabs[] = {{CARL_SIM_COMM_MS, "communication ms/step (all-to-all + migration)", "%.4f"},
+  } tabs[] = {{CARL_SIM_STEP_MS, "step time ms/step (MoE layers + migration)", "%.4f"},
+              {CARL_SIM_COMM_MS, "communication ms/step (all-to-all + migration)", "%.4f"},
               {CARL_SIM_SKEW_EXPERT, "expert load max/mean", "%.3f"},
               {CARL_SIM_SKEW_DEVICE, "device load max/mean", "%.3f"},
               {CARL_SIM_RETAINED, "retained mass", "%.4f"}};
   for (int t = 0; t < cfg->ntopo; t++)
     for (size_t q = 0; q < sizeof tabs / sizeof tabs[0]; q++) {
+      if (tabs[q].col == CARL_SIM_STEP_MS && !cfg->step_time) continue;
       sb_printf(b, "#### %s: %s, per scenario (mean over seeds)\n\n| router |", cfg->topos[t].name, tabs[q].title);
       for (int s = 0; s < cfg->nscen; s++) sb_printf(b, " %s |", cfg->scens[s].label);
       sb_printf(b, "\n|---|");
@@ -162,19 +199,6 @@ carl_status carl_sim_table_md(const carl_sim_config_t *cfg, const carl_sim_resul
   }
   *out = b.p ? b.p : calloc(1, 1);
   return *out ? CARL_OK : carl_fail(CARL_ERR_NOMEM, "report: out of memory");
-}
-
-static carl_status mkdirs(const char *dir) {
-  char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s", dir);
-  for (char *p = tmp + 1; *p; p++)
-    if (*p == '/') {
-      *p = 0;
-      if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
-      *p = '/';
-    }
-  if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return carl_fail(CARL_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
-  return CARL_OK;
 }
 
 static void gp_script(sbuf_t *b, const carl_sim_config_t *cfg, const char *dir) {
@@ -237,8 +261,29 @@ static void gp_data(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_resu
       }
 }
 
+static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir,
+                                 const char *work);
+
+/* The end of a set of reports written into the work directory `work` inside dir: moved in together
+ * on success, removed on failure (its errors then name dir). */
+static carl_status reports_done(carl_status st, const char *work, const char *dir) {
+  if (st != CARL_OK) {
+    carl_fs_errmsg_replace(st, work, dir);
+    carl_fs_remove_tree(work);
+    return st;
+  }
+  return carl_fs_work_commit(work, dir);
+}
+
 carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir) {
-  CARL_TRY(mkdirs(dir));
+  char work[CARL_FS_PATH_MAX];
+  CARL_TRY(carl_fs_work_begin(dir, work, sizeof work));
+  return reports_done(write_reports(cfg, res, dir, work), work, dir);
+}
+
+/* steps.csv, summary.csv, summary.md, plots.dat and plots.gp into work (plots.gp names dir). */
+static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir,
+                                 const char *work) {
   sbuf_t b = {0};
   csv_header(&b, 1);
   for (int i = 0; i < res->nrun; i++) {
@@ -251,7 +296,7 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
       sb_printf(&b, "\n");
     }
   }
-  CARL_TRY(sb_write(&b, dir, "steps.csv"));
+  CARL_TRY(sb_write(&b, work, "steps.csv"));
   csv_header(&b, 0);
   for (int i = 0; i < res->nrun; i++) {
     const carl_sim_run_t *ru = &res->runs[i];
@@ -260,17 +305,22 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
     for (int c = 0; c < CARL_SIM_NCOL; c++) csv_val(&b, ru->summary[c]);
     sb_printf(&b, "\n");
   }
-  CARL_TRY(sb_write(&b, dir, "summary.csv"));
-  sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens x %d layer(s), E = %d, d = %d, %s plan\n\n", cfg->name,
-            (long long)cfg->steps, (long long)cfg->tokens, cfg->layers, cfg->E, cfg->d,
-            cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
+  CARL_TRY(sb_write(&b, work, "summary.csv"));
+  if (cfg->tokens_per_device > 0)
+    sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens per device x %d layer(s), E = %d, d = %d, %s plan\n\n",
+              cfg->name, (long long)cfg->steps, (long long)cfg->tokens_per_device, cfg->layers, cfg->E, cfg->d,
+              cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
+  else
+    sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens x %d layer(s), E = %d, d = %d, %s plan\n\n", cfg->name,
+              (long long)cfg->steps, (long long)cfg->tokens, cfg->layers, cfg->E, cfg->d,
+              cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
   md_tables(&b, cfg, res);
   md_per_scenario(&b, cfg, res);
-  CARL_TRY(sb_write(&b, dir, "summary.md"));
+  CARL_TRY(sb_write(&b, work, "summary.md"));
   gp_data(&b, cfg, res);
-  CARL_TRY(sb_write(&b, dir, "plots.dat"));
+  CARL_TRY(sb_write(&b, work, "plots.dat"));
   gp_script(&b, cfg, dir);
-  CARL_TRY(sb_write(&b, dir, "plots.gp"));
+  CARL_TRY(sb_write(&b, work, "plots.gp"));
   return CARL_OK;
 }
 
@@ -341,14 +391,17 @@ carl_status carl_sim_replot(const carl_sim_config_t *cfg, const char *dir) {
     p = end ? end + 1 : NULL;
   }
   free(txt);
+  char work[CARL_FS_PATH_MAX];
+  if (st == CARL_OK) st = carl_fs_work_begin(dir, work, sizeof work);
   if (st == CARL_OK) {
     sbuf_t b = {0};
     gp_data(&b, cfg, &res);
-    st = sb_write(&b, dir, "plots.dat");
+    st = sb_write(&b, work, "plots.dat");
     if (st == CARL_OK) {
       gp_script(&b, cfg, dir);
-      st = sb_write(&b, dir, "plots.gp");
+      st = sb_write(&b, work, "plots.gp");
     }
+    st = reports_done(st, work, dir);
   }
   carl_sim_result_free(&res);
   return st;

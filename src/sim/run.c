@@ -1,10 +1,10 @@
 /* The simulated training loop of one grid cell, and the grid (ALGORITHMS.md section 5).
  *
  * Per step and layer: tokens (topic, source device) -> router inputs x -> logits z = x W ->
- * carl_router_route (selection, gates, balancing-loss gradients in dz) -> dz += task gradient
- * (KL to the teacher) -> W -= lr x^T dz -> carl_router_update (bias, duals, coefficients) ->
- * metrics and carl_plan_cost. Every refresh_every steps the placement is recomputed from the
- * accumulated source-node x expert traffic and the migration is charged to that step. */
+ * carl_step_route (the router's selection, gates and balancing-loss gradients in dz; the plan and
+ * its cost) -> metrics -> carl_step_observe (router update from the global loads, placement
+ * statistics) -> dz += task gradient (KL to the teacher) -> W -= lr x^T dz. carl_step_end
+ * recomputes the placement every refresh_every steps and the migration is charged to that step. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,11 +18,11 @@
 #include "carl/array.h"
 #include "carl/sim.h"
 #include "carl/step.h"
-#include "sim/sim_internal.h"
 
 const char *const carl_sim_col_names[CARL_SIM_NCOL] = {
     "bytes_inter", "bytes_intra", "inter_frac", "a2a_ms",    "migrate_ms", "comm_ms",  "skew_expert", "skew_device",
-    "skew_node",   "cv_expert",   "drop_rate",  "retained", "jaccard",    "entropy", "task_kl",     "bal_loss"};
+    "skew_node",   "cv_expert",   "drop_rate",  "retained", "jaccard",    "entropy", "task_kl",     "bal_loss",
+    "compute_ms",  "compute_mean_ms", "moe_ms", "step_ms"};
 
 typedef struct {
   int64_t N;        /* tokens in the trace */
@@ -91,30 +91,23 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   const carl_topo_t *topo = &cfg->topos[ti];
   const carl_sim_scen_t *sc = &cfg->scens[si];
   const uint64_t seed = cfg->seeds[seedi];
-  const int L = cfg->layers, E = cfg->E, d = cfg->d, D = topo->devices, N = topo->nodes;
-  const int64_t T = cfg->tokens, steps = cfg->steps;
+  const int L = cfg->layers, E = cfg->E, d = cfg->d, D = topo->devices;
+  const int64_t T = carl_sim_tokens(cfg, ti), steps = cfg->steps;
   const double t0 = carl_now();
 
   carl_status st = CARL_OK;
   carl_router_t **rt = calloc((size_t)L, sizeof *rt);
   carl_gate_t *gate = calloc((size_t)L, sizeof *gate);
-  carl_placement_t *pl = calloc((size_t)L, sizeof *pl);
-  carl_place_stats_t pstats;
-  memset(&pstats, 0, sizeof pstats);
-  int have_pstats = 0;
+  carl_step_t *stp = NULL;
   carl_workload_t wl;
   memset(&wl, 0, sizeof wl);
   trace_t tr;
   memset(&tr, 0, sizeof tr);
-  carl_cost_t cost;
-  memset(&cost, 0, sizeof cost);
-  int have_cost = 0;
   int32_t *cluster = NULL, *src = NULL, *tok = NULL, *experts = NULL;
   float *x = NULL, *z = NULL, *dz = NULL, *weights = NULL, *probs = NULL;
-  int32_t *src_node = NULL;
   out->nrow = steps;
   out->rows = calloc((size_t)steps * CARL_SIM_NCOL, sizeof(double));
-  if (!rt || !gate || !pl || !out->rows) {
+  if (!rt || !gate || !out->rows) {
     st = carl_fail(CARL_ERR_NOMEM, "sim: out of memory");
     goto done;
   }
@@ -141,8 +134,6 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
     if (isfinite(kv) && kv >= 1) k = (int)kv;
     double sv = carl_router_get(rt[l], "score");
     if (isfinite(sv)) score = (int)sv;
-    st = carl_placement_contiguous(&pl[l], E, D);
-    if (st != CARL_OK) goto done;
     if (sc->scenario >= 0) {
       st = carl_gate_init(&gate[l], d, E, seed, l);
       if (st != CARL_OK) goto done;
@@ -162,9 +153,19 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
     st = trace_load(sc->trace_dir, L, E, &tr);
   }
   if (st != CARL_OK) goto done;
-  st = carl_cost_init(&cost, topo);
-  if (st != CARL_OK) goto done;
-  have_cost = 1;
+  carl_step_opts_t so;
+  carl_step_opts_default(&so);
+  so.topo = topo;
+  so.layers = L;
+  so.E = E;
+  so.k = k;
+  so.routers = rt;
+  so.mode = (carl_plan_mode)cfg->plan_mode;
+  so.token_bytes = (size_t)cfg->token_bytes;
+  so.refresh_every = rc->refresh_every;
+  so.stats_decay = cfg->place_ema;
+  so.expert_bytes = cfg->expert_bytes;
+  if ((st = carl_step_create(&so, &stp)) != CARL_OK) goto done;
   const int C = cfg->work.clusters;
   cluster = malloc((size_t)T * sizeof(int32_t));
   src = malloc((size_t)T * sizeof(int32_t));
@@ -175,17 +176,11 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   z = malloc((size_t)T * E * sizeof(float));
   dz = malloc((size_t)T * E * sizeof(float));
   probs = malloc((size_t)C * E * sizeof(float));
-  src_node = malloc((size_t)T * sizeof(int32_t));
-  if (!cluster || !src || !tok || !experts || !weights || !x || !z || !dz || !probs || !src_node) {
+  if (!cluster || !src || !tok || !experts || !weights || !x || !z || !dz || !probs) {
     st = carl_fail(CARL_ERR_NOMEM, "sim: out of memory (T = %lld, E = %d)", (long long)T, E);
     goto done;
   }
   const int64_t nwin = sc->scenario >= 0 ? 0 : tr.N / T;
-  if (rc->refresh_every > 0) {
-    st = carl_place_stats_init(&pstats, L, E, N, cfg->place_ema);
-    if (st != CARL_OK) goto done;
-    have_pstats = 1;
-  }
 
   for (int64_t step = 0; step < steps; step++) {
     double *row = out->rows + (size_t)step * CARL_SIM_NCOL;
@@ -201,7 +196,7 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
         for (int64_t t = 0; t < T; t++) src[t] = (int32_t)(t * D / T);
       srcp = src;
     }
-    double inter = 0, intra = 0, a2a = 0, kl = 0, bal = 0;
+    double inter = 0, intra = 0, a2a = 0, kl = 0, bal = 0, stt[3] = {0, 0, 0};
     carl_step_metrics_t msum;
     memset(&msum, 0, sizeof msum);
     for (int l = 0; l < L; l++) {
@@ -214,23 +209,24 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
       }
       memset(dz, 0, (size_t)T * E * sizeof(float));
       carl_route_in_t in = {.T = T, .E = E, .logits = z, .src = srcp, .token_ids = (sc->scenario >= 0 || tr.tok) ? tok : NULL,
-                            .x = sc->scenario >= 0 ? x : NULL, .d = sc->scenario >= 0 ? d : 0, .topo = topo,
-                            .place = &pl[l], .step = step, .seed = seed + 7919u * (uint64_t)l};
+                            .x = sc->scenario >= 0 ? x : NULL, .d = sc->scenario >= 0 ? d : 0,
+                            .step = step, .seed = seed + 7919u * (uint64_t)l};
       carl_route_out_t ro = {.experts = experts, .weights = weights, .dlogits = dz};
-      st = carl_router_route(rt[l], &in, &ro);
-      if (st != CARL_OK) goto done;
-      st = carl_router_update(rt[l], &in, &ro);
-      if (st != CARL_OK) goto done;
+      if ((st = carl_step_route(stp, l, &in, &ro)) != CARL_OK) goto done;
       carl_step_metrics_t m;
-      st = carl_step_metrics(topo, &pl[l], T, E, k, score, z, experts, &m, NULL, NULL, NULL);
+      st = carl_step_metrics(topo, carl_step_placement(stp, l), T, E, k, score, z, experts, &m, NULL, NULL, NULL);
       if (st != CARL_OK) goto done;
-      carl_cost_reset(&cost);
-      st = carl_plan_cost_decision(topo, &pl[l], experts, srcp, T, k, (size_t)cfg->token_bytes,
-                                   (carl_plan_mode)cfg->plan_mode, &cost);
-      if (st != CARL_OK) goto done;
-      inter += cost.bytes[CARL_LINK_INTER] + cost.bytes[CARL_LINK_RACK];
-      intra += cost.bytes[CARL_LINK_INTRA];
-      a2a += cost.a2a_s * 1e3;
+      if ((st = carl_step_observe(stp, l, &in, &ro)) != CARL_OK) goto done;
+      const carl_cost_t *cost = carl_step_cost(stp, l);
+      if (cfg->step_time) { /* step time of the layer (docs/cost-model.md): compute, mean compute, layer */
+        carl_steptime_t stl;
+        st = carl_steptime_decision(topo, carl_step_placement(stp, l), experts, srcp, T, k, cost, &cfg->steptime, &stl);
+        if (st != CARL_OK) goto done;
+        stt[0] += stl.compute_s * 1e3, stt[1] += stl.compute_mean_s * 1e3, stt[2] += stl.layer_s * 1e3;
+      }
+      inter += cost->bytes[CARL_LINK_INTER] + cost->bytes[CARL_LINK_RACK];
+      intra += cost->bytes[CARL_LINK_INTRA];
+      a2a += cost->a2a_s * 1e3;
       bal += ro.loss_total;
       msum.skew_expert += m.skew_expert;
       msum.skew_device += m.skew_device;
@@ -253,12 +249,6 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
         }
         carl_gate_sgd(&gate[l], x, T, dz, (float)cfg->lr);
       }
-      if (rc->refresh_every > 0) {
-        /* source-node x expert traffic, expert loads (EMA) for the placement refresh */
-        for (int64_t t = 0; t < T; t++) src_node[t] = carl_topo_node(topo, srcp[t]);
-        st = carl_place_stats_add(&pstats, l, experts, src_node, T, k);
-        if (st != CARL_OK) goto done;
-      }
     }
     if (c2r_profile > 0 && step + 1 == c2r_profile) {
       const char *tmp = getenv("TMPDIR");
@@ -272,18 +262,9 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
         if (st != CARL_OK) goto done;
       }
     }
-    double migrate = 0;
-    if (rc->refresh_every > 0 && (step + 1) % rc->refresh_every == 0 && step + 1 < steps) {
-      for (int l = 0; l < L; l++) {
-        carl_placement_t np;
-        double mig_s = 0;
-        st = carl__sim_refresh(topo, &pl[l], &pstats, l, cfg->expert_bytes, &np, &mig_s);
-        if (st != CARL_OK) goto done;
-        carl_placement_free(&pl[l]);
-        pl[l] = np;
-        migrate += mig_s * 1e3;
-      }
-    }
+    carl_step_refresh_t rf;
+    if ((st = carl_step_end(stp, step, steps, &rf)) != CARL_OK) goto done;
+    const double migrate = rf.migrate_s * 1e3;
     const double invL = 1.0 / L;
     row[CARL_SIM_BYTES_INTER] = inter;
     row[CARL_SIM_BYTES_INTRA] = intra;
@@ -301,6 +282,10 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
     row[CARL_SIM_ENTROPY] = msum.entropy * invL;
     row[CARL_SIM_TASK_KL] = sc->scenario >= 0 ? kl * invL : NAN;
     row[CARL_SIM_BAL_LOSS] = bal * invL;
+    row[CARL_SIM_COMPUTE_MS] = cfg->step_time ? stt[0] : NAN;
+    row[CARL_SIM_COMPUTE_MEAN_MS] = cfg->step_time ? stt[1] : NAN;
+    row[CARL_SIM_MOE_MS] = cfg->step_time ? stt[2] : NAN;
+    row[CARL_SIM_STEP_MS] = cfg->step_time ? stt[2] + migrate : NAN;
   }
   /* summary: mean over steps >= summary_from, summed in step order */
   for (int c = 0; c < CARL_SIM_NCOL; c++) {
@@ -319,17 +304,14 @@ done:
   for (int l = 0; l < L; l++) {
     if (rt && rt[l]) carl_router_free(rt[l]);
     if (gate) carl_gate_free(&gate[l]);
-    if (pl) carl_placement_free(&pl[l]);
   }
+  carl_step_free(stp);
   free(rt);
   free(gate);
-  free(pl);
-  if (have_pstats) carl_place_stats_free(&pstats);
-  if (have_cost) carl_cost_free(&cost);
   carl_workload_free(&wl);
   trace_free(&tr, L);
   free(cluster); free(src); free(tok); free(experts); free(weights);
-  free(x); free(z); free(dz); free(probs); free(src_node);
+  free(x); free(z); free(dz); free(probs);
   out->wall_s = carl_now() - t0;
   return st;
 }

@@ -203,6 +203,27 @@ carl_status carl_step_set_placement(carl_step_t *s, int layer, const carl_placem
   return CARL_OK;
 }
 
+carl_status carl_step_stats_save(const carl_step_t *s, const char *dir) {
+  if (!s->have_stats) return carl_fail(CARL_ERR_STATE, "step: no placement statistics (no refresh)");
+  return carl_place_stats_save(&s->stats, dir);
+}
+
+carl_status carl_step_stats_load(carl_step_t *s, const char *dir) {
+  if (!s->have_stats) return carl_fail(CARL_ERR_STATE, "step: no placement statistics (no refresh)");
+  carl_place_stats_t in;
+  int has_traffic = 0, has_coact = 0;
+  CARL_TRY(carl_place_stats_load(dir, s->o.stats_decay, &in, &has_traffic, &has_coact));
+  if (in.L != s->stats.L || in.E != s->stats.E || in.N != s->stats.N) {
+    carl_status st = carl_fail(CARL_ERR_SHAPE, "%s: statistics of %d layers x %d experts x %d nodes, the step has %d x %d x %d",
+                               dir, in.L, in.E, in.N, s->stats.L, s->stats.E, s->stats.N);
+    carl_place_stats_free(&in);
+    return st;
+  }
+  carl_place_stats_free(&s->stats);
+  s->stats = in;
+  return CARL_OK;
+}
+
 const carl_placement_t *carl_step_placement(const carl_step_t *s, int layer) {
   return layer >= 0 && layer < s->o.layers ? &s->layer[layer].place : NULL;
 }

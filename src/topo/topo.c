@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/json.h"
+#include "core/json_internal.h"
 
 #define TOPO_MAX_NODES 65536
 #define TOPO_MAX_DEVICES_PER_NODE 4096
@@ -65,11 +65,34 @@ static carl_status topo_link_obj(const cJSON *links, const char *key, int requir
   return CARL_OK;
 }
 
+/* Optional "flops": {"device": name, "peak_TFLOPS": > 0, "efficiency": (0, 1]}. */
+static carl_status topo_flops(const cJSON *doc, carl_topo_t *t) {
+  const cJSON *o = NULL;
+  CARL_TRY(carl_json_opt_obj(doc, "", "flops", &o));
+  if (!o) return CARL_OK;
+  static const char *const keys[] = {"device", "peak_TFLOPS", "efficiency", "comment"};
+  CARL_TRY(carl_json_check_keys(o, "flops", keys, 4));
+  const char *dev;
+  CARL_TRY(carl_json_opt_str(o, "flops", "device", "", &dev));
+  if (strlen(dev) >= sizeof t->device)
+    return carl_fail(CARL_ERR_INVALID, "flops.device must be shorter than %zu characters", sizeof t->device);
+  snprintf(t->device, sizeof t->device, "%s", dev);
+  CARL_TRY(carl_json_get_pos(o, "flops", "peak_TFLOPS", &t->peak_TFLOPS));
+  double eff;
+  CARL_TRY(carl_json_get_num(o, "flops", "efficiency", -INFINITY, INFINITY, &eff));
+  if (!(eff > 0) || eff > 1) return carl_fail(CARL_ERR_INVALID, "flops.efficiency must be in (0, 1], got %g", eff);
+  t->efficiency = eff;
+  t->flops = t->peak_TFLOPS * 1e12 * eff;
+  const char *comment;
+  CARL_TRY(carl_json_opt_str(o, "flops", "comment", "", &comment));
+  return CARL_OK;
+}
+
 static carl_status topo_from_json(const cJSON *doc, carl_topo_t *t) {
   memset(t, 0, sizeof *t);
   static const char *const keys[] = {"name", "nodes", "devices_per_node", "links", "nodes_per_rack", "nics_per_node",
-                                     "comment"};
-  CARL_TRY(carl_json_check_keys(doc, "", keys, 7));
+                                     "flops", "comment"};
+  CARL_TRY(carl_json_check_keys(doc, "", keys, 8));
   const char *name;
   CARL_TRY(carl_json_opt_str(doc, "", "name", "", &name));
   if (strlen(name) >= sizeof t->name)
@@ -93,6 +116,7 @@ static carl_status topo_from_json(const cJSON *doc, carl_topo_t *t) {
   if (!have_rack && npr != 0) return carl_fail(CARL_ERR_INVALID, "nodes_per_rack given without links.rack");
   t->nodes_per_rack = npr;
   CARL_TRY(carl_json_opt_int(doc, "", "nics_per_node", 1, 4 * t->devices_per_node, 0, &t->nics_per_node));
+  CARL_TRY(topo_flops(doc, t));
   const char *comment;
   CARL_TRY(carl_json_opt_str(doc, "", "comment", "", &comment));
   CARL_TRY(topo_check(t));

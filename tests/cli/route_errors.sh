@@ -27,6 +27,11 @@ open(d + "/missing.json", "w").write('{"nodes": 2, "links": {"intra": {"GBps": 1
 open(d + "/negbw.json", "w").write('{"nodes": 2, "devices_per_node": 2, "links": {"intra": {"GBps": -1, "latency_us": 3}, "inter": {"GBps": 50, "latency_us": 10}}}')
 open(d + "/p_missing.json", "w").write('{"experts": 4, "devices": [[0], [1], [2], [2]]}')
 open(d + "/p_baddev.json", "w").write('{"experts": 4, "devices": [[0], [1], [2], [3], [0]]}')
+np.save(d + "/e16.npy", np.random.default_rng(1).standard_normal((12, 16)).astype(np.float32))
+open(d + "/t3x2.json", "w").write('{"nodes": 3, "devices_per_node": 2, "links": {"intra": {"GBps": 160, "latency_us": 3}, "inter": {"GBps": 50, "latency_us": 10}}}')
+import os
+os.makedirs(d + "/tr")
+for s in range(3): np.save(d + "/tr/logits_%05d.npy" % s, z)
 PY
 fail=0
 # expect "<substring>" args...: exit code 1..127 and stderr containing the substring
@@ -66,4 +71,10 @@ expect "no_such_option"     --logits "$tmp/ok.npy" --topology $topo --no-such-op
 expect "must be a number"   --logits "$tmp/ok.npy" --topology $topo --k two
 expect "--topology is required" --logits "$tmp/ok.npy"
 expect "no logits_00000.npy" --trace "$tmp" --topology $topo
+# grouplimited: E = 16 over 3 nodes x 2 devices (the command line passes the contiguous placement)
+expect "E = 16 experts are not divisible over 3 nodes" --logits "$tmp/e16.npy" --topology "$tmp/t3x2.json" --router grouplimited
+expect "E = 16 experts are not divisible over 6 devices" --logits "$tmp/e16.npy" --topology "$tmp/t3x2.json" --router grouplimited --level 0
+# carl: M above the 2 nodes is refused at the first route, also while the warm start runs
+expect "M: 3 nodes per token exceeds the 2 nodes" --logits "$tmp/ok.npy" --topology $topo --router carl --M 3
+expect "step 0: M: 3 nodes per token exceeds the 2 nodes" --trace "$tmp/tr" --steps 3 --topology $topo --router carl --M 3 --W 1
 exit $fail
