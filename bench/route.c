@@ -15,6 +15,7 @@
  * second to second. The copy row itself is timed before the routers.
  * c2r gets its collaboration table from the co-activation counts of the top-k sets of the same
  * logits (its profile), with Tc = 2k collaborators per expert. */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,6 @@
 #include "carl/balance.h"
 #include "carl/route_seed.h"
 #include "carl/route.h"
-#include "carl/route_util.h"
 #include "bench_util.h"
 
 /* ---- the peer: a plain sort-based top-k ------------------------------------------------------ */
@@ -242,7 +242,7 @@ int main(int argc, char **argv) {
       }
       double troute = bench_median(tm, nrep), tboth = bench_median(tu, nrep), croute = bench_median(tc, nrep);
       const double qwall = bench_median(qm, nrep), qcpu = bench_median(qc, nrep);
-      int stateful = rt->impl->update != NULL;
+      int stateful = carl_router_updates(rt);
       char upd[32] = "";
       if (stateful && do_update) snprintf(upd, sizeof upd, "%.2f", tboth * 1e3);
       printf("| %s%s%s%s | %lld | %.2f | %.2f | %.3f | %.2f | %.3f | %.1f | %s |\n", nm, kk != k ? " (k=1)" : "",

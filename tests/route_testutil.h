@@ -7,7 +7,7 @@
 
 #include "carl/balance.h"
 #include "carl/route.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int64_t T;

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "carl/json.h"
+#include "core/json_internal.h"
 
 static cJSON *parse_ok(const char *text) {
   cJSON *doc = NULL;

@@ -1,6 +1,6 @@
-/* The AVX-512 executor of the routing kernels against the portable one, which is the reference:
- * every configuration is routed through the public registry twice, once with carl__route_simd = 0
- * (portable executor) and once with carl__route_simd = -1 (AVX-512 where the CPU has it and the
+/* The AVX-512 variant of the routing kernels against the portable one, which is the reference:
+ * every configuration is routed through the public registry twice, once with carl__kern_simd = 0
+ * (portable variant) and once with carl__kern_simd = -1 (AVX-512 where the CPU has it and the
  * shapes fit), by two routers created with the same options, and the results must agree:
  *   experts, dropped, capacity, status and error message: exactly;
  *   weights: |a - b| <= (12 + k/2 + E/16) eps max(|a|, |b|) + 1e-12 (see WEIGHT_TOL);
@@ -12,8 +12,8 @@
  * logits, E not a multiple of 16 (bitwise: the portable path both times), T = 1..3, and
  * capacity_factor = 1. T = 1003 = 3 * 256 + 235 gives several 256-token statistics blocks, the
  * 4-token blocks and a 3-token tail (235 = 58 * 4 + 3).
- * The outside reference: carl_route_score_row against softmax / sigmoid evaluated in double here,
- * for both executors, and the selection rule (TopK of the exact scores, ties to the lower index) on
+ * The outside reference: carl_kern_score_row against softmax / sigmoid evaluated in double here,
+ * for both variants, and the selection rule (TopK of the exact scores, ties to the lower index) on
  * hand-computed rows whose fp32 scores round to equal values. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,7 +24,7 @@
 #include <stdio.h>
 
 #include "carl/topo.h"
-#include "route/select_internal.h"
+#include "kern/variant.h"
 #include "route_testutil.h"
 
 #define TBIG 1003
@@ -32,8 +32,8 @@
 #define TMID 519
 #define TNF TMID
 
-/* Two gate weights of the two executors. Each is within a few ulp of the exact value, but not the
- * same few ulp, so the bound is the sum of the two executors' error bounds (eps = FLT_EPSILON; a
+/* Two gate weights of the two variants. Each is within a few ulp of the exact value, but not the
+ * same few ulp, so the bound is the sum of the two variants' error bounds (eps = FLT_EPSILON; a
  * float sum of positive terms accumulated d adds deep is off by at most d eps/2 relative):
  *   exp (the AVX-512 one uses fused multiply-adds): about 2 ulp each of exp of the same float
  *     argument, plus a divide and a multiply each: 6 eps for the two;
@@ -47,11 +47,11 @@
 /* Losses and statistics: sums over T tokens of per-token values that differ by a few ulp. */
 #define REL_TOL 1e-5
 
-static int have512; /* the CPU runs the AVX-512 executor */
+static int have512; /* the CPU runs the AVX-512 variant */
 static double worst_ulp; /* largest weight difference seen, in units of eps * max(|a|, |b|) */
 static char worst_what[320];
 
-static void set_simd(int v) { carl__route_simd = v; }
+static void set_simd(int v) { carl__kern_simd = v; }
 
 /* Buffers of the running test, freed by its teardown, also when an assertion fails. */
 static void *owned[256];
@@ -193,7 +193,7 @@ static int same_result(const char *what, int64_t T, int E, int k, const res_t *a
 }
 
 /* Route `steps` steps (logits z [steps, T, E]) by two routers `name` with options `opts`, the first
- * on the portable executor and the second on the AVX-512 one; compare every step, then let each
+ * on the portable variant and the second on the AVX-512 one; compare every step, then let each
  * router update its state (lossfree bias, bip duals, carl coefficients) from its own output. */
 typedef struct {
   const carl_topo_t *topo;
@@ -223,7 +223,7 @@ static void compare_router(const char *name, const char *opts, int64_t T, int E,
     route_with(rb, &in, -1, &b, T, k);
     snprintf(what, sizeof what, "%s '%s' E=%d T=%lld step %d", name, opts, E, (long long)T, s);
     if (a.rc != CARL_OK && b.rc == a.rc && !strcmp(a.msg, b.msg)) {
-      print_error("%s: both executors fail: %s\n", what, a.msg);
+      print_error("%s: both variants fail: %s\n", what, a.msg);
       ok = 0;
     }
     ok = ok && same_result(what, T, E, k, &a, &b, ro.bitwise);
@@ -267,32 +267,31 @@ static float *logits_ties(int steps, int64_t T, int E, double lim, uint64_t seed
   return z;
 }
 
-static void note_executor(void **st) {
+static void note_variant(void **st) {
   (void)st;
   set_simd(-1);
-  have512 = carl__route_avx512_on();
+  have512 = carl__kern_avx512_on();
   if (!have512)
-    print_message("note: this CPU has no AVX-512 executor; both runs take the portable path, so the comparisons "
+    print_message("note: this CPU has no AVX-512 variant; both runs take the portable path, so the comparisons "
                   "below hold trivially\n");
   set_simd(0);
-  assert_int_equal(carl__route_avx512_on(), 0); /* the hook turns it off */
+  assert_int_equal(carl__kern_avx512_on(), 0); /* the hook turns it off */
   set_simd(-1);
 }
 
 /* ---- the dispatch rule --------------------------------------------------------------------- */
-/* carl__select_avx512_fits against the rule documented in select_internal.h (what tells the
- * configurations below which executor they exercise). */
+/* carl__kern_select_avx512_fits against the rule documented in kern/variant.h (what tells the
+ * configurations below which variant they exercise). */
 static int fits(int E, int k, double jitter, int G, int eqsize, int contig, int pg) {
-  carl_select_t sl = {.per_group = pg};
-  carl__selctx_t x = {.sl = &sl, .E = E, .k = k, .G = G, .grouped = G > 0, .eqsize = eqsize, .contig = contig};
-  x.c.k = k;
-  x.c.jitter = jitter;
-  return carl__select_avx512_fits(&x);
+  carl_kern_select_t sl = {.E = E, .k = k, .jitter = jitter, .G = G, .per_group = pg};
+  carl__kern_selctx_t x = {.sl = &sl, .E = E, .k = k, .G = G, .grouped = G > 0, .eqsize = eqsize, .contig = contig,
+                           .jitter = jitter};
+  return carl__kern_select_avx512_fits(&x);
 }
 
 static void test_dispatch_rule(void **st) {
   (void)st;
-  const int on = carl__route_avx512_on();
+  const int on = carl__kern_avx512_on();
   assert_int_equal(fits(64, 2, 0, 0, 0, 0, 1), on);
   assert_int_equal(fits(1024, 16, 0, 0, 0, 0, 1), on);
   assert_int_equal(fits(16, 16, 0, 0, 0, 0, 1), on);
@@ -407,10 +406,10 @@ static void test_few_tokens(void **st) {
  * (carl_route_scores, which runs the AVX-512 score row too), so those biases may differ in the last
  * bits between the runs.
  * Not asserted: any selection on scores plus a bias (these routers, carl's cost term) can differ
- * between the executors where two selection values are within an ulp, since the scores differ by
- * an ulp: e.g. sigmoid(2.58398485f) is 0x1.dc11dep-1 on the portable executor and 0x1.dc11dcp-1
+ * between the variants where two selection values are within an ulp, since the scores differ by
+ * an ulp: e.g. sigmoid(2.58398485f) is 0x1.dc11dep-1 on the portable variant and 0x1.dc11dcp-1
  * (the correctly rounded value) on the AVX-512 one, so with bias 0.0485858843f on expert 3
- * (z3 = 2.00420618f) the two tie on the portable executor and expert 1 wins, expert 3 on the other.
+ * (z3 = 2.00420618f) the two tie on the portable variant and expert 1 wins, expert 3 on the other.
  * The random data here holds no such near-tie. */
 static void test_biased(void **st) {
   (void)st;
@@ -522,7 +521,7 @@ static void test_carl(void **st) {
 /* Logits quantised to multiples of 0.25: in [-1, 1] (9 values: more than 16 candidates reach the
  * threshold, the insertion fallback of the AVX-512 top-k) and in [-4, 4] (33 values: equal values
  * inside the 16-candidate ranking); every 7th token is all zeros. Equal logits give equal scores
- * in either executor, so the tie rule (lower index first) must give the same experts exactly. */
+ * in either variant, so the tie rule (lower index first) must give the same experts exactly. */
 static void test_ties(void **st) {
   (void)st;
   carl_topo_t t84;
@@ -568,7 +567,7 @@ static void test_e40_bitwise(void **st) {
 }
 
 /* ---- non-finite logits ------------------------------------------------------------------------ */
-/* NaN / +inf / -inf in a few tokens: both executors fail with CARL_ERR_NUMERIC naming the first bad
+/* NaN / +inf / -inf in a few tokens: both variants fail with CARL_ERR_NUMERIC naming the first bad
  * token (and the same expert). T = 519: token 2 is inside the first 4-token block, 301 inside a
  * 4-token block of the second statistics block, 517 in the 3-token tail (516..518). */
 static void test_nonfinite(void **st) {
@@ -653,9 +652,9 @@ static void test_huge_finite(void **st) {
 /* ---- saturated scores ------------------------------------------------------------------------ */
 /* Distinct logits can give equal fp32 scores: sigmoid(z) rounds to 1.0f for z >= 17, and softmax
  * scores of logits more than 87 below the maximum all get exp(-87) from the clamped exp. Plain
- * top-k (no bias, no groups) ranks the logits in both executors (TopK(s) = TopK(z) for the exact,
+ * top-k (no bias, no groups) ranks the logits in both variants (TopK(s) = TopK(z) for the exact,
  * increasing s), so rounding makes no ties; equal logits tie, and the lower index wins.
- * (Before that rule the portable executor ranked the fp32 scores wherever E % 32 != 0 or E < 64,
+ * (Before that rule the portable variant ranked the fp32 scores wherever E % 32 != 0 or E < 64,
  * and these cases differed: sigmoid {0, 5} vs {5, 9}, softmax {3, 0} vs {3, 11}.) */
 static void test_saturated_sigmoid(void **st) {
   (void)st;
@@ -672,7 +671,7 @@ static void test_saturated_softmax(void **st) {
 }
 
 /* The rule on hand-computed rows, E = 16, 48, 64 (three shapes of the portable top-k), both
- * executors, k = 2:
+ * variants, k = 2:
  *   sigmoid, z = 0 but z[0] = 20, z[5] = 30, z[9] = 25: s(30) > s(25) > s(20) exactly, so {5, 9};
  *     both scores round to 1.0f (1 + e^-25 < 1 + eps/2), so the renormalised gates are 1/2, 1/2;
  *   softmax, z = 0 but z[3] = 100, z[11] = 1: s[11] = e^-99 / (1 + ...) > s[0] = e^-100 / (...),
@@ -713,7 +712,7 @@ static void test_saturated_rule(void **st) {
   assert_int_equal(nbad, 0);
 }
 
-/* ---- the outside reference: carl_route_score_row --------------------------------------------- */
+/* ---- the outside reference: carl_kern_score_row --------------------------------------------- */
 /* s = softmax(z) or sigmoid(z) and the returned logsumexp against the same functions in double.
  * Error budget of the float evaluation (eps = FLT_EPSILON), relative to the value:
  *   sigmoid 1 / (1 + exp(-z)): exp to a few ulp, one add, one divide: 4 eps;
@@ -732,7 +731,7 @@ static void check_score_rows(int E, int simd, double *worst_sm, double *worst_sg
       for (int e = 0; e < E; e++) zt[e] *= 8; /* wide rows: exp of arguments down to -87, tiny scores */
     for (int score = 0; score <= 1; score++) {
       set_simd(simd);
-      const float lse = carl_route_score_row(zt, E, score, s);
+      const float lse = carl_kern_score_row(zt, E, score, s);
       set_simd(-1);
       tu_scores(zt, E, score, ref);
       double m = zt[0], sum = 0;
@@ -763,11 +762,11 @@ static void check_score_rows(int E, int simd, double *worst_sm, double *worst_sg
   /* a non-finite entry gives NaN */
   z[3] = NAN;
   set_simd(simd);
-  assert_true(isnan(carl_route_score_row(z, E, 0, s)));
+  assert_true(isnan(carl_kern_score_row(z, E, 0, s)));
   z[3] = INFINITY;
-  assert_true(isnan(carl_route_score_row(z, E, 1, s)));
+  assert_true(isnan(carl_kern_score_row(z, E, 1, s)));
   z[3] = -INFINITY;
-  assert_true(isnan(carl_route_score_row(z, E, 0, s)));
+  assert_true(isnan(carl_kern_score_row(z, E, 0, s)));
   set_simd(-1);
 }
 
@@ -784,13 +783,13 @@ static void test_score_row(void **st) {
 
 static void test_report(void **st) {
   (void)st;
-  print_message("largest weight difference between the executors: %.2f eps relative%s\n  (%s)\n", worst_ulp,
+  print_message("largest weight difference between the variants: %.2f eps relative%s\n  (%s)\n", worst_ulp,
                 have512 ? "" : " (no AVX-512: both portable)", worst_what);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_teardown(note_executor, release_all),
+      cmocka_unit_test_teardown(note_variant, release_all),
       cmocka_unit_test_teardown(test_dispatch_rule, release_all),
       cmocka_unit_test_teardown(test_score_row, release_all),
       cmocka_unit_test_teardown(test_topk_defaults, release_all),

@@ -141,7 +141,7 @@ static void test_topk_vs_reference(void **st) {
         vd[e] = v[e];
       }
       for (int k = 1; k <= E && k <= 9; k++) {
-        carl_topk_row(v, E, k, idx, val);
+        carl_kern_topk_row(v, E, k, idx, val);
         tu_topk(vd, E, k, ref);
         for (int j = 0; j < k; j++) {
           assert_int_equal(idx[j], ref[j]);

@@ -16,7 +16,7 @@
 
 #include "carl/array.h"
 #include "carl/fs.h"
-#include "carl/json.h"
+#include "core/json_internal.h"
 #include "carl/safetensors.h"
 #include "carl/train.h"
 

@@ -25,7 +25,7 @@ static void usage(FILE *f) {
           "commands:\n");
   for (size_t i = 0; i < CARL_NCMDS; i++) fprintf(f, "  %-8s %s\n", carl__cmds[i].name, carl__cmds[i].help);
   fprintf(f, "\nenvironment: CARL_LOG=debug|info|warn|error|off (default info), OMP_NUM_THREADS,\n"
-             "  CARL_ROUTE_SIMD=0 (routing kernels on the portable executor: the same results on every CPU)\n");
+             "  CARL_ROUTE_SIMD=0 (routing kernels on the portable variant: the same results on every CPU)\n");
 }
 
 int carl_cli_error(const char *cmd, carl_status st) {

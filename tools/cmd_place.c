@@ -101,9 +101,10 @@ int carl_cmd_place(int argc, char **argv) {
   const char *stats_dir = NULL, *topo_path = NULL, *out_path = NULL, *from_path = NULL, *report_path = NULL;
   const char *algo_name = "eplb";
   int layer = 0, relabel = 1;
-  double token_bytes = DEF_TOKEN_BYTES, expert_bytes = DEF_EXPERT_BYTES, state_bytes = DEF_STATE_BYTES, seed = 1;
+  double token_bytes = DEF_TOKEN_BYTES, expert_bytes = DEF_EXPERT_BYTES, state_bytes = DEF_STATE_BYTES;
   carl_place_opts_t o;
   carl_place_opts_default(&o);
+  double seed = (double)o.seed;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -130,7 +131,7 @@ int carl_cmd_place(int argc, char **argv) {
     else if (!strcmp(a, "--algo")) algo_name = v;
     else if (!strcmp(a, "--layer")) ok = parse_int(a, v, 0, 1 << 20, &layer);
     else if (!strcmp(a, "--replicas")) ok = parse_int(a, v, 0, 1 << 30, &o.replicas);
-    else if (!strcmp(a, "--slots")) ok = parse_int(a, v, 0, 1 << 16, &o.slots);
+    else if (!strcmp(a, "--slots")) ok = parse_int(a, v, 0, CARL_PLACE_MAX_SLOTS, &o.slots);
     else if (!strcmp(a, "--groups")) ok = parse_int(a, v, 0, 1 << 20, &o.groups);
     else if (!strcmp(a, "--passes")) ok = parse_int(a, v, 0, 1000, &o.refine_passes);
     else if (!strcmp(a, "--load-bound")) ok = parse_num(a, v, 1.0, 1e9, &o.load_bound);

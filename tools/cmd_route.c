@@ -18,7 +18,6 @@
 #include "carl/topo.h"
 #include "cli.h"
 
-#define MAX_ROUTER_OPTS 64
 
 typedef struct {
   const char *logits, *source, *tokens, *features, *topology, *placement, *router, *out, *trace;
@@ -29,8 +28,8 @@ typedef struct {
   int demo;
   uint64_t seed;
   int nset;
-  const char *keys[MAX_ROUTER_OPTS];
-  double vals[MAX_ROUTER_OPTS];
+  const char *keys[CARL_ROUTER_MAX_OPTS];
+  double vals[CARL_ROUTER_MAX_OPTS];
 } route_args_t;
 
 static void route_usage(FILE *f, const char *router) {
@@ -63,10 +62,9 @@ static void route_usage(FILE *f, const char *router) {
   const char *const *names = carl_router_names();
   for (; *names; names++) {
     if (router && strcmp(router, *names)) continue;
-    const carl_opt_t *opts[MAX_ROUTER_OPTS];
-    int n = carl_router_options(*names, opts, MAX_ROUTER_OPTS);
-    const carl_router_impl_t *impl = carl_router_find(*names);
-    fprintf(f, "router %s: %s\n", *names, impl && impl->help ? impl->help : "");
+    const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+    int n = carl_router_options(*names, opts, CARL_ROUTER_MAX_OPTS);
+    fprintf(f, "router %s: %s\n", *names, carl_router_help(*names));
     for (int i = 0; i < n; i++) {
       char flag[64];
       snprintf(flag, sizeof flag, "--%s", opts[i]->name);
@@ -144,7 +142,7 @@ static int parse_args(int argc, char **argv, route_args_t *a, char keybuf[][64])
       a->seed = s;
     } else {
       /* a router option: checked against the chosen router's table by carl_router_create */
-      if (a->nset >= MAX_ROUTER_OPTS || !flag_key(arg, keybuf[a->nset], 64)) {
+      if (a->nset >= CARL_ROUTER_MAX_OPTS || !flag_key(arg, keybuf[a->nset], 64)) {
         fprintf(stderr, "carl route: unknown option '%s' (carl route --help)\n", arg);
         return 2;
       }
@@ -369,9 +367,11 @@ static carl_status route_step(carl_router_t *r, carl_step_t *cs, const route_arg
   if ((st = carl_npy_save(path, CARL_F32, 2, shp, weights)) != CARL_OK) goto done;
 
   rep = cJSON_CreateObject();
-  cJSON_AddStringToObject(rep, "router", r->impl->name);
+  cJSON_AddStringToObject(rep, "router", carl_router_name(r));
   cJSON *opts = cJSON_AddObjectToObject(rep, "options");
-  for (int i = 0; i < r->nopt; i++) cJSON_AddNumberToObject(opts, r->opt_def[i]->name, r->opt[i]);
+  const carl_opt_t *od[CARL_ROUTER_MAX_OPTS];
+  const int nod = carl_router_options(carl_router_name(r), od, CARL_ROUTER_MAX_OPTS);
+  for (int i = 0; i < nod; i++) cJSON_AddNumberToObject(opts, od[i]->name, carl_router_get(r, od[i]->name));
   cJSON_AddNumberToObject(rep, "step", (double)step);
   cJSON_AddNumberToObject(rep, "T", (double)T);
   cJSON_AddNumberToObject(rep, "E", E);
@@ -465,7 +465,7 @@ static void print_summary_row(FILE *f, int64_t step, const char *router, const s
 }
 
 int carl_cmd_route(int argc, char **argv) {
-  static char keybuf[MAX_ROUTER_OPTS][64];
+  static char keybuf[CARL_ROUTER_MAX_OPTS][64];
   route_args_t a;
   int rc = parse_args(argc, argv, &a, keybuf);
   if (rc) return rc < 0 ? 0 : rc;
@@ -606,7 +606,7 @@ int carl_cmd_route(int argc, char **argv) {
     if ((st = carl_write_file_atomic(rp, csv_text, csv_len)) != CARL_OK) goto fail;
   }
   if (a.trace) print_summary_row(stdout, -1, "mean", &total);
-  if (a.state_out || (a.trace && r->impl->save)) {
+  if (a.state_out || (a.trace && carl_router_has_state(r))) {
     if ((st = join_path(rp, sizeof rp, work, "state.bin")) != CARL_OK) goto fail;
     if ((st = carl_router_save(r, a.state_out ? a.state_out : rp)) != CARL_OK) {
       if (a.state_out) carl_errctx(st, "--save-state");

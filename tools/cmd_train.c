@@ -50,14 +50,14 @@ static void train_usage(FILE *f, const char *router) {
   for (const char *const *n = carl_router_names(); *n; n++) fprintf(f, " %s", *n);
   fprintf(f, "\n(`carl train --router NAME --help` lists that router's options with their defaults.)\n");
   if (!router) return;
-  const carl_opt_t *opts[64];
-  int no = carl_router_options(router, opts, 64);
+  const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+  int no = carl_router_options(router, opts, CARL_ROUTER_MAX_OPTS);
   if (no < 0 || !carl_router_find(router)) {
     fprintf(f, "\nunknown router '%s'\n", router);
     return;
   }
   fprintf(f, "\noptions of router %s (--router-opt K=V; default in brackets):\n", router);
-  for (int i = 0; i < no && i < 64; i++) fprintf(f, "  %-14s %s [%g]\n", opts[i]->name, opts[i]->help, opts[i]->def);
+  for (int i = 0; i < no && i < CARL_ROUTER_MAX_OPTS; i++) fprintf(f, "  %-14s %s [%g]\n", opts[i]->name, opts[i]->help, opts[i]->def);
 }
 
 static void progress(const carl_train_metrics_t *m, void *ud) {
@@ -129,7 +129,7 @@ int carl_cmd_train(int argc, char **argv) {
         fprintf(stderr, "carl train: at most %d --router-opt\n", CARL_MODEL_MAX_ROUTER_OPTS);
         return 2;
       }
-      static char keys[CARL_MODEL_MAX_ROUTER_OPTS][32];
+      static char keys[CARL_MODEL_MAX_ROUTER_OPTS][CARL_ROUTER_NAME_MAX];
       if ((size_t)(eq - v) >= sizeof keys[0]) {
         fprintf(stderr, "carl train: --router-opt key too long in '%s'\n", v);
         return 2;

@@ -1,5 +1,5 @@
 /* carl/balance.h: balancing losses with exact gradients, and load / skew / selectivity metrics
- * (ALGORITHMS.md sections 2.1, 2.11 and 3).
+ * (ALGORITHMS.md sections 2.1, 2.11 and 3); LocMoE's locality loss and capacity bound (2.8).
  *
  * Usage:
  *   // losses: value and d(value)/d(logits) added into dlogits (dlogits may be NULL)
@@ -11,6 +11,10 @@
  *   double load[E];  carl_load_experts(experts, T, k, E, load);
  *   carl_skew_t sk;  carl_skew(load, E, &sk);            // sk.maxvio, sk.cv, sk.gini, ...
  *   double rho;      CARL_TRY(carl_retained_mass(logits, T, E, 0, experts, k, &rho));
+ *
+ *   // LocMoE Theorem 1: the minimum expert capacity
+ *   double p = carl_locmoe_p_delta(0.03, 5120);                // 0.0318
+ *   int64_t ec = carl_locmoe_ec_min(0.03, 5120, 16);           // 2
  *
  * Conventions: experts is [T, k] int32 with -1 for dropped slots (ignored everywhere); p[t, e] is
  * the router probability: softmax(z_t) for score 0, sigmoid(z_t) / sum_e sigmoid(z_t) for score 1
@@ -40,8 +44,8 @@ carl_status carl_loss_expert(const float *logits /* [T, E] */, int64_t T, int E,
                              float *dlogits /* [T, E] or NULL */);
 
 /* CARL's L_G (DeepSeek-V2 device balance): value = coef * sum_g f'_g P'_g, f'_g = mean of f_e over the
- * experts of group g, P'_g = sum of P_e over them. group[e] in 0..G-1 (carl_route_expert_groups
- * gives it for devices or nodes). */
+ * experts of group g, P'_g = sum of P_e over them. group[e] in 0..G-1 (the device or the node of
+ * expert e's home replica, for the device or node balance). */
 carl_status carl_loss_group(const float *logits /* [T, E] */, int64_t T, int E, int score,
                             const int32_t *experts /* [T, k] */, int k, const int32_t *group /* [E] */, int G,
                             double coef, double *value, float *dlogits /* [T, E] or NULL */);
@@ -53,7 +57,7 @@ carl_status carl_loss_dual(const float *logits /* [T, E] */, int64_t T, int E, i
                            double coef_E, double coef_G, double *L_E, double *L_G, float *dlogits /* or NULL */);
 
 /* The values of carl_loss_dual from statistics at hand (no pass over the logits, no gradient):
- * psum [E] = sum_t p[t, e] as the routing kernels leave it in the router (p = s for softmax,
+ * psum [E] = sum_t p[t, e] as the routing kernels gather it while routing (p = s for softmax,
  * s / sum(s) for sigmoid); the loads from load [E] (kept pairs per expert) when not NULL, else
  * counted from experts. */
 carl_status carl_loss_dual_value(const int32_t *experts /* [T, k] or NULL */, const double *load /* [E] or NULL */,
@@ -99,12 +103,12 @@ carl_status carl_retained_mass(const float *logits /* [T, E] */, int64_t T, int 
 /* Mean over tokens of |S_t & TopK(s_t)| / |S_t | TopK(s_t)| (1 when both are empty). */
 carl_status carl_topk_jaccard(const float *logits /* [T, E] */, int64_t T, int E, int score,
                               const int32_t *experts /* [T, k] */, int k, double *jaccard);
-/* One token's terms of carl_retained_mass and carl_topk_jaccard, from its scores s [E]
- * (carl_route_score_row) and kept experts ex [k] (-1 or out of range: dropped); idx, val [k] are
- * scratch (TopK(s) on return). */
+/* One token's terms of carl_retained_mass and carl_topk_jaccard, from its scores s [E] (softmax
+ * or sigmoid of its logits) and kept experts ex [k] (-1 or out of range: dropped); idx, val [k]
+ * are scratch (TopK(s) on return). */
 void carl_token_selectivity(const float *s /* [E] */, int E, int k, const int32_t *ex /* [k] */, int32_t *idx /* [k] */,
                             float *val /* [k] */, double *retained, double *jaccard);
-/* Entropy (nats) of one token's routing distribution from its scores s [E] (carl_route_score_row):
+/* Entropy (nats) of one token's routing distribution from its scores s [E] (softmax or sigmoid):
  * p = s for softmax (0), p = s / sum(s) for sigmoid (1); -sum_e p ln p in double. */
 double carl_score_entropy(const float *s /* [E] */, int E, int score);
 /* Routing entropy: mean over tokens of -sum_e p[t,e] ln p[t,e] (nats; p as in the losses), and
@@ -112,6 +116,29 @@ double carl_score_entropy(const float *s /* [E] */, int E, int score);
 carl_status carl_routing_entropy(const float *logits /* [T, E] */, int64_t T, int E, int score,
                                  const int32_t *experts /* [T, k] or NULL */, int k, double *token_entropy,
                                  double *load_entropy);
+
+/* ---- LocMoE minimum capacity (research/routers.md 2.4) --------------------------------------- */
+/* Regularised incomplete beta I_x(a, b) (a, b > 0, 0 <= x <= 1) by Lentz's continued fraction;
+ * NaN on bad arguments. carl_betai_upper returns 1 - I_x(a, b) without cancellation. */
+double carl_betai(double a, double b, double x);
+double carl_betai_upper(double a, double b, double x);
+/* p_delta = 1 - I_{delta^2}(1/2, (d-1)/2): probability that a uniform unit vector in R^d has
+ * |cos| >= delta with a fixed direction. delta <= 0 gives 1; d < 2 gives NaN. */
+double carl_locmoe_p_delta(double delta, int d);
+/* ec_min = ceil(1 / (E * p_delta)), saturated at INT64_MAX / 4 when p_delta underflows;
+ * -1 on bad arguments (d < 2, E < 1, NaN delta). */
+int64_t carl_locmoe_ec_min(double delta, int d, int E);
+
+/* ---- LocMoE locality loss (ALGORITHMS.md 2.8) ------------------------------------------------ */
+/* L = mu * mean over nodes holding tokens of KL(D_c || D_l), with
+ *   D_c(e) = mean over the node's tokens of s[t, e],
+ *   D_l(e) = (1 - eps) / |local| on the node's experts, eps / (E - |local|) elsewhere
+ *            (uniform 1/E when the node holds every expert).
+ * s is softmax(z) row-wise. If dlogits is not NULL, dL/dz is ADDED to it. */
+carl_status carl_locality_loss(int64_t T, int E, const float *s /* [T, E] */,
+                               const int32_t *tok_node /* [T] node of each token */, int nodes,
+                               const uint8_t *local /* [nodes, E] 1: expert has a replica there */,
+                               double eps, double mu, double *value, float *dlogits /* [T, E] or NULL */);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,5 @@
-/* carl/core.h: status codes, error details, logging, assertions, the counter-based RNG, arenas.
+/* carl/core.h: status codes, error details, logging, assertions, the counter-based RNG, arenas,
+ * and the few constants every module shares (score functions, the threading threshold, pi).
  *
  * Usage:
  *   carl_status st = carl_npy_read("logits.npy", &arr);
@@ -33,6 +34,7 @@ typedef enum {
   CARL_ERR_UNSUPPORTED = -8, /* a feature this build does not have (MPI, METIS, CUDA) */
   CARL_ERR_NOT_FOUND = -9,   /* unknown name (router, algorithm, option, scenario) */
   CARL_ERR_STATE = -10,      /* call out of order, or saved state that does not match */
+  CARL_ERR_DEVICE = -11,     /* a CUDA / cuBLAS call failed on the device (the detail names it) */
 } carl_status;
 
 /* Short fixed text for a status ("invalid argument", ...). Never NULL. */
@@ -104,6 +106,15 @@ void *carl_arena_alloc(carl_arena_t *a, size_t bytes);
  * allocating after its first two runs). */
 void carl_arena_reset(carl_arena_t *a);
 void carl_arena_free(carl_arena_t *a);
+
+/* ---- shared vocabulary ------------------------------------------------------------------------ */
+/* Score functions of routing: the router option "score" and the score argument of carl/balance.h. */
+enum { CARL_SCORE_SOFTMAX = 0, CARL_SCORE_SIGMOID = 1 };
+/* Loops with less work than this (elements; T * E for the routing kernels) run on one thread: a
+ * parallel region costs more. */
+#define CARL_OMP_MIN_WORK 32768
+/* pi in double precision (Box-Muller, cosine schedules). */
+#define CARL_PI 3.14159265358979323846
 
 /* ---- small helpers ---------------------------------------------------------------------------- */
 /* Read a whole file into a NUL-terminated malloc'ed buffer (caller frees). */

@@ -90,9 +90,9 @@ typedef struct {
   float init_std;   /* N(0, init_std) for matrices; wo and w2 are scaled by 1/sqrt(2L) */
   float norm_eps;   /* RMSNorm epsilon */
   uint64_t seed;    /* parameter init and router seed */
-  char router[32];  /* router registry name ("topk", "carl", ...) */
+  char router[CARL_ROUTER_NAME_MAX]; /* router registry name ("topk", "carl", ...) */
   int n_router_opts;
-  char router_keys[CARL_MODEL_MAX_ROUTER_OPTS][32];
+  char router_keys[CARL_MODEL_MAX_ROUTER_OPTS][CARL_ROUTER_NAME_MAX];
   double router_vals[CARL_MODEL_MAX_ROUTER_OPTS];
 } carl_model_config_t;
 

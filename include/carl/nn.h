@@ -27,9 +27,6 @@
 extern "C" {
 #endif
 
-/* Loops with less work than this (elements) run on one thread: a parallel region costs more. */
-#define CARL_OMP_MIN_WORK 32768
-
 /* ---- matrix product ---------------------------------------------------------------------------- */
 /* Row-major C [M, N] = alpha op(A) op(B) + beta C, op(A) [M, K], op(B) [K, N] (trans flags 0/1 as
  * in cblas; lda, ldb, ldc are the row strides of A, B, C as stored). Deterministic over thread counts. */

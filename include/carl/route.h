@@ -14,6 +14,8 @@
  * Every router sees the same inputs and fills the same outputs, so the simulator, the trainer and
  * the executors call one decision path. Options are named numbers (ints and enums as doubles);
  * carl_router_options() lists them with defaults and help, for --help and configs.
+ * Routers are opaque here; a router is written against route/router_impl.h (the implementation
+ * table, the router object and the shared machinery; docs/routers.md, "For router writers").
  * Ownership: the router owns its state; in/out buffers belong to the caller.
  */
 #ifndef CARL_ROUTE_H
@@ -63,57 +65,36 @@ typedef struct {
   double def;
   const char *help;
 } carl_opt_t;
+/* Most options of one router (common ones included): room enough for carl_router_options. */
+#define CARL_ROUTER_MAX_OPTS 64
+/* Bytes of a router's name or of one of its option names, NUL included. */
+#define CARL_ROUTER_NAME_MAX 32
 
+/* A router: its implementation, options and state (opaque; created by carl_router_create). */
 typedef struct carl_router carl_router_t;
+/* A registered router implementation (opaque; carl_router_find). */
+typedef struct carl_router_impl carl_router_impl_t;
 
-/* ---- implementation side: one file per router family registers one of these ----------------- */
-typedef struct {
-  const char *name;
-  const char *help;
-  const carl_opt_t *opts; /* router-specific options (the common ones are added by the registry) */
-  int nopts;
-  carl_status (*init)(carl_router_t *r);   /* validate options, allocate state */
-  carl_status (*route)(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
-  carl_status (*update)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out); /* may be NULL */
-  carl_status (*save)(const carl_router_t *r, const char *path); /* may be NULL: stateless */
-  carl_status (*load)(carl_router_t *r, const char *path);
-  void (*free)(carl_router_t *r);          /* may be NULL */
-} carl_router_impl_t;
-
-struct carl_router {
-  const carl_router_impl_t *impl;
-  int nopt;
-  const carl_opt_t *opt_def[64]; /* common options first, then impl->opts */
-  double opt[64];                /* current values, same order */
-  void *state;                   /* owned by the implementation */
-  /* Filled by the common kernels during route (carl/route_util.h), read by the registry for the
-   * common losses; the registry owns psum. */
-  double *psum;  /* [psum_cap] sum over tokens of p[t, e] in the last route, valid when have_psum */
-  int psum_cap;
-  int have_psum;
-  double zsum;   /* sum over tokens of logsumexp(z_t)^2 in the last route, valid when have_zsum */
-  int have_zsum;
-  double *load;  /* [psum_cap] kept (token, slot) pairs per expert in the last route, valid when have_load */
-  int have_load;
-  /* Scratch of the kernels during one route (carl_arena_alloc), reset by the registry before each
-   * route and kept between routes, so that repeated routes do not map fresh memory. */
-  carl_arena_t scratch;
-  /* Set by a router's init to replace the default gate backward (NULL: gates are s at the chosen
-   * experts, renormalised when the renorm option is set; carl_route_gate_backward). */
-  carl_status (*backward)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out,
-                          const float *dweights /* [T, k] */, float *dlogits /* [T, E] */);
-};
-
-/* ---- user side ------------------------------------------------------------------------------- */
+/* ---- the registry ---------------------------------------------------------------------------- */
 /* Names of all registered routers, NULL-terminated. */
 const char *const *carl_router_names(void);
+/* The implementation registered as name; NULL when there is none. */
 const carl_router_impl_t *carl_router_find(const char *name);
+/* One line of help on router `name`; NULL when there is no such router. */
+const char *carl_router_help(const char *name);
 /* All options of router `name` (common + specific): writes up to max pointers, returns count or <0. */
 int carl_router_options(const char *name, const carl_opt_t **opts, int max);
 
+/* ---- one router ------------------------------------------------------------------------------ */
 carl_status carl_router_create(const char *name, int nset, const char *const *keys, const double *vals,
                                carl_router_t **out);
 double carl_router_get(const carl_router_t *r, const char *key); /* NaN if unknown */
+/* The registry name of r ("topk", "carl", ...). */
+const char *carl_router_name(const carl_router_t *r);
+/* 1 when r has state that carl_router_save / carl_router_load write and read (bias, duals, tables). */
+int carl_router_has_state(const carl_router_t *r);
+/* 1 when carl_router_update changes r's state (bias, duals, coefficients); 0: it does nothing. */
+int carl_router_updates(const carl_router_t *r);
 carl_status carl_router_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
 carl_status carl_router_update(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out);
 /* Gradient through the gate weights: dlogits += d(weights)/d(logits)^T dweights. */

@@ -82,6 +82,8 @@ int carl_topo_link(const carl_topo_t *t, int a, int b);
 double carl_topo_cost(const carl_topo_t *t, int a, int b);
 
 /* ---- placement: expert -> device slots (replicas allowed) ------------------------------------ */
+/* Most slots per device a placement may have. */
+#define CARL_PLACE_MAX_SLOTS (1 << 16)
 typedef struct {
   int E;               /* logical experts */
   int D;               /* devices */

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "carl/route_seed.h"
+#include "carl/balance.h"
 
 carl_status carl_locality_loss(int64_t T, int E, const float *s, const int32_t *tok_node, int nodes,
                                const uint8_t *local, double eps, double mu, double *value, float *dlogits) {

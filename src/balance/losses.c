@@ -4,9 +4,7 @@
 #include <string.h>
 
 #include "carl/balance.h"
-#include "carl/route_util.h"
-
-#define CARL__BLK 256
+#include "kern/kern.h"
 
 /* p = softmax(z) (score 0) or sigmoid(z) / sum sigmoid(z) (score 1), from s = score_row's output;
  * returns the sum of sigmoids (1 for softmax). */
@@ -32,22 +30,22 @@ carl_status carl_loss_linear_p(const float *logits, int64_t T, int E, int score,
                                double *P, float *dlogits) {
   if (!logits || !c || !value) return carl_fail(CARL_ERR_INVALID, "balance loss: NULL argument");
   if (T < 1 || E < 1) return carl_fail(CARL_ERR_INVALID, "balance loss: T = %lld, E = %d must be >= 1", (long long)T, E);
-  const int64_t nb = (T + CARL__BLK - 1) / CARL__BLK;
+  const int64_t nb = (T + CARL_KERN_BLOCK - 1) / CARL_KERN_BLOCK;
   double *part = calloc((size_t)nb * (size_t)E, sizeof *part);
   if (!part) return carl_fail(CARL_ERR_NOMEM, "balance loss: out of memory");
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_OMP_MIN_WORK) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s), *p = malloc((size_t)E * sizeof *p);
     if (!s || !p) nomem = 1;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
       if (!s || !p) continue;
-      int64_t t1 = (b + 1) * CARL__BLK < T ? (b + 1) * CARL__BLK : T;
+      int64_t t1 = (b + 1) * CARL_KERN_BLOCK < T ? (b + 1) * CARL_KERN_BLOCK : T;
       double *pp = part + b * E;
-      for (int64_t t = b * CARL__BLK; t < t1; t++) {
-        if (isnan(carl_route_score_row(logits + t * E, E, score, s))) {
+      for (int64_t t = b * CARL_KERN_BLOCK; t < t1; t++) {
+        if (isnan(carl_kern_score_row(logits + t * E, E, score, s))) {
           if (t < bad) bad = t;
           continue;
         }
@@ -221,21 +219,21 @@ double carl_loss_expert_value(const double *load, const double *psum, int64_t T,
 carl_status carl_loss_z(const float *logits, int64_t T, int E, double coef, double *value, float *dlogits) {
   if (!logits || !value) return carl_fail(CARL_ERR_INVALID, "z-loss: NULL argument");
   if (T < 1 || E < 1) return carl_fail(CARL_ERR_INVALID, "z-loss: T = %lld, E = %d must be >= 1", (long long)T, E);
-  const int64_t nb = (T + CARL__BLK - 1) / CARL__BLK;
+  const int64_t nb = (T + CARL_KERN_BLOCK - 1) / CARL_KERN_BLOCK;
   double *part = calloc((size_t)nb, sizeof *part);
   if (!part) return carl_fail(CARL_ERR_NOMEM, "z-loss: out of memory");
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_OMP_MIN_WORK) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s);
     if (!s) nomem = 1;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
       if (!s) continue;
-      int64_t t1 = (b + 1) * CARL__BLK < T ? (b + 1) * CARL__BLK : T;
-      for (int64_t t = b * CARL__BLK; t < t1; t++) {
-        float lse = carl_route_score_row(logits + t * E, E, CARL_SCORE_SOFTMAX, s);
+      int64_t t1 = (b + 1) * CARL_KERN_BLOCK < T ? (b + 1) * CARL_KERN_BLOCK : T;
+      for (int64_t t = b * CARL_KERN_BLOCK; t < t1; t++) {
+        float lse = carl_kern_score_row(logits + t * E, E, CARL_SCORE_SOFTMAX, s);
         if (isnan(lse)) {
           if (t < bad) bad = t;
           continue;

@@ -3,9 +3,7 @@
 #include <string.h>
 
 #include "carl/balance.h"
-#include "carl/route_util.h"
-
-#define CARL__BLK 256
+#include "kern/kern.h"
 
 double carl_score_entropy(const float *s, int E, int score) {
   double a = 0, h = 0;
@@ -118,7 +116,7 @@ double carl_drop_rate(const int32_t *experts, int64_t T, int k) {
 
 void carl_token_selectivity(const float *s, int E, int k, const int32_t *ex, int32_t *idx, float *val, double *retained,
                             double *jaccard) {
-  carl_topk_row(s, E, k, idx, val);
+  carl_kern_topk_row(s, E, k, idx, val);
   double num = 0, den = 0;
   int inter = 0, nsel = 0;
   for (int j = 0; j < k; j++) {
@@ -140,12 +138,12 @@ static carl_status carl__per_token(const float *logits, int64_t T, int E, int sc
   if (!logits || !result || (which < 2 && !experts)) return carl_fail(CARL_ERR_INVALID, "metric: NULL argument");
   if (T < 1 || E < 1 || k < 1 || k > E)
     return carl_fail(CARL_ERR_INVALID, "metric: T = %lld, E = %d, k = %d out of range", (long long)T, E, k);
-  const int64_t nb = (T + CARL__BLK - 1) / CARL__BLK;
+  const int64_t nb = (T + CARL_KERN_BLOCK - 1) / CARL_KERN_BLOCK;
   double *part = calloc((size_t)nb, sizeof *part);
   if (!part) return carl_fail(CARL_ERR_NOMEM, "metric: out of memory");
   int64_t bad = INT64_MAX;
   int nomem = 0;
-#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(min : bad) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_OMP_MIN_WORK) reduction(min : bad) reduction(| : nomem)
   {
     float *s = malloc((size_t)E * sizeof *s), *val = malloc((size_t)k * sizeof *val);
     int32_t *idx = malloc((size_t)k * sizeof *idx);
@@ -153,9 +151,9 @@ static carl_status carl__per_token(const float *logits, int64_t T, int E, int sc
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
       if (!s || !val || !idx) continue;
-      int64_t t1 = (b + 1) * CARL__BLK < T ? (b + 1) * CARL__BLK : T;
-      for (int64_t t = b * CARL__BLK; t < t1; t++) {
-        if (isnan(carl_route_score_row(logits + t * E, E, score, s))) {
+      int64_t t1 = (b + 1) * CARL_KERN_BLOCK < T ? (b + 1) * CARL_KERN_BLOCK : T;
+      for (int64_t t = b * CARL_KERN_BLOCK; t < t1; t++) {
+        if (isnan(carl_kern_score_row(logits + t * E, E, score, s))) {
           if (t < bad) bad = t;
           continue;
         }

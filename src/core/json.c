@@ -1,5 +1,5 @@
-/* JSON documents and typed getters whose errors name the field (see carl/json.h). */
-#include "carl/json.h"
+/* JSON documents and typed getters whose errors name the field (core/json_internal.h). */
+#include "core/json_internal.h"
 
 #include <math.h>
 #include <stdio.h>

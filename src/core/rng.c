@@ -50,5 +50,5 @@ float carl_rng_normal(uint64_t seed, uint32_t stream, uint64_t index) {
   /* u1 in (0, 1], u2 in [0, 1) */
   double u1 = ((double)w[0] + 1.0) / 4294967296.0;
   double u2 = (double)w[1] / 4294967296.0;
-  return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+  return (float)(sqrt(-2.0 * log(u1)) * cos(2 * CARL_PI * u2));
 }

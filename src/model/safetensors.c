@@ -1,6 +1,6 @@
 /* safetensors read/write (carl/safetensors.h). The JSON header goes through cJSON. */
 #include "carl/safetensors.h"
-#include "carl/json.h"
+#include "core/json_internal.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -15,7 +15,7 @@
 #include "carl/array.h"
 #include "carl/data.h"
 #include "carl/fs.h"
-#include "carl/json.h"
+#include "core/json_internal.h"
 #include "carl/safetensors.h"
 
 /* ============================== config ============================================================ */
@@ -62,14 +62,14 @@ static carl_status carl__check_router(const carl_model_config_t *m, const char *
       snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", names[0] ? ", " : "", *n);
     return carl_fail(CARL_ERR_NOT_FOUND, "%srouter: unknown router \"%s\" (known: %s)", ctx, m->router, names);
   }
-  const carl_opt_t *opts[64];
-  int no = carl_router_options(m->router, opts, 64);
+  const carl_opt_t *opts[CARL_ROUTER_MAX_OPTS];
+  int no = carl_router_options(m->router, opts, CARL_ROUTER_MAX_OPTS);
   for (int i = 0; i < m->n_router_opts; i++) {
     int ok = 0;
-    for (int j = 0; j < no && j < 64; j++) ok |= !strcmp(opts[j]->name, m->router_keys[i]);
+    for (int j = 0; j < no && j < CARL_ROUTER_MAX_OPTS; j++) ok |= !strcmp(opts[j]->name, m->router_keys[i]);
     if (!ok) {
       char names[1024] = "";
-      for (int j = 0; j < no && j < 64; j++)
+      for (int j = 0; j < no && j < CARL_ROUTER_MAX_OPTS; j++)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", j ? ", " : "", opts[j]->name);
       return carl_fail(CARL_ERR_NOT_FOUND, "%srouter_opts: router \"%s\" has no option \"%s\" (options: %s)", ctx,
                        m->router, m->router_keys[i], names);
@@ -412,7 +412,7 @@ static carl_status carl__write_optimizer(const char *path, carl_model_t *m) {
 
 static int carl__router_has_state(carl_model_t *m) {
   carl_router_t *r = carl_model_router(m, 0);
-  return r && r->impl->save && r->impl->load;
+  return carl_router_has_state(r);
 }
 
 /* Checkpoint directories are ckpt_<8-digit step>; returns step or -1 for other names. */

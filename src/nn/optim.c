@@ -3,8 +3,6 @@
 
 #include "carl/nn.h"
 
-#define CARL__PI 3.14159265358979323846
-
 carl_adamw_cfg_t carl_adamw_default(void) {
   carl_adamw_cfg_t c = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
   return c;
@@ -30,5 +28,5 @@ float carl_lr_cosine(int64_t step, int64_t warmup, int64_t total, float lr_max, 
   if (step >= total) return lr_min;
   double span = (double)(total - warmup);
   double frac = span > 0 ? (double)(step - warmup) / span : 1.0;
-  return lr_min + (float)(0.5 * (1.0 + cos(CARL__PI * frac))) * (lr_max - lr_min);
+  return lr_min + (float)(0.5 * (1.0 + cos(CARL_PI * frac))) * (lr_max - lr_min);
 }

@@ -8,7 +8,7 @@
  * State: q [E] (float64 state file). */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int E;
@@ -93,7 +93,7 @@ static carl_status bip_update(carl_router_t *r, const carl_route_in_t *in, const
   const int64_t cap = (int64_t)floor((double)k * (double)T / (double)E);
   int nomem = 0;
   for (int it = 0; it < st->iters && rc == CARL_OK; it++) {
-#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_OMP_MIN_WORK) reduction(| : nomem)
     {
       double *row = malloc((size_t)E * sizeof *row);
       double *col = malloc((size_t)T * sizeof *col);

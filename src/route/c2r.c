@@ -18,7 +18,7 @@
 
 #include "carl/array.h"
 #include "carl/route_seed.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 /* ---- profiler ---------------------------------------------------------------------------------- */
@@ -49,12 +49,12 @@ carl_status carl_c2r_count_logits(int64_t T, int E, int k, const float *logits, 
   }
   carl_status st = CARL_OK;
   for (int64_t t = 0; t < T && st == CARL_OK; t++) {
-    float lse = carl_route_score_row(logits + t * E, E, CARL_SCORE_SOFTMAX, s);
+    float lse = carl_kern_score_row(logits + t * E, E, CARL_SCORE_SOFTMAX, s);
     if (lse != lse) {
       st = carl_fail(CARL_ERR_NUMERIC, "logits: token %lld holds a NaN or an infinity", (long long)t);
       break;
     }
-    carl_topk_row(s, E, k, idx, val);
+    carl_kern_topk_row(s, E, k, idx, val);
     st = carl_c2r_count_sets(1, k, idx, E, counts);
   }
   free(s); free(val); free(idx);
@@ -156,10 +156,10 @@ static carl_status c2r_route(carl_router_t *r, const carl_route_in_t *in, carl_r
         const float *st_ = s + t * E;
         int32_t *ex = out->experts + t * k;
         float *w = out->weights + t * k;
-        carl_topk_row(st_, E, 1, ex, val);
+        carl_kern_topk_row(st_, E, 1, ex, val);
         const int32_t *cand = st->table + (size_t)ex[0] * (E - 1);
         for (int i = 0; i < st->Tc; i++) mask[cand[i]] = 1;
-        if (k > 1) carl_topk_row_masked(st_, mask, E, k - 1, ex + 1, val + 1);
+        if (k > 1) carl_kern_topk_row_masked(st_, mask, E, k - 1, ex + 1, val + 1);
         for (int i = 0; i < st->Tc; i++) mask[cand[i]] = 0;
         for (int j = 0; j < k; j++) {
           w[j] = st_[ex[j]];
@@ -169,7 +169,7 @@ static carl_status c2r_route(carl_router_t *r, const carl_route_in_t *in, carl_r
       free(mask);
       free(val);
     }
-    rc = carl__seed_finish(T, k, E, carl_route_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
+    rc = carl__seed_finish(T, k, E, carl_kern_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
   }
   free(s);
   free(prio);

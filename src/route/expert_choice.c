@@ -10,7 +10,7 @@
  * the whole batch. */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   float s;
@@ -188,7 +188,7 @@ static carl_status ec_route(carl_router_t *r, const carl_route_in_t *in, carl_ro
   const int64_t T = in->T;
   const int E = in->E, k = c.k;
   if (T > INT32_MAX) return carl_fail(CARL_ERR_INVALID, "expert_choice: T = %lld tokens is too many", (long long)T);
-  int64_t C = carl_route_capacity(c.cf > 0 ? c.cf : 1.0, T, k, E);
+  int64_t C = carl_kern_capacity(c.cf > 0 ? c.cf : 1.0, T, k, E);
   if (C > T) C = T;
   float *s = malloc((size_t)T * (size_t)E * sizeof *s);
   int32_t *chosen = malloc((size_t)E * (size_t)C * sizeof *chosen); /* [E, C] tokens, -1 free */
@@ -203,7 +203,7 @@ static carl_status ec_route(carl_router_t *r, const carl_route_in_t *in, carl_ro
      *    over the scores (one cache line per token) */
     enum { EC_CHUNK = 16 };
     const int nchunk = (E + EC_CHUNK - 1) / EC_CHUNK;
-#pragma omp parallel if((int64_t)T * E >= CARL_PAR_MIN) reduction(| : nomem)
+#pragma omp parallel if((int64_t)T * E >= CARL_OMP_MIN_WORK) reduction(| : nomem)
     {
       ec_pair_t *col = malloc((size_t)T * EC_CHUNK * sizeof *col);
       if (!col) nomem = 1;

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 typedef struct {
@@ -94,7 +94,7 @@ static carl_status fastermoe_route(carl_router_t *r, const carl_route_in_t *in, 
     for (int64_t t = 0; t < T; t++) {
       int32_t *p = plain + t * k;
       const uint8_t *loc = tp.local + (size_t)tp.node[t] * E;
-      carl_topk_row(s + t * E, E, k, p, val);
+      carl_kern_topk_row(s + t * E, E, k, p, val);
       rem[t] = -1;
       if (st->strict) {
         for (int j = 0; j < k && rem[t] < 0; j++)
@@ -129,7 +129,7 @@ static carl_status fastermoe_route(carl_router_t *r, const carl_route_in_t *in, 
         memcpy(ex, plain + t * k, (size_t)k * sizeof *ex);
       } else {
         const uint8_t *loc = tp.local + (size_t)tp.node[t] * E;
-        carl_topk_row_masked(st_, loc, E, k, ex, val);
+        carl_kern_topk_row_masked(st_, loc, E, k, ex, val);
         if (leave[t] == 1) ex[k - 1] = rem[t];
         carl__sort_by_score(ex, k, st_); /* descending gate order, ties to the lower index */
       }
@@ -138,7 +138,7 @@ static carl_status fastermoe_route(carl_router_t *r, const carl_route_in_t *in, 
         prio[t * k + j] = st_[ex[j]];
       }
     }
-    rc = carl__seed_finish(T, k, E, carl_route_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
+    rc = carl__seed_finish(T, k, E, carl_kern_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
   }
   free(s); free(prio); free(val); free(plain); free(leave); free(cand); free(key); free(rem);
   return rc;

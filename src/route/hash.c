@@ -7,7 +7,7 @@
  * Needs in->token_ids. k must be 1. State: the table [V] int32 (-1 = not in the table). */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 typedef struct {
   int balanced;
@@ -113,13 +113,13 @@ static carl_status hash_route(carl_router_t *r, const carl_route_in_t *in, carl_
     out->experts[t] = e >= 0 ? e : hash_random(st, id, E);
     out->weights[t] = 1.0f;
   }
-  int64_t C = carl_route_capacity(r->opt[CARL_OPT_CF], T, 1, E);
+  int64_t C = carl_kern_capacity(r->opt[CARL_OPT_CF], T, 1, E);
   if (C > 0) {
     float *prio = malloc((size_t)T * sizeof *prio);
     if (!prio) return carl_fail(CARL_ERR_NOMEM, "hash: out of memory");
     for (int64_t t = 0; t < T; t++) prio[t] = 1; /* equal: the later tokens are dropped first */
     out->capacity = C;
-    carl_status rc = carl_route_apply_capacity(T, 1, E, C, out->experts, prio, out->weights, 0, &out->dropped);
+    carl_status rc = carl_kern_apply_capacity(T, 1, E, C, out->experts, prio, out->weights, 0, &out->dropped);
     free(prio);
     CARL_TRY(rc);
   }

@@ -16,7 +16,7 @@
 #include "carl/array.h"
 #include "carl/balance.h"
 #include "carl/route_seed.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
 
 /* ---- GrAP ----------------------------------------------------------------------------------------- */
@@ -127,13 +127,13 @@ static carl_status locmoe_route(carl_router_t *r, const carl_route_in_t *in, car
   if (rc == CARL_OK) {
     for (int64_t t = 0; t < T; t++) {
       float v;
-      carl_topk_row(s + t * E, E, 1, &top1[t], &v);
+      carl_kern_topk_row(s + t * E, E, 1, &top1[t], &v);
       out->experts[t] = top1[t];
       out->weights[t] = v;
       prio[t] = v;
     }
     /* capacity with the Theorem 1 floor */
-    int64_t C = carl_route_capacity(c.cf, T, 1, E);
+    int64_t C = carl_kern_capacity(c.cf, T, 1, E);
     if (C > 0 && st->min_cap) {
       int64_t ec = st->cap_fixed ? st->ec_fixed : 0;
       if (!ec) {

@@ -7,7 +7,7 @@
 
 #include "carl/balance.h"
 #include "carl/route.h"
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 
 /* ---- the registered routers ------------------------------------------------------------------ */
 /* Baseline routers (src/route/topk.c, hash.c, sinkhorn.c, expert_choice.c, lossfree.c,
@@ -66,6 +66,11 @@ const carl_router_impl_t *carl_router_find(const char *name) {
   for (size_t i = 0; carl__routers[i]; i++)
     if (strcmp(carl__routers[i]->name, name) == 0) return carl__routers[i];
   return NULL;
+}
+
+const char *carl_router_help(const char *name) {
+  const carl_router_impl_t *impl = carl_router_find(name);
+  return impl ? (impl->help ? impl->help : "") : NULL;
 }
 
 /* The option table of impl: common options (an impl option of the same name replaces the common
@@ -146,8 +151,8 @@ carl_status carl_router_create(const char *name, int nset, const char *const *ke
   if (!r) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", impl->name);
   r->impl = impl;
   carl_arena_init(&r->scratch, 0);
-  int n = carl__opt_table(impl, r->opt_def, 64);
-  CARL_ASSERT(n <= 64);
+  int n = carl__opt_table(impl, r->opt_def, CARL_ROUTER_MAX_OPTS);
+  CARL_ASSERT(n <= CARL_ROUTER_MAX_OPTS);
   r->nopt = n;
   for (int i = 0; i < n; i++) r->opt[i] = r->opt_def[i]->def;
   carl_status st = CARL_OK;
@@ -185,6 +190,12 @@ double carl_router_get(const carl_router_t *r, const char *key) {
     if (strcmp(r->opt_def[i]->name, key) == 0) return r->opt[i];
   return NAN;
 }
+
+const char *carl_router_name(const carl_router_t *r) { return r ? r->impl->name : NULL; }
+
+int carl_router_has_state(const carl_router_t *r) { return r && r->impl->save && r->impl->load; }
+
+int carl_router_updates(const carl_router_t *r) { return r && r->impl->update; }
 
 static carl_status carl__check_in(const carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out) {
   if (!r) return carl_fail(CARL_ERR_INVALID, "router: NULL");
@@ -240,27 +251,37 @@ static carl_status carl__common_losses(carl_router_t *r, const carl_route_in_t *
   return CARL_OK;
 }
 
-carl_status carl_router_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
-  CARL_TRY(carl__check_in(r, in, out));
+carl_status carl__router_prepare(carl_router_t *r, int E, carl_route_out_t *out) {
   out->nloss = 0;
   out->loss_total = 0;
   out->dropped = 0;
   out->capacity = 0;
-  if (out->dlogits) memset(out->dlogits, 0, (size_t)in->T * (size_t)in->E * sizeof(float));
-  if (r->psum_cap < in->E) {
-    double *p = realloc(r->psum, (size_t)in->E * sizeof *p);
+  if (r->psum_cap < E) {
+    double *p = realloc(r->psum, (size_t)E * sizeof *p);
     if (p) r->psum = p;
-    double *l = p ? realloc(r->load, (size_t)in->E * sizeof *l) : NULL;
+    double *l = p ? realloc(r->load, (size_t)E * sizeof *l) : NULL;
     if (!p || !l) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
     r->load = l;
-    r->psum_cap = in->E;
+    r->psum_cap = E;
   }
   r->have_psum = 0;
   r->have_load = 0;
   r->have_zsum = 0;
   carl_arena_reset(&r->scratch);
-  CARL_TRY(r->impl->route(r, in, out));
+  return CARL_OK;
+}
+
+carl_status carl__router_finish(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  if (r->impl->finish) CARL_TRY(r->impl->finish(r, in, out));
   return carl__common_losses(r, in, out);
+}
+
+carl_status carl_router_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  CARL_TRY(carl__check_in(r, in, out));
+  if (out->dlogits) memset(out->dlogits, 0, (size_t)in->T * (size_t)in->E * sizeof(float));
+  CARL_TRY(carl__router_prepare(r, in->E, out));
+  CARL_TRY(r->impl->route(r, in, out));
+  return carl__router_finish(r, in, out);
 }
 
 carl_status carl_router_update(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out) {

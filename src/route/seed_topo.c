@@ -3,9 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/route_util.h"
+#include "route/router_impl.h"
 #include "route/seed_internal.h"
-#include "route/select_internal.h"
 
 carl_status carl__seed_topo(carl_arena_t *a, const carl_route_in_t *in, int want_cost, int want_node_cost,
                              carl__seed_topo_t *st) {
@@ -110,7 +109,7 @@ carl_status carl__seed_finish(int64_t T, int k, int E, int64_t C, int renorm, in
     }
   out->capacity = C;
   if (C <= 0) return CARL_OK;
-  return carl_route_apply_capacity(T, k, E, C, experts, prio, weights, renorm, &out->dropped);
+  return carl_kern_apply_capacity(T, k, E, C, experts, prio, weights, renorm, &out->dropped);
 }
 
 void carl__sort_by_score(int32_t *ex, int k, const float *s) {
@@ -126,5 +125,5 @@ void carl__sort_by_score(int32_t *ex, int k, const float *s) {
 }
 
 void carl__seed_sort_slots(int64_t T, int k, int32_t *experts, float *weights) {
-  for (int64_t t = 0; t < T; t++) carl__slots_by_gate(k, experts + t * k, weights + t * k, NULL);
+  for (int64_t t = 0; t < T; t++) carl_kern_slots_by_gate(k, experts + t * k, weights + t * k, NULL);
 }

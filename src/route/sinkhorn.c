@@ -7,9 +7,7 @@
  * z + log d1, which orders each row exactly as P does. The score option is set from k. */
 #include <stdlib.h>
 
-#include "carl/route_util.h"
-
-#define SK_BLK 256
+#include "route/router_impl.h"
 
 typedef struct {
   double tol;
@@ -35,7 +33,7 @@ carl_status carl_sinkhorn_scalings(const float *z, int64_t T, int E, double tol,
                                    float *Cb, int *iters, double *err) {
   float gmax = -INFINITY;
   int64_t bad = INT64_MAX;
-#pragma omp parallel for if((int64_t)T * E >= CARL_PAR_MIN) schedule(static) reduction(max : gmax) reduction(min : bad)
+#pragma omp parallel for if((int64_t)T * E >= CARL_OMP_MIN_WORK) schedule(static) reduction(max : gmax) reduction(min : bad)
   for (int64_t i = 0; i < T * E; i++) {
     if (!isfinite(z[i])) {
       if (i / E < bad) bad = i / E;
@@ -45,9 +43,9 @@ carl_status carl_sinkhorn_scalings(const float *z, int64_t T, int E, double tol,
   }
   if (bad != INT64_MAX) return carl_fail(CARL_ERR_NUMERIC, "logits: token %lld has a NaN or infinite value", (long long)bad);
   const float shift = gmax > 80 ? gmax - 80 : 0;
-#pragma omp parallel for if((int64_t)T * E >= CARL_PAR_MIN) schedule(static)
+#pragma omp parallel for if((int64_t)T * E >= CARL_OMP_MIN_WORK) schedule(static)
   for (int64_t i = 0; i < T * E; i++) Cb[i] = (float)exp((double)z[i] - shift);
-  const int64_t nb = (T + SK_BLK - 1) / SK_BLK;
+  const int64_t nb = (T + CARL_KERN_BLOCK - 1) / CARL_KERN_BLOCK;
   double *part = malloc((size_t)nb * (size_t)E * sizeof *part);
   double *old = malloc((size_t)E * sizeof *old);
   if (!part || !old) {
@@ -62,19 +60,19 @@ carl_status carl_sinkhorn_scalings(const float *z, int64_t T, int E, double tol,
   double e_err = INFINITY;
   while (it < max_iter) {
     it++;
-#pragma omp parallel for if((int64_t)T * E >= CARL_PAR_MIN) schedule(static)
+#pragma omp parallel for if((int64_t)T * E >= CARL_OMP_MIN_WORK) schedule(static)
     for (int64_t t = 0; t < T; t++) {
       const float *c = Cb + t * E;
       double a = 0;
       for (int e = 0; e < E; e++) a += (double)c[e] * d1[e];
       d0[t] = (1.0 / (double)T) / (a + eps);
     }
-#pragma omp parallel for if((int64_t)T * E >= CARL_PAR_MIN) schedule(static)
+#pragma omp parallel for if((int64_t)T * E >= CARL_OMP_MIN_WORK) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
       double *pp = part + b * E;
       for (int e = 0; e < E; e++) pp[e] = 0;
-      int64_t t1 = (b + 1) * SK_BLK < T ? (b + 1) * SK_BLK : T;
-      for (int64_t t = b * SK_BLK; t < t1; t++) {
+      int64_t t1 = (b + 1) * CARL_KERN_BLOCK < T ? (b + 1) * CARL_KERN_BLOCK : T;
+      for (int64_t t = b * CARL_KERN_BLOCK; t < t1; t++) {
         const float *c = Cb + t * E;
         for (int e = 0; e < E; e++) pp[e] += (double)c[e] * d0[t];
       }

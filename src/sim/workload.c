@@ -61,8 +61,8 @@ static void normal4(uint64_t seed, uint32_t stream, uint64_t index, float out[4]
     double u1 = ((double)w[2 * p] + 1.0) / 4294967296.0; /* (0, 1] */
     double u2 = (double)w[2 * p + 1] / 4294967296.0;     /* [0, 1) */
     double r = sqrt(-2.0 * log(u1));
-    out[2 * p] = (float)(r * cos(6.283185307179586 * u2));
-    out[2 * p + 1] = (float)(r * sin(6.283185307179586 * u2));
+    out[2 * p] = (float)(r * cos(2 * CARL_PI * u2));
+    out[2 * p + 1] = (float)(r * sin(2 * CARL_PI * u2));
   }
 }
 

@@ -5,8 +5,8 @@
 #include <math.h>
 
 #include "carl/balance.h"
-#include "carl/route_util.h"
 #include "carl/step.h"
+#include "kern/kern.h"
 
 /* Retained mass, Jaccard with the unconstrained top-k and routing entropy in one pass over the
  * tokens (one score row each), with the per-token terms of carl_retained_mass, carl_topk_jaccard
@@ -22,7 +22,7 @@ static carl_status selectivity(const float *z, int64_t T, int E, int k, int scor
   double ret = 0, jac = 0, ent = 0;
   carl_status st = CARL_OK;
   for (int64_t t = 0; t < T; t++) {
-    if (isnan(carl_route_score_row(z + (size_t)t * E, E, score, s))) {
+    if (isnan(carl_kern_score_row(z + (size_t)t * E, E, score, s))) {
       st = carl_fail(CARL_ERR_NUMERIC, "logits: token %lld has a NaN or infinite value", (long long)t);
       break;
     }

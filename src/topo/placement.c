@@ -3,11 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/json.h"
+#include "core/json_internal.h"
 #include "carl/topo.h"
 
 #define PLACE_MAX_EXPERTS (1 << 20)
-#define PLACE_MAX_SLOTS (1 << 16)
 
 void carl_placement_free(carl_placement_t *p) {
   if (!p) return;
@@ -66,8 +65,8 @@ static carl_status place_check_dims(int E, int D, int slots) {
   if (E < 1 || E > PLACE_MAX_EXPERTS)
     return carl_fail(CARL_ERR_INVALID, "experts must be in [1, %d], got %d", PLACE_MAX_EXPERTS, E);
   if (D < 1) return carl_fail(CARL_ERR_INVALID, "placement: devices must be >= 1, got %d", D);
-  if (slots < 1 || slots > PLACE_MAX_SLOTS)
-    return carl_fail(CARL_ERR_INVALID, "placement: slots per device must be in [1, %d], got %d", PLACE_MAX_SLOTS, slots);
+  if (slots < 1 || slots > CARL_PLACE_MAX_SLOTS)
+    return carl_fail(CARL_ERR_INVALID, "placement: slots per device must be in [1, %d], got %d", CARL_PLACE_MAX_SLOTS, slots);
   if ((int64_t)D * slots < E)
     return carl_fail(CARL_ERR_INVALID, "placement: %d devices x %d slots cannot hold %d experts", D, slots, E);
   return CARL_OK;
@@ -142,9 +141,9 @@ static carl_status place_from_json(const cJSON *doc, const carl_topo_t *t, int E
     if (st != CARL_OK) break;
     if (d == 0) {
       slots = n;
-      if (n < 1 || n > PLACE_MAX_SLOTS) {
+      if (n < 1 || n > CARL_PLACE_MAX_SLOTS) {
         free(v);
-        st = carl_fail(CARL_ERR_INVALID, "devices[0] must have between 1 and %d slots, got %d", PLACE_MAX_SLOTS, n);
+        st = carl_fail(CARL_ERR_INVALID, "devices[0] must have between 1 and %d slots, got %d", CARL_PLACE_MAX_SLOTS, n);
         break;
       }
       table = malloc((size_t)D * slots * sizeof *table);

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/json.h"
+#include "core/json_internal.h"
 
 #define TOPO_MAX_NODES 65536
 #define TOPO_MAX_DEVICES_PER_NODE 4096

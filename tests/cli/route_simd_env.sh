@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CARL_ROUTE_SIMD: 0 keeps the routing kernels on the portable executor. The experts chosen must not
-# depend on it (both executors take the same decisions; random logits have no near-ties), the
+# CARL_ROUTE_SIMD: 0 keeps the routing kernels on the portable variant. The experts chosen must not
+# depend on it (both variants take the same decisions; random logits have no near-ties), the
 # weights agree to float rounding, and each run's weights are softmax(z) at the chosen experts,
 # renormalised, as numpy computes them here. A value other than 0 or 1 is reported and ignored.
 set -euo pipefail

@@ -1,4 +1,6 @@
-/* carl/route_util.h: the machinery every router shares (ALGORITHMS.md section 2).
+/* route/router_impl.h (internal): the kit for writing a router: the implementation table the
+ * registry holds, the router object, and the machinery every router shares (ALGORITHMS.md
+ * section 2). The public side is carl/route.h; the kernels are in kern/kern.h.
  *
  * Usage (inside a router implementation, src/route/<family>.c):
  *   static carl_status my_init(carl_router_t *r) {
@@ -27,18 +29,65 @@
  *     which the registry resets before each route.
  * Ownership: nothing here keeps pointers to caller buffers; carl_route_scores writes caller storage.
  */
-#ifndef CARL_ROUTE_UTIL_H
-#define CARL_ROUTE_UTIL_H
+#ifndef CARL_ROUTER_IMPL_H
+#define CARL_ROUTER_IMPL_H
 
 #include <math.h>
 #include <string.h>
 
 #include "carl/route.h"
+#include "kern/kern.h"
 
-#ifdef __cplusplus
-extern "C" {
-#endif
+struct carl_select; /* carl_select_t, below */
 
+/* ---- the implementation: one file per router family registers one of these ------------------ */
+struct carl_router_impl {
+  const char *name;
+  const char *help;
+  const carl_opt_t *opts; /* router-specific options (the common ones are added by the registry) */
+  int nopts;
+  carl_status (*init)(carl_router_t *r);   /* validate options, allocate state */
+  carl_status (*route)(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
+  carl_status (*update)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out); /* may be NULL */
+  carl_status (*save)(const carl_router_t *r, const char *path); /* may be NULL: stateless */
+  carl_status (*load)(carl_router_t *r, const char *path);
+  void (*free)(carl_router_t *r);          /* may be NULL */
+  /* May be NULL. The selection route() makes this step, as one descriptor of the fused kernel
+   * (carl_route_select below; its arrays in r->scratch, valid until the next route), for
+   * executors that run that kernel elsewhere (the GPU path, src/cuda). Reads in's E, topology,
+   * placement and step, never T, logits or src: per-token rows follow the descriptor's by_src.
+   * CARL_ERR_UNSUPPORTED when this step's selection is not one such call (then call route()). */
+  carl_status (*describe)(carl_router_t *r, const carl_route_in_t *in, struct carl_select *sel);
+  /* May be NULL. The router's own losses after its selection, from the statistics the selection
+   * left (r->psum, r->load); the registry calls it after route(), before the common losses. */
+  carl_status (*finish)(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
+};
+
+struct carl_router {
+  const carl_router_impl_t *impl;
+  int nopt;
+  const carl_opt_t *opt_def[CARL_ROUTER_MAX_OPTS]; /* common options first, then impl->opts */
+  double opt[CARL_ROUTER_MAX_OPTS];                /* current values, same order */
+  void *state;                   /* owned by the implementation */
+  /* Filled by the common machinery during route (below), read by the registry for the common
+   * losses; the registry owns psum and load. */
+  double *psum;  /* [psum_cap] sum over tokens of p[t, e] in the last route, valid when have_psum */
+  int psum_cap;
+  int have_psum;
+  double zsum;   /* sum over tokens of logsumexp(z_t)^2 in the last route, valid when have_zsum */
+  int have_zsum;
+  double *load;  /* [psum_cap] kept (token, slot) pairs per expert in the last route, valid when have_load */
+  int have_load;
+  /* Scratch of the kernels during one route (carl_arena_alloc), reset by the registry before each
+   * route and kept between routes, so that repeated routes do not map fresh memory. */
+  carl_arena_t scratch;
+  /* Set by a router's init to replace the default gate backward (NULL: gates are s at the chosen
+   * experts, renormalised when the renorm option is set; carl_route_gate_backward). */
+  carl_status (*backward)(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out,
+                          const float *dweights /* [T, k] */, float *dlogits /* [T, E] */);
+};
+
+/* ---- common options ------------------------------------------------------------------------- */
 /* Common options: always the first CARL_NCOMMON entries of r->opt, in this order. */
 enum {
   CARL_OPT_K = 0,      /* experts per token */
@@ -50,9 +99,6 @@ enum {
   CARL_OPT_JITTER = 6, /* std of Gaussian noise added to the logits for selection only (0: off) */
   CARL_NCOMMON = 7
 };
-enum { CARL_SCORE_SOFTMAX = 0, CARL_SCORE_SIGMOID = 1 };
-/* Work (T * E) below which the kernels run on one thread (thread start-up would dominate). */
-#define CARL_PAR_MIN 32768
 
 typedef struct {
   int k;
@@ -82,54 +128,13 @@ carl_status carl_router_opt_int(const carl_router_t *r, const char *key, int lo,
 carl_status carl_router_opt_real(const carl_router_t *r, const char *key, double lo, double hi, double *out);
 
 /* ---- scores ---------------------------------------------------------------------------------- */
-/* exp(x) for x <= 88 in single precision (Cephes polynomial, about 1 ulp), written so that the
- * compiler vectorises loops that call it; x below -87 gives exp(-87) (harmless in softmax sums). */
-static inline float carl_expf(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  union {
-    int32_t i;
-    float f;
-  } u;
-  u.i = ((int32_t)n + 127) << 23;
-  return p * u.f;
-}
-
-/* One row: s = softmax(z) (returns logsumexp(z)) or sigmoid(z) (returns logsumexp(z) as well, for
- * the z-loss). Returns NAN when the row holds a NaN or an infinity. */
-float carl_route_score_row(const float *z /* [E] */, int E, int score, float *s /* [E] */);
-
 /* All rows, OpenMP over tokens. Non-finite logits -> CARL_ERR_NUMERIC naming the first bad token.
  * When r is not NULL also leaves r->psum (sum_t p[t,e], p = s for softmax, s/sum(s) for sigmoid)
  * and r->zsum (sum_t logsumexp^2) for the registry's common losses. */
 carl_status carl_route_scores(carl_router_t *r, const float *logits /* [T, E] */, int64_t T, int E, int score,
                               float *s /* [T, E] */);
 
-/* ---- top-k ----------------------------------------------------------------------------------- */
-/* The k largest of v in descending order; equal values: the lower index first (ALGORITHMS.md). */
-void carl_topk_row(const float *v /* [n] */, int n, int k, int32_t *idx /* [k] */, float *val /* [k] */);
-/* Same over a subset: only indices with mask[i] != 0 take part; missing slots get idx -1. */
-void carl_topk_row_masked(const float *v, const uint8_t *mask, int n, int k, int32_t *idx, float *val);
-
-/* ---- capacity, gates, backward --------------------------------------------------------------- */
-/* C = ceil(cf * T * k / E); 0 when cf == 0 (dropless). */
-int64_t carl_route_capacity(double cf, int64_t T, int k, int E);
-/* Keep at most C (token, slot) pairs per expert: per overfull expert the pairs with the lowest
- * prio are dropped (equal prio: the higher token index is dropped first). Dropped slots get expert
- * -1 and weight 0; then, when renorm, the kept weights of a token are renormalised to sum 1.
- * *dropped += number of dropped pairs. */
-carl_status carl_route_apply_capacity(int64_t T, int k, int E, int64_t C, int32_t *experts /* [T, k] */,
-                                      const float *prio /* [T, k] */, float *weights /* [T, k] */, int renorm,
-                                      int64_t *dropped);
+/* ---- gates, backward ------------------------------------------------------------------------- */
 /* dlogits += d(weights)/d(logits)^T dweights for gates w = s[t, e_j] / (renorm ? sum over kept : 1),
  * s = softmax or sigmoid of the logits. Slots with expert -1 carry no gradient. */
 carl_status carl_route_gate_backward(const float *logits /* [T, E] */, int64_t T, int E, int k, int score,
@@ -150,7 +155,7 @@ carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, 
  *     largest sel over the experts of g, + group_bonus[gbrow(t), g] (group_bonus NULL: none); keep
  *     the M best groups (equal scores: lower group first); S_t = TopK(sel) inside them;
  *   otherwise S_t = TopK(sel). Gates, capacity (by sel) and statistics as carl_route_topk_biased. */
-typedef struct {
+typedef struct carl_select {
   int on_logits;            /* select on z + bias instead of s + bias (sinkhorn: z + log d1) */
   const float *bias;        /* [nrows, E] or NULL */
   int nrows;
@@ -165,9 +170,20 @@ typedef struct {
   int stats;                /* 1: leave the loss statistics (r->psum, r->zsum) even without aux/z losses */
   int gate_order;           /* 1: list a token's slots by gate (descending, equal: lower expert first)
                                instead of by selection value (capacity drops stay in place) */
+  int by_src;               /* 1: bias_row[t] is the device of token t (nrows = its device count) and
+                               bonus_row[t] is dev_node[bias_row[t]]; an executor that holds src
+                               elsewhere (the GPU) computes the rows from its own copy of src */
+  const int32_t *dev_node;  /* [nrows] node of each device (with by_src and a group bonus) */
 } carl_select_t;
 carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
                               const carl_select_t *sel);
+
+/* For executors that run the selection elsewhere (the GPU path, src/cuda), the registry's two
+ * halves of carl_router_route around impl->route: prepare resets out's counters and the router's
+ * statistics and scratch for E experts; finish runs impl->finish and adds the common losses from
+ * the statistics the executor left in r->psum / r->zsum / r->load (have_* set). */
+carl_status carl__router_prepare(carl_router_t *r, int E, carl_route_out_t *out);
+carl_status carl__router_finish(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
 
 /* Append a loss (value already multiplied by its coefficient) to out. */
 void carl_route_add_loss(carl_route_out_t *out, const char *name, double value);
@@ -198,8 +214,8 @@ carl_status carl_sinkhorn_scalings(const float *z /* [T, E] */, int64_t T, int E
 carl_status carl_router_hash_build(carl_router_t *r, const int64_t *counts /* [V] */, int64_t V, int E);
 
 /* ---- router state files ---------------------------------------------------------------------- */
-/* A small binary file: "CARLRST1", router name (32 bytes), element type (0 float64, 1 int32),
- * count (int64), then the little-endian values. Written atomically. */
+/* A small binary file: "CARLRST1", router name (CARL_ROUTER_NAME_MAX = 32 bytes), element type
+ * (0 float64, 1 int32), count (int64), then the little-endian values. Written atomically. */
 enum { CARL_STATE_F64 = 0, CARL_STATE_I32 = 1 };
 carl_status carl_route_state_save(const char *path, const char *router, int type, int64_t n, const void *data);
 /* Reads a state written by carl_route_state_save. n >= 0: the count must equal n (else
@@ -208,7 +224,4 @@ carl_status carl_route_state_save(const char *path, const char *router, int type
 carl_status carl_route_state_load(const char *path, const char *router, int type, int64_t n, void *data,
                                   void **alloc, int64_t *nout);
 
-#ifdef __cplusplus
-}
-#endif
 #endif

@@ -1,8 +1,8 @@
-/* The AVX-512 executor of the fused selection kernel (select_internal.h): one token's scores,
- * loss statistics, group limit and top-k on 16-wide vectors, reading the logits row once from
- * memory. It takes the decisions of the portable executor (carl__select_token in common.c), step
- * by step; only its exp differs (its own polynomial, fused multiply-adds), by a few units in the
- * last place.
+/* The AVX-512 variant of the fused selection (variant.h): one token's scores, loss
+ * statistics, group limit and top-k on 16-wide vectors, reading the logits row once from memory.
+ * It takes the decisions of the portable reference (carl__select_token in select.c), step by
+ * step; only its exp differs (its own polynomial, fused multiply-adds), by a few units in the last
+ * place.
  *
  * Top-k: the row is viewed as [E/16, 16]; the k-th largest of the 16 lane maxima is a lower bound
  * thr of the k-th largest value (k lanes each hold a value >= it), so the k largest are among the
@@ -13,17 +13,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "route/select_internal.h"
+#include "kern/variant.h"
 
-int carl__route_simd = -1;
+int carl__kern_simd = -1;
 
-/* CARL_ROUTE_SIMD=0 in the environment keeps the routing kernels on the portable executor (results
+/* CARL_ROUTE_SIMD=0 in the environment keeps the routing kernels on the portable reference (results
  * identical on every machine), 1 (the default) allows AVX-512; read once when the library is
  * loaded. */
 __attribute__((constructor)) static void sel_env(void) {
   const char *e = getenv("CARL_ROUTE_SIMD");
   if (!e) return;
-  if (strcmp(e, "0") == 0) carl__route_simd = 0;
+  if (strcmp(e, "0") == 0) carl__kern_simd = 0;
   else if (strcmp(e, "1") != 0) CARL_WARN("CARL_ROUTE_SIMD=%s: expected 0 (portable) or 1 (AVX-512 where available); ignored", e);
 }
 
@@ -31,28 +31,28 @@ __attribute__((constructor)) static void sel_env(void) {
 #include <immintrin.h>
 
 #define SEL_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi2,fma,bmi2")))
-#define SEL_NVMAX 64 /* E <= 1024 */
+#define SEL_NVMAX (CARL__KERN_AVX512_MAX_E / 16) /* vectors of 16 in a row */
 #define SEL_INLINE static inline __attribute__((always_inline))
 /* The latency-bound steps (sorting networks, compaction) run on SEL_NT tokens in lockstep, so
  * that the processor overlaps their dependency chains. */
 #define SEL_NT 8
 
-int carl__route_avx512_on(void) {
-  return carl__route_simd != 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+int carl__kern_avx512_on(void) {
+  return carl__kern_simd != 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2") &&
          __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
 }
 
-int carl__select_avx512_fits(const carl__selctx_t *x) {
-  if (!carl__route_avx512_on() || x->E % 16 != 0 || x->E > 16 * SEL_NVMAX || x->k > 16 || x->c.jitter > 0) return 0;
+int carl__kern_select_avx512_fits(const carl__kern_selctx_t *x) {
+  if (!carl__kern_avx512_on() || !carl__kern_avx512_row_fits(x->E) || x->k > 16 || x->jitter > 0) return 0;
   if (!x->grouped) return 1;
   return x->contig && x->eqsize % 16 == 0 && x->G <= 16 && x->sl->per_group <= 2;
 }
 
 /* exp(t) for t = x (neg = 0) or t = -x (neg = 1): t = n ln2 + r (n = round(t / ln2), ln2 in two
  * parts), exp(r) by a degree-6 polynomial fitted for relative error on |r| <= ln2/2 (3e-9; about an
- * ulp in float, like carl_expf's Cephes polynomial, which needs degree 7), times 2^n by scalef.
- * clamp 1: t clamped below at -87 as carl_expf does; 2: also above at 88; 0: no clamp, for
+ * ulp in float, like carl_kern_expf's Cephes polynomial, which needs degree 7), times 2^n by scalef.
+ * clamp 1: t clamped below at -87 as carl_kern_expf does; 2: also above at 88; 0: no clamp, for
  * arguments known to lie in [-87, 88] (then t = -inf or NaN gives NaN). NaN stays NaN. */
 SEL_AVX512 SEL_INLINE __m512 sel_exp_sign(__m512 x, const int clamp, const int neg) {
   if (clamp) { /* the second operand is returned for NaN */
@@ -173,7 +173,7 @@ SEL_AVX512 SEL_INLINE void sel_scale(float *x, int nv, float c) {
   for (int i = 0; i < nv; i++) _mm512_storeu_ps(x + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(x + 16 * i), vc));
 }
 
-SEL_AVX512 float carl__score_row_avx512(const float *z, int E, int score, float *s) {
+SEL_AVX512 float carl__kern_score_row_avx512(const float *z, int E, int score, float *s) {
   __m512 lanes;
   const int nv = E / 16;
   const float mx = sel_max(z, nv, &lanes, NULL);
@@ -340,7 +340,7 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
       int32_t idx[16];
       float val[16];
       for (int i = 0; i < 16 * nv; i++)
-        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl__topk_push_any(v[u][i], i, k, &m, idx, val);
+        if (((keep[u] >> (i / 16)) & 1u) && v[u][i] >= thr[u]) carl_kern_topk_push(v[u][i], i, k, &m, idx, val);
       for (; m < k; m++) idx[m] = -1;
       iv[u] = _mm512_maskz_loadu_epi32((__mmask16)((1u << k) - 1u), idx);
       continue;
@@ -351,7 +351,7 @@ SEL_AVX512 SEL_INLINE void sel_topk_n(int n, const float *const *v, int nv, cons
   }
 }
 
-/* Slots by gate (carl__slots_by_gate) of n tokens with k <= 8 slots, in registers: lanes 0..k-1 of
+/* Slots by gate (carl_kern_slots_by_gate) of n tokens with k <= 8 slots, in registers: lanes 0..k-1 of
  * ex, w and (not NULL) pr. 64-bit keys: the gate's bits (gates >= 0: integer order), then
  * 1023 - expert and the slot; empty slots (expert -1) after the real ones, lanes >= k last. */
 SEL_AVX512 SEL_INLINE void sel_gate_order_n(int n, int k, __m512i *ex, __m512 *w, __m512 *pr) {
@@ -439,9 +439,9 @@ SEL_AVX512 SEL_INLINE __m512 sel_group_scores(const float *v, int G, int m, int 
 /* Group limit for n tokens: keep[u] = the vectors of the M best groups of token t0 + u (group score
  * + bonus; equal scores: the lower group first); lanes[u] = the lane maxima over those vectors.
  * 8 groups of 32 experts with the top-2 sum (DeepSeek-V3's node limit) get constant trip counts. */
-SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const float *const *v, int64_t t0, uint64_t *keep,
+SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__kern_selctx_t *x, const float *const *v, int64_t t0, uint64_t *keep,
                                         __m512 *lanes) {
-  const carl_select_t *sl = x->sl;
+  const carl_kern_select_t *sl = x->sl;
   const int G = x->G, m = x->eqsize / 16, pg = sl->per_group;
   const __mmask16 real = (__mmask16)((1u << G) - 1u);
   __m512 gs[SEL_NT], gmax[SEL_NT][16];
@@ -477,7 +477,7 @@ SEL_AVX512 SEL_INLINE void sel_groups_n(int n, const carl__selctx_t *x, const fl
 
 /* A block of n tokens from t0 holds logits that are not finite: -1 when n > 1 (nothing written);
  * n = 1: the token's slots get -1 and weight 0, returns 1. */
-static int sel_not_finite(const carl__selctx_t *x, int64_t t0, int n) {
+static int sel_not_finite(const carl__kern_selctx_t *x, int64_t t0, int n) {
   if (n > 1) return -1;
   for (int j = 0; j < x->k; j++) {
     x->experts[t0 * x->k + j] = -1;
@@ -489,9 +489,9 @@ static int sel_not_finite(const carl__selctx_t *x, int64_t t0, int n) {
 /* Tokens t0 .. t0 + n - 1 (n <= SEL_NT). Returns 0; 1 when n == 1 and the token's logits are not
  * finite (its slots get -1 and weight 0); -1 when n > 1 and some token's logits are not finite,
  * before anything is written (the caller then takes the tokens one at a time). */
-SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, int nv, float *pp, double *zs) {
-  const carl_select_t *sl = x->sl;
-  const int E = 16 * nv, k = x->k, score = x->c.score;
+SEL_AVX512 SEL_INLINE int sel_block(const carl__kern_selctx_t *x, int64_t t0, int n, int nv, float *pp, double *zs) {
+  const carl_kern_select_t *sl = x->sl;
+  const int E = 16 * nv, k = x->k, score = x->score;
   const float *z[SEL_NT];
   float mx[SEL_NT], mn[SEL_NT] = {0};
   __m512 zl[SEL_NT];
@@ -499,7 +499,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
    * sum of the scores instead) */
   const int need_exp = score == CARL_SCORE_SOFTMAX || x->need_lse;
   const int plain = !x->need_sel && !x->grouped;
-  const int nogate = plain && !zs && !x->prio && x->c.renorm && score == CARL_SCORE_SOFTMAX;
+  const int nogate = plain && !zs && !x->prio && x->renorm && score == CARL_SCORE_SOFTMAX;
   const int rng = !nogate && (need_exp || score == CARL_SCORE_SIGMOID);
   for (int u = 0; u < n; u++) {
     z[u] = x->logits + (t0 + u) * E;
@@ -617,7 +617,7 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     if (x->prio) /* the selection value (plain: s) */
       pv[u] = plain ? wv[u] : _mm512_mask_i32gather_ps(_mm512_set1_ps(-INFINITY), on, iv[u], v[u], 4);
     const float a = _mm512_reduce_add_ps(wv[u]);
-    if (x->c.renorm && a > 0) wv[u] = _mm512_mul_ps(wv[u], _mm512_set1_ps(1.0f / a));
+    if (x->renorm && a > 0) wv[u] = _mm512_mul_ps(wv[u], _mm512_set1_ps(1.0f / a));
   }
   if (sl->gate_order && k <= 8) sel_gate_order_n(n, k, iv, wv, x->prio ? pv : NULL);
   for (int u = 0; u < n; u++) {
@@ -627,12 +627,12 @@ SEL_AVX512 SEL_INLINE int sel_block(const carl__selctx_t *x, int64_t t0, int n, 
     _mm512_mask_storeu_epi32(ex, km, iv[u]);
     _mm512_mask_storeu_ps(w, km, wv[u]);
     if (pr) _mm512_mask_storeu_ps(pr, km, pv[u]);
-    if (sl->gate_order && k > 8) carl__slots_by_gate(k, ex, w, pr);
+    if (sl->gate_order && k > 8) carl_kern_slots_by_gate(k, ex, w, pr);
   }
   return 0;
 }
 
-SEL_AVX512 SEL_INLINE int64_t sel_tokens(const carl__selctx_t *x, int64_t t0, int64_t t1, int nv, float *pp, double *zs) {
+SEL_AVX512 SEL_INLINE int64_t sel_tokens(const carl__kern_selctx_t *x, int64_t t0, int64_t t1, int nv, float *pp, double *zs) {
   int64_t bad = INT64_MAX;
   for (int64_t t = t0; t < t1;) {
     if (t + SEL_NT <= t1 && sel_block(x, t, SEL_NT, nv, pp, zs) == 0) {
@@ -646,22 +646,22 @@ SEL_AVX512 SEL_INLINE int64_t sel_tokens(const carl__selctx_t *x, int64_t t0, in
   return bad;
 }
 
-SEL_AVX512 int64_t carl__select_tokens_avx512(const carl__selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
+SEL_AVX512 int64_t carl__kern_select_tokens_avx512(const carl__kern_selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
   if (x->E == 256) return sel_tokens(x, t0, t1, 16, pp, zs);
   return sel_tokens(x, t0, t1, x->E / 16, pp, zs);
 }
 
-#else /* no AVX-512 executor on this platform */
-int carl__route_avx512_on(void) { return 0; }
-int carl__select_avx512_fits(const carl__selctx_t *x) {
+#else /* no AVX-512 variant on this platform */
+int carl__kern_avx512_on(void) { return 0; }
+int carl__kern_select_avx512_fits(const carl__kern_selctx_t *x) {
   (void)x;
   return 0;
 }
-int64_t carl__select_tokens_avx512(const carl__selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
+int64_t carl__kern_select_tokens_avx512(const carl__kern_selctx_t *x, int64_t t0, int64_t t1, float *pp, double *zs) {
   (void)x, (void)t0, (void)t1, (void)pp, (void)zs;
   return INT64_MAX;
 }
-float carl__score_row_avx512(const float *z, int E, int score, float *s) {
+float carl__kern_score_row_avx512(const float *z, int E, int score, float *s) {
   (void)z, (void)E, (void)score, (void)s;
   return NAN;
 }

@@ -1,4 +1,5 @@
-/* carl/json.h: reading configuration files (JSON, via cJSON) with errors that name the field.
+/* core/json_internal.h (internal): reading configuration files (JSON, via cJSON) with errors that
+ * name the field.
  *
  * Usage:
  *   cJSON *doc;
@@ -24,8 +25,8 @@
  * Strings returned by the getters point into the tree and live as long as it. Arrays returned by
  * carl_json_*_array are malloc'ed and belong to the caller (free()).
  */
-#ifndef CARL_JSON_H
-#define CARL_JSON_H
+#ifndef CARL_JSON_INTERNAL_H
+#define CARL_JSON_INTERNAL_H
 
 #include <stdbool.h>
 #include <stddef.h>
