@@ -22,7 +22,7 @@ from .errors import (BY_STATUS, CarlError, CarlIOError, DtypeError, InvalidError
                      NumericError, ParseError, ShapeError, StateError, UnsupportedError)
 from .place import EXPERT_BYTES, TOKEN_BYTES, Migration, PlaceStats, algorithms, eplb, evaluate, migrate, place
 from .plan import Cost, Plan, cost, plan
-from .router import Option, RouteResult, Router, route, router_names, router_options, skew
+from .router import Option, RouteResult, Router, route, router_help, router_names, router_options, skew
 from .sim import SimResult, SimRun, sim
 from .topology import Placement, Topology
 
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 library_path = _lib.path
 
 __all__ = [
-    "route", "Router", "RouteResult", "router_names", "router_options", "Option", "skew",
+    "route", "Router", "RouteResult", "router_names", "router_help", "router_options", "Option", "skew",
     "plan", "Plan", "cost", "Cost",
     "place", "evaluate", "migrate", "Migration", "PlaceStats", "algorithms", "eplb", "TOKEN_BYTES", "EXPERT_BYTES",
     "sim", "SimResult", "SimRun",

@@ -234,6 +234,8 @@ _proto("carl_placement_free", None, POINTER(Placement))
 # routers
 _proto("carl_router_names", POINTER(c_char_p))
 _proto("carl_router_options", c_int, c_char_p, POINTER(POINTER(Opt)), c_int)
+_proto("carl_router_help", c_char_p, c_char_p)
+_proto("carl_router_has_state", c_int, P)
 _proto("carl_router_create", St, c_char_p, c_int, POINTER(c_char_p), POINTER(c_double), POINTER(P))
 _proto("carl_router_get", c_double, P, c_char_p)
 _proto("carl_router_route", St, P, POINTER(RouteIn), POINTER(RouteOut))

@@ -16,7 +16,7 @@ import numpy as np
 from . import _lib
 from ._arrays import F32, F64, I32, as_input, ptr
 from ._lib import LINK_NAMES, check, enc, lib
-from .errors import InvalidError, ShapeError, StateError
+from .errors import InvalidError, NotFoundError, ShapeError, StateError
 from .plan import Cost, mode_of
 from .topology import Placement, as_placement, as_topology
 
@@ -31,6 +31,14 @@ def router_names():
         out.append(p[i].decode())
         i += 1
     return out
+
+
+def router_help(name):
+    """One line of help on router `name` (NotFoundError for an unknown name)."""
+    h = lib.carl_router_help(enc(name))
+    if h is None:
+        raise NotFoundError("router '%s': unknown router (known: %s)" % (name, ", ".join(router_names())))
+    return h.decode()
 
 
 def router_options(name):
@@ -127,6 +135,11 @@ class Router:
 
     k = property(lambda self: int(self.get("k")))
     score = property(lambda self: int(self.get("score")))
+
+    @property
+    def has_state(self):
+        """True when the router keeps state that save() writes (lossfree, carl, bip, c2r, ...)."""
+        return bool(lib.carl_router_has_state(self._r))
 
     def save(self, path):
         """Write the router state (bias, duals, coefficients, tables) to path."""

@@ -87,6 +87,10 @@ def test_router_names_and_options(z):
         carl.Router("topk", k="two")
     with pytest.raises(carl.NotFoundError):
         carl.router_options("nosuch")
+    with pytest.raises(carl.NotFoundError, match="unknown router"):
+        carl.router_help("nosuch")
+    assert "DeepSeek" in carl.router_help("lossfree") and carl.Router("lossfree").has_state
+    assert not carl.Router("topk").has_state
     with pytest.raises(carl.InvalidError, match="mode"):
         carl.Router("topk", mode="tree")
     with pytest.raises(carl.NotFoundError, match="algo|algorithm"):
