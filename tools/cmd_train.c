@@ -156,8 +156,8 @@ int carl_cmd_train(int argc, char **argv) {
       if (!parse_i64(a, v, 0, &refresh_every)) return 2;
     } else if (!strcmp(a, "--replicas")) {
       if (!parse_i64(a, v, 1, &replicas)) return 2;
-      if (replicas > 65536) {
-        fprintf(stderr, "carl train: --replicas %lld exceeds 65536\n", replicas);
+      if (replicas > CARL_MODEL_MAX_SLOTS) {
+        fprintf(stderr, "carl train: --replicas %lld exceeds %d\n", replicas, CARL_MODEL_MAX_SLOTS);
         return 2;
       }
     } else if (!strcmp(a, "--place")) {
