@@ -2,7 +2,7 @@
 # Install the Debian packages CARL-MoE needs (idempotent: does nothing when all are present).
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-dev libcjson-dev libcmocka-dev
-      libopenmpi-dev openmpi-bin libmetis-dev gnuplot-nox bible-kjv python3 python3-numpy python3-pytest python3-venv
+      libopenmpi-dev openmpi-bin libmetis-dev gnuplot-nox bible-kjv python3 python3-numpy python3-pytest python3-venv python3-torch
       clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
