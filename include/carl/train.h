@@ -135,6 +135,9 @@ typedef struct {
   int64_t stop_after;      /* stop (with a checkpoint) once this many steps are done; 0: run all */
   void (*progress)(const carl_train_metrics_t *m, void *ud); /* called per log row; may be NULL */
   void *ud;
+  int expert_parallel;     /* N > 0: this process is one of N MPI ranks, one per device of the
+                              topology (the mpi executor, docs/mpi.md); rank 0 writes metrics,
+                              checkpoints and the trace and calls progress. 0: one process */
 } carl_train_opts_t;
 
 typedef struct {
@@ -145,6 +148,9 @@ typedef struct {
   double inter_bytes_total;
   double skew_expert_mean, skew_device_mean; /* mean over logged steps of this process */
   char last_ckpt[CARL_PATH_MAX + 64];
+  int rank, ranks;         /* this process and the run's processes (0 and 1 without expert_parallel) */
+  int failed_together;     /* on error: 1 when every rank stopped at the same input check (nothing
+                              to abort), 0 when the others may wait for this one */
 } carl_train_result_t;
 
 carl_status carl_train_run(const carl_train_config_t *cfg, const carl_train_opts_t *o, carl_train_result_t *res);
