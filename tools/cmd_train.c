@@ -229,8 +229,9 @@ int carl_cmd_train(int argc, char **argv) {
   carl_train_result_t res;
   st = carl_train_run(&cfg, &o, &res);
   if (st) {
-    if (res.ranks > 1) fprintf(stderr, "carl train: rank %d of %d:\n", res.rank, res.ranks);
-    int rc = carl_cli_error("train", st);
+    char who[64] = "train";
+    if (res.ranks > 1) snprintf(who, sizeof who, "train (rank %d of %d)", res.rank, res.ranks);
+    int rc = carl_cli_error(who, st);
     fflush(stderr);
     /* a failure the other ranks cannot know of: they would wait for this rank; stop them all */
     if (res.ranks > 1 && !res.failed_together) carl_exec_mpi_abort(rc);

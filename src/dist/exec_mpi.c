@@ -111,8 +111,9 @@ static carl_status mpi_dispatch(carl_exec_t *ex, const carl_plan_t *p, const flo
     s->sdispl[b] = (int)((o[r * D + b] - c0) * d);
     s->rcount[b] = self ? 0 : (int)((o[b * D + r + 1] - o[b * D + r]) * d);
     s->rdispl[b] = (int)(o[b * D + r] * d);
-    s->wire[b] += (double)(o[r * D + b + 1] - o[r * D + b]) * (double)row;
   }
+  for (int b = 0; b < D; b++) /* what the call below sends; the self pair: the copy after it */
+    s->wire[b] += b == r ? (double)(o[r * D + r + 1] - o[r * D + r]) * (double)row : (double)s->scount[b] * sizeof(float);
   CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, xc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
   memcpy(xc + o[r * D + r] * d, s->sbuf + (o[r * D + r] - c0) * d, row * (size_t)(o[r * D + r + 1] - o[r * D + r]));
   return CARL_OK;
@@ -138,9 +139,10 @@ static carl_status mpi_combine(carl_exec_t *ex, const carl_plan_t *p, float *yc,
     s->sdispl[a] = (int)(at * d);
     s->rcount[a] = a == r ? 0 : (int)((o[r * D + a + 1] - o[r * D + a]) * d);
     s->rdispl[a] = (int)(o[r * D + a] * d);
-    s->wire[a] += (double)k * (double)row;
     at += k;
   }
+  for (int a = 0; a < D; a++)
+    s->wire[a] += a == r ? (double)(o[r * D + r + 1] - o[r * D + r]) * (double)row : (double)s->scount[a] * sizeof(float);
   CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, yc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
   for (int64_t t = t0; t < t0 + Tr; t++) {
     float *yt = y + (t - t0) * d;
