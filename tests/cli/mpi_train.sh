@@ -66,6 +66,16 @@ compare "$tmp/one-rf/metrics.csv" "$tmp/ep-rf/metrics.csv" "lossfree + refresh"
 for l in 0 1; do cmp -s "$tmp/one-rf/ckpt_00000006/placement_$l.json" "$tmp/ep-rf/ckpt_00000006/placement_$l.json" ||
   { echo "FAIL: placement $l differs"; exit 1; }; done
 
+# stop after 3 steps, resume under mpirun: the same checkpoint bits as the uninterrupted run
+timeout 300 "${MPI[@]}" -np 4 "$carl" train --config "$tmp/t.json" --out "$tmp/ep-rs" --expert-parallel 4 --stop-after 3 \
+  --quiet >"$tmp/rs.log" 2>&1 || { echo "FAIL: mpirun stop-after"; cat "$tmp/rs.log"; exit 1; }
+timeout 300 "${MPI[@]}" -np 4 "$carl" train --config "$tmp/t.json" --out "$tmp/ep-rs" --expert-parallel 4 --resume \
+  --quiet >"$tmp/rs.log" 2>&1 || { echo "FAIL: mpirun resume"; cat "$tmp/rs.log"; exit 1; }
+for f in model.safetensors optimizer.safetensors; do
+  cmp -s "$tmp/ep-rs/ckpt_00000006/$f" "$tmp/ep-topk/ckpt_00000006/$f" || { echo "FAIL: resumed $f differs"; exit 1; }
+done
+echo "resume across 4 ranks: bitwise"
+
 # the expert-parallel checkpoint is an ordinary one: carl sample reads it in one process
 "$carl" sample --checkpoint "$tmp/ep-topk" --prompt "And God" --length 8 >"$tmp/sample.txt" 2>&1 ||
   { echo "FAIL: carl sample of the mpi checkpoint"; cat "$tmp/sample.txt"; exit 1; }
