@@ -1,5 +1,6 @@
 /* The mpi executor (carl/exec.h). Run by ctest as one process, and by tests/cli/mpi_exec.sh under
  * mpirun -np 4 (one rank per device of 2 nodes x 2 devices):
+ * flat and hierarchical plans:
  *   dispatch   every copy a rank receives carries its token's row (x[t][j] = t + j / 64, closed form);
  *   combine    y[t] of the rank's tokens equals the local executor's combine of the same copies;
  *   wire bytes per rank pair equal the plan's accounting (carl_plan_cost traffic) and an
@@ -43,8 +44,7 @@ static void topo_of(int D, carl_topo_t *t) {
     assert_int_equal(carl_topo_make(t, 2, D / 2, 160, 3, 50, 10), CARL_OK);
 }
 
-static void test_dispatch_combine_bytes(void **s) {
-  (void)s;
+static void dispatch_combine_bytes(carl_plan_mode mode) {
   if (!EX) skip();
   const int D = carl_exec_size(EX), r = carl_exec_rank(EX), d = D_ROW;
   if (D != 1 && D % 2) skip();
@@ -56,8 +56,9 @@ static void test_dispatch_combine_bytes(void **s) {
   int32_t *ex = malloc(sizeof(int32_t) * (size_t)(T * K_));
   decision(T, ex);
   carl_plan_t p = {0};
-  assert_int_equal(carl_plan_build(&t, &pl, ex, NULL, T, K_, CARL_PLAN_FLAT, -1, CARL_PLAN_ROWS, &p), CARL_OK);
-  const int64_t nc = p.n_send;
+  assert_int_equal(carl_plan_build(&t, &pl, ex, NULL, T, K_, mode, -1, CARL_PLAN_ROWS, &p), CARL_OK);
+  if (mode == CARL_PLAN_HIER && D > 1) assert_true(p.n_fwd > 0); /* the case has forwarding */
+  const int64_t nc = p.n_send + p.n_fwd;
   float *x = malloc(sizeof(float) * (size_t)(Tr * d)), *xc = calloc((size_t)(nc * d), sizeof(float));
   float *xg = malloc(sizeof(float) * (size_t)(T * d)), *xcl = calloc((size_t)(nc * d), sizeof(float));
   for (int64_t i = 0; i < T; i++)
@@ -71,6 +72,11 @@ static void test_dispatch_combine_bytes(void **s) {
   for (int a = 0; a < D; a++)
     for (int64_t c = p.send_off[a * D + r]; c < p.send_off[a * D + r + 1]; c++)
       for (int j = 0; j < d; j++) assert_float_equal(xc[c * d + j], (float)p.send_tok[c] + (float)j / 64.0f, 0);
+  /* and every forwarded copy for r (pair f -> r) its parent's token's row */
+  for (int f = 0; f < D; f++)
+    for (int64_t i = p.fwd_off[f * D + r]; i < p.fwd_off[f * D + r + 1]; i++)
+      for (int j = 0; j < d; j++)
+        assert_float_equal(xc[(p.n_send + i) * d + j], (float)p.send_tok[p.fwd_parent[i]] + (float)j / 64.0f, 0);
   /* expert outputs per received copy: yc[c] = 2 xc[c] + c; the same on the local reference */
   carl_exec_t *loc;
   assert_int_equal(carl_exec_local_create(&loc), CARL_OK);
@@ -102,7 +108,7 @@ static void test_dispatch_combine_bytes(void **s) {
       in += src == b && on_r;
     }
     const double want = (double)(out + in) * sizeof(float) * d;
-    assert_float_equal(w1[b] - w0[b], want, 0);
+    if (mode == CARL_PLAN_FLAT) assert_float_equal(w1[b] - w0[b], want, 0);
     assert_float_equal(w1[b] - w0[b], cost.traffic[r * D + b], 0);
   }
   carl_cost_free(&cost);
@@ -110,6 +116,17 @@ static void test_dispatch_combine_bytes(void **s) {
   free(x), free(xc), free(xg), free(xcl), free(y), free(yl), free(ex);
   carl_plan_free(&p);
   carl_placement_free(&pl);
+}
+
+static void test_dispatch_combine_bytes(void **s) {
+  (void)s;
+  dispatch_combine_bytes(CARL_PLAN_FLAT);
+}
+
+/* hierarchical: one copy per destination node to the forwarder, repeated inside the node */
+static void test_dispatch_combine_bytes_hier(void **s) {
+  (void)s;
+  dispatch_combine_bytes(CARL_PLAN_HIER);
 }
 
 static void test_collectives(void **s) {
@@ -174,6 +191,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dispatch_combine_bytes),
+      cmocka_unit_test(test_dispatch_combine_bytes_hier),
       cmocka_unit_test(test_collectives),
       cmocka_unit_test(test_migrate),
   };

@@ -71,7 +71,7 @@ int carl_exec_rank(const carl_exec_t *ex);
 int carl_exec_size(const carl_exec_t *ex);
 
 /* The mpi executor over MPI_COMM_WORLD (initialises MPI when the program has not; its errors are
- * returned, MPI_ERRORS_RETURN). Flat plans only. CARL_ERR_UNSUPPORTED in a build without MPI. */
+ * returned, MPI_ERRORS_RETURN). Flat and hierarchical plans of all devices (device -1). CARL_ERR_UNSUPPORTED in a build without MPI. */
 carl_status carl_exec_mpi_create(carl_exec_t **out);
 /* Bytes this rank's dispatch and combine calls sent to each rank since create: to[b] for
  * b < n (n = carl_exec_size; the self pair moves nothing over MPI and counts its copies as the

@@ -3,8 +3,9 @@
  * MPI_Alltoallv each (the copy counts are exchanged first with MPI_Alltoall and checked against
  * the plan), all-reduce of doubles is MPI_Allreduce, of floats MPI_Reduce + MPI_Bcast (the same
  * bits on every rank), migration sends each moved slot from its source rank to its destination
- * rank. Every MPI call goes through CARL_MPI, which turns a failure into a carl_status naming
- * the call. */
+ * rank. Hierarchical plans take one more MPI_Alltoallv per direction for the second hop (each
+ * forwarder to its node's destination devices; only pairs inside a node carry data). Every MPI
+ * call goes through CARL_MPI, which turns a failure into a carl_status naming the call. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,17 +51,18 @@ static carl_status mpi_sbuf(mpi_state_t *s, size_t floats) {
   return CARL_OK;
 }
 
-/* The plan must be flat, for this rank count, with T a multiple of it. */
+/* The plan must be for this rank count, with T a multiple of it. */
 static carl_status mpi_check(const carl_exec_t *ex, const carl_plan_t *p, int d) {
   if (p->D != ex->size)
     return carl_fail(CARL_ERR_INVALID, "mpi executor: the plan has %d devices, the run has %d ranks (one rank per device)",
                      p->D, ex->size);
-  if (p->n_fwd > 0 || p->mode != CARL_PLAN_FLAT)
-    return carl_fail(CARL_ERR_UNSUPPORTED, "mpi executor: hierarchical plans are not implemented (flat dispatch only)");
+  if (p->device != -1)
+    return carl_fail(CARL_ERR_INVALID, "mpi executor: the plan is for device %d only; every rank needs the plan of all "
+                     "devices (device -1)", p->device);
   if (p->T % p->D)
     return carl_fail(CARL_ERR_INVALID, "mpi executor: %lld tokens do not split evenly over %d ranks", (long long)p->T,
                      p->D);
-  if ((int64_t)p->n_send * d > INT32_MAX)
+  if ((int64_t)(p->n_send + p->n_fwd) * d > INT32_MAX)
     return carl_fail(CARL_ERR_INVALID, "mpi executor: %lld copies x %d floats exceed MPI's int counts",
                      (long long)p->n_send, d);
   return CARL_OK;
@@ -68,17 +70,15 @@ static carl_status mpi_check(const carl_exec_t *ex, const carl_plan_t *p, int d)
 
 /* Exchange the copy counts of this phase (what I send to b -> what b receives from me) and check
  * them against the plan: a mismatch means the ranks hold different plans. */
-static carl_status mpi_counts(carl_exec_t *ex, const carl_plan_t *p, int combine) {
+static carl_status mpi_counts(carl_exec_t *ex, const carl_plan_t *p, const int64_t *o, int combine) {
   mpi_state_t *s = ST(ex);
   const int D = p->D, r = ex->rank;
   for (int b = 0; b < D; b++) {
-    const int64_t *o = p->send_off;
     const int64_t mine = combine ? o[b * D + r + 1] - o[b * D + r] : o[r * D + b + 1] - o[r * D + b];
     s->scount[b] = (int)mine;
   }
   CARL_MPI(MPI_Alltoall(s->scount, 1, MPI_INT, s->ccount, 1, MPI_INT, s->comm));
   for (int a = 0; a < D; a++) {
-    const int64_t *o = p->send_off;
     const int64_t want = combine ? o[r * D + a + 1] - o[r * D + a] : o[a * D + r + 1] - o[a * D + r];
     if (s->ccount[a] != want)
       return carl_fail(CARL_ERR_STATE, "mpi executor: rank %d announces %d copies to rank %d, whose plan expects %lld "
@@ -95,7 +95,7 @@ static carl_status mpi_dispatch(carl_exec_t *ex, const carl_plan_t *p, const flo
   const int D = p->D, r = ex->rank;
   const int64_t t0 = p->T / D * r, *o = p->send_off;
   const size_t row = sizeof(float) * (size_t)d;
-  CARL_TRY(mpi_counts(ex, p, 0));
+  CARL_TRY(mpi_counts(ex, p, o, 0));
   const int64_t c0 = o[r * D], c1 = o[r * D + D];
   CARL_TRY(mpi_sbuf(s, (size_t)(c1 - c0) * (size_t)d));
   for (int64_t c = c0; c < c1; c++) {
@@ -116,6 +116,62 @@ static carl_status mpi_dispatch(carl_exec_t *ex, const carl_plan_t *p, const flo
     s->wire[b] += b == r ? (double)(o[r * D + r + 1] - o[r * D + r]) * (double)row : (double)s->scount[b] * sizeof(float);
   CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, xc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
   memcpy(xc + o[r * D + r] * d, s->sbuf + (o[r * D + r] - c0) * d, row * (size_t)(o[r * D + r + 1] - o[r * D + r]));
+  if (p->mode != CARL_PLAN_HIER) return CARL_OK;
+  /* second hop (hierarchical): as forwarder I repeat the copies I received to my node's other
+   * destination devices; the forwarded copies for me arrive at n_send + fwd_off[f D + r] */
+  const int64_t *fo = p->fwd_off, f0 = fo[r * D], f1 = fo[r * D + D];
+  CARL_TRY(mpi_counts(ex, p, fo, 0));
+  CARL_TRY(mpi_sbuf(s, (size_t)(f1 - f0) * (size_t)d));
+  for (int64_t i = f0; i < f1; i++) {
+    const int64_t par = p->fwd_parent[i];
+    if (par < 0) return carl_fail(CARL_ERR_STATE, "mpi executor: forwarded copy %lld has no parent in the plan", (long long)i);
+    memcpy(s->sbuf + (i - f0) * d, xc + par * d, row);
+  }
+  for (int b = 0; b < D; b++) {
+    s->scount[b] = b == r ? 0 : (int)((fo[r * D + b + 1] - fo[r * D + b]) * d);
+    s->sdispl[b] = (int)((fo[r * D + b] - f0) * d);
+    s->rcount[b] = b == r ? 0 : (int)((fo[b * D + r + 1] - fo[b * D + r]) * d);
+    s->rdispl[b] = (int)((p->n_send + fo[b * D + r]) * d);
+  }
+  for (int b = 0; b < D; b++)
+    s->wire[b] += b == r ? (double)(fo[r * D + r + 1] - fo[r * D + r]) * (double)row : (double)s->scount[b] * sizeof(float);
+  CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, xc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
+  memcpy(xc + (p->n_send + fo[r * D + r]) * d, s->sbuf + (fo[r * D + r] - f0) * d,
+         row * (size_t)(fo[r * D + r + 1] - fo[r * D + r]));
+  return CARL_OK;
+}
+
+/* Hierarchical combine, second hop back: the forwarded copies I received go back to their
+ * forwarders, which add them into their parents in ascending forwarded index. */
+static carl_status mpi_combine_fwd(carl_exec_t *ex, const carl_plan_t *p, float *yc, int d) {
+  mpi_state_t *s = ST(ex);
+  const int D = p->D, r = ex->rank;
+  const int64_t *fo = p->fwd_off, ns = p->n_send;
+  const size_t row = sizeof(float) * (size_t)d;
+  CARL_TRY(mpi_counts(ex, p, fo, 1));
+  int64_t n = 0;
+  for (int a = 0; a < D; a++) n += fo[a * D + r + 1] - fo[a * D + r];
+  CARL_TRY(mpi_sbuf(s, (size_t)n * (size_t)d));
+  int64_t at = 0;
+  for (int a = 0; a < D; a++) {
+    const int64_t k = fo[a * D + r + 1] - fo[a * D + r];
+    memcpy(s->sbuf + at * d, yc + (ns + fo[a * D + r]) * d, row * (size_t)k);
+    s->scount[a] = a == r ? 0 : (int)(k * d);
+    s->sdispl[a] = (int)(at * d);
+    s->rcount[a] = a == r ? 0 : (int)((fo[r * D + a + 1] - fo[r * D + a]) * d);
+    s->rdispl[a] = (int)((ns + fo[r * D + a]) * d);
+    at += k;
+  }
+  for (int a = 0; a < D; a++)
+    s->wire[a] += a == r ? (double)(fo[r * D + r + 1] - fo[r * D + r]) * (double)row : (double)s->scount[a] * sizeof(float);
+  CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, yc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
+  for (int64_t i = fo[r * D]; i < fo[r * D + D]; i++) {
+    const int64_t par = p->fwd_parent[i];
+    if (par < 0) return carl_fail(CARL_ERR_STATE, "mpi executor: forwarded copy %lld has no parent in the plan", (long long)i);
+    float *dst = yc + par * d;
+    const float *src = yc + (ns + i) * d;
+    for (int j = 0; j < d; j++) dst[j] += src[j];
+  }
   return CARL_OK;
 }
 
@@ -127,7 +183,8 @@ static carl_status mpi_combine(carl_exec_t *ex, const carl_plan_t *p, float *yc,
   const int D = p->D, r = ex->rank;
   const int64_t Tr = p->T / D, t0 = Tr * r, *o = p->send_off;
   const size_t row = sizeof(float) * (size_t)d;
-  CARL_TRY(mpi_counts(ex, p, 1));
+  if (p->mode == CARL_PLAN_HIER) CARL_TRY(mpi_combine_fwd(ex, p, yc, d));
+  CARL_TRY(mpi_counts(ex, p, o, 1));
   int64_t n = 0;
   for (int a = 0; a < D; a++) n += o[a * D + r + 1] - o[a * D + r];
   CARL_TRY(mpi_sbuf(s, (size_t)n * (size_t)d));

@@ -67,25 +67,33 @@ void carl__moe_act_free(carl__moe_act_t *A) {
   memset(A, 0, sizeof *A);
 }
 
-/* v[c] = sum over the rows of copy c (ascending slot) of (gate of the row, or 1) x rows[r]: the
- * per-copy partial sum the executor combines. With several ranks (own = 1) only the copies whose
- * rows are this rank's, [r0, r1). */
-static void carl__moe_copy_sums(const carl_plan_t *p, const float *gate, const float *rows, int d, float *v, int own,
-                                int64_t r0, int64_t r1) {
-  const int64_t nc = p->n_send + p->n_fwd;
-#pragma omp parallel for schedule(static) if (nc * d >= CARL_OMP_MIN_WORK)
-  for (int64_t c = 0; c < nc; c++) {
-    if (own && (p->copy_row_off[c] == p->copy_row_off[c + 1] || p->copy_row[p->copy_row_off[c]] < r0 ||
-                p->copy_row[p->copy_row_off[c]] >= r1))
-      continue;
-    float *vc = v + c * d;
-    memset(vc, 0, sizeof(float) * (size_t)d);
-    for (int64_t q = p->copy_row_off[c]; q < p->copy_row_off[c + 1]; q++) {
-      const int64_t r = p->copy_row[q];
-      const float g = gate ? gate[p->row_slot[r]] : 1.0f, *y = rows + r * d;
-      for (int j = 0; j < d; j++) vc[j] += g * y[j];
-    }
+static void carl__moe_copy_sum(const carl_plan_t *p, const float *gate, const float *rows, int d, float *v, int64_t c) {
+  float *vc = v + c * d;
+  memset(vc, 0, sizeof(float) * (size_t)d);
+  for (int64_t q = p->copy_row_off[c]; q < p->copy_row_off[c + 1]; q++) {
+    const int64_t r = p->copy_row[q];
+    const float g = gate ? gate[p->row_slot[r]] : 1.0f, *y = rows + r * d;
+    for (int j = 0; j < d; j++) vc[j] += g * y[j];
   }
+}
+
+/* v[c] = sum over the rows of copy c (ascending slot) of (gate of the row, or 1) x rows[r]: the
+ * per-copy partial sum the executor combines. With several ranks (own >= 0) only the copies that
+ * rank `own` receives: first-hop pairs a -> own and forwarded pairs f -> own. */
+static void carl__moe_copy_sums(const carl_plan_t *p, const float *gate, const float *rows, int d, float *v, int own) {
+  const int64_t nc = p->n_send + p->n_fwd;
+  if (own >= 0) {
+    const int D = p->D;
+    for (int a = 0; a < D; a++) {
+      for (int64_t c = p->send_off[a * D + own]; c < p->send_off[a * D + own + 1]; c++)
+        carl__moe_copy_sum(p, gate, rows, d, v, c);
+      for (int64_t i = p->fwd_off[a * D + own]; p->n_fwd && i < p->fwd_off[a * D + own + 1]; i++)
+        carl__moe_copy_sum(p, gate, rows, d, v, p->n_send + i);
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) if (nc * d >= CARL_OMP_MIN_WORK)
+  for (int64_t c = 0; c < nc; c++) carl__moe_copy_sum(p, gate, rows, d, v, c);
 }
 
 carl_status carl__moe_forward(const carl__moe_t *L, const carl__moe_w_t *W, carl__moe_act_t *A, carl_route_in_t *in,
@@ -169,7 +177,7 @@ carl_status carl__moe_forward(const carl__moe_t *L, const carl__moe_w_t *W, carl
   } else {
     memset(y, 0, sizeof(float) * (size_t)Tl * (size_t)d);
   }
-  carl__moe_copy_sums(p, A->weights, A->ye, d, A->yc, nr > 1, r0, r1);
+  carl__moe_copy_sums(p, A->weights, A->ye, d, A->yc, nr > 1 ? rk : -1);
   return carl_exec_combine(ex, p, A->yc, d, y);
 }
 
@@ -237,7 +245,7 @@ carl_status carl__moe_backward(const carl__moe_t *L, const carl__moe_w_t *W, con
     memset(dx, 0, sizeof(float) * (size_t)Tl * (size_t)d);
   }
   /* d(copies) = sum of their rows' d(X); the executor sends them back to their tokens */
-  carl__moe_copy_sums(p, NULL, A->dye, d, A->xc, nr > 1, r0, r1);
+  carl__moe_copy_sums(p, NULL, A->dye, d, A->xc, nr > 1 ? rk : -1);
   CARL_TRY(carl_exec_dispatch_backward(ex, p, A->xc, d, dx));
   /* router: dz = d(router losses)/dz (from route) + d(gates)/dz^T d(gates) over every rank's
    * tokens (the same on every rank); then W_r and x from this rank's rows of dz */
