@@ -45,6 +45,8 @@ static void train_usage(FILE *f, const char *router) {
           "                       contiguous, roundrobin, eplb, traffic, coactivation [config's train.place]\n"
           "  --replicas N         physical experts in all (>= experts, a multiple of the devices; needs a\n"
           "                       topology) [config's train.replicas, 0: ceil(E / D) per device]\n"
+          "  --dispatch MODE      flat (one copy per destination device) or hier (one per destination node,\n"
+          "                       forwarded inside it) [config's train.dispatch, flat]\n"
           "  --expert-parallel N  run as one of N MPI ranks, one per device of the topology (N = its devices):\n"
           "                       mpirun -np N carl train ... --expert-parallel N; rank 0 writes OUT [off]\n"
           "  --quiet              no progress lines, only the summary [off]\n"
@@ -87,6 +89,7 @@ static int parse_i64(const char *opt, const char *v, long long lo, long long *ou
 }
 
 int carl_cmd_train(int argc, char **argv) {
+  const char *dispatch = NULL;
   const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL, *place = NULL;
   const char *ropt_k[CARL_MODEL_MAX_ROUTER_OPTS];
   double ropt_v[CARL_MODEL_MAX_ROUTER_OPTS];
@@ -169,6 +172,12 @@ int carl_cmd_train(int argc, char **argv) {
         fprintf(stderr, "carl train: --expert-parallel %lld exceeds 65536\n", expert_parallel);
         return 2;
       }
+    } else if (!strcmp(a, "--dispatch")) {
+      if (strcmp(v, "flat") && strcmp(v, "hier")) {
+        fprintf(stderr, "carl train: --dispatch needs flat or hier, got '%s'\n", v);
+        return 2;
+      }
+      dispatch = v;
     } else if (!strcmp(a, "--place")) {
       place = v;
     } else {
@@ -191,6 +200,7 @@ int carl_cmd_train(int argc, char **argv) {
   if (seed >= 0) cfg.model.seed = cfg.data_seed = (uint64_t)seed;
   if (refresh_every >= 0) cfg.refresh_every = refresh_every;
   if (replicas > 0) cfg.replicas = (int)replicas;
+  if (dispatch) cfg.dispatch_hier = !strcmp(dispatch, "hier");
   if (place) {
     if (strlen(place) >= sizeof cfg.place) {
       fprintf(stderr, "carl train: --place '%s' is not a placement algorithm\n", place);

@@ -143,6 +143,9 @@ carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, co
  * cross-entropy is the mean over every process's targets, and backward sums every gradient over
  * the processes (the same bits on each), so the parameters stay replicated (docs/mpi.md). */
 carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex);
+/* Flat (the default) or hierarchical dispatch of every MoE layer (carl/plan.h), with the current
+ * placements (statistics gathered so far are dropped). */
+carl_status carl_model_set_dispatch(carl_model_t *m, carl_plan_mode mode);
 /* Placement of one layer (same topology); its expert tensors move to the new slots. */
 carl_status carl_model_set_placement(carl_model_t *m, int layer, const carl_placement_t *place);
 const carl_placement_t *carl_model_placement(const carl_model_t *m, int layer);

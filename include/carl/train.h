@@ -88,6 +88,8 @@ typedef struct {
   char train_data[CARL_PATH_MAX], val_data[CARL_PATH_MAX], topology[CARL_PATH_MAX];
   int64_t refresh_every; /* placement refresh every n steps (0: static placement) */
   char place[32];        /* placement algorithm of the refresh and of the initial replicas (carl place) */
+  int dispatch_hier;     /* train.dispatch: "flat" (0, the default) or "hier" (1): one copy per
+                            destination node, forwarded inside the node (carl/plan.h) */
   int replicas;          /* physical experts in all (slots over every device, >= E, a multiple of D);
                             0: ceil(E / D) per device. Sets model.n_slots. */
 } carl_train_config_t;

@@ -46,6 +46,7 @@ struct carl_model {
   carl_exec_t *exec_user;   /* borrowed (carl_model_set_executor), used instead of exec; NULL: none */
   carl_step_t *dstep;       /* the decision path of every layer: route -> plan -> exec -> stats -> place */
   int64_t refresh_every;
+  carl_plan_mode mode;      /* flat or hierarchical dispatch */
   carl_place_opts_t place_opts;
   double stats_decay;
   int has_replicas;         /* some layer has an expert on several slots */
@@ -261,6 +262,7 @@ static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *pla
   o.place = place;
   o.token_bytes = sizeof(float) * (size_t)c->d_model;
   o.exec = m->exec_user ? m->exec_user : m->exec;
+  o.mode = m->mode;
   o.refresh_every = m->refresh_every;
   o.place_opts = m->place_opts;
   o.stats_decay = m->stats_decay;
@@ -471,6 +473,27 @@ int64_t *carl_model_adam_t(carl_model_t *m) { return &m->adam_t; }
 void carl_model_set_step(carl_model_t *m, int64_t step) { m->step = step; }
 carl_router_t *carl_model_router(carl_model_t *m, int layer) {
   return layer >= 0 && layer < m->cfg.n_layers ? m->routers[layer] : NULL;
+}
+
+carl_status carl_model_set_dispatch(carl_model_t *m, carl_plan_mode mode) {
+  if (mode != CARL_PLAN_FLAT && mode != CARL_PLAN_HIER) return carl_fail(CARL_ERR_INVALID, "dispatch mode %d", (int)mode);
+  const int L = m->cfg.n_layers;
+  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
+  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  carl_status st = CARL_OK;
+  for (int l = 0; l < L && st == CARL_OK; l++) {
+    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
+  }
+  const carl_plan_mode before = m->mode;
+  m->mode = mode;
+  if (st == CARL_OK) st = carl__step_build(m, &keep[0]);
+  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
+  if (st == CARL_OK) carl__note_replicas(m);
+  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
+  free(keep);
+  if (st != CARL_OK) m->mode = before;
+  return st;
 }
 
 carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex) {

@@ -144,7 +144,7 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   static const char *const keys[] = {"batch", "seq_len", "steps", "lr", "lr_min", "warmup", "weight_decay",
                                      "grad_clip", "beta1", "beta2", "adam_eps", "eval_every", "eval_batches",
                                      "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology",
-                                     "refresh_every", "place", "replicas"};
+                                     "refresh_every", "place", "replicas", "dispatch"};
   const char *ctx = "train";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -180,6 +180,10 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   carl_status st = carl_place_algo_parse(c->place, &algo);
   if (st != CARL_OK) return carl_errctx(st, "train.place");
   CARL_TRY(carl_json_opt_int(o, ctx, "replicas", 0, 1 << 16, c->replicas, &c->replicas));
+  CARL_TRY(carl_json_opt_str(o, ctx, "dispatch", c->dispatch_hier ? "hier" : "flat", &s));
+  if (strcmp(s, "flat") && strcmp(s, "hier"))
+    return carl_fail(CARL_ERR_INVALID, "train.dispatch: '%s' is not flat or hier", s);
+  c->dispatch_hier = !strcmp(s, "hier");
   return CARL_OK;
 }
 
@@ -271,6 +275,7 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddNumberToObject(t, "refresh_every", (double)c->refresh_every);
   cJSON_AddStringToObject(t, "place", c->place);
   cJSON_AddNumberToObject(t, "replicas", c->replicas);
+  if (c->dispatch_hier) cJSON_AddStringToObject(t, "dispatch", "hier"); /* flat: the default, not written */
   return root;
 }
 
@@ -1311,6 +1316,7 @@ static carl_status carl__initial_placement(const carl_train_config_t *c, const c
 static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config_t *c, const carl_topo_t *t,
                                         const carl_placement_t *pl) {
   if (t) CARL_TRY(carl_model_set_topology(m, t, pl));
+  if (c->dispatch_hier) CARL_TRY(carl_model_set_dispatch(m, CARL_PLAN_HIER));
   if (c->refresh_every <= 0) return CARL_OK;
   carl_place_opts_t po;
   carl_place_opts_default(&po);

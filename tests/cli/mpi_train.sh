@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # carl train --expert-parallel 4 under mpirun (4 ranks, one per device of test-2x2) against the
 # same run in one process: the losses of every step agree for topk, lossfree and carl (and with a
-# placement refresh, whose expert migration crosses ranks); the checkpoint samples in one process;
+# placement refresh, whose expert migration crosses ranks, and with hierarchical dispatch); a resume
+# is bitwise; the checkpoint samples in one process;
 # bad input stops every rank with a message and no hang; a rank killed with SIGKILL ends the run.
 # usage: bash tests/cli/mpi_train.sh path/to/carl   (run from the repository root)
 set -eu
@@ -54,6 +55,12 @@ for r in topk lossfree carl; do
     --expert-parallel 4 >"$tmp/ep-$r.log" 2>&1 || { echo "FAIL: mpirun $r"; cat "$tmp/ep-$r.log"; exit 1; }
   compare "$tmp/one-$r/metrics.csv" "$tmp/ep-$r/metrics.csv" "$r"
 done
+# hierarchical dispatch (one copy per destination node, forwarded inside the node: a second
+# all-to-all between the ranks of a node)
+"$carl" train --config "$tmp/t.json" --router carl --dispatch hier --out "$tmp/one-hier" --quiet >/dev/null
+timeout 300 "${MPI[@]}" -np 4 "$carl" train --config "$tmp/t.json" --router carl --dispatch hier --out "$tmp/ep-hier" \
+  --expert-parallel 4 --quiet >"$tmp/ep-hier.log" 2>&1 || { echo "FAIL: mpirun hier"; cat "$tmp/ep-hier.log"; exit 1; }
+compare "$tmp/one-hier/metrics.csv" "$tmp/ep-hier/metrics.csv" "carl, hierarchical"
 # only rank 0 prints progress and the summary
 [ "$(grep -c '^done: 6 steps' "$tmp/ep-topk.log")" -eq 1 ] || { echo "FAIL: summary lines"; cat "$tmp/ep-topk.log"; exit 1; }
 [ "$(grep -c '^step      6/6' "$tmp/ep-topk.log")" -eq 1 ]
