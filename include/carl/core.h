@@ -34,6 +34,7 @@ typedef enum {
   CARL_ERR_UNSUPPORTED = -8, /* a feature this build does not have (MPI, METIS, CUDA) */
   CARL_ERR_NOT_FOUND = -9,   /* unknown name (router, algorithm, option, scenario) */
   CARL_ERR_STATE = -10,      /* call out of order, or saved state that does not match */
+  CARL_ERR_DEVICE = -11,     /* a CUDA / cuBLAS call failed on the device (the detail names it) */
 } carl_status;
 
 /* Short fixed text for a status ("invalid argument", ...). Never NULL. */

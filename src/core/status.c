@@ -23,6 +23,7 @@ const char *carl_strerror(carl_status st) {
     case CARL_ERR_UNSUPPORTED: return "not supported by this build";
     case CARL_ERR_NOT_FOUND: return "not found";
     case CARL_ERR_STATE: return "invalid state";
+    case CARL_ERR_DEVICE: return "device error";
   }
   return "unknown status";
 }

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "carl/nn.h" /* CARL_OMP_MIN_WORK */
+#include "carl/core.h" /* CARL_OMP_MIN_WORK */
 #include "exec/exec_impl.h"
 
 static carl_status local_dispatch(carl_exec_t *ex, const carl_plan_t *p, const float *x, int d, float *xc) {

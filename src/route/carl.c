@@ -195,6 +195,111 @@ static int carl_multi_node(const carl__seed_topo_t *tp, int E) {
   return 0;
 }
 
+/* What carl_route does this step. */
+typedef enum { CARL_SEL_FLAT, CARL_SEL_NODES, CARL_SEL_REPLICATED, CARL_SEL_WARM } carl_sel_kind;
+
+/* The shared part of route and describe: the topology helpers, the checks of M, the per-device
+ * bias -lambda_c c^ and, for the flat and node-limited kinds, the fused kernel's descriptor. */
+static carl_status carl_prepare(carl_router_t *r, const carl_route_in_t *in, carl__seed_topo_t *tp, carl_select_t *sl,
+                                carl_sel_kind *kind, int *Mout) {
+  carl_state *st = r->state;
+  carl_route_common_t c;
+  carl_route_common(r, &c);
+  const int E = in->E, k = c.k;
+  const int warm = st->warm && st->steps < st->W;
+  const int hier = st->hier && !warm;
+  CARL_TRY(carl__seed_topo(&r->scratch, in, st->comm || warm || hier, hier, tp));
+  const int M = st->M ? st->M : (tp->N < k ? tp->N : k);
+  *Mout = M;
+  const float lam = st->comm ? (float)st->lambda_c : 0.0f;
+  /* M is checked at every route with hier = 1, also during the warm start (which does not use it):
+   * a bad M fails at the first route, not at the first step after the warm start */
+  if (st->hier) {
+    if (M > tp->N)
+      return carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology (router 'carl', hier = 1)",
+                       M, tp->N);
+    /* the M nodes with the fewest experts must still hold k of them */
+    int *cnt = carl_arena_alloc(&r->scratch, (size_t)tp->N * sizeof *cnt);
+    if (!cnt) return carl_fail(CARL_ERR_NOMEM, "carl: nodes");
+    for (int n = 0; n < tp->N; n++) cnt[n] = tp->nlocal[n];
+    int64_t have = 0;
+    for (int j = 0; j < M; j++) { /* M smallest counts */
+      int lo = j;
+      for (int n = j + 1; n < tp->N; n++)
+        if (cnt[n] < cnt[lo]) lo = n;
+      int x = cnt[j];
+      cnt[j] = cnt[lo];
+      cnt[lo] = x;
+      have += cnt[j];
+    }
+    if (have < k)
+      return carl_fail(CARL_ERR_INVALID, "carl: M=%d nodes may hold fewer than k=%d experts (%lld); raise M", M, k,
+                       (long long)have);
+  }
+  /* the balancing losses of this step (after the warm start) read P from the kernel's statistics */
+  const int balance = !warm && (st->aE.alpha > 0 || st->aG.alpha > 0);
+  float *bias = NULL;
+  if (st->comm || warm) {
+    bias = carl_arena_alloc(&r->scratch, (size_t)tp->D * E * sizeof *bias);
+    if (!bias) return carl_fail(CARL_ERR_NOMEM, "carl: bias [%d, %d]", tp->D, E);
+    for (int64_t i = 0; i < (int64_t)tp->D * E; i++) bias[i] = -lam * tp->cost[i];
+  }
+  memset(sl, 0, sizeof *sl);
+  sl->bias = bias;
+  sl->nrows = bias ? tp->D : 0;
+  sl->bias_row = bias ? tp->src : NULL;
+  sl->by_src = 1;
+  if (warm) {
+    *kind = CARL_SEL_WARM;
+  } else if (hier && !carl_multi_node(tp, E)) {
+    /* node-limited selection by the shared kernel: groups = nodes, bonus lambda_loc on the own node */
+    int G = 0;
+    int32_t *group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
+    if (!group) return carl_fail(CARL_ERR_NOMEM, "carl: groups");
+    CARL_TRY(carl_route_expert_groups(in, 1, group, &G));
+    float *bonus = NULL;
+    if (st->lambda_loc > 0) {
+      bonus = carl_arena_alloc(&r->scratch, (size_t)G * G * sizeof *bonus);
+      if (!bonus) return carl_fail(CARL_ERR_NOMEM, "carl: bonus");
+      for (int n = 0; n < G; n++) bonus[(size_t)n * G + n] = (float)st->lambda_loc;
+    }
+    int32_t *dev_node = carl_arena_alloc(&r->scratch, (size_t)tp->D * sizeof *dev_node);
+    if (!dev_node) return carl_fail(CARL_ERR_NOMEM, "carl: nodes");
+    for (int d = 0; d < tp->D; d++) dev_node[d] = in->topo ? carl_topo_node(in->topo, d) : 0;
+    sl->group = group;
+    sl->ngroups = G;
+    sl->M = M;
+    sl->per_group = k / M > 0 ? k / M : 1;
+    sl->group_bonus = bonus;
+    sl->nbrows = bonus ? G : 0;
+    sl->bonus_row = bonus ? tp->node : NULL;
+    sl->dev_node = dev_node;
+    sl->stats = balance;
+    sl->gate_order = bias != NULL;
+    *kind = CARL_SEL_NODES;
+  } else if (hier) {
+    *kind = CARL_SEL_REPLICATED;
+  } else {
+    /* flat selection: the topk kernel with a per-source-device bias -lambda_c * c^ */
+    sl->stats = balance;
+    sl->gate_order = bias != NULL;
+    *kind = CARL_SEL_FLAT;
+  }
+  return CARL_OK;
+}
+
+static carl_status carl_describe(carl_router_t *r, const carl_route_in_t *in, carl_select_t *sel) {
+  carl__seed_topo_t tp;
+  carl_sel_kind kind;
+  int M;
+  CARL_TRY(carl_prepare(r, in, &tp, sel, &kind, &M));
+  if (kind == CARL_SEL_WARM)
+    return carl_fail(CARL_ERR_UNSUPPORTED, "carl: the Sinkhorn warm start (first W steps) is not one fused selection");
+  if (kind == CARL_SEL_REPLICATED)
+    return carl_fail(CARL_ERR_UNSUPPORTED, "carl: experts replicated on several nodes are not one fused selection");
+  return CARL_OK;
+}
+
 static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
   carl_state *st = r->state;
   carl_route_common_t c;
@@ -202,51 +307,15 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   if (!in->logits) return carl_fail(CARL_ERR_INVALID, "logits: NULL");
   const int64_t T = in->T;
   const int E = in->E, k = c.k;
-  const int warm = st->warm && st->steps < st->W;
-  const int hier = st->hier && !warm;
   carl__seed_topo_t tp;
-  CARL_TRY(carl__seed_topo(&r->scratch, in, st->comm || warm || hier, hier, &tp));
-  const int M = st->M ? st->M : (tp.N < k ? tp.N : k);
-  const float lam = st->comm ? (float)st->lambda_c : 0.0f;
+  carl_select_t sl;
+  carl_sel_kind kind;
+  int M;
+  CARL_TRY(carl_prepare(r, in, &tp, &sl, &kind, &M));
+  float *bias = (float *)sl.bias, *s = NULL, *u = NULL, *prio = NULL, *sel = NULL;
   carl_status rc = CARL_OK;
-  /* M is checked at every route with hier = 1, also during the warm start (which does not use it):
-   * a bad M fails at the first route, not at the first step after the warm start */
-  if (st->hier) {
-    if (M > tp.N)
-      rc = carl_fail(CARL_ERR_INVALID, "M: %d nodes per token exceeds the %d nodes of the topology (router 'carl', hier = 1)",
-                     M, tp.N);
-    /* the M nodes with the fewest experts must still hold k of them */
-    int *cnt = malloc((size_t)tp.N * sizeof *cnt);
-    if (rc == CARL_OK && !cnt) rc = carl_fail(CARL_ERR_NOMEM, "carl: nodes");
-    if (rc == CARL_OK) {
-      for (int n = 0; n < tp.N; n++) cnt[n] = tp.nlocal[n];
-      int64_t have = 0;
-      for (int j = 0; j < M; j++) { /* M smallest counts */
-        int lo = j;
-        for (int n = j + 1; n < tp.N; n++)
-          if (cnt[n] < cnt[lo]) lo = n;
-        int x = cnt[j];
-        cnt[j] = cnt[lo];
-        cnt[lo] = x;
-        have += cnt[j];
-      }
-      if (have < k)
-        rc = carl_fail(CARL_ERR_INVALID, "carl: M=%d nodes may hold fewer than k=%d experts (%lld); raise M", M, k,
-                       (long long)have);
-    }
-    free(cnt);
-  }
-  /* the balancing losses of this step (after the warm start) read P from the kernel's statistics */
-  const int balance = !warm && (st->aE.alpha > 0 || st->aG.alpha > 0);
-  float *bias = NULL, *s = NULL, *u = NULL, *prio = NULL, *sel = NULL, *bonus = NULL;
-  int32_t *group = NULL;
   int resort = 1;
-  if (rc == CARL_OK && (st->comm || warm)) {
-    bias = carl_arena_alloc(&r->scratch, (size_t)tp.D * E * sizeof *bias);
-    if (!bias) rc = carl_fail(CARL_ERR_NOMEM, "carl: bias [%d, %d]", tp.D, E);
-    for (int64_t i = 0; bias && i < (int64_t)tp.D * E; i++) bias[i] = -lam * tp.cost[i];
-  }
-  if (rc == CARL_OK && warm) {
+  if (kind == CARL_SEL_WARM) {
     /* Sinkhorn on u = s - lambda_c c^; TopK of diag(d0) exp(u) diag(d1) per row = TopK(u + ln d1) */
     s = malloc((size_t)T * E * sizeof *s);
     u = malloc((size_t)T * E * sizeof *u);
@@ -267,28 +336,10 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     free(d0);
     free(d1);
     if (rc == CARL_OK) {
-      carl_select_t sl = {.bias = bias, .nrows = tp.D, .bias_row = tp.src, .gate_order = 1};
-      rc = carl_route_select(r, in, out, &sl);
+      carl_select_t sw = {.bias = bias, .nrows = tp.D, .bias_row = tp.src, .gate_order = 1};
+      rc = carl_route_select(r, in, out, &sw);
     }
-  } else if (rc == CARL_OK && hier && !carl_multi_node(&tp, E)) {
-    /* node-limited selection by the shared kernel: groups = nodes, bonus lambda_loc on the own node */
-    int G = 0;
-    group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
-    if (!group) rc = carl_fail(CARL_ERR_NOMEM, "carl: groups");
-    if (rc == CARL_OK) rc = carl_route_expert_groups(in, 1, group, &G);
-    if (rc == CARL_OK && st->lambda_loc > 0) {
-      bonus = carl_arena_alloc(&r->scratch, (size_t)G * G * sizeof *bonus);
-      if (!bonus) rc = carl_fail(CARL_ERR_NOMEM, "carl: bonus");
-      for (int n = 0; bonus && n < G; n++) bonus[(size_t)n * G + n] = (float)st->lambda_loc;
-    }
-    if (rc == CARL_OK) {
-      carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL,
-                          .group = group, .ngroups = G, .M = M, .per_group = k / M > 0 ? k / M : 1,
-                          .group_bonus = bonus, .nbrows = bonus ? G : 0, .bonus_row = bonus ? tp.node : NULL,
-                          .stats = balance, .gate_order = bias != NULL};
-      rc = carl_route_select(r, in, out, &sl);
-    }
-  } else if (rc == CARL_OK && hier) {
+  } else if (kind == CARL_SEL_REPLICATED) {
     s = malloc((size_t)T * E * sizeof *s);
     prio = malloc((size_t)T * k * sizeof *prio);
     sel = c.jitter > 0 ? malloc((size_t)T * E * sizeof *sel) : s;
@@ -305,12 +356,9 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
     if (rc == CARL_OK)
       rc = carl__seed_finish(T, k, E, carl_kern_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
     resort = 0;
-  } else if (rc == CARL_OK) {
-    /* flat selection: the topk kernel with a per-source-device bias -lambda_c * c^ */
-    carl_select_t sl = {.bias = bias, .nrows = bias ? tp.D : 0, .bias_row = bias ? tp.src : NULL, .stats = balance,
-                        .gate_order = bias != NULL};
+  } else {
     rc = carl_route_select(r, in, out, &sl);
-    resort = bias != NULL;
+    resort = kind == CARL_SEL_NODES || bias != NULL;
   }
   /* the interface lists the slots by gate (the kernel does, before capacity): dropped slots last */
   if (rc == CARL_OK && resort && out->dropped > 0) carl__seed_sort_slots(T, k, out->experts, out->weights);
@@ -318,20 +366,26 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   free(s);
   free(u);
   free(prio);
-  if (rc != CARL_OK || warm) return rc; /* no balancing losses during the warm start */
-  /* dual-level balancing losses with the current coefficients */
+  return rc;
+}
+
+/* The dual-level balancing losses with the current coefficients (none during the warm start). */
+static carl_status carl_finish(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  carl_state *st = r->state;
+  if (st->warm && st->steps < st->W) return CARL_OK;
+  const int64_t T = in->T;
+  const int E = in->E, k = (int)r->opt[CARL_OPT_K], score = (int)r->opt[CARL_OPT_SCORE];
   double aE = st->aE.alpha, aG = st->aG.alpha;
   if (aE <= 0 && aG <= 0) return CARL_OK;
-  group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
+  int32_t *group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
   if (!group) return carl_fail(CARL_ERR_NOMEM, "carl: groups");
   int G = 0;
   double LE = 0, LG = 0;
-  rc = carl_route_expert_groups(in, st->group, group, &G);
-  if (rc == CARL_OK && !out->dlogits && r->have_psum) /* values only: from the statistics of the selection */
-    rc = carl_loss_dual_value(out->experts, r->have_load ? r->load : NULL, T, k, E, r->psum, group, G, aE, aG, &LE, &LG);
-  else if (rc == CARL_OK)
-    rc = carl_loss_dual(in->logits, T, E, c.score, out->experts, k, group, G, aE, aG, &LE, &LG, out->dlogits);
-  if (rc != CARL_OK) return rc;
+  CARL_TRY(carl_route_expert_groups(in, st->group, group, &G));
+  if (!out->dlogits && r->have_psum) /* values only: from the statistics of the selection */
+    CARL_TRY(carl_loss_dual_value(out->experts, r->have_load ? r->load : NULL, T, k, E, r->psum, group, G, aE, aG, &LE, &LG));
+  else
+    CARL_TRY(carl_loss_dual(in->logits, T, E, score, out->experts, k, group, G, aE, aG, &LE, &LG, out->dlogits));
   if (aE > 0) carl_route_add_loss(out, "L_E", LE);
   if (aG > 0) carl_route_add_loss(out, "L_G", LG);
   return CARL_OK;
@@ -394,4 +448,6 @@ const carl_router_impl_t carl__router_carl = {
     .save = carl_save,
     .load = carl_load,
     .free = carl_free,
+    .describe = carl_describe,
+    .finish = carl_finish,
 };

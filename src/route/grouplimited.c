@@ -23,52 +23,51 @@ static carl_status gl_init(carl_router_t *r) {
   return CARL_OK;
 }
 
-static carl_status gl_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+static carl_status gl_describe(carl_router_t *r, const carl_route_in_t *in, carl_select_t *sel) {
   gl_t *st = r->state;
   const int E = in->E, k = (int)r->opt[CARL_OPT_K];
-  int32_t *group = malloc((size_t)E * sizeof *group);
+  int32_t *group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
   if (!group) return carl_fail(CARL_ERR_NOMEM, "grouplimited: out of memory");
   int G;
-  carl_status rc = CARL_OK;
   if (st->groups > 0) {
     G = st->groups;
     if (G > E || E % G != 0)
-      rc = carl_fail(CARL_ERR_INVALID, "groups: E = %d experts are not divisible into %d groups", E, G);
-    else
-      for (int e = 0; e < E; e++) group[e] = e / (E / G);
+      return carl_fail(CARL_ERR_INVALID, "groups: E = %d experts are not divisible into %d groups", E, G);
+    for (int e = 0; e < E; e++) group[e] = e / (E / G);
   } else {
     /* E must split evenly over the groups whatever the placement (the command line always passes
      * one): every expert has one home group, so E % G != 0 leaves groups of different sizes */
-    rc = carl_route_expert_groups(in, st->level, group, &G);
-    if (rc == CARL_OK && E % G != 0)
-      rc = carl_fail(CARL_ERR_INVALID,
-                     "grouplimited: E = %d experts are not divisible over %d %s (level = %d); use a multiple of %d "
-                     "experts, or groups = G with G dividing E",
-                     E, G, st->level ? "nodes" : "devices", st->level, G);
+    CARL_TRY(carl_route_expert_groups(in, st->level, group, &G));
+    if (E % G != 0)
+      return carl_fail(CARL_ERR_INVALID,
+                       "grouplimited: E = %d experts are not divisible over %d %s (level = %d); use a multiple of %d "
+                       "experts, or groups = G with G dividing E",
+                       E, G, st->level ? "nodes" : "devices", st->level, G);
   }
   int M = st->M > 0 ? st->M : (G < k ? G : k);
-  if (rc == CARL_OK && M > G)
-    rc = carl_fail(CARL_ERR_INVALID, "M: %d groups kept but there are only %d %s", M, G,
-                   st->groups > 0 ? "groups" : (st->level ? "nodes" : "devices"));
-  if (rc == CARL_OK) {
-    /* the M smallest groups must hold at least k experts */
-    int *cnt = calloc((size_t)G, sizeof *cnt);
-    if (!cnt) rc = carl_fail(CARL_ERR_NOMEM, "grouplimited: out of memory");
-    else {
-      for (int e = 0; e < E; e++) cnt[group[e]]++;
-      int minc = E;
-      for (int g = 0; g < G; g++) minc = cnt[g] < minc ? cnt[g] : minc;
-      if (minc * M < k)
-        rc = carl_fail(CARL_ERR_INVALID, "M: %d groups of %d experts cannot hold k = %d experts", M, minc, k);
-      free(cnt);
-    }
-  }
-  if (rc == CARL_OK) {
-    carl_select_t sel = {.group = group, .ngroups = G, .M = M, .per_group = k / M > 0 ? k / M : 1};
-    rc = carl_route_select(r, in, out, &sel);
-  }
-  free(group);
-  return rc;
+  if (M > G)
+    return carl_fail(CARL_ERR_INVALID, "M: %d groups kept but there are only %d %s", M, G,
+                     st->groups > 0 ? "groups" : (st->level ? "nodes" : "devices"));
+  /* the M smallest groups must hold at least k experts */
+  int *cnt = carl_arena_alloc(&r->scratch, (size_t)G * sizeof *cnt);
+  if (!cnt) return carl_fail(CARL_ERR_NOMEM, "grouplimited: out of memory");
+  for (int e = 0; e < E; e++) cnt[group[e]]++;
+  int minc = E;
+  for (int g = 0; g < G; g++) minc = cnt[g] < minc ? cnt[g] : minc;
+  if (minc * M < k)
+    return carl_fail(CARL_ERR_INVALID, "M: %d groups of %d experts cannot hold k = %d experts", M, minc, k);
+  memset(sel, 0, sizeof *sel);
+  sel->group = group;
+  sel->ngroups = G;
+  sel->M = M;
+  sel->per_group = k / M > 0 ? k / M : 1;
+  return CARL_OK;
+}
+
+static carl_status gl_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  carl_select_t sel;
+  CARL_TRY(gl_describe(r, in, &sel));
+  return carl_route_select(r, in, out, &sel);
 }
 
 static void gl_free(carl_router_t *r) { free(r->state); }
@@ -87,4 +86,5 @@ const carl_router_impl_t carl__router_grouplimited = {
     .init = gl_init,
     .route = gl_route,
     .free = gl_free,
+    .describe = gl_describe,
 };

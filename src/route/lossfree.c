@@ -2,6 +2,9 @@
  * S_t = TopK(s + b); g = s at S_t, renormalised. After the step (carl_router_update):
  * b_e += u * sign(mean(load) - load_e), u = 1e-3. Route with the old b, then update.
  * Defaults follow the paper's main setting: sigmoid scores, no auxiliary loss, no z-loss.
+ * With groups = G > 0 the selection is group-limited as in DeepSeek-V3: G contiguous blocks of E/G
+ * experts, group score = sum of the top (k/M) biased scores s + b in the group, the M best groups
+ * kept (lower group on ties), TopK(s + b) inside them (DeepSeek-V3: G = 8, M = 4, k = 8).
  * State: b [E] (float64 state file). */
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,7 @@
 typedef struct {
   int E;      /* 0 until the first route or load */
   double u;
+  int groups, M;
   float *b;   /* [E] selection bias */
 } lossfree_t;
 
@@ -19,6 +23,8 @@ static carl_status lf_init(carl_router_t *r) {
   lossfree_t *st = calloc(1, sizeof *st);
   if (!st) return carl_fail(CARL_ERR_NOMEM, "lossfree: out of memory");
   r->state = st;
+  CARL_TRY(carl_router_opt_int(r, "groups", 0, 1 << 20, &st->groups));
+  CARL_TRY(carl_router_opt_int(r, "M", 0, 1 << 20, &st->M));
   return carl_router_opt_real(r, "u", 0, 1, &st->u);
 }
 
@@ -33,10 +39,34 @@ static carl_status lf_size(carl_router_t *r, int E) {
   return CARL_OK;
 }
 
-static carl_status lf_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+static carl_status lf_describe(carl_router_t *r, const carl_route_in_t *in, carl_select_t *sel) {
   CARL_TRY(lf_size(r, in->E));
   lossfree_t *st = r->state;
-  return carl_route_topk_biased(r, in, out, st->b, 1, NULL);
+  const int E = in->E, k = (int)r->opt[CARL_OPT_K], G = st->groups;
+  memset(sel, 0, sizeof *sel);
+  sel->bias = st->b;
+  sel->nrows = 1;
+  if (G == 0) return CARL_OK;
+  if (G > E || E % G != 0)
+    return carl_fail(CARL_ERR_INVALID, "groups: E = %d experts are not divisible into %d groups", E, G);
+  const int M = st->M > 0 ? st->M : (G < k ? G : k);
+  if (M > G) return carl_fail(CARL_ERR_INVALID, "M: %d groups kept but there are only %d groups", M, G);
+  if (M * (E / G) < k)
+    return carl_fail(CARL_ERR_INVALID, "M: %d groups of %d experts cannot hold k = %d experts", M, E / G, k);
+  int32_t *group = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *group);
+  if (!group) return carl_fail(CARL_ERR_NOMEM, "lossfree: out of memory");
+  for (int e = 0; e < E; e++) group[e] = e / (E / G);
+  sel->group = group;
+  sel->ngroups = G;
+  sel->M = M;
+  sel->per_group = k / M > 0 ? k / M : 1;
+  return CARL_OK;
+}
+
+static carl_status lf_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  carl_select_t sel;
+  CARL_TRY(lf_describe(r, in, &sel));
+  return carl_route_select(r, in, out, &sel);
 }
 
 static carl_status lf_update(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out) {
@@ -107,17 +137,20 @@ static const carl_opt_t lf_opts[] = {
     {"score", 1, "score function: 1 sigmoid (DeepSeek-V3, the paper's main setting), 0 softmax"},
     {"z_loss", 0, "router z-loss coefficient (DeepSeek-V3 uses none)"},
     {"u", 1e-3, "bias update speed: b_e += u * sign(mean load - load_e) after each step"},
+    {"groups", 0, "0: no groups; G > 0: group-limited selection over G contiguous blocks of E/G experts (DeepSeek-V3: 8)"},
+    {"M", 0, "groups kept per token with groups > 0; 0 = min(groups, k) (DeepSeek-V3: 4)"},
 };
 
 const carl_router_impl_t carl__router_lossfree = {
     .name = "lossfree",
     .help = "auxiliary-loss-free balancing: TopK(s + b), b follows the loads by sign steps (DeepSeek)",
     .opts = lf_opts,
-    .nopts = 3,
+    .nopts = 5,
     .init = lf_init,
     .route = lf_route,
     .update = lf_update,
     .save = lf_save,
     .load = lf_load,
     .free = lf_free,
+    .describe = lf_describe,
 };

@@ -251,27 +251,37 @@ static carl_status carl__common_losses(carl_router_t *r, const carl_route_in_t *
   return CARL_OK;
 }
 
-carl_status carl_router_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
-  CARL_TRY(carl__check_in(r, in, out));
+carl_status carl__router_prepare(carl_router_t *r, int E, carl_route_out_t *out) {
   out->nloss = 0;
   out->loss_total = 0;
   out->dropped = 0;
   out->capacity = 0;
-  if (out->dlogits) memset(out->dlogits, 0, (size_t)in->T * (size_t)in->E * sizeof(float));
-  if (r->psum_cap < in->E) {
-    double *p = realloc(r->psum, (size_t)in->E * sizeof *p);
+  if (r->psum_cap < E) {
+    double *p = realloc(r->psum, (size_t)E * sizeof *p);
     if (p) r->psum = p;
-    double *l = p ? realloc(r->load, (size_t)in->E * sizeof *l) : NULL;
+    double *l = p ? realloc(r->load, (size_t)E * sizeof *l) : NULL;
     if (!p || !l) return carl_fail(CARL_ERR_NOMEM, "router '%s': out of memory", r->impl->name);
     r->load = l;
-    r->psum_cap = in->E;
+    r->psum_cap = E;
   }
   r->have_psum = 0;
   r->have_load = 0;
   r->have_zsum = 0;
   carl_arena_reset(&r->scratch);
-  CARL_TRY(r->impl->route(r, in, out));
+  return CARL_OK;
+}
+
+carl_status carl__router_finish(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  if (r->impl->finish) CARL_TRY(r->impl->finish(r, in, out));
   return carl__common_losses(r, in, out);
+}
+
+carl_status carl_router_route(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out) {
+  CARL_TRY(carl__check_in(r, in, out));
+  if (out->dlogits) memset(out->dlogits, 0, (size_t)in->T * (size_t)in->E * sizeof(float));
+  CARL_TRY(carl__router_prepare(r, in->E, out));
+  CARL_TRY(r->impl->route(r, in, out));
+  return carl__router_finish(r, in, out);
 }
 
 carl_status carl_router_update(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out) {

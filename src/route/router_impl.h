@@ -38,6 +38,8 @@
 #include "carl/route.h"
 #include "kern/kern.h"
 
+struct carl_select; /* carl_select_t, below */
+
 /* ---- the implementation: one file per router family registers one of these ------------------ */
 struct carl_router_impl {
   const char *name;
@@ -50,6 +52,15 @@ struct carl_router_impl {
   carl_status (*save)(const carl_router_t *r, const char *path); /* may be NULL: stateless */
   carl_status (*load)(carl_router_t *r, const char *path);
   void (*free)(carl_router_t *r);          /* may be NULL */
+  /* May be NULL. The selection route() makes this step, as one descriptor of the fused kernel
+   * (carl_route_select below; its arrays in r->scratch, valid until the next route), for
+   * executors that run that kernel elsewhere (the GPU path, src/cuda). Reads in's E, topology,
+   * placement and step, never T, logits or src: per-token rows follow the descriptor's by_src.
+   * CARL_ERR_UNSUPPORTED when this step's selection is not one such call (then call route()). */
+  carl_status (*describe)(carl_router_t *r, const carl_route_in_t *in, struct carl_select *sel);
+  /* May be NULL. The router's own losses after its selection, from the statistics the selection
+   * left (r->psum, r->load); the registry calls it after route(), before the common losses. */
+  carl_status (*finish)(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
 };
 
 struct carl_router {
@@ -144,7 +155,7 @@ carl_status carl_route_topk_biased(carl_router_t *r, const carl_route_in_t *in, 
  *     largest sel over the experts of g, + group_bonus[gbrow(t), g] (group_bonus NULL: none); keep
  *     the M best groups (equal scores: lower group first); S_t = TopK(sel) inside them;
  *   otherwise S_t = TopK(sel). Gates, capacity (by sel) and statistics as carl_route_topk_biased. */
-typedef struct {
+typedef struct carl_select {
   int on_logits;            /* select on z + bias instead of s + bias (sinkhorn: z + log d1) */
   const float *bias;        /* [nrows, E] or NULL */
   int nrows;
@@ -159,9 +170,20 @@ typedef struct {
   int stats;                /* 1: leave the loss statistics (r->psum, r->zsum) even without aux/z losses */
   int gate_order;           /* 1: list a token's slots by gate (descending, equal: lower expert first)
                                instead of by selection value (capacity drops stay in place) */
+  int by_src;               /* 1: bias_row[t] is the device of token t (nrows = its device count) and
+                               bonus_row[t] is dev_node[bias_row[t]]; an executor that holds src
+                               elsewhere (the GPU) computes the rows from its own copy of src */
+  const int32_t *dev_node;  /* [nrows] node of each device (with by_src and a group bonus) */
 } carl_select_t;
 carl_status carl_route_select(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out,
                               const carl_select_t *sel);
+
+/* For executors that run the selection elsewhere (the GPU path, src/cuda), the registry's two
+ * halves of carl_router_route around impl->route: prepare resets out's counters and the router's
+ * statistics and scratch for E experts; finish runs impl->finish and adds the common losses from
+ * the statistics the executor left in r->psum / r->zsum / r->load (have_* set). */
+carl_status carl__router_prepare(carl_router_t *r, int E, carl_route_out_t *out);
+carl_status carl__router_finish(carl_router_t *r, const carl_route_in_t *in, carl_route_out_t *out);
 
 /* Append a loss (value already multiplied by its coefficient) to out. */
 void carl_route_add_loss(carl_route_out_t *out, const char *name, double value);

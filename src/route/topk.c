@@ -8,6 +8,12 @@ static carl_status topk_route(carl_router_t *r, const carl_route_in_t *in, carl_
   return carl_route_topk_biased(r, in, out, NULL, 0, NULL);
 }
 
+static carl_status topk_describe(carl_router_t *r, const carl_route_in_t *in, carl_select_t *sel) {
+  (void)r, (void)in;
+  memset(sel, 0, sizeof *sel);
+  return CARL_OK;
+}
+
 static const carl_opt_t topk_opts[] = {
     {"aux", 1e-2, "Switch/GShard auxiliary loss coefficient (Switch Transformer: 1e-2)"},
 };
@@ -18,6 +24,7 @@ const carl_router_impl_t carl__router_topk = {
     .opts = topk_opts,
     .nopts = 1,
     .route = topk_route,
+    .describe = topk_describe,
 };
 
 static const carl_opt_t switch_opts[] = {
@@ -32,4 +39,5 @@ const carl_router_impl_t carl__router_switch = {
     .opts = switch_opts,
     .nopts = 3,
     .route = topk_route,
+    .describe = topk_describe,
 };
