@@ -162,14 +162,14 @@ int carl_cmd_train(int argc, char **argv) {
       if (!parse_i64(a, v, 0, &refresh_every)) return 2;
     } else if (!strcmp(a, "--replicas")) {
       if (!parse_i64(a, v, 1, &replicas)) return 2;
-      if (replicas > 65536) {
-        fprintf(stderr, "carl train: --replicas %lld exceeds 65536\n", replicas);
+      if (replicas > CARL_MODEL_MAX_SLOTS) {
+        fprintf(stderr, "carl train: --replicas %lld exceeds %d\n", replicas, CARL_MODEL_MAX_SLOTS);
         return 2;
       }
     } else if (!strcmp(a, "--expert-parallel")) {
       if (!parse_i64(a, v, 1, &expert_parallel)) return 2;
-      if (expert_parallel > 65536) {
-        fprintf(stderr, "carl train: --expert-parallel %lld exceeds 65536\n", expert_parallel);
+      if (expert_parallel > CARL_MODEL_MAX_SLOTS) { /* a rank needs at least one expert slot */
+        fprintf(stderr, "carl train: --expert-parallel %lld exceeds %d\n", expert_parallel, CARL_MODEL_MAX_SLOTS);
         return 2;
       }
     } else if (!strcmp(a, "--dispatch")) {

@@ -73,6 +73,14 @@
 extern "C" {
 #endif
 
+/* Size limits of a model config (carl_model_config_check and the config parser use these). */
+#define CARL_MODEL_MAX_VOCAB (1 << 24)
+#define CARL_MODEL_MAX_SEQ (1 << 16)
+#define CARL_MODEL_MAX_D (1 << 16)
+#define CARL_MODEL_MAX_LAYERS 1024
+#define CARL_MODEL_MAX_FF (1 << 20)
+#define CARL_MODEL_MAX_EXPERTS 4096
+#define CARL_MODEL_MAX_SLOTS 65536
 #define CARL_MODEL_MAX_ROUTER_OPTS 16
 
 typedef struct {

@@ -92,19 +92,26 @@ carl_status carl_model_config_check(const carl_model_config_t *c) {
   if (!c) return carl_fail(CARL_ERR_INVALID, "model config: NULL");
 #define CHK(cond, ...) \
   if (!(cond)) return carl_fail(CARL_ERR_INVALID, __VA_ARGS__)
-  CHK(c->vocab >= 2 && c->vocab <= (1 << 24), "model config: vocab = %d, must be in 2..16777216", c->vocab);
-  CHK(c->max_seq >= 1 && c->max_seq <= (1 << 16), "model config: max_seq = %d, must be in 1..65536", c->max_seq);
-  CHK(c->d_model >= 1 && c->d_model <= (1 << 16), "model config: d_model = %d, must be in 1..65536", c->d_model);
-  CHK(c->n_layers >= 1 && c->n_layers <= 1024, "model config: n_layers = %d, must be in 1..1024", c->n_layers);
+  CHK(c->vocab >= 2 && c->vocab <= CARL_MODEL_MAX_VOCAB, "model config: vocab = %d, must be in 2..%d", c->vocab,
+      CARL_MODEL_MAX_VOCAB);
+  CHK(c->max_seq >= 1 && c->max_seq <= CARL_MODEL_MAX_SEQ, "model config: max_seq = %d, must be in 1..%d", c->max_seq,
+      CARL_MODEL_MAX_SEQ);
+  CHK(c->d_model >= 1 && c->d_model <= CARL_MODEL_MAX_D, "model config: d_model = %d, must be in 1..%d", c->d_model,
+      CARL_MODEL_MAX_D);
+  CHK(c->n_layers >= 1 && c->n_layers <= CARL_MODEL_MAX_LAYERS, "model config: n_layers = %d, must be in 1..%d", c->n_layers,
+      CARL_MODEL_MAX_LAYERS);
   CHK(c->n_heads >= 1 && c->d_model % c->n_heads == 0, "model config: n_heads = %d must be >= 1 and divide d_model = %d",
       c->n_heads, c->d_model);
-  CHK(c->d_ff >= 1 && c->d_ff <= (1 << 20), "model config: d_ff = %d, must be in 1..1048576", c->d_ff);
-  CHK(c->n_experts >= 1 && c->n_experts <= 4096, "model config: n_experts = %d, must be in 1..4096", c->n_experts);
+  CHK(c->d_ff >= 1 && c->d_ff <= CARL_MODEL_MAX_FF, "model config: d_ff = %d, must be in 1..%d", c->d_ff, CARL_MODEL_MAX_FF);
+  CHK(c->n_experts >= 1 && c->n_experts <= CARL_MODEL_MAX_EXPERTS, "model config: n_experts = %d, must be in 1..%d",
+      c->n_experts, CARL_MODEL_MAX_EXPERTS);
   CHK(c->top_k >= 1 && c->top_k <= c->n_experts, "model config: top_k = %d, must be in 1..n_experts (%d)", c->top_k,
       c->n_experts);
-  CHK(c->n_slots == 0 || (c->n_slots >= c->n_experts && c->n_slots <= 65536),
-      "model config: slots = %d, must be 0 (one per expert) or in n_experts (%d)..65536", c->n_slots, c->n_experts);
-  CHK(c->d_shared >= 0 && c->d_shared <= (1 << 20), "model config: d_shared = %d, must be in 0..1048576", c->d_shared);
+  CHK(c->n_slots == 0 || (c->n_slots >= c->n_experts && c->n_slots <= CARL_MODEL_MAX_SLOTS),
+      "model config: slots = %d, must be 0 (one per expert) or in n_experts (%d)..%d", c->n_slots, c->n_experts,
+      CARL_MODEL_MAX_SLOTS);
+  CHK(c->d_shared >= 0 && c->d_shared <= CARL_MODEL_MAX_FF, "model config: d_shared = %d, must be in 0..%d", c->d_shared,
+      CARL_MODEL_MAX_FF);
   CHK(isfinite(c->init_std) && c->init_std > 0, "model config: init_std = %g, must be > 0", (double)c->init_std);
   CHK(isfinite(c->norm_eps) && c->norm_eps > 0, "model config: norm_eps = %g, must be > 0", (double)c->norm_eps);
   CHK(c->n_router_opts >= 0 && c->n_router_opts <= CARL_MODEL_MAX_ROUTER_OPTS,

@@ -92,16 +92,16 @@ static carl_status carl__parse_model(const cJSON *o, carl_model_config_t *m) {
   const char *ctx = "model";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
-  CARL_TRY(carl_json_opt_int(o, ctx, "vocab", 1, 1 << 20, m->vocab, &m->vocab));
-  CARL_TRY(carl_json_opt_int(o, ctx, "max_seq", 1, 1 << 16, m->max_seq, &m->max_seq));
-  CARL_TRY(carl_json_opt_int(o, ctx, "d_model", 1, 1 << 16, m->d_model, &m->d_model));
-  CARL_TRY(carl_json_opt_int(o, ctx, "n_layers", 1, 256, m->n_layers, &m->n_layers));
+  CARL_TRY(carl_json_opt_int(o, ctx, "vocab", 2, CARL_MODEL_MAX_VOCAB, m->vocab, &m->vocab));
+  CARL_TRY(carl_json_opt_int(o, ctx, "max_seq", 1, CARL_MODEL_MAX_SEQ, m->max_seq, &m->max_seq));
+  CARL_TRY(carl_json_opt_int(o, ctx, "d_model", 1, CARL_MODEL_MAX_D, m->d_model, &m->d_model));
+  CARL_TRY(carl_json_opt_int(o, ctx, "n_layers", 1, CARL_MODEL_MAX_LAYERS, m->n_layers, &m->n_layers));
   CARL_TRY(carl_json_opt_int(o, ctx, "n_heads", 1, 1024, m->n_heads, &m->n_heads));
-  CARL_TRY(carl_json_opt_int(o, ctx, "d_ff", 1, 1 << 18, m->d_ff, &m->d_ff));
-  CARL_TRY(carl_json_opt_int(o, ctx, "n_experts", 1, 4096, m->n_experts, &m->n_experts));
-  CARL_TRY(carl_json_opt_int(o, ctx, "top_k", 1, 4096, m->top_k, &m->top_k));
-  CARL_TRY(carl_json_opt_int(o, ctx, "d_shared", 0, 1 << 18, m->d_shared, &m->d_shared));
-  CARL_TRY(carl_json_opt_int(o, ctx, "slots", 0, 1 << 16, m->n_slots, &m->n_slots));
+  CARL_TRY(carl_json_opt_int(o, ctx, "d_ff", 1, CARL_MODEL_MAX_FF, m->d_ff, &m->d_ff));
+  CARL_TRY(carl_json_opt_int(o, ctx, "n_experts", 1, CARL_MODEL_MAX_EXPERTS, m->n_experts, &m->n_experts));
+  CARL_TRY(carl_json_opt_int(o, ctx, "top_k", 1, CARL_MODEL_MAX_EXPERTS, m->top_k, &m->top_k));
+  CARL_TRY(carl_json_opt_int(o, ctx, "d_shared", 0, CARL_MODEL_MAX_FF, m->d_shared, &m->d_shared));
+  CARL_TRY(carl_json_opt_int(o, ctx, "slots", 0, CARL_MODEL_MAX_SLOTS, m->n_slots, &m->n_slots));
   double v;
   CARL_TRY(carl_json_opt_pos(o, ctx, "init_std", m->init_std, &v));
   m->init_std = (float)v;
@@ -149,7 +149,7 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
   CARL_TRY(carl_json_opt_int(o, ctx, "batch", 1, 1 << 16, c->batch, &c->batch));
-  CARL_TRY(carl_json_opt_int(o, ctx, "seq_len", 1, 1 << 16, c->seq_len, &c->seq_len));
+  CARL_TRY(carl_json_opt_int(o, ctx, "seq_len", 1, CARL_MODEL_MAX_SEQ, c->seq_len, &c->seq_len));
   CARL_TRY(carl_json_opt_i64(o, ctx, "steps", 1, (int64_t)1 << 40, c->steps, &c->steps));
   CARL_TRY(carl_json_opt_pos(o, ctx, "lr", c->lr, &c->lr));
   CARL_TRY(carl_json_opt_num(o, ctx, "lr_min", 0, INFINITY, c->lr_min, &c->lr_min));
@@ -179,7 +179,7 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   carl_place_algo algo;
   carl_status st = carl_place_algo_parse(c->place, &algo);
   if (st != CARL_OK) return carl_errctx(st, "train.place");
-  CARL_TRY(carl_json_opt_int(o, ctx, "replicas", 0, 1 << 16, c->replicas, &c->replicas));
+  CARL_TRY(carl_json_opt_int(o, ctx, "replicas", 0, CARL_MODEL_MAX_SLOTS, c->replicas, &c->replicas));
   CARL_TRY(carl_json_opt_str(o, ctx, "dispatch", c->dispatch_hier ? "hier" : "flat", &s));
   if (strcmp(s, "flat") && strcmp(s, "hier"))
     return carl_fail(CARL_ERR_INVALID, "train.dispatch: '%s' is not flat or hier", s);
