@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "carl/exec.h"
 #include "carl/route.h"
 #include "carl/train.h"
 #include "cli.h"
@@ -44,6 +45,10 @@ static void train_usage(FILE *f, const char *router) {
           "                       contiguous, roundrobin, eplb, traffic, coactivation [config's train.place]\n"
           "  --replicas N         physical experts in all (>= experts, a multiple of the devices; needs a\n"
           "                       topology) [config's train.replicas, 0: ceil(E / D) per device]\n"
+          "  --dispatch MODE      flat (one copy per destination device) or hier (one per destination node,\n"
+          "                       forwarded inside it) [config's train.dispatch, flat]\n"
+          "  --expert-parallel N  run as one of N MPI ranks, one per device of the topology (N = its devices):\n"
+          "                       mpirun -np N carl train ... --expert-parallel N; rank 0 writes OUT [off]\n"
           "  --quiet              no progress lines, only the summary [off]\n"
           "  -h, --help           this help\n\n"
           "routers:");
@@ -84,11 +89,12 @@ static int parse_i64(const char *opt, const char *v, long long lo, long long *ou
 }
 
 int carl_cmd_train(int argc, char **argv) {
+  const char *dispatch = NULL;
   const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL, *place = NULL;
   const char *ropt_k[CARL_MODEL_MAX_ROUTER_OPTS];
   double ropt_v[CARL_MODEL_MAX_ROUTER_OPTS];
   int nropt = 0, resume = 0, quiet = 0, overwrite = 0;
-  long long steps = -1, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0, refresh_every = -1, replicas = 0;
+  long long steps = -1, expert_parallel = 0, log_every = -1, eval_every = -1, ckpt_every = -1, seed = -1, stop_after = 0, dump_every = 0, refresh_every = -1, replicas = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -160,6 +166,18 @@ int carl_cmd_train(int argc, char **argv) {
         fprintf(stderr, "carl train: --replicas %lld exceeds %d\n", replicas, CARL_MODEL_MAX_SLOTS);
         return 2;
       }
+    } else if (!strcmp(a, "--expert-parallel")) {
+      if (!parse_i64(a, v, 1, &expert_parallel)) return 2;
+      if (expert_parallel > CARL_MODEL_MAX_SLOTS) { /* a rank needs at least one expert slot */
+        fprintf(stderr, "carl train: --expert-parallel %lld exceeds %d\n", expert_parallel, CARL_MODEL_MAX_SLOTS);
+        return 2;
+      }
+    } else if (!strcmp(a, "--dispatch")) {
+      if (strcmp(v, "flat") && strcmp(v, "hier")) {
+        fprintf(stderr, "carl train: --dispatch needs flat or hier, got '%s'\n", v);
+        return 2;
+      }
+      dispatch = v;
     } else if (!strcmp(a, "--place")) {
       place = v;
     } else {
@@ -182,6 +200,7 @@ int carl_cmd_train(int argc, char **argv) {
   if (seed >= 0) cfg.model.seed = cfg.data_seed = (uint64_t)seed;
   if (refresh_every >= 0) cfg.refresh_every = refresh_every;
   if (replicas > 0) cfg.replicas = (int)replicas;
+  if (dispatch) cfg.dispatch_hier = !strcmp(dispatch, "hier");
   if (place) {
     if (strlen(place) >= sizeof cfg.place) {
       fprintf(stderr, "carl train: --place '%s' is not a placement algorithm\n", place);
@@ -200,7 +219,9 @@ int carl_cmd_train(int argc, char **argv) {
     snprintf(outbuf, sizeof outbuf, "out/%s-%s", cfg.name, cfg.model.router);
     out = outbuf;
   }
-  if (!quiet) {
+  /* under mpirun only the first rank prints the header (the run itself knows its rank later) */
+  const char *env_rank = getenv("OMPI_COMM_WORLD_RANK");
+  if (!quiet && (!expert_parallel || !env_rank || !strcmp(env_rank, "0"))) {
     printf("carl train: %s, router %s, %d layers x %d experts (top-%d), d %d, batch %d x %d tokens, %lld steps, "
            "topology %s -> %s%s\n",
            cfg.name, cfg.model.router, cfg.model.n_layers, cfg.model.n_experts, cfg.model.top_k, cfg.model.d_model,
@@ -213,10 +234,22 @@ int carl_cmd_train(int argc, char **argv) {
     return 2;
   }
   carl_train_opts_t o = {.out_dir = out, .resume = resume, .overwrite = overwrite, .dump_trace = trace, .dump_every = dump_every,
-                         .stop_after = stop_after, .progress = quiet ? NULL : progress};
+                         .stop_after = stop_after, .progress = quiet ? NULL : progress,
+                         .expert_parallel = (int)expert_parallel};
   carl_train_result_t res;
   st = carl_train_run(&cfg, &o, &res);
-  if (st) return carl_cli_error("train", st);
+  if (st) {
+    char who[64] = "train";
+    if (res.ranks > 1) snprintf(who, sizeof who, "train (rank %d of %d)", res.rank, res.ranks);
+    int rc = carl_cli_error(who, st);
+    fflush(stderr);
+    /* a failure the other ranks cannot know of: they would wait for this rank; stop them all */
+    if (res.ranks > 1 && !res.failed_together) carl_exec_mpi_abort(rc);
+    carl_exec_mpi_finalize();
+    return rc;
+  }
+  carl_exec_mpi_finalize();
+  if (res.rank != 0) return 0;
   char val[96] = "no validation yet";
   if (res.val_ce == res.val_ce)
     snprintf(val, sizeof val, "val %.4f nats/byte = %.3f bits/byte", res.val_ce, res.val_bpb);

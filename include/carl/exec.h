@@ -25,6 +25,16 @@
  *                  placement `old` into slot (dst, slot) of every registered tensor, all moves
  *                  reading the tensors as they were before the call. A tensor is [D * S, numel]
  *                  floats in slot order (device-major).
+ * Processes (the mpi executor): one process (rank) is one device of the topology: rank r = device r.
+ *                  Every rank holds the same global plan (routing is replicated: the router logits
+ *                  are all-gathered first, so every rank takes the same decision) but only its own
+ *                  tokens: x and y are [T_r, d], the rank's tokens [t0, t0 + T_r) of the plan's T
+ *                  with t0 = r T / D (T a multiple of D). xc and yc keep the plan's copy indices;
+ *                  a rank fills and reads only the copies it sends (source r) or receives
+ *                  (destination r), its rows are those of device r. docs/mpi.md.
+ *   allgather      all[r * bytes_each ..] is rank r's part, already in place on rank r; after the
+ *                  call every rank holds every part (one process: nothing to do).
+ *   allreduce_f    v[i] = sum over processes, the same bits on every process (reduce + broadcast).
  * The sim executor moves no data: x, xc, y may be NULL; it records migrated bytes only.
  * Ownership: the executor owns nothing it is given.
  */
@@ -54,6 +64,24 @@ carl_status carl_exec_combine(carl_exec_t *ex, const carl_plan_t *plan, float *y
 carl_status carl_exec_dispatch_backward(carl_exec_t *ex, const carl_plan_t *plan, float *dxc, int d, float *dx);
 carl_status carl_exec_combine_backward(carl_exec_t *ex, const carl_plan_t *plan, const float *dy, int d, float *dyc);
 carl_status carl_exec_allreduce(carl_exec_t *ex, double *v, int64_t n);
+carl_status carl_exec_allreduce_f(carl_exec_t *ex, float *v, int64_t n);
+carl_status carl_exec_allgather(carl_exec_t *ex, void *all, size_t bytes_each);
+/* This process and the number of processes (0 and 1 for the local and sim executors). */
+int carl_exec_rank(const carl_exec_t *ex);
+int carl_exec_size(const carl_exec_t *ex);
+
+/* The mpi executor over MPI_COMM_WORLD (initialises MPI when the program has not; its errors are
+ * returned, MPI_ERRORS_RETURN). Flat and hierarchical plans of all devices (device -1). CARL_ERR_UNSUPPORTED in a build without MPI. */
+carl_status carl_exec_mpi_create(carl_exec_t **out);
+/* Bytes this rank's dispatch and combine calls sent to each rank since create: to[b] for
+ * b < n (n = carl_exec_size; the self pair moves nothing over MPI and counts its copies as the
+ * cost model does, so to[r] is the self traffic). Error for an executor other than mpi. */
+carl_status carl_exec_mpi_wire_bytes(const carl_exec_t *ex, double *to, int n);
+/* MPI_Abort(MPI_COMM_WORLD, code) when MPI is initialised and not finalised (else nothing):
+ * for a failure on one rank that the others cannot learn of (they would wait in a collective). */
+void carl_exec_mpi_abort(int code);
+/* MPI_Finalize when MPI was initialised by carl_exec_mpi_create (else nothing). */
+void carl_exec_mpi_finalize(void);
 
 typedef struct {
   float *base;   /* [D * S, numel] */

@@ -143,6 +143,17 @@ int64_t *carl_model_adam_t(carl_model_t *m);
  * placement's devices x slots must equal the model's n_slots. Tokens of a step are split evenly
  * over the devices in order. Any placement refresh set before is kept. */
 carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place);
+/* Run the MoE layers through ex (borrowed, must outlive the model's use of it; NULL: the model's
+ * own local executor) with the current placements (statistics gathered so far are dropped).
+ * With a process-crossing executor (carl_exec_size > 1, one process per device of the topology)
+ * every process calls forward/backward with its own sequences: the MoE layers route every
+ * process's tokens the same way on all of them, run the experts of the process's slots only, the
+ * cross-entropy is the mean over every process's targets, and backward sums every gradient over
+ * the processes (the same bits on each), so the parameters stay replicated (docs/mpi.md). */
+carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex);
+/* Flat (the default) or hierarchical dispatch of every MoE layer (carl/plan.h), with the current
+ * placements (statistics gathered so far are dropped). */
+carl_status carl_model_set_dispatch(carl_model_t *m, carl_plan_mode mode);
 /* Placement of one layer (same topology); its expert tensors move to the new slots. */
 carl_status carl_model_set_placement(carl_model_t *m, int layer, const carl_placement_t *place);
 const carl_placement_t *carl_model_placement(const carl_model_t *m, int layer);

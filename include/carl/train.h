@@ -88,6 +88,8 @@ typedef struct {
   char train_data[CARL_PATH_MAX], val_data[CARL_PATH_MAX], topology[CARL_PATH_MAX];
   int64_t refresh_every; /* placement refresh every n steps (0: static placement) */
   char place[32];        /* placement algorithm of the refresh and of the initial replicas (carl place) */
+  int dispatch_hier;     /* train.dispatch: "flat" (0, the default) or "hier" (1): one copy per
+                            destination node, forwarded inside the node (carl/plan.h) */
   int replicas;          /* physical experts in all (slots over every device, >= E, a multiple of D);
                             0: ceil(E / D) per device. Sets model.n_slots. */
 } carl_train_config_t;
@@ -135,6 +137,9 @@ typedef struct {
   int64_t stop_after;      /* stop (with a checkpoint) once this many steps are done; 0: run all */
   void (*progress)(const carl_train_metrics_t *m, void *ud); /* called per log row; may be NULL */
   void *ud;
+  int expert_parallel;     /* N > 0: this process is one of N MPI ranks, one per device of the
+                              topology (the mpi executor, docs/mpi.md); rank 0 writes metrics,
+                              checkpoints and the trace and calls progress. 0: one process */
 } carl_train_opts_t;
 
 typedef struct {
@@ -145,6 +150,9 @@ typedef struct {
   double inter_bytes_total;
   double skew_expert_mean, skew_device_mean; /* mean over logged steps of this process */
   char last_ckpt[CARL_PATH_MAX + 64];
+  int rank, ranks;         /* this process and the run's processes (0 and 1 without expert_parallel) */
+  int failed_together;     /* on error: 1 when every rank stopped at the same input check (nothing
+                              to abort), 0 when the others may wait for this one */
 } carl_train_result_t;
 
 carl_status carl_train_run(const carl_train_config_t *cfg, const carl_train_opts_t *o, carl_train_result_t *res);

@@ -176,7 +176,7 @@ static carl_status cx_migrate(carl_exec_t *ex, const carl_placement_t *old, cons
 
 static void cx_free(carl_exec_t *ex) { free(ex->state); }
 
-static const carl__exec_ops_t cuda_ops = {"cuda", 1, cx_dispatch, cx_combine, cx_allreduce, cx_migrate, cx_free};
+static const carl__exec_ops_t cuda_ops = {"cuda", 1, cx_dispatch, cx_combine, cx_allreduce, cx_migrate, cx_free, NULL, NULL};
 
 extern "C" carl_status carl_exec_cuda_create(carl_cuda_t *g, carl_exec_t **out) {
   if (!g || !out) return carl_fail(CARL_ERR_INVALID, "carl_exec_cuda_create: NULL argument");

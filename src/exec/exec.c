@@ -7,6 +7,7 @@ carl_status carl__exec_new(const carl__exec_ops_t *ops, carl_exec_t **out) {
   carl_exec_t *ex = calloc(1, sizeof *ex);
   if (!ex) return carl_fail(CARL_ERR_NOMEM, "executor '%s': out of memory", ops->name);
   ex->ops = ops;
+  ex->size = 1;
   *out = ex;
   return CARL_OK;
 }
@@ -20,6 +21,20 @@ void carl_exec_free(carl_exec_t *ex) {
 const char *carl_exec_name(const carl_exec_t *ex) { return ex->ops->name; }
 int carl_exec_moves_data(const carl_exec_t *ex) { return ex->ops->moves_data; }
 double carl_exec_migrated_bytes(const carl_exec_t *ex) { return ex->migrated_bytes; }
+int carl_exec_rank(const carl_exec_t *ex) { return ex->rank; }
+int carl_exec_size(const carl_exec_t *ex) { return ex->size; }
+
+carl_status carl_exec_allgather(carl_exec_t *ex, void *all, size_t bytes_each) {
+  CARL_ASSERT(ex);
+  if (bytes_each > 0 && !all) return carl_fail(CARL_ERR_INVALID, "all-gather: NULL buffer");
+  return ex->ops->allgather && bytes_each > 0 ? ex->ops->allgather(ex, all, bytes_each) : CARL_OK;
+}
+
+carl_status carl_exec_allreduce_f(carl_exec_t *ex, float *v, int64_t n) {
+  CARL_ASSERT(ex);
+  if (n < 0 || (n > 0 && !v)) return carl_fail(CARL_ERR_INVALID, "all-reduce: %lld values at %p", (long long)n, (void *)v);
+  return ex->ops->allreduce_f && n > 0 ? ex->ops->allreduce_f(ex, v, n) : CARL_OK;
+}
 
 static carl_status exec_check(const carl_exec_t *ex, const carl_plan_t *plan, int d, const void *a, const void *b) {
   CARL_ASSERT(ex && plan);

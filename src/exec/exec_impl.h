@@ -14,11 +14,15 @@ typedef struct {
   carl_status (*migrate)(carl_exec_t *ex, const carl_placement_t *old, const carl_migration_t *m,
                          const carl_exec_tensor_t *tensors, int n);
   void (*free)(carl_exec_t *ex); /* may be NULL */
+  /* one process (rank 0 of 1) when NULL: allgather copies nothing, allreduce_f is the identity */
+  carl_status (*allgather)(carl_exec_t *ex, void *all, size_t bytes_each);
+  carl_status (*allreduce_f)(carl_exec_t *ex, float *v, int64_t n);
 } carl__exec_ops_t;
 
 struct carl_exec {
   const carl__exec_ops_t *ops;
   double migrated_bytes;
+  int rank, size; /* this process among the executor's processes (0 of 1 unless set by create) */
   void *state; /* owned by the executor */
 };
 

@@ -75,6 +75,6 @@ static carl_status local_migrate(carl_exec_t *ex, const carl_placement_t *old, c
   return CARL_OK;
 }
 
-static const carl__exec_ops_t local_ops = {"local", 1, local_dispatch, local_combine, local_allreduce, local_migrate, NULL};
+static const carl__exec_ops_t local_ops = {"local", 1, local_dispatch, local_combine, local_allreduce, local_migrate, NULL, NULL, NULL};
 
 carl_status carl_exec_local_create(carl_exec_t **out) { return carl__exec_new(&local_ops, out); }

@@ -24,6 +24,6 @@ static carl_status sim_migrate(carl_exec_t *ex, const carl_placement_t *old, con
   return CARL_OK;
 }
 
-static const carl__exec_ops_t sim_ops = {"sim", 0, sim_dispatch, sim_combine, sim_allreduce, sim_migrate, NULL};
+static const carl__exec_ops_t sim_ops = {"sim", 0, sim_dispatch, sim_combine, sim_allreduce, sim_migrate, NULL, NULL, NULL};
 
 carl_status carl_exec_sim_create(carl_exec_t **out) { return carl__exec_new(&sim_ops, out); }

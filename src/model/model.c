@@ -43,8 +43,10 @@ struct carl_model {
   const carl_topo_t *topo;  /* &topo1 or the caller's (borrowed) */
   int user_topo;            /* 1: the caller's topology (dispatch is priced) */
   carl_exec_t *exec;        /* local: this process runs every device */
+  carl_exec_t *exec_user;   /* borrowed (carl_model_set_executor), used instead of exec; NULL: none */
   carl_step_t *dstep;       /* the decision path of every layer: route -> plan -> exec -> stats -> place */
   int64_t refresh_every;
+  carl_plan_mode mode;      /* flat or hierarchical dispatch */
   carl_place_opts_t place_opts;
   double stats_decay;
   int has_replicas;         /* some layer has an expert on several slots */
@@ -266,7 +268,8 @@ static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *pla
   o.routers = m->routers;
   o.place = place;
   o.token_bytes = sizeof(float) * (size_t)c->d_model;
-  o.exec = m->exec;
+  o.exec = m->exec_user ? m->exec_user : m->exec;
+  o.mode = m->mode;
   o.refresh_every = m->refresh_every;
   o.place_opts = m->place_opts;
   o.stats_decay = m->stats_decay;
@@ -479,6 +482,53 @@ carl_router_t *carl_model_router(carl_model_t *m, int layer) {
   return layer >= 0 && layer < m->cfg.n_layers ? m->routers[layer] : NULL;
 }
 
+carl_status carl_model_set_dispatch(carl_model_t *m, carl_plan_mode mode) {
+  if (mode != CARL_PLAN_FLAT && mode != CARL_PLAN_HIER) return carl_fail(CARL_ERR_INVALID, "dispatch mode %d", (int)mode);
+  const int L = m->cfg.n_layers;
+  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
+  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  carl_status st = CARL_OK;
+  for (int l = 0; l < L && st == CARL_OK; l++) {
+    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
+  }
+  const carl_plan_mode before = m->mode;
+  m->mode = mode;
+  if (st == CARL_OK) st = carl__step_build(m, &keep[0]);
+  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
+  if (st == CARL_OK) carl__note_replicas(m);
+  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
+  free(keep);
+  if (st != CARL_OK) m->mode = before;
+  return st;
+}
+
+carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex) {
+  const int np = ex ? carl_exec_size(ex) : 1;
+  if (np > 1 && np != m->topo->devices)
+    return carl_fail(CARL_ERR_INVALID, "executor '%s' runs %d processes, the topology has %d devices (one process per "
+                     "device)", carl_exec_name(ex), np, m->topo->devices);
+  if (np > m->P)
+    return carl_fail(CARL_ERR_INVALID, "executor '%s': %d processes for %d expert slots", carl_exec_name(ex), np, m->P);
+  const int L = m->cfg.n_layers;
+  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
+  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  carl_status st = CARL_OK;
+  for (int l = 0; l < L && st == CARL_OK; l++) {
+    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
+  }
+  carl_exec_t *before = m->exec_user;
+  m->exec_user = ex;
+  if (st == CARL_OK) st = carl__step_build(m, &keep[0]);
+  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
+  if (st == CARL_OK) carl__note_replicas(m);
+  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
+  free(keep);
+  if (st != CARL_OK) m->exec_user = before;
+  return st;
+}
+
 carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place) {
   const carl_model_config_t *c = &m->cfg;
   if (place && !topo) return carl_fail(CARL_ERR_INVALID, "placement given without a topology");
@@ -653,6 +703,13 @@ carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int
   if (targets) {
     ce = carl_xent_fwd(m->lse, m->logits, targets, T, V, &m->ntargets);
     if (!isfinite(ce)) return carl_fail(CARL_ERR_NUMERIC, "model: cross-entropy is not finite");
+    carl_exec_t *ex = carl_step_exec(m->dstep);
+    if (carl_exec_size(ex) > 1) { /* data parallel: the mean over every rank's targets */
+      double v[2] = {ce * (double)m->ntargets, (double)m->ntargets};
+      CARL_TRY(carl_exec_allreduce(ex, v, 2));
+      m->ntargets = (int64_t)v[1];
+      ce = v[1] > 0 ? v[0] / v[1] : 0;
+    }
   }
   if (loss) {
     loss->ce = ce;
@@ -698,6 +755,10 @@ carl_status carl_model_backward(carl_model_t *m) {
     carl_rmsnorm_bwd(m->dh, G(m, x->attn_norm), m->dtmp2, a->h_in, P(m, x->attn_norm), a->rstd1, T, d, 1);
   }
   carl_embed_bwd(G(m, m->tok_emb), G(m, m->pos_emb), m->dh, m->tokens, B, S, d);
+  /* data parallel: the sum over ranks of every gradient, the same bits on every rank (an expert
+   * slot's gradient is non-zero on its own rank only), so the replicated parameters stay equal */
+  carl_exec_t *ex = carl_step_exec(m->dstep);
+  if (carl_exec_size(ex) > 1) CARL_TRY(carl_errctx(carl_exec_allreduce_f(ex, m->grads, m->nparams), "gradient all-reduce"));
   carl__sync_replicas(m);
   return CARL_OK;
 }

@@ -49,7 +49,10 @@ typedef struct {
 /* Activations of one forward, kept for backward (owned; grown as needed). */
 typedef struct {
   int64_t cap_t, cap_c, cap_r; /* tokens, copies, rows reserved */
-  int64_t T;         /* tokens of the last forward */
+  int64_t T;         /* tokens of the last forward (all ranks' with the mpi executor) */
+  int64_t Tl, t0;    /* this rank's tokens [t0, t0 + Tl) of T (one process: 0 and T) */
+  float *xall;       /* [T, d] every rank's router inputs (mpi executor only) */
+  int32_t *tokall;   /* [T] every rank's token ids (mpi executor only) */
   float *logits;     /* [T, E] */
   float *dlogits;    /* [T, E] router-loss gradient from route, then the full gradient in backward */
   int32_t *experts;  /* [T, k] */

@@ -14,6 +14,7 @@
 
 #include "carl/array.h"
 #include "carl/data.h"
+#include "carl/exec.h"
 #include "carl/fs.h"
 #include "core/json_internal.h"
 #include "carl/safetensors.h"
@@ -143,7 +144,7 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   static const char *const keys[] = {"batch", "seq_len", "steps", "lr", "lr_min", "warmup", "weight_decay",
                                      "grad_clip", "beta1", "beta2", "adam_eps", "eval_every", "eval_batches",
                                      "ckpt_every", "log_every", "data_seed", "train_data", "val_data", "topology",
-                                     "refresh_every", "place", "replicas"};
+                                     "refresh_every", "place", "replicas", "dispatch"};
   const char *ctx = "train";
   CARL_TRY(carl_json_expect_object(o, ctx));
   CARL_TRY(carl_json_check_keys(o, ctx, keys, (int)(sizeof keys / sizeof keys[0])));
@@ -179,6 +180,10 @@ static carl_status carl__parse_train(const cJSON *o, carl_train_config_t *c) {
   carl_status st = carl_place_algo_parse(c->place, &algo);
   if (st != CARL_OK) return carl_errctx(st, "train.place");
   CARL_TRY(carl_json_opt_int(o, ctx, "replicas", 0, CARL_MODEL_MAX_SLOTS, c->replicas, &c->replicas));
+  CARL_TRY(carl_json_opt_str(o, ctx, "dispatch", c->dispatch_hier ? "hier" : "flat", &s));
+  if (strcmp(s, "flat") && strcmp(s, "hier"))
+    return carl_fail(CARL_ERR_INVALID, "train.dispatch: '%s' is not flat or hier", s);
+  c->dispatch_hier = !strcmp(s, "hier");
   return CARL_OK;
 }
 
@@ -270,6 +275,7 @@ static cJSON *carl__config_json(const carl_train_config_t *c) {
   cJSON_AddNumberToObject(t, "refresh_every", (double)c->refresh_every);
   cJSON_AddStringToObject(t, "place", c->place);
   cJSON_AddNumberToObject(t, "replicas", c->replicas);
+  if (c->dispatch_hier) cJSON_AddStringToObject(t, "dispatch", "hier"); /* flat: the default, not written */
   return root;
 }
 
@@ -1074,6 +1080,7 @@ static carl_status carl__csv_open(carl__csv_t *c, const char *path, int resume, 
 }
 
 static carl_status carl__csv_append(carl__csv_t *c, const carl_train_metrics_t *m) {
+  if (!c->f) return CARL_OK; /* not the writing rank */
   char row[1024];
   int n = carl__csv_row_text(row, sizeof row, m);
   if (n < 0) return carl_fail(CARL_ERR_INVALID, "%s: row of step %lld too long", c->path, (long long)m->step);
@@ -1089,6 +1096,7 @@ static carl_status carl__csv_append(carl__csv_t *c, const carl_train_metrics_t *
 
 /* The rows so far on disk (before a checkpoint refers to them). */
 static carl_status carl__csv_sync(carl__csv_t *c) {
+  if (!c->f) return CARL_OK;
   if (fsync(fileno(c->f)) != 0 && errno != EINVAL)
     return carl_fail(CARL_ERR_IO, "%s: cannot write (sync failed): %s", c->path, strerror(errno));
   return CARL_OK;
@@ -1139,7 +1147,7 @@ static carl_status carl__step_stats(carl_model_t *m, carl_train_metrics_t *mt) {
 
 /* Validation: eval_batches batches of B windows spread evenly over the validation split. */
 static carl_status carl__validate(carl_model_t *m, const carl_train_config_t *cfg, const carl_loader_t *vl, int32_t *x,
-                                  int32_t *y, double *ce) {
+                                  int32_t *y, int rank, int nranks, double *ce) {
   int B = cfg->batch, S = cfg->seq_len;
   int64_t rows = (int64_t)cfg->eval_batches * B;
   double sum = 0;
@@ -1149,8 +1157,9 @@ static carl_status carl__validate(carl_model_t *m, const carl_train_config_t *cf
       int64_t w = ((int64_t)b * B + r) * vl->windows / rows;
       CARL_TRY(carl_loader_eval_batch(vl, w, 1, x + (int64_t)r * S, y + (int64_t)r * S));
     }
-    carl_model_loss_t L;
-    CARL_TRY(carl_model_forward(m, x, y, B, S, &L));
+    carl_model_loss_t L; /* several ranks: each its share of the windows, L the mean over all */
+    const int Bl = B / nranks;
+    CARL_TRY(carl_model_forward(m, x + (int64_t)rank * Bl * S, y + (int64_t)rank * Bl * S, Bl, S, &L));
     sum += L.ce * (double)L.ntargets;
     cnt += L.ntargets;
   }
@@ -1307,6 +1316,7 @@ static carl_status carl__initial_placement(const carl_train_config_t *c, const c
 static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config_t *c, const carl_topo_t *t,
                                         const carl_placement_t *pl) {
   if (t) CARL_TRY(carl_model_set_topology(m, t, pl));
+  if (c->dispatch_hier) CARL_TRY(carl_model_set_dispatch(m, CARL_PLAN_HIER));
   if (c->refresh_every <= 0) return CARL_OK;
   carl_place_opts_t po;
   carl_place_opts_default(&po);
@@ -1338,6 +1348,18 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   carl__run_state_t rs = {0, NAN, NAN, NAN, ""};
   char note[CARL_PATH_MAX * 3] = "", steps_note[256] = ""; /* warnings, printed once the input is accepted */
   carl_status st;
+  /* expert parallel: one MPI rank per device; rank 0 writes metrics, checkpoints and the trace */
+  carl_exec_t *mex = NULL;
+  int rank = 0, nranks = 1;
+  res->ranks = 1;
+  res->failed_together = 1;
+  if (o->expert_parallel > 0) {
+    CARL_TRY(carl_exec_mpi_create(&mex));
+    rank = carl_exec_rank(mex);
+    nranks = carl_exec_size(mex);
+    res->rank = rank;
+    res->ranks = nranks;
+  }
 
   st = carl_text_load(cfg.train_data, &train);
   if (!st) st = carl_text_load(cfg.val_data, &val);
@@ -1350,8 +1372,25 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   if (!st) st = carl__slots(&cfg, have_topo ? &topo : NULL);
   if (!st && have_topo) st = carl__initial_placement(&cfg, &topo, &pl);
   if (!st) st = carl__check_vocab(&cfg, &train, &val);
+  if (!st && mex) {
+    const int ep = o->expert_parallel;
+    if (nranks != ep)
+      st = carl_fail(CARL_ERR_INVALID, "--expert-parallel %d: this run has %d MPI process%s (start it with mpirun -np %d)",
+                     ep, nranks, nranks == 1 ? "" : "es", ep);
+    else if (!have_topo)
+      st = carl_fail(CARL_ERR_INVALID, "--expert-parallel %d needs a topology with %d devices (train.topology is none)", ep, ep);
+    else if (topo.devices != nranks)
+      st = carl_fail(CARL_ERR_INVALID, "--expert-parallel %d: the topology %s has %d devices, the run has %d ranks (one "
+                     "rank per device)", ep, cfg.topology, topo.devices, nranks);
+    else if (nranks > cfg.model.n_experts)
+      st = carl_fail(CARL_ERR_INVALID, "--expert-parallel %d: %d ranks for %d experts (every rank needs an expert)", ep,
+                     nranks, cfg.model.n_experts);
+    else if (B % nranks)
+      st = carl_fail(CARL_ERR_INVALID, "--expert-parallel %d: train.batch = %d does not split evenly over %d ranks", ep,
+                     B, nranks);
+  }
   if (!st && o->dump_trace) st = carl__check_trace_dir(o->dump_trace);
-  if (!st && !o->resume && !o->overwrite) st = carl__check_fresh_dir(o->out_dir);
+  if (!st && !o->resume && !o->overwrite && rank == 0) st = carl__check_fresh_dir(o->out_dir);
   if (!st && o->resume) {
     carl_train_config_t ck;
     carl__ckpt_info_t *info = malloc(sizeof *info); /* 70 KB: not on the stack */
@@ -1389,8 +1428,18 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     st = carl_model_create(&cfg.model, &m);
     if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
   }
-  if (!st) st = carl_fs_mkdir_p(o->out_dir);
-  if (!st) {
+  if (!st && mex) st = carl_model_set_executor(m, mex);
+  if (mex && nranks > 1) {
+    /* every rank has checked its input: all go on, or all stop here (no rank waits for another) */
+    double bad = st != CARL_OK;
+    carl_status ast = carl_exec_allreduce(mex, &bad, 1);
+    if (ast) st = ast;
+    else if (!st && bad > 0)
+      st = carl_fail(CARL_ERR_STATE, "rank %d: stopped because another rank rejected the input (its message names it)", rank);
+  }
+  if (!st) res->failed_together = 0;
+  if (!st && rank == 0) st = carl_fs_mkdir_p(o->out_dir);
+  if (!st && rank == 0) {
     snprintf(path, sizeof path, "%s/metrics.csv", o->out_dir);
     st = carl__csv_open(&csv, path, o->resume, start);
   }
@@ -1428,7 +1477,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     if (st) break;
     carl_model_set_step(m, step);
     carl_model_loss_t L;
-    st = carl_model_forward(m, x, y, B, S, &L);
+    st = carl_model_forward(m, x + (int64_t)rank * (B / nranks) * S, y + (int64_t)rank * (B / nranks) * S, B / nranks, S, &L);
     if (st == CARL_ERR_NUMERIC) {
       st = carl_errctx(CARL_ERR_NUMERIC, "step %lld: stopped on a non-finite value in the forward pass. Last good "
                        "checkpoint: %s. Detail", (long long)step + 1, res->last_ckpt[0] ? res->last_ckpt : "none yet");
@@ -1485,7 +1534,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
       mt.has_val = 0;
       if ((cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == cfg.steps) {
         double vce;
-        st = carl__validate(m, &cfg, &vl, x, y, &vce);
+        st = carl__validate(m, &cfg, &vl, x, y, rank, nranks, &vce);
         if (st) break;
         mt.has_val = 1;
         mt.val_ce = vce;
@@ -1500,7 +1549,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
         carl__stopped(st, done, res->last_ckpt);
         break;
       }
-      if (o->progress) o->progress(&mt, o->ud);
+      if (o->progress && rank == 0) o->progress(&mt, o->ud);
       sum_se += mt.skew_expert;
       sum_sd += mt.skew_device;
       nlogged++;
@@ -1512,14 +1561,14 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     }
     if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
       st = carl__csv_sync(&csv);
-      if (!st) st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      if (!st && rank == 0) st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
       if (st) {
         carl__stopped(st, done, res->last_ckpt);
         break;
       }
     }
   }
-  if (!st && o->dump_trace && tr.rows > 0) st = carl__trace_write(&tr, o->dump_trace, trace_D);
+  if (!st && o->dump_trace && tr.rows > 0 && rank == 0) st = carl__trace_write(&tr, o->dump_trace, trace_D);
 
   res->step = step;
   res->val_ce = rs.val_ce;
@@ -1537,6 +1586,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   free(x);
   free(y);
   carl_model_free(m);
+  carl_exec_free(mex);
   carl_placement_free(&pl);
   carl_loader_free(&tl);
   carl_loader_free(&vl);

@@ -128,7 +128,11 @@ carl_status carl_step_observe(carl_step_t *s, int layer, const carl_route_in_t *
   CARL_TRY(step_layer_check(s, layer));
   const int E = s->o.E, k = s->o.k;
   const int64_t T = in->T;
-  carl_load_experts(out->experts, T, k, E, s->load);
+  /* several processes hold the same decision of every process's tokens: each counts its own
+   * tokens [t0, t0 + T / size) and the all-reduce adds them up (one process: all of them) */
+  const int np = carl_exec_size(s->exec);
+  const int64_t Tr = T / np, t0 = Tr * carl_exec_rank(s->exec);
+  carl_load_experts(out->experts + t0 * k, Tr, k, E, s->load);
   CARL_TRY(carl_exec_allreduce(s->exec, s->load, E));
   out->global_load = s->load;
   carl_status st = carl_router_update(s->o.routers[layer], in, out);

@@ -1,0 +1,375 @@
+/* The mpi executor (carl/exec.h, docs/mpi.md): one rank per device over MPI_COMM_WORLD. Every
+ * rank holds the same global plan and its own tokens; dispatch and combine are one
+ * MPI_Alltoallv each (the copy counts are exchanged first with MPI_Alltoall and checked against
+ * the plan), all-reduce of doubles is MPI_Allreduce, of floats MPI_Reduce + MPI_Bcast (the same
+ * bits on every rank), migration sends each moved slot from its source rank to its destination
+ * rank. Hierarchical plans take one more MPI_Alltoallv per direction for the second hop (each
+ * forwarder to its node's destination devices; only pairs inside a node carry data). Every MPI
+ * call goes through CARL_MPI, which turns a failure into a carl_status naming the call. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec/exec_impl.h"
+
+#ifdef CARL_WITH_MPI
+#include <mpi.h>
+
+static carl_status carl__mpi_fail(int rc, const char *call) {
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) len = 0;
+  msg[len] = '\0';
+  return carl_fail(CARL_ERR_IO, "MPI: %s failed: %s", call, len ? msg : "unknown error");
+}
+
+#define CARL_MPI(call)                                           \
+  do {                                                           \
+    int carl__rc = (call);                                       \
+    if (carl__rc != MPI_SUCCESS) return carl__mpi_fail(carl__rc, #call); \
+  } while (0)
+
+static int carl__mpi_we_initialised;
+
+typedef struct {
+  MPI_Comm comm;
+  int *scount, *sdispl, *rcount, *rdispl; /* [size] in floats */
+  int *ccount;                            /* [size] copies per peer, exchanged */
+  float *sbuf;
+  size_t sbuf_cap;                        /* floats */
+  double *wire;                           /* [size] bytes sent to each rank (dispatch + combine) */
+} mpi_state_t;
+
+static mpi_state_t *ST(carl_exec_t *ex) { return ex->state; }
+
+static carl_status mpi_sbuf(mpi_state_t *s, size_t floats) {
+  if (floats <= s->sbuf_cap) return CARL_OK;
+  float *p = realloc(s->sbuf, sizeof(float) * (floats ? floats : 1));
+  if (!p) return carl_fail(CARL_ERR_NOMEM, "mpi executor: out of memory for %zu floats", floats);
+  s->sbuf = p;
+  s->sbuf_cap = floats;
+  return CARL_OK;
+}
+
+/* The plan must be for this rank count, with T a multiple of it. */
+static carl_status mpi_check(const carl_exec_t *ex, const carl_plan_t *p, int d) {
+  if (p->D != ex->size)
+    return carl_fail(CARL_ERR_INVALID, "mpi executor: the plan has %d devices, the run has %d ranks (one rank per device)",
+                     p->D, ex->size);
+  if (p->device != -1)
+    return carl_fail(CARL_ERR_INVALID, "mpi executor: the plan is for device %d only; every rank needs the plan of all "
+                     "devices (device -1)", p->device);
+  if (p->T % p->D)
+    return carl_fail(CARL_ERR_INVALID, "mpi executor: %lld tokens do not split evenly over %d ranks", (long long)p->T,
+                     p->D);
+  if ((int64_t)(p->n_send + p->n_fwd) * d > INT32_MAX)
+    return carl_fail(CARL_ERR_INVALID, "mpi executor: %lld copies x %d floats exceed MPI's int counts",
+                     (long long)p->n_send, d);
+  return CARL_OK;
+}
+
+/* Exchange the copy counts of this phase (what I send to b -> what b receives from me) and check
+ * them against the plan: a mismatch means the ranks hold different plans. */
+static carl_status mpi_counts(carl_exec_t *ex, const carl_plan_t *p, const int64_t *o, int combine) {
+  mpi_state_t *s = ST(ex);
+  const int D = p->D, r = ex->rank;
+  for (int b = 0; b < D; b++) {
+    const int64_t mine = combine ? o[b * D + r + 1] - o[b * D + r] : o[r * D + b + 1] - o[r * D + b];
+    s->scount[b] = (int)mine;
+  }
+  CARL_MPI(MPI_Alltoall(s->scount, 1, MPI_INT, s->ccount, 1, MPI_INT, s->comm));
+  for (int a = 0; a < D; a++) {
+    const int64_t want = combine ? o[r * D + a + 1] - o[r * D + a] : o[a * D + r + 1] - o[a * D + r];
+    if (s->ccount[a] != want)
+      return carl_fail(CARL_ERR_STATE, "mpi executor: rank %d announces %d copies to rank %d, whose plan expects %lld "
+                       "(the ranks' plans differ)", a, s->ccount[a], r, (long long)want);
+  }
+  return CARL_OK;
+}
+
+/* xc[c] = x[send_tok[c] - t0] for the copies I send; the copies I receive arrive from their
+ * sources; the self pair is copied in place. */
+static carl_status mpi_dispatch(carl_exec_t *ex, const carl_plan_t *p, const float *x, int d, float *xc) {
+  CARL_TRY(mpi_check(ex, p, d));
+  mpi_state_t *s = ST(ex);
+  const int D = p->D, r = ex->rank;
+  const int64_t t0 = p->T / D * r, *o = p->send_off;
+  const size_t row = sizeof(float) * (size_t)d;
+  CARL_TRY(mpi_counts(ex, p, o, 0));
+  const int64_t c0 = o[r * D], c1 = o[r * D + D];
+  CARL_TRY(mpi_sbuf(s, (size_t)(c1 - c0) * (size_t)d));
+  for (int64_t c = c0; c < c1; c++) {
+    const int64_t t = p->send_tok[c] - t0;
+    if (t < 0 || t >= p->T / D)
+      return carl_fail(CARL_ERR_STATE, "mpi executor: copy %lld of rank %d is of token %d, not one of its tokens", (long long)c,
+                       r, p->send_tok[c]);
+    memcpy(s->sbuf + (c - c0) * d, x + t * d, row);
+  }
+  for (int b = 0; b < D; b++) {
+    const int self = b == r;
+    s->scount[b] = self ? 0 : (int)((o[r * D + b + 1] - o[r * D + b]) * d);
+    s->sdispl[b] = (int)((o[r * D + b] - c0) * d);
+    s->rcount[b] = self ? 0 : (int)((o[b * D + r + 1] - o[b * D + r]) * d);
+    s->rdispl[b] = (int)(o[b * D + r] * d);
+  }
+  for (int b = 0; b < D; b++) /* what the call below sends; the self pair: the copy after it */
+    s->wire[b] += b == r ? (double)(o[r * D + r + 1] - o[r * D + r]) * (double)row : (double)s->scount[b] * sizeof(float);
+  CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, xc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
+  memcpy(xc + o[r * D + r] * d, s->sbuf + (o[r * D + r] - c0) * d, row * (size_t)(o[r * D + r + 1] - o[r * D + r]));
+  if (p->mode != CARL_PLAN_HIER) return CARL_OK;
+  /* second hop (hierarchical): as forwarder I repeat the copies I received to my node's other
+   * destination devices; the forwarded copies for me arrive at n_send + fwd_off[f D + r] */
+  const int64_t *fo = p->fwd_off, f0 = fo[r * D], f1 = fo[r * D + D];
+  CARL_TRY(mpi_counts(ex, p, fo, 0));
+  CARL_TRY(mpi_sbuf(s, (size_t)(f1 - f0) * (size_t)d));
+  for (int64_t i = f0; i < f1; i++) {
+    const int64_t par = p->fwd_parent[i];
+    if (par < 0) return carl_fail(CARL_ERR_STATE, "mpi executor: forwarded copy %lld has no parent in the plan", (long long)i);
+    memcpy(s->sbuf + (i - f0) * d, xc + par * d, row);
+  }
+  for (int b = 0; b < D; b++) {
+    s->scount[b] = b == r ? 0 : (int)((fo[r * D + b + 1] - fo[r * D + b]) * d);
+    s->sdispl[b] = (int)((fo[r * D + b] - f0) * d);
+    s->rcount[b] = b == r ? 0 : (int)((fo[b * D + r + 1] - fo[b * D + r]) * d);
+    s->rdispl[b] = (int)((p->n_send + fo[b * D + r]) * d);
+  }
+  for (int b = 0; b < D; b++)
+    s->wire[b] += b == r ? (double)(fo[r * D + r + 1] - fo[r * D + r]) * (double)row : (double)s->scount[b] * sizeof(float);
+  CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, xc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
+  memcpy(xc + (p->n_send + fo[r * D + r]) * d, s->sbuf + (fo[r * D + r] - f0) * d,
+         row * (size_t)(fo[r * D + r + 1] - fo[r * D + r]));
+  return CARL_OK;
+}
+
+/* Hierarchical combine, second hop back: the forwarded copies I received go back to their
+ * forwarders, which add them into their parents in ascending forwarded index. */
+static carl_status mpi_combine_fwd(carl_exec_t *ex, const carl_plan_t *p, float *yc, int d) {
+  mpi_state_t *s = ST(ex);
+  const int D = p->D, r = ex->rank;
+  const int64_t *fo = p->fwd_off, ns = p->n_send;
+  const size_t row = sizeof(float) * (size_t)d;
+  CARL_TRY(mpi_counts(ex, p, fo, 1));
+  int64_t n = 0;
+  for (int a = 0; a < D; a++) n += fo[a * D + r + 1] - fo[a * D + r];
+  CARL_TRY(mpi_sbuf(s, (size_t)n * (size_t)d));
+  int64_t at = 0;
+  for (int a = 0; a < D; a++) {
+    const int64_t k = fo[a * D + r + 1] - fo[a * D + r];
+    memcpy(s->sbuf + at * d, yc + (ns + fo[a * D + r]) * d, row * (size_t)k);
+    s->scount[a] = a == r ? 0 : (int)(k * d);
+    s->sdispl[a] = (int)(at * d);
+    s->rcount[a] = a == r ? 0 : (int)((fo[r * D + a + 1] - fo[r * D + a]) * d);
+    s->rdispl[a] = (int)((ns + fo[r * D + a]) * d);
+    at += k;
+  }
+  for (int a = 0; a < D; a++)
+    s->wire[a] += a == r ? (double)(fo[r * D + r + 1] - fo[r * D + r]) * (double)row : (double)s->scount[a] * sizeof(float);
+  CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, yc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
+  for (int64_t i = fo[r * D]; i < fo[r * D + D]; i++) {
+    const int64_t par = p->fwd_parent[i];
+    if (par < 0) return carl_fail(CARL_ERR_STATE, "mpi executor: forwarded copy %lld has no parent in the plan", (long long)i);
+    float *dst = yc + par * d;
+    const float *src = yc + (ns + i) * d;
+    for (int j = 0; j < d; j++) dst[j] += src[j];
+  }
+  return CARL_OK;
+}
+
+/* The copies I received go back to their sources; y[t - t0] += the copies of my token t in
+ * ascending destination (tok_copy), as the local executor adds them. */
+static carl_status mpi_combine(carl_exec_t *ex, const carl_plan_t *p, float *yc, int d, float *y) {
+  CARL_TRY(mpi_check(ex, p, d));
+  mpi_state_t *s = ST(ex);
+  const int D = p->D, r = ex->rank;
+  const int64_t Tr = p->T / D, t0 = Tr * r, *o = p->send_off;
+  const size_t row = sizeof(float) * (size_t)d;
+  if (p->mode == CARL_PLAN_HIER) CARL_TRY(mpi_combine_fwd(ex, p, yc, d));
+  CARL_TRY(mpi_counts(ex, p, o, 1));
+  int64_t n = 0;
+  for (int a = 0; a < D; a++) n += o[a * D + r + 1] - o[a * D + r];
+  CARL_TRY(mpi_sbuf(s, (size_t)n * (size_t)d));
+  int64_t at = 0;
+  for (int a = 0; a < D; a++) {
+    const int64_t k = o[a * D + r + 1] - o[a * D + r];
+    memcpy(s->sbuf + at * d, yc + o[a * D + r] * d, row * (size_t)k);
+    s->scount[a] = a == r ? 0 : (int)(k * d);
+    s->sdispl[a] = (int)(at * d);
+    s->rcount[a] = a == r ? 0 : (int)((o[r * D + a + 1] - o[r * D + a]) * d);
+    s->rdispl[a] = (int)(o[r * D + a] * d);
+    at += k;
+  }
+  for (int a = 0; a < D; a++)
+    s->wire[a] += a == r ? (double)(o[r * D + r + 1] - o[r * D + r]) * (double)row : (double)s->scount[a] * sizeof(float);
+  CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, yc, s->rcount, s->rdispl, MPI_FLOAT, s->comm));
+  for (int64_t t = t0; t < t0 + Tr; t++) {
+    float *yt = y + (t - t0) * d;
+    for (int64_t q = p->tok_off[t]; q < p->tok_off[t + 1]; q++) {
+      const float *c = yc + p->tok_copy[q] * d;
+      for (int j = 0; j < d; j++) yt[j] += c[j];
+    }
+  }
+  return CARL_OK;
+}
+
+static carl_status mpi_allreduce(carl_exec_t *ex, double *v, int64_t n) {
+  for (int64_t i = 0; i < n; i += INT32_MAX) {
+    const int m = (int)(n - i < INT32_MAX ? n - i : INT32_MAX);
+    CARL_MPI(MPI_Allreduce(MPI_IN_PLACE, v + i, m, MPI_DOUBLE, MPI_SUM, ST(ex)->comm));
+  }
+  return CARL_OK;
+}
+
+/* Reduce to rank 0, then broadcast: every rank gets the same bits (an MPI_Allreduce may round
+ * differently on different ranks, and replicated parameters must stay equal). */
+static carl_status mpi_allreduce_f(carl_exec_t *ex, float *v, int64_t n) {
+  mpi_state_t *s = ST(ex);
+  for (int64_t i = 0; i < n; i += INT32_MAX) {
+    const int m = (int)(n - i < INT32_MAX ? n - i : INT32_MAX);
+    if (ex->rank == 0)
+      CARL_MPI(MPI_Reduce(MPI_IN_PLACE, v + i, m, MPI_FLOAT, MPI_SUM, 0, s->comm));
+    else
+      CARL_MPI(MPI_Reduce(v + i, NULL, m, MPI_FLOAT, MPI_SUM, 0, s->comm));
+    CARL_MPI(MPI_Bcast(v + i, m, MPI_FLOAT, 0, s->comm));
+  }
+  return CARL_OK;
+}
+
+static carl_status mpi_allgather(carl_exec_t *ex, void *all, size_t bytes_each) {
+  if (bytes_each > INT32_MAX) return carl_fail(CARL_ERR_INVALID, "mpi executor: all-gather of %zu bytes per rank", bytes_each);
+  CARL_MPI(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, all, (int)bytes_each, MPI_BYTE, ST(ex)->comm));
+  return CARL_OK;
+}
+
+/* Each move: the source rank sends its slot of the expert to the destination rank, which writes
+ * it into (dst, slot). Parameters are replicated on every rank in this version (docs/mpi.md), so
+ * the other ranks apply the move from their own copy, reading the tensors as before the call. */
+static carl_status mpi_migrate(carl_exec_t *ex, const carl_placement_t *old, const carl_migration_t *m,
+                               const carl_exec_tensor_t *tensors, int n) {
+  mpi_state_t *s = ST(ex);
+  const int S = old->slots, r = ex->rank;
+  if (old->D != ex->size)
+    return carl_fail(CARL_ERR_INVALID, "mpi executor: placement on %d devices, the run has %d ranks", old->D, ex->size);
+  for (int i = 0; i < n; i++) {
+    const carl_exec_tensor_t *tt = &tensors[i];
+    const size_t slot = sizeof(float) * (size_t)tt->numel, bytes = slot * (size_t)old->D * (size_t)S;
+    if ((size_t)tt->numel > INT32_MAX) return carl_fail(CARL_ERR_INVALID, "mpi executor: slot of %lld floats", (long long)tt->numel);
+    float *before = malloc(bytes);
+    if (!before) return carl_fail(CARL_ERR_NOMEM, "mpi executor: out of memory for migration (%zu bytes)", bytes);
+    memcpy(before, tt->base, bytes);
+    carl_status st = CARL_OK;
+    for (int64_t q = 0; q < m->n_moves && st == CARL_OK; q++) {
+      const carl_move_t *mv = &m->moves[q];
+      int j = 0;
+      while (j < S && old->slot_expert[mv->src * S + j] != mv->expert) j++;
+      if (j == S) {
+        st = carl_fail(CARL_ERR_INVALID, "migrate: expert %d is not on device %d in the old placement", mv->expert, mv->src);
+        break;
+      }
+      const float *from = before + ((int64_t)mv->src * S + j) * tt->numel;
+      float *to = tt->base + ((int64_t)mv->dst * S + mv->slot) * tt->numel;
+      const int tag = (int)(q % 32768);
+      int rc = MPI_SUCCESS;
+      if (mv->src == mv->dst || (r != mv->src && r != mv->dst)) {
+        memcpy(to, from, slot);
+      } else if (r == mv->src) {
+        rc = MPI_Send(from, (int)tt->numel, MPI_FLOAT, mv->dst, tag, s->comm);
+        if (rc == MPI_SUCCESS) memcpy(to, from, slot); /* the replica of the destination slot */
+      } else {
+        rc = MPI_Recv(to, (int)tt->numel, MPI_FLOAT, mv->src, tag, s->comm, MPI_STATUS_IGNORE);
+      }
+      if (rc != MPI_SUCCESS) st = carl__mpi_fail(rc, r == mv->src ? "MPI_Send(expert slot)" : "MPI_Recv(expert slot)");
+    }
+    free(before);
+    CARL_TRY(st);
+  }
+  ex->migrated_bytes += m->total_bytes;
+  return CARL_OK;
+}
+
+static void mpi_free(carl_exec_t *ex) {
+  mpi_state_t *s = ST(ex);
+  if (!s) return;
+  free(s->scount), free(s->sdispl), free(s->rcount), free(s->rdispl), free(s->ccount), free(s->sbuf), free(s->wire);
+  free(s);
+  ex->state = NULL;
+}
+
+static const carl__exec_ops_t mpi_ops = {"mpi",        1,        mpi_dispatch,  mpi_combine,    mpi_allreduce,
+                                         mpi_migrate, mpi_free, mpi_allgather, mpi_allreduce_f};
+
+carl_status carl_exec_mpi_create(carl_exec_t **out) {
+  *out = NULL;
+  int inited = 0, finalized = 0;
+  CARL_MPI(MPI_Initialized(&inited));
+  CARL_MPI(MPI_Finalized(&finalized));
+  if (finalized) return carl_fail(CARL_ERR_STATE, "mpi executor: MPI is already finalised");
+  if (!inited) {
+    int provided = 0;
+    CARL_MPI(MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided));
+    carl__mpi_we_initialised = 1;
+  }
+  CARL_MPI(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  carl_exec_t *ex;
+  CARL_TRY(carl__exec_new(&mpi_ops, &ex));
+  mpi_state_t *s = calloc(1, sizeof *s);
+  int rank = 0, size = 1;
+  carl_status st = s ? CARL_OK : carl_fail(CARL_ERR_NOMEM, "mpi executor: out of memory");
+  if (s) {
+    ex->state = s;
+    s->comm = MPI_COMM_WORLD;
+    int rc = MPI_Comm_rank(s->comm, &rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(s->comm, &size);
+    if (rc != MPI_SUCCESS) st = carl__mpi_fail(rc, "MPI_Comm_rank/MPI_Comm_size(MPI_COMM_WORLD)");
+  }
+  if (st == CARL_OK) {
+    ex->rank = rank;
+    ex->size = size;
+    const size_t z = (size_t)size;
+    s->scount = calloc(z, sizeof(int)), s->sdispl = calloc(z, sizeof(int)), s->rcount = calloc(z, sizeof(int));
+    s->rdispl = calloc(z, sizeof(int)), s->ccount = calloc(z, sizeof(int)), s->wire = calloc(z, sizeof(double));
+    if (!s->scount || !s->sdispl || !s->rcount || !s->rdispl || !s->ccount || !s->wire)
+      st = carl_fail(CARL_ERR_NOMEM, "mpi executor: out of memory");
+  }
+  if (st != CARL_OK) {
+    carl_exec_free(ex);
+    return st;
+  }
+  *out = ex;
+  return CARL_OK;
+}
+
+carl_status carl_exec_mpi_wire_bytes(const carl_exec_t *ex, double *to, int n) {
+  if (!ex || ex->ops != &mpi_ops) return carl_fail(CARL_ERR_INVALID, "wire bytes: not an mpi executor");
+  if (n != ex->size || !to) return carl_fail(CARL_ERR_INVALID, "wire bytes: %d entries for %d ranks", n, ex->size);
+  memcpy(to, ((const mpi_state_t *)ex->state)->wire, sizeof(double) * (size_t)n);
+  return CARL_OK;
+}
+
+void carl_exec_mpi_abort(int code) {
+  int inited = 0, finalized = 0;
+  if (MPI_Initialized(&inited) != MPI_SUCCESS || MPI_Finalized(&finalized) != MPI_SUCCESS) return;
+  if (inited && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+void carl_exec_mpi_finalize(void) {
+  int finalized = 0;
+  if (carl__mpi_we_initialised && MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) MPI_Finalize();
+}
+
+#else /* no MPI in this build */
+
+carl_status carl_exec_mpi_create(carl_exec_t **out) {
+  *out = NULL;
+  return carl_fail(CARL_ERR_UNSUPPORTED, "mpi executor: this build has no MPI (install libopenmpi-dev, configure with "
+                   "-DCARL_WITH_MPI=ON)");
+}
+
+carl_status carl_exec_mpi_wire_bytes(const carl_exec_t *ex, double *to, int n) {
+  (void)ex, (void)to, (void)n;
+  return carl_fail(CARL_ERR_UNSUPPORTED, "wire bytes: this build has no MPI");
+}
+
+void carl_exec_mpi_abort(int code) { (void)code; }
+void carl_exec_mpi_finalize(void) {}
+
+#endif

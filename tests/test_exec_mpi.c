@@ -1,0 +1,202 @@
+/* The mpi executor (carl/exec.h). Run by ctest as one process, and by tests/cli/mpi_exec.sh under
+ * mpirun -np 4 (one rank per device of 2 nodes x 2 devices):
+ * flat and hierarchical plans:
+ *   dispatch   every copy a rank receives carries its token's row (x[t][j] = t + j / 64, closed form);
+ *   combine    y[t] of the rank's tokens equals the local executor's combine of the same copies;
+ *   wire bytes per rank pair equal the plan's accounting (carl_plan_cost traffic) and an
+ *              independent count from the decisions: 4d x (copies a -> b + copies b -> a);
+ *   collectives allreduce (doubles), allreduce_f (floats) and allgather against closed forms;
+ *   migrate    every rank's tensors equal the local executor's migration.
+ * Built without MPI: create reports CARL_ERR_UNSUPPORTED, and that is all this test checks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "carl/core.h"
+#include "carl/exec.h"
+#include "carl/place.h"
+#include "carl/plan.h"
+
+static carl_exec_t *EX; /* one for the whole run: MPI initialises once */
+
+#define E_ 8
+#define K_ 2
+#define D_ROW 5
+
+/* The decision every rank takes: token t picks experts (t * 3) % E and (t * 5 + 1) % E, unless
+ * both are the same (then the second is dropped). */
+static void decision(int64_t T, int32_t *ex) {
+  for (int64_t t = 0; t < T; t++) {
+    ex[t * K_] = (int32_t)((t * 3) % E_);
+    const int32_t b = (int32_t)((t * 5 + 1) % E_);
+    ex[t * K_ + 1] = b == ex[t * K_] ? -1 : b;
+  }
+}
+
+static void topo_of(int D, carl_topo_t *t) {
+  if (D == 1)
+    assert_int_equal(carl_topo_make(t, 1, 1, 160, 3, 50, 10), CARL_OK);
+  else
+    assert_int_equal(carl_topo_make(t, 2, D / 2, 160, 3, 50, 10), CARL_OK);
+}
+
+static void dispatch_combine_bytes(carl_plan_mode mode) {
+  if (!EX) skip();
+  const int D = carl_exec_size(EX), r = carl_exec_rank(EX), d = D_ROW;
+  if (D != 1 && D % 2) skip();
+  carl_topo_t t;
+  topo_of(D, &t);
+  carl_placement_t pl;
+  assert_int_equal(carl_placement_contiguous(&pl, E_, D), CARL_OK);
+  const int64_t T = 16 * D, Tr = T / D, t0 = Tr * r;
+  int32_t *ex = malloc(sizeof(int32_t) * (size_t)(T * K_));
+  decision(T, ex);
+  carl_plan_t p = {0};
+  assert_int_equal(carl_plan_build(&t, &pl, ex, NULL, T, K_, mode, -1, CARL_PLAN_ROWS, &p), CARL_OK);
+  if (mode == CARL_PLAN_HIER && D > 1) assert_true(p.n_fwd > 0); /* the case has forwarding */
+  const int64_t nc = p.n_send + p.n_fwd;
+  float *x = malloc(sizeof(float) * (size_t)(Tr * d)), *xc = calloc((size_t)(nc * d), sizeof(float));
+  float *xg = malloc(sizeof(float) * (size_t)(T * d)), *xcl = calloc((size_t)(nc * d), sizeof(float));
+  for (int64_t i = 0; i < T; i++)
+    for (int j = 0; j < d; j++) xg[i * d + j] = (float)i + (float)j / 64.0f;
+  memcpy(x, xg + t0 * d, sizeof(float) * (size_t)(Tr * d));
+  double w0[64];
+  assert_true(D <= 64);
+  assert_int_equal(carl_exec_mpi_wire_bytes(EX, w0, D), CARL_OK);
+  assert_int_equal(carl_exec_dispatch(EX, &p, x, d, xc), CARL_OK);
+  /* every copy received by r (pair a -> r) carries its token's row */
+  for (int a = 0; a < D; a++)
+    for (int64_t c = p.send_off[a * D + r]; c < p.send_off[a * D + r + 1]; c++)
+      for (int j = 0; j < d; j++) assert_float_equal(xc[c * d + j], (float)p.send_tok[c] + (float)j / 64.0f, 0);
+  /* and every forwarded copy for r (pair f -> r) its parent's token's row */
+  for (int f = 0; f < D; f++)
+    for (int64_t i = p.fwd_off[f * D + r]; i < p.fwd_off[f * D + r + 1]; i++)
+      for (int j = 0; j < d; j++)
+        assert_float_equal(xc[(p.n_send + i) * d + j], (float)p.send_tok[p.fwd_parent[i]] + (float)j / 64.0f, 0);
+  /* expert outputs per received copy: yc[c] = 2 xc[c] + c; the same on the local reference */
+  carl_exec_t *loc;
+  assert_int_equal(carl_exec_local_create(&loc), CARL_OK);
+  assert_int_equal(carl_exec_dispatch(loc, &p, xg, d, xcl), CARL_OK);
+  for (int64_t c = 0; c < nc; c++)
+    for (int j = 0; j < d; j++) {
+      xcl[c * d + j] = 2 * xcl[c * d + j] + (float)c;
+      xc[c * d + j] = 2 * xc[c * d + j] + (float)c; /* only the received ones matter */
+    }
+  float *y = calloc((size_t)(Tr * d), sizeof(float)), *yl = calloc((size_t)(T * d), sizeof(float));
+  assert_int_equal(carl_exec_combine(EX, &p, xc, d, y), CARL_OK);
+  assert_int_equal(carl_exec_combine(loc, &p, xcl, d, yl), CARL_OK);
+  for (int64_t i = 0; i < Tr * d; i++) assert_float_equal(y[i], yl[t0 * d + i], 0);
+  /* bytes to each rank: the cost model's traffic, and a count from the decisions */
+  double w1[64];
+  assert_int_equal(carl_exec_mpi_wire_bytes(EX, w1, D), CARL_OK);
+  carl_cost_t cost;
+  assert_int_equal(carl_cost_init(&cost, &t), CARL_OK);
+  assert_int_equal(carl_plan_cost(&t, &p, sizeof(float) * (size_t)d, &cost), CARL_OK);
+  const int S = E_ / D;
+  for (int b = 0; b < D; b++) {
+    int64_t out = 0, in = 0; /* tokens of r with an expert on b, tokens of b with an expert on r */
+    for (int64_t i = 0; i < T; i++) {
+      const int src = (int)(i / Tr);
+      int on_b = 0, on_r = 0;
+      for (int q = 0; q < K_; q++)
+        if (ex[i * K_ + q] >= 0) on_b |= ex[i * K_ + q] / S == b, on_r |= ex[i * K_ + q] / S == r;
+      out += src == r && on_b;
+      in += src == b && on_r;
+    }
+    const double want = (double)(out + in) * sizeof(float) * d;
+    if (mode == CARL_PLAN_FLAT) assert_float_equal(w1[b] - w0[b], want, 0);
+    assert_float_equal(w1[b] - w0[b], cost.traffic[r * D + b], 0);
+  }
+  carl_cost_free(&cost);
+  carl_exec_free(loc);
+  free(x), free(xc), free(xg), free(xcl), free(y), free(yl), free(ex);
+  carl_plan_free(&p);
+  carl_placement_free(&pl);
+}
+
+static void test_dispatch_combine_bytes(void **s) {
+  (void)s;
+  dispatch_combine_bytes(CARL_PLAN_FLAT);
+}
+
+/* hierarchical: one copy per destination node to the forwarder, repeated inside the node */
+static void test_dispatch_combine_bytes_hier(void **s) {
+  (void)s;
+  dispatch_combine_bytes(CARL_PLAN_HIER);
+}
+
+static void test_collectives(void **s) {
+  (void)s;
+  if (!EX) skip();
+  const int D = carl_exec_size(EX), r = carl_exec_rank(EX);
+  double v[3] = {r + 1.0, 1.0, -(double)r};
+  assert_int_equal(carl_exec_allreduce(EX, v, 3), CARL_OK);
+  assert_float_equal(v[0], D * (D + 1) / 2.0, 0);
+  assert_float_equal(v[1], D, 0);
+  assert_float_equal(v[2], -D * (D - 1) / 2.0, 0);
+  float f[2] = {0.5f * (float)(r + 1), 0.25f};
+  assert_int_equal(carl_exec_allreduce_f(EX, f, 2), CARL_OK);
+  assert_float_equal(f[0], 0.5 * D * (D + 1) / 2.0, 0);
+  assert_float_equal(f[1], 0.25 * D, 0);
+  int32_t *all = calloc((size_t)D * 2, sizeof(int32_t));
+  all[r * 2] = 10 * r, all[r * 2 + 1] = 10 * r + 1;
+  assert_int_equal(carl_exec_allgather(EX, all, 2 * sizeof(int32_t)), CARL_OK);
+  for (int a = 0; a < D; a++) assert_int_equal(all[a * 2], 10 * a), assert_int_equal(all[a * 2 + 1], 10 * a + 1);
+  free(all);
+  assert_int_equal(carl_exec_allreduce(EX, NULL, -1), CARL_ERR_INVALID);
+}
+
+static void test_migrate(void **s) {
+  (void)s;
+  if (!EX) skip();
+  const int D = carl_exec_size(EX);
+  if (D < 2) skip();
+  carl_placement_t old;
+  assert_int_equal(carl_placement_contiguous(&old, E_, D), CARL_OK);
+  const int S = old.slots;
+  /* expert 0 (device 0 slot 0) to device D-1 slot 1, expert E-1 (device D-1) to device 0 slot 0 */
+  carl_move_t mv[2] = {{0, 0, D - 1, 1, 0}, {E_ - 1, D - 1, 0, 0, 0}};
+  carl_migration_t m = {0};
+  m.n_moves = 2;
+  m.moves = mv;
+  const int64_t n = 3;
+  float *a = malloc(sizeof(float) * (size_t)(D * S * n)), *b = malloc(sizeof(float) * (size_t)(D * S * n));
+  for (int64_t i = 0; i < D * S * n; i++) a[i] = b[i] = (float)i;
+  carl_exec_tensor_t ta = {a, n}, tb = {b, n};
+  carl_exec_t *loc;
+  assert_int_equal(carl_exec_local_create(&loc), CARL_OK);
+  assert_int_equal(carl_exec_migrate(EX, &old, &m, &ta, 1), CARL_OK);
+  assert_int_equal(carl_exec_migrate(loc, &old, &m, &tb, 1), CARL_OK);
+  /* closed form: slot (D-1, 1) holds slot 0's values, slot (0, 0) the values of expert E-1's slot */
+  for (int j = 0; j < n; j++) {
+    assert_float_equal(a[((D - 1) * S + 1) * n + j], (float)j, 0);
+    assert_float_equal(a[j], (float)((D * S - 1) * n + j), 0);
+  }
+  for (int64_t i = 0; i < D * S * n; i++) assert_float_equal(a[i], b[i], 0);
+  carl_exec_free(loc);
+  free(a), free(b);
+  carl_placement_free(&old);
+}
+
+int main(void) {
+  carl_status st = carl_exec_mpi_create(&EX);
+  if (st == CARL_ERR_UNSUPPORTED) {
+    EX = NULL; /* no MPI in this build: the tests skip */
+  } else if (st != CARL_OK) {
+    return 1;
+  }
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_dispatch_combine_bytes),
+      cmocka_unit_test(test_dispatch_combine_bytes_hier),
+      cmocka_unit_test(test_collectives),
+      cmocka_unit_test(test_migrate),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  carl_exec_free(EX);
+  carl_exec_mpi_finalize();
+  return rc;
+}
