@@ -10,7 +10,7 @@ set -eu
 carl=${1:?path to the carl binary}
 if ! command -v mpirun >/dev/null; then
   echo "skip: no mpirun (Debian package openmpi-bin)"
-  exit 0
+  exit 77
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -34,7 +34,7 @@ if "$carl" train --config "$tmp/t.json" --out "$tmp/solo" --expert-parallel 4 >"
 fi
 if grep -q "this build has no MPI" "$tmp/solo.log"; then
   echo "skip: carl is built without MPI"
-  exit 0
+  exit 77
 fi
 grep -q "expert-parallel 4: this run has 1 MPI process (start it with mpirun -np 4)" "$tmp/solo.log" ||
   { echo "FAIL: no clear message without mpirun"; cat "$tmp/solo.log"; exit 1; }

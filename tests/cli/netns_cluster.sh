@@ -6,10 +6,10 @@
 # usage: bash tests/cli/netns_cluster.sh path/to/carl   (run from the repository root)
 set -eu
 carl=${1:?path to the carl binary}
-command -v mpirun >/dev/null || { echo "skip: no mpirun"; exit 0; }
+command -v mpirun >/dev/null || { echo "skip: no mpirun"; exit 77; }
 if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
   echo "skip: the emulated cluster needs root, ip and tc"
-  exit 0
+  exit 77
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -26,7 +26,7 @@ JSON
 rc=0
 timeout 300 scripts/netns_cluster.sh -- "$carl" train --config "$tmp/t.json" --out "$tmp/ns" --expert-parallel 4 \
   --quiet >"$tmp/ns.log" 2>&1 || rc=$?
-if [ "$rc" -eq 77 ]; then echo "skip: network namespaces are not permitted here"; exit 0; fi
+if [ "$rc" -eq 77 ]; then echo "skip: network namespaces are not permitted here"; exit 77; fi
 [ "$rc" -eq 0 ] || { echo "FAIL: the run on the emulated cluster (exit $rc)"; cat "$tmp/ns.log"; exit 1; }
 if grep -q "system call failed\|WARNING" "$tmp/ns.log"; then echo "FAIL: Open MPI warnings"; cat "$tmp/ns.log"; exit 1; fi
 paste -d, <(cut -d, -f1,2 "$tmp/one/metrics.csv") <(cut -d, -f1,2 "$tmp/ns/metrics.csv") | awk -F, '
