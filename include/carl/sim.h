@@ -220,6 +220,18 @@ carl_status carl_sim_run(const carl_sim_config_t *cfg, carl_sim_progress_fn prog
                          carl_sim_result_t *res);
 void carl_sim_result_free(carl_sim_result_t *res);
 
+/* ---- statistics over seeds (docs/sim.md "Statistics") --------------------------------------- */
+/* t_{0.975, dof}: the two-sided 95% quantile of Student's t (table for dof <= 30, Cornish-Fisher
+ * beyond); NaN for dof < 1. */
+double carl_sim_t975(int dof);
+/* Mean of x[0..n) and the half-width of its 95% interval, t_{0.975, n-1} s / sqrt(n) with s the
+ * sample standard deviation (n - 1 in the denominator); half is NaN for n < 2, both for n < 1. */
+void carl_sim_ci95(const double *x, int n, double *mean, double *half);
+/* Verdict of a figure where lower is better, mean m1 +- h1 against m2 +- h2: a win or a loss only
+ * when the two intervals do not overlap. */
+enum { CARL_SIM_UNDECIDED = 0, CARL_SIM_WIN, CARL_SIM_LOSS, CARL_SIM_OVERLAP };
+int carl_sim_compare(double m1, double h1, double m2, double h2);
+
 /* ---- reports --------------------------------------------------------------------------------- */
 /* Writes dir/steps.csv, dir/summary.csv, dir/summary.md, dir/plots.dat (first seed, gnuplot blocks)
  * and dir/plots.gp (gnuplot script that writes the PNG plots when run with `gnuplot dir/plots.gp`).
