@@ -128,6 +128,11 @@ typedef struct {
   char *keys[CARL_SIM_MAX_OPTS];
   double vals[CARL_SIM_MAX_OPTS];
   int refresh_every; /* placement refresh period in steps (0: static placement) */
+  int place_algo;    /* carl_place_algo of the refresh and of a replicated initial placement; -1: the
+                        step's default (traffic) */
+  int replicas;      /* physical experts (slots in all) per layer, >= E and a multiple of each
+                        topology's devices; 0: one slot per expert (contiguous start). With replicas
+                        the initial placement is place_algo on uniform statistics */
 } carl_sim_router_t;
 
 typedef struct {
