@@ -51,6 +51,50 @@ static double pingpong(int a, int b, int bytes, int reps) {
   return best; /* the fastest repetition: the path's own time, least disturbed by other load */
 }
 
+/* Loaded ping-pong: every rank i < dpn exchanges `bytes` with rank i + dpn at the same time, both
+ * directions at once (MPI_Sendrecv), as the all-to-all loads the node link: every device of a node
+ * sends to the other node together. The median over reps of the max over ranks: the time a
+ * message of that size takes while its node's other devices send too (one way, one message). */
+static double loaded(int dpn, int bytes, int reps) {
+  int r, D;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  MPI_Comm_size(MPI_COMM_WORLD, &D);
+  char *sb = calloc((size_t)bytes, 1), *rb = calloc((size_t)bytes, 1);
+  double *t = malloc(sizeof(double) * (size_t)reps);
+  const int peer = r < dpn ? r + dpn : r >= dpn && r < 2 * dpn ? r - dpn : -1;
+  for (int rep = 0; rep < reps; rep++) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    if (peer >= 0) MPI_Sendrecv(sb, bytes, MPI_BYTE, peer, 9, rb, bytes, MPI_BYTE, peer, 9, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    double dt = MPI_Wtime() - t0;
+    MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    t[rep] = dt;
+  }
+  const double m = bench_median(t, reps);
+  free(sb), free(rb), free(t);
+  return m;
+}
+
+/* The executor's count exchange: one MPI_Alltoall of one int per peer over every rank (median of
+ * reps, max over ranks). */
+static double count_exchange(int reps) {
+  int D;
+  MPI_Comm_size(MPI_COMM_WORLD, &D);
+  int *a = calloc((size_t)D, sizeof(int)), *b = calloc((size_t)D, sizeof(int));
+  double *t = malloc(sizeof(double) * (size_t)reps);
+  for (int rep = 0; rep < reps; rep++) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    MPI_Alltoall(a, 1, MPI_INT, b, 1, MPI_INT, MPI_COMM_WORLD);
+    double dt = MPI_Wtime() - t0;
+    MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    t[rep] = dt;
+  }
+  const double m = bench_median(t, reps);
+  free(a), free(b), free(t);
+  return m;
+}
+
 static int run(int argc, char **argv, carl_exec_t *ex) {
   int64_t T = 4096;
   int d = 256, iters = 20;
@@ -68,7 +112,9 @@ static int run(int argc, char **argv, carl_exec_t *ex) {
   /* calibration */
   const double a_in = pingpong(0, 1, 8, 50), a_x = pingpong(0, dpn, 8, 50);
   const double t_in = pingpong(0, 1, 1 << 20, 10), t_x = pingpong(0, dpn, 1 << 20, 10);
-  const double B_in = (1 << 20) / (t_in - a_in) / 1e9, B_x = (1 << 20) / (t_x - a_x) / 1e9;
+  /* (a noisy 8-byte time above the 1 MiB one: the bandwidth from the 1 MiB time alone) */
+  const double B_in = (1 << 20) / (t_in > 2 * a_in ? t_in - a_in : t_in) / 1e9,
+               B_x = (1 << 20) / (t_x > 2 * a_x ? t_x - a_x : t_x) / 1e9;
   carl_topo_t topo;
   /* a node's ranks share its one inter-node link: each device gets B_x / dpn of it */
   if (carl_topo_make(&topo, 2, dpn, B_in, a_in * 1e6, B_x / dpn, a_x * 1e6) != CARL_OK) {
@@ -78,6 +124,28 @@ static int run(int argc, char **argv, carl_exec_t *ex) {
   if (!r)
     printf("calibrated: intra %.2f us, %.3f GB/s; inter %.2f us, %.3f GB/s (ping-pong, best of reps); the model "
            "gives each device %.3f GB/s of its node's link\n", a_in * 1e6, B_in, a_x * 1e6, B_x, B_x / dpn);
+  /* second calibration, under load and at the message sizes of the all-to-all (tens to hundreds
+   * of KiB per pair and phase): least-squares line t = alpha + bytes / B through the loaded
+   * exchange at 4 KiB .. 512 KiB; and the count exchange, measured */
+  const int sizes[] = {4 << 10, 32 << 10, 128 << 10, 256 << 10, 512 << 10};
+  const int ns = (int)(sizeof sizes / sizeof sizes[0]);
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (int i = 0; i < ns; i++) {
+    const double tt = loaded(dpn, sizes[i], 9), xx = sizes[i];
+    sx += xx, sy += tt, sxx += xx * xx, sxy += xx * tt;
+    if (!r) printf("  loaded exchange %4d KiB: %9.1f us\n", sizes[i] >> 10, tt * 1e6);
+  }
+  const double slope = (ns * sxy - sx * sy) / (ns * sxx - sx * sx), a_l = (sy - slope * sx) / ns;
+  const double B_l = 1 / slope / 1e9, t_cnt = count_exchange(iters * 5 > 50 ? iters * 5 : 50);
+  carl_topo_t topo_l;
+  if (carl_topo_make(&topo_l, 2, dpn, B_in, a_in * 1e6, B_l, (a_l > 0 ? a_l : 0) * 1e6) != CARL_OK) {
+    fprintf(stderr, "bench_a2a: %s\n", carl_errmsg());
+    return 1;
+  }
+  if (!r)
+    printf("loaded fit: inter alpha %.2f us, %.4f GB/s per device (every device of a node sending); count exchange "
+           "(MPI_Alltoall, 1 int per peer) %.1f us, the executor makes 2 per dispatch + combine (flat)\n",
+           a_l * 1e6, B_l, t_cnt * 1e6);
   /* the workload */
   float *z = malloc(sizeof(float) * (size_t)(T * E));
   for (int64_t t = 0; t < T; t++) {
@@ -89,8 +157,8 @@ static int run(int argc, char **argv, carl_exec_t *ex) {
   float *x = malloc(sizeof(float) * (size_t)(Tr * d)), *y = calloc((size_t)(Tr * d), sizeof(float));
   for (int64_t i = 0; i < Tr * d; i++) x[i] = (float)(i % 97) / 97.0f;
   const char *routers[] = {"topk", "lossfree", "grouplimited", "c2r", "locmoe", "carl"};
-  if (!r) printf("%-13s %8s %12s %12s %12s %9s %12s\n", "router", "copies", "inter MB", "measured ms", "model ms",
-                 "model/meas", "limit ms");
+  if (!r) printf("%-13s %8s %12s %12s %12s %9s %12s %9s %9s %9s\n", "router", "copies", "inter MB", "measured ms", "model ms",
+                 "model/meas", "limit ms", "+cnt/meas", "load/meas", "l+c/meas");
   double *it = malloc(sizeof(double) * (size_t)iters);
   for (size_t q = 0; q < sizeof routers / sizeof routers[0]; q++) {
     /* topk with its aux loss (decisions are plain top-k), c2r while profiling (routes as top-k
@@ -150,9 +218,17 @@ static int run(int argc, char **argv, carl_exec_t *ex) {
       }
       busiest *= 2; /* dispatch + combine */
       const double meas = bench_median(it, iters);
+      /* the same plan priced on the loaded calibration; + the two count exchanges measured */
+      carl_cost_t cl;
+      double a2a_l = 0;
+      if (carl_cost_init(&cl, &topo_l) == CARL_OK && carl_plan_cost(&topo_l, p, sizeof(float) * (size_t)d, &cl) == CARL_OK)
+        a2a_l = cl.a2a_s;
+      carl_cost_free(&cl);
+      const double cnt = 2 * t_cnt * (p->mode == CARL_PLAN_HIER ? 3 : 1);
       if (!r)
-        printf("%-13s %8lld %12.3f %12.3f %12.3f %9.2f %12.3f\n", routers[q], (long long)p->copies,
-               c->bytes[CARL_LINK_INTER] / 1e6, meas * 1e3, c->a2a_s * 1e3, c->a2a_s / meas, busiest / (B_x * 1e9) * 1e3);
+        printf("%-13s %8lld %12.3f %12.3f %12.3f %9.2f %12.3f %9.2f %9.2f %9.2f\n", routers[q], (long long)p->copies,
+               c->bytes[CARL_LINK_INTER] / 1e6, meas * 1e3, c->a2a_s * 1e3, c->a2a_s / meas, busiest / (B_x * 1e9) * 1e3,
+               (c->a2a_s + cnt) / meas, a2a_l / meas, (a2a_l + cnt) / meas);
       free(xc);
     }
     free(experts), free(w), free(dz);

@@ -4,7 +4,8 @@
  *   dispatch   every copy a rank receives carries its token's row (x[t][j] = t + j / 64, closed form);
  *   combine    y[t] of the rank's tokens equals the local executor's combine of the same copies;
  *   wire bytes per rank pair equal the plan's accounting (carl_plan_cost traffic) and an
- *              independent count from the decisions: 4d x (copies a -> b + copies b -> a);
+ *              independent count from the decisions: 4d x (copies a -> b + copies b -> a), the
+ *              copies of the flat scheme, or of the hierarchical one (hier_copies);
  *   collectives allreduce (doubles), allreduce_f (floats) and allgather against closed forms;
  *   migrate    every rank's tensors equal the local executor's migration.
  * Built without MPI: create reports CARL_ERR_UNSUPPORTED, and that is all this test checks. */
@@ -42,6 +43,43 @@ static void topo_of(int D, carl_topo_t *t) {
     assert_int_equal(carl_topo_make(t, 1, 1, 160, 3, 50, 10), CARL_OK);
   else
     assert_int_equal(carl_topo_make(t, 2, D / 2, 160, 3, 50, 10), CARL_OK);
+}
+
+static int on_dev(const int32_t *ex, int64_t i, int S, int b) {
+  int on = 0;
+  for (int q = 0; q < K_; q++) on |= ex[i * K_ + q] >= 0 && ex[i * K_ + q] / S == b;
+  return on;
+}
+
+/* flat dispatch copies a -> b: tokens of a with an expert on b */
+static int64_t flat_copies(const int32_t *ex, int64_t T, int64_t Tr, int S, int a, int b) {
+  int64_t n = 0;
+  for (int64_t i = a * Tr; i < (a + 1) * Tr && i < T; i++) n += on_dev(ex, i, S, b);
+  return n;
+}
+
+/* hierarchical dispatch copies a -> b, counted from the decisions with dpn devices per node (the
+ * DeepEP scheme): a and b on one node: a's tokens with an expert on b (direct), plus, a being the
+ * forwarder, the tokens of sources of a's local index on other nodes with an expert on b != a;
+ * b on another node: when b has a's local index (the forwarder), a's tokens with an expert
+ * anywhere on b's node, else nothing. */
+static int64_t hier_copies(const int32_t *ex, int64_t T, int64_t Tr, int S, int dpn, int a, int b) {
+  const int D = (int)(T / Tr);
+  if (a / dpn != b / dpn) {
+    if (a % dpn != b % dpn) return 0;
+    int64_t n = 0;
+    for (int64_t i = a * Tr; i < (a + 1) * Tr; i++) {
+      int on = 0;
+      for (int j = 0; j < dpn; j++) on |= on_dev(ex, i, S, b / dpn * dpn + j);
+      n += on;
+    }
+    return n;
+  }
+  int64_t n = flat_copies(ex, T, Tr, S, a, b);
+  if (b != a)
+    for (int src = 0; src < D; src++)
+      if (src / dpn != a / dpn && src % dpn == a % dpn) n += flat_copies(ex, T, Tr, S, src, b);
+  return n;
 }
 
 static void dispatch_combine_bytes(carl_plan_mode mode) {
@@ -98,18 +136,19 @@ static void dispatch_combine_bytes(carl_plan_mode mode) {
   assert_int_equal(carl_plan_cost(&t, &p, sizeof(float) * (size_t)d, &cost), CARL_OK);
   const int S = E_ / D;
   for (int b = 0; b < D; b++) {
-    int64_t out = 0, in = 0; /* tokens of r with an expert on b, tokens of b with an expert on r */
-    for (int64_t i = 0; i < T; i++) {
-      const int src = (int)(i / Tr);
-      int on_b = 0, on_r = 0;
-      for (int q = 0; q < K_; q++)
-        if (ex[i * K_ + q] >= 0) on_b |= ex[i * K_ + q] / S == b, on_r |= ex[i * K_ + q] / S == r;
-      out += src == r && on_b;
-      in += src == b && on_r;
-    }
-    const double want = (double)(out + in) * sizeof(float) * d;
-    if (mode == CARL_PLAN_FLAT) assert_float_equal(w1[b] - w0[b], want, 0);
+    /* flat: tokens of r with an expert on b, plus tokens of b with an expert on r (combine) */
+    const double want = (mode == CARL_PLAN_FLAT ? (double)(flat_copies(ex, T, Tr, S, r, b) + flat_copies(ex, T, Tr, S, b, r))
+                                                : (double)(hier_copies(ex, T, Tr, S, t.devices_per_node, r, b) +
+                                                           hier_copies(ex, T, Tr, S, t.devices_per_node, b, r))) *
+                        sizeof(float) * d;
+    assert_float_equal(w1[b] - w0[b], want, 0);
     assert_float_equal(w1[b] - w0[b], cost.traffic[r * D + b], 0);
+  }
+  if (mode == CARL_PLAN_HIER && D > 1) { /* the node communicators are the topology's nodes */
+    int dpn = -1, shared = -1;
+    assert_int_equal(carl_exec_mpi_nodes(EX, &dpn, &shared), CARL_OK);
+    assert_int_equal(dpn, D / 2);
+    assert_true(shared == 0 || shared == 1);
   }
   carl_cost_free(&cost);
   carl_exec_free(loc);

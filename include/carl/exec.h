@@ -77,6 +77,11 @@ carl_status carl_exec_mpi_create(carl_exec_t **out);
  * b < n (n = carl_exec_size; the self pair moves nothing over MPI and counts its copies as the
  * cost model does, so to[r] is the self traffic). Error for an executor other than mpi. */
 carl_status carl_exec_mpi_wire_bytes(const carl_exec_t *ex, double *to, int n);
+/* The node communicators of the hierarchical mode (made on the first hierarchical plan): *dpn the
+ * ranks per node (0: none made yet), *shared 1 when the node communicator is the shared-memory
+ * split (MPI_Comm_split_type), 0 when it is the topology's split by rank / dpn (one machine
+ * standing for several nodes). Error for an executor other than mpi. */
+carl_status carl_exec_mpi_nodes(const carl_exec_t *ex, int *dpn, int *shared);
 /* MPI_Abort(MPI_COMM_WORLD, code) when MPI is initialised and not finalised (else nothing):
  * for a failure on one rank that the others cannot learn of (they would wait in a collective). */
 void carl_exec_mpi_abort(int code);

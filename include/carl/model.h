@@ -201,6 +201,11 @@ carl_status carl_model_router_update(carl_model_t *m);
 /* Global L2 norm of the gradients (fixed-order sum in double); scales them to max_norm when the
  * norm is larger (max_norm <= 0: no clipping). Returns the norm before clipping. */
 float carl_model_clip_grad(carl_model_t *m, float max_norm);
+/* Expert-parallel runs keep each expert slot up to date on its own rank only (docs/mpi.md; without
+ * replicated experts the other ranks do not even update it); this all-gathers every rank's slots of the parameters and AdamW moments
+ * so that every rank holds the whole model (before a checkpoint; every rank must call it).
+ * Nothing to do in one process. */
+carl_status carl_model_gather_experts(carl_model_t *m);
 /* One AdamW step on every tensor; weight decay only on tensors with decay == 1. */
 carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, float lr);
 

@@ -80,6 +80,7 @@ typedef enum { CARL_PLAN_COUNTS = 0, CARL_PLAN_ROWS = 1 } carl_plan_detail;
 typedef struct {
   int D, E, k;            /* devices, experts, slots per token */
   int S;                  /* slots per device of the placement (local slot index range) */
+  int dpn;                /* devices per node of the topology (device b is on node b / dpn) */
   int64_t T;              /* tokens */
   carl_plan_mode mode;
   int device;             /* -1: every device; else the device this plan is for */

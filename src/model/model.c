@@ -297,6 +297,22 @@ static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *pla
   return CARL_OK;
 }
 
+/* Expert-parallel storage (docs/mpi.md): with several processes and no replicated expert, rank r
+ * keeps only its own expert slots (physical slots r S .. r S + S - 1, the block r of every expert
+ * tensor [P, n]) up to date: their gradients are not all-reduced (they are non-zero on r only),
+ * AdamW updates them on r only, and carl_model_gather_experts brings every rank's blocks together
+ * for a checkpoint. Returns the layer of expert tensor i, else -1. */
+static int carl__expert_layer(const carl_model_t *m, int i) {
+  for (int l = 0; l < m->cfg.n_layers; l++)
+    if (i == m->li[l].w13 || i == m->li[l].w2) return l;
+  return -1;
+}
+
+static carl_exec_t *carl__sharded(const carl_model_t *m) {
+  carl_exec_t *ex = m->dstep ? carl_step_exec(m->dstep) : NULL;
+  return ex && carl_exec_size(ex) > 1 && !m->has_replicas ? ex : NULL;
+}
+
 /* Replicas of one expert: their gradients are summed (slot order) and every replica gets the
  * sum, so that AdamW keeps them bitwise equal. */
 static void carl__sync_replicas(carl_model_t *m) {
@@ -764,10 +780,39 @@ carl_status carl_model_backward(carl_model_t *m) {
   /* data parallel: the sum over ranks of every gradient, the same bits on every rank (an expert
    * slot's gradient is non-zero on its own rank only), so the replicated parameters stay equal */
   carl_exec_t *ex = carl_step_exec(m->dstep);
-  if (carl_exec_size(ex) > 1) CARL_TRY(carl_errctx(carl_exec_allreduce_f(ex, m->grads, m->nparams), "gradient all-reduce"));
+  if (carl__sharded(m)) { /* the runs of non-expert tensors only: expert slots stay on their rank */
+    int64_t r0 = 0, r1 = 0;
+    for (int i = 0; i <= m->ntensors; i++) {
+      const int cut = i == m->ntensors || carl__expert_layer(m, i) >= 0 || m->tensors[i].offset != r1;
+      if (cut && r1 > r0) CARL_TRY(carl_errctx(carl_exec_allreduce_f(ex, m->grads + r0, r1 - r0), "gradient all-reduce"));
+      if (i == m->ntensors) break;
+      if (cut) r0 = r1 = m->tensors[i].offset + (carl__expert_layer(m, i) >= 0 ? m->tensors[i].numel : 0);
+      if (carl__expert_layer(m, i) < 0) r1 = m->tensors[i].offset + m->tensors[i].numel;
+    }
+  } else if (carl_exec_size(ex) > 1) {
+    CARL_TRY(carl_errctx(carl_exec_allreduce_f(ex, m->grads, m->nparams), "gradient all-reduce"));
+  }
   carl__sync_replicas(m);
   return CARL_OK;
 }
+
+carl_status carl_model_gather_experts(carl_model_t *m) {
+  /* the owner's slots are right in either mode (with replicas every rank updates every slot, but
+   * only the owner's came from the start state by the owner's own migrations), so always gather */
+  carl_exec_t *ex = m->dstep ? carl_step_exec(m->dstep) : NULL;
+  if (!ex || carl_exec_size(ex) < 2) return CARL_OK;
+  const int np = carl_exec_size(ex);
+  float *arr[3] = {m->params, m->adam_m, m->adam_v};
+  for (int i = 0; i < m->ntensors; i++) {
+    if (carl__expert_layer(m, i) < 0) continue;
+    const carl_tensor_info_t *t = &m->tensors[i];
+    for (int a = 0; a < 3; a++)
+      CARL_TRY(carl_errctx(carl_exec_allgather(ex, arr[a] + t->offset, sizeof(float) * (size_t)(t->numel / np)),
+                           "gather of the expert slots"));
+  }
+  return CARL_OK;
+}
+
 
 carl_status carl_model_router_update(carl_model_t *m) {
   if (!m->cap_T) return carl_fail(CARL_ERR_STATE, "router update: no forward before it");
@@ -781,6 +826,23 @@ carl_status carl_model_router_update(carl_model_t *m) {
 /* Sum of squared gradients with each expert counted once (its first slot): replicas of an expert
  * are one parameter. Without replicas: one fixed-order pass over all gradients. */
 static double carl__grad_sumsq(const carl_model_t *m) {
+  carl_exec_t *ex = carl__sharded(m);
+  if (ex) { /* non-expert tensors here (the same on every rank), expert slots on their rank */
+    const int np = carl_exec_size(ex), r = carl_exec_rank(ex);
+    double s = 0, *own = calloc((size_t)np, sizeof(double));
+    if (!own) return NAN;
+    for (int i = 0; i < m->ntensors; i++) {
+      const carl_tensor_info_t *t = &m->tensors[i];
+      if (carl__expert_layer(m, i) < 0)
+        s += carl_sumsq(m->grads + t->offset, t->numel);
+      else
+        own[r] += carl_sumsq(m->grads + t->offset + t->numel / np * r, t->numel / np);
+    }
+    const int ok = carl_exec_allreduce(ex, own, np) == CARL_OK; /* one contribution per entry: exact */
+    for (int a = 0; a < np; a++) s += own[a];
+    free(own);
+    return ok ? s : NAN;
+  }
   if (!m->has_replicas) return carl_sumsq(m->grads, m->nparams);
   double s = 0;
   for (int i = 0; i < m->ntensors; i++) {
@@ -817,10 +879,13 @@ carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, 
   if (!(opt->beta1 >= 0 && opt->beta1 < 1 && opt->beta2 >= 0 && opt->beta2 < 1 && opt->eps > 0 && opt->weight_decay >= 0))
     return carl_fail(CARL_ERR_INVALID, "AdamW: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
   m->adam_t++;
+  carl_exec_t *ex = carl__sharded(m);
   for (int i = 0; i < m->ntensors; i++) {
     const carl_tensor_info_t *t = &m->tensors[i];
-    carl_adamw_update(m->params + t->offset, m->grads + t->offset, m->adam_m + t->offset, m->adam_v + t->offset,
-                      t->numel, opt, lr, m->adam_t, t->decay);
+    int64_t o = t->offset, n = t->numel;
+    if (ex && carl__expert_layer(m, i) >= 0) /* my expert slots only */
+      n = t->numel / carl_exec_size(ex), o += n * carl_exec_rank(ex);
+    carl_adamw_update(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, n, opt, lr, m->adam_t, t->decay);
   }
   return CARL_OK;
 }

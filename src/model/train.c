@@ -1564,6 +1564,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     }
     if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
       st = carl__csv_sync(&csv);
+      if (!st) st = carl_model_gather_experts(m); /* every rank's expert slots, for rank 0 to save */
       if (!st && rank == 0) st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
       if (st) {
         carl__stopped(st, done, res->last_ckpt);

@@ -240,6 +240,7 @@ carl_status carl_plan_build(const carl_topo_t *t, const carl_placement_t *p, con
   plan->E = p->E;
   plan->k = k;
   plan->S = p->slots;
+  plan->dpn = t->devices_per_node;
   plan->T = T;
   plan->mode = mode;
   plan->device = device;
