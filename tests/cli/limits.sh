@@ -4,7 +4,7 @@
 # that is not UTF-8 or holds NUL, and a sim study name that would leave results/.
 # Usage: bash limits.sh <path-to-carl-binary>
 set -uo pipefail
-CARL=${1:?path to carl}
+CARL=$(cd "$(dirname "${1:?path to carl}")" && pwd)/$(basename "$1")
 source "$(dirname "$0")/place_lib.inc"
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
