@@ -128,6 +128,11 @@ typedef struct {
   char *keys[CARL_SIM_MAX_OPTS];
   double vals[CARL_SIM_MAX_OPTS];
   int refresh_every; /* placement refresh period in steps (0: static placement) */
+  int place_algo;    /* carl_place_algo of the refresh and of a replicated initial placement; -1: the
+                        step's default (traffic) */
+  int replicas;      /* physical experts (slots in all) per layer, >= E and a multiple of each
+                        topology's devices; 0: one slot per expert (contiguous start). With replicas
+                        the initial placement is place_algo on uniform statistics */
 } carl_sim_router_t;
 
 typedef struct {
@@ -223,6 +228,18 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int r, int t, int s,
 carl_status carl_sim_run(const carl_sim_config_t *cfg, carl_sim_progress_fn progress, void *ctx,
                          carl_sim_result_t *res);
 void carl_sim_result_free(carl_sim_result_t *res);
+
+/* ---- statistics over seeds (docs/sim.md "Statistics") --------------------------------------- */
+/* t_{0.975, dof}: the two-sided 95% quantile of Student's t (table for dof <= 30, Cornish-Fisher
+ * beyond); NaN for dof < 1. */
+double carl_sim_t975(int dof);
+/* Mean of x[0..n) and the half-width of its 95% interval, t_{0.975, n-1} s / sqrt(n) with s the
+ * sample standard deviation (n - 1 in the denominator); half is NaN for n < 2, both for n < 1. */
+void carl_sim_ci95(const double *x, int n, double *mean, double *half);
+/* Verdict of a figure where lower is better, mean m1 +- h1 against m2 +- h2: a win or a loss only
+ * when the two intervals do not overlap. */
+enum { CARL_SIM_UNDECIDED = 0, CARL_SIM_WIN, CARL_SIM_LOSS, CARL_SIM_OVERLAP };
+int carl_sim_compare(double m1, double h1, double m2, double h2);
 
 /* ---- reports --------------------------------------------------------------------------------- */
 /* Writes dir/steps.csv, dir/summary.csv, dir/summary.md, dir/plots.dat (first seed, gnuplot blocks)

@@ -50,6 +50,7 @@ struct carl_model {
   carl_place_opts_t place_opts;
   double stats_decay;
   int has_replicas;         /* some layer has an expert on several slots */
+  int32_t *first_slot;      /* [L, P] first slot of the same expert, -1 empty (carl__note_replicas) */
   int64_t step;
   /* activations of the last forward */
   int B, S;
@@ -244,13 +245,25 @@ static carl_status carl__relayout(carl_model_t *m, int l, const carl_placement_t
   return st;
 }
 
+/* first_slot[l, g]: the first slot of layer l holding slot g's expert (g itself for a first copy,
+ * -1 for an empty slot); has_replicas: some slot is not a first copy. */
 static void carl__note_replicas(carl_model_t *m) {
+  const int P = m->P;
   m->has_replicas = 0;
   for (int l = 0; l < m->cfg.n_layers; l++) {
     const carl_placement_t *p = carl_step_placement(m->dstep, l);
-    int filled = 0;
-    for (int g = 0; g < m->P; g++) filled += p->slot_expert[g] >= 0;
-    if (filled > p->E) m->has_replicas = 1;
+    int32_t *first = m->first_slot + (int64_t)l * P;
+    for (int g = 0; g < P; g++) {
+      const int e = p->slot_expert[g];
+      int f = e < 0 ? -1 : g;
+      for (int q = 0; e >= 0 && q < g; q++)
+        if (p->slot_expert[q] == e) {
+          f = q;
+          break;
+        }
+      first[g] = f;
+      if (f >= 0 && f != g) m->has_replicas = 1;
+    }
   }
 }
 
@@ -288,30 +301,22 @@ static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *pla
  * sum, so that AdamW keeps them bitwise equal. */
 static void carl__sync_replicas(carl_model_t *m) {
   if (!m->has_replicas) return;
-  const int P = m->P, E = m->cfg.n_experts;
+  const int P = m->P;
   for (int l = 0; l < m->cfg.n_layers; l++) {
-    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    const int32_t *first = m->first_slot + (int64_t)l * P;
     const int idx[2] = {m->li[l].w13, m->li[l].w2};
     for (int i = 0; i < 2; i++) {
       const carl_tensor_info_t *ti = &m->tensors[idx[i]];
       const int64_t n = ti->numel / P;
       float *g0 = m->grads + ti->offset;
-      for (int e = 0; e < E; e++) {
-        int first = -1, count = 0;
-        for (int g = 0; g < P; g++) {
-          if (p->slot_expert[g] != e) continue;
-          count++;
-          if (first < 0) {
-            first = g;
-            continue;
-          }
-          float *a = g0 + (int64_t)first * n, *b = g0 + (int64_t)g * n;
+      for (int g = 0; g < P; g++) /* each replica into its first copy, in slot order */
+        if (first[g] >= 0 && first[g] != g) {
+          float *a = g0 + (int64_t)first[g] * n;
+          const float *b = g0 + (int64_t)g * n;
           for (int64_t j = 0; j < n; j++) a[j] += b[j];
         }
-        if (count < 2) continue;
-        for (int g = first + 1; g < P; g++)
-          if (p->slot_expert[g] == e) memcpy(g0 + (int64_t)g * n, g0 + (int64_t)first * n, sizeof(float) * (size_t)n);
-      }
+      for (int g = 0; g < P; g++)
+        if (first[g] >= 0 && first[g] != g) memcpy(g0 + (int64_t)g * n, g0 + (int64_t)first[g] * n, sizeof(float) * (size_t)n);
     }
   }
 }
@@ -358,7 +363,8 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   m->grads = calloc((size_t)m->nparams, sizeof(float));
   m->adam_m = calloc((size_t)m->nparams, sizeof(float));
   m->adam_v = calloc((size_t)m->nparams, sizeof(float));
-  if (!m->params || !m->grads || !m->adam_m || !m->adam_v) {
+  m->first_slot = malloc(sizeof(int32_t) * (size_t)L * (size_t)P);
+  if (!m->params || !m->grads || !m->adam_m || !m->adam_v || !m->first_slot) {
     carl_model_free(m);
     return carl_fail(CARL_ERR_NOMEM, "model: cannot allocate %lld parameters", (long long)m->nparams);
   }
@@ -457,7 +463,7 @@ void carl_model_free(carl_model_t *m) {
   carl_step_free(m->dstep);
   carl_exec_free(m->exec);
   free(m->routers); free(m->la); free(m->li); free(m->tensors);
-  free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+  free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v); free(m->first_slot);
   free(m);
 }
 
@@ -787,14 +793,10 @@ static double carl__grad_sumsq(const carl_model_t *m) {
       s += carl_sumsq(g, t->numel);
       continue;
     }
-    const carl_placement_t *p = carl_step_placement(m->dstep, layer);
+    const int32_t *first = m->first_slot + (int64_t)layer * m->P;
     const int64_t n = t->numel / m->P;
-    for (int gi = 0; gi < m->P; gi++) {
-      const int e = p->slot_expert[gi];
-      int first = e >= 0;
-      for (int q = 0; first && q < gi; q++) first = p->slot_expert[q] != e;
-      if (first) s += carl_sumsq(g + (int64_t)gi * n, n);
-    }
+    for (int gi = 0; gi < m->P; gi++)
+      if (first[gi] == gi) s += carl_sumsq(g + (int64_t)gi * n, n);
   }
   return s;
 }

@@ -1299,15 +1299,18 @@ static carl_status carl__slots(carl_train_config_t *c, const carl_topo_t *t) {
 static carl_status carl__initial_placement(const carl_train_config_t *c, const carl_topo_t *t, carl_placement_t *pl) {
   const int E = c->model.n_experts, D = t->devices, N = t->nodes;
   if (c->model.n_slots == D * ((E + D - 1) / D)) return carl_placement_contiguous(pl, E, D);
-  double *u = malloc(sizeof(double) * (size_t)E * (size_t)(1 + N + E));
-  if (!u) return carl_fail(CARL_ERR_NOMEM, "train: out of memory");
-  for (int64_t i = 0; i < (int64_t)E * (1 + N + E); i++) u[i] = 1.0;
-  carl_place_input_t in = {.E = E, .N = N, .load = u, .traffic = u + E, .coact = u + E + (int64_t)N * E};
   carl_place_opts_t po;
   carl_place_opts_default(&po);
-  carl_status st = carl_place_algo_parse(c->place, &po.algo);
+  CARL_TRY(carl_place_algo_parse(c->place, &po.algo));
   po.replicas = c->model.n_slots;
-  if (!st) st = carl_place_compute(t, &in, &po, pl);
+  /* uniform statistics: loads, traffic [N, E] and (for the co-activation algorithm) [E, E] */
+  const int64_t n = E + (int64_t)N * E + (po.algo == CARL_PLACE_COACTIVATION ? (int64_t)E * E : 0);
+  double *u = malloc(sizeof(double) * (size_t)n);
+  if (!u) return carl_fail(CARL_ERR_NOMEM, "train: out of memory");
+  for (int64_t i = 0; i < n; i++) u[i] = 1.0;
+  carl_place_input_t in = {.E = E, .N = N, .load = u, .traffic = u + E,
+                           .coact = po.algo == CARL_PLACE_COACTIVATION ? u + E + (int64_t)N * E : NULL};
+  carl_status st = carl_place_compute(t, &in, &po, pl);
   free(u);
   return st == CARL_OK ? CARL_OK : carl_errctx(st, "initial placement with train.replicas = %d", c->replicas);
 }

@@ -18,7 +18,8 @@ extern const carl_router_impl_t carl__router_topk, carl__router_switch, carl__ro
 /* Routers of the CARL family (c2r, locmoe, fastermoe, carl): declare them in this block.
  * extern const carl_router_impl_t carl__router_c2r, ...;
  * -- begin CARL-family declarations -- */
-extern const carl_router_impl_t carl__router_carl, carl__router_c2r, carl__router_locmoe, carl__router_fastermoe;
+extern const carl_router_impl_t carl__router_carl, carl__router_c2r, carl__router_locmoe, carl__router_fastermoe,
+    carl__router_tamoe;
 /* -- end CARL-family declarations -- */
 
 static const carl_router_impl_t *const carl__routers[] = {
@@ -37,6 +38,7 @@ static const carl_router_impl_t *const carl__routers[] = {
     &carl__router_c2r,
     &carl__router_locmoe,
     &carl__router_fastermoe,
+    &carl__router_tamoe,
     /* -- end CARL-family entries -- */
 
     NULL};

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "carl/array.h"
+#include "carl/place.h"
 #include "core/json_internal.h"
 #include "carl/sim.h"
 
@@ -102,11 +103,12 @@ static void defaults(carl_sim_config_t *c) {
 static carl_status parse_router(const cJSON *it, int i, carl_sim_router_t *r) {
   char ctx[64];
   snprintf(ctx, sizeof ctx, "routers[%d]", i);
+  r->place_algo = -1;
   if (cJSON_IsString(it)) {
     r->name = dupstr(it->valuestring);
     r->label = dupstr(it->valuestring);
   } else if (cJSON_IsObject(it)) {
-    static const char *const allowed[] = {"name", "label", "opts", "refresh_every", NULL};
+    static const char *const allowed[] = {"name", "label", "opts", "refresh_every", "place", "replicas", NULL};
     char c2[80];
     snprintf(c2, sizeof c2, "%s.", ctx);
     CARL_TRY(check_keys(it, c2, allowed));
@@ -134,6 +136,14 @@ static carl_status parse_router(const cJSON *it, int i, carl_sim_router_t *r) {
       }
     }
     CARL_TRY(get_i32(it, c2, "refresh_every", 0, 1e9, &r->refresh_every));
+    const cJSON *pa = cJSON_GetObjectItemCaseSensitive(it, "place");
+    if (pa) {
+      carl_place_algo a;
+      if (!cJSON_IsString(pa) || carl_place_algo_parse(pa->valuestring, &a) != CARL_OK)
+        return carl_fail(CARL_ERR_INVALID, "%s.place: must be a placement algorithm name (%s)", ctx, carl_errmsg());
+      r->place_algo = (int)a;
+    }
+    CARL_TRY(get_i32(it, c2, "replicas", 0, CARL_PLACE_MAX_SLOTS, &r->replicas));
   } else {
     return carl_fail(CARL_ERR_INVALID, "%s: must be a router name or an object {\"name\":..,\"opts\":{..}}", ctx);
   }
@@ -484,6 +494,15 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
     if (c->topos[t].devices > c->E)
       return carl_fail(CARL_ERR_INVALID, "topologies[%d]: '%s' has %d devices, more than experts = %d", t,
                        c->topos[t].name, c->topos[t].devices, c->E);
+  for (int i = 0; i < c->nrouter; i++) {
+    const int R = c->routers[i].replicas;
+    if (R > 0 && R < c->E)
+      return carl_fail(CARL_ERR_INVALID, "routers[%d].replicas: %d, fewer than experts = %d", i, R, c->E);
+    for (int t = 0; R > 0 && t < c->ntopo; t++)
+      if (R % c->topos[t].devices)
+        return carl_fail(CARL_ERR_INVALID, "routers[%d].replicas: %d is not a multiple of the %d devices of '%s'", i, R,
+                         c->topos[t].devices, c->topos[t].name);
+  }
   c->work.E = c->E;
   c->work.d = c->d;
   c->work.layers = c->layers;
@@ -598,6 +617,8 @@ carl_status carl_sim_config_describe(const carl_sim_config_t *cfg, char **text, 
     cJSON *op = cJSON_AddObjectToObject(x, "opts");
     for (int j = 0; op && j < r->nopt; j++) cJSON_AddNumberToObject(op, r->keys[j], r->vals[j]);
     cJSON_AddNumberToObject(x, "refresh_every", r->refresh_every);
+    if (r->place_algo >= 0) cJSON_AddStringToObject(x, "place", carl_place_algo_name((carl_place_algo)r->place_algo));
+    if (r->replicas > 0) cJSON_AddNumberToObject(x, "replicas", r->replicas);
   }
   cJSON *ts = cJSON_AddArrayToObject(o, "topologies");
   for (int i = 0; ts && i < cfg->ntopo; i++) {

@@ -92,6 +92,32 @@ static double mean_of(const carl_sim_config_t *cfg, const carl_sim_result_t *res
   return n ? s / n : NAN;
 }
 
+/* Half-width of the 95% interval of column c of router r on topology t over the seeds (the sample:
+ * one value per seed, the mean over scenarios [s0, s1) of that seed's runs); NaN for one seed. The
+ * mean itself is mean_of (equal to the mean of the per-seed values: every seed has every scenario). */
+static double half_of(const carl_sim_config_t *cfg, const carl_sim_result_t *res, int r, int t, int s0, int s1, int c) {
+  if (cfg->nseed < 2) return NAN;
+  double *x = calloc((size_t)cfg->nseed, sizeof *x);
+  int *cnt = calloc((size_t)cfg->nseed, sizeof *cnt);
+  double h = NAN;
+  if (x && cnt) {
+    for (int i = 0; i < res->nrun; i++) {
+      const carl_sim_run_t *ru = &res->runs[i];
+      if (ru->router == r && ru->topo == t && ru->scen >= s0 && ru->scen < s1 && ru->seed >= 0 && ru->seed < cfg->nseed) {
+        x[ru->seed] += ru->summary[c];
+        cnt[ru->seed]++;
+      }
+    }
+    int n = 0;
+    for (int i = 0; i < cfg->nseed; i++)
+      if (cnt[i]) x[n++] = x[i] / cnt[i];
+    carl_sim_ci95(x, n, NULL, &h);
+  }
+  free(x);
+  free(cnt);
+  return h;
+}
+
 static void md_num(sbuf_t *b, double v, const char *fmt) {
   if (isnan(v))
     sb_printf(b, " - |");
@@ -100,6 +126,52 @@ static void md_num(sbuf_t *b, double v, const char *fmt) {
     sb_printf(b, fmt, v);
     sb_printf(b, " |");
   }
+}
+
+/* "mean ± half" (the 95% interval over seeds), or the mean alone with one seed */
+static void md_ci(sbuf_t *b, double v, double h, const char *fmt) {
+  if (isnan(v) || isnan(h)) {
+    md_num(b, v, fmt);
+    return;
+  }
+  sb_printf(b, " ");
+  sb_printf(b, fmt, v);
+  sb_printf(b, " ± ");
+  sb_printf(b, fmt, h);
+  sb_printf(b, " |");
+}
+
+/* mean and interval of column c of router r on topology t over scenarios [s0, s1), times mul / div */
+static void md_stat(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res, int r, int t, int s0, int s1,
+                    int c, double mul, double div, const char *fmt) {
+  md_ci(b, mul * mean_of(cfg, res, r, t, s0, s1, c) / div, mul * half_of(cfg, res, r, t, s0, s1, c) / div, fmt);
+}
+
+/* The figure routers are ranked on: step time when it is modelled, else the all-to-all time. */
+static int rank_col(const carl_sim_config_t *cfg) { return cfg->step_time ? CARL_SIM_STEP_MS : CARL_SIM_A2A_MS; }
+
+/* Router r against the best other router (lowest mean of rank_col) on topology t: the verdict
+ * (carl_sim_compare) and the other router's index (-1 with one router). */
+static int versus_best(const carl_sim_config_t *cfg, const carl_sim_result_t *res, int r, int t, int *other) {
+  const int c = rank_col(cfg);
+  int best = -1;
+  double bm = NAN;
+  for (int q = 0; q < cfg->nrouter; q++) {
+    if (q == r) continue;
+    double m = mean_of(cfg, res, q, t, 0, cfg->nscen, c);
+    if (!isnan(m) && (best < 0 || m < bm)) {
+      best = q;
+      bm = m;
+    }
+  }
+  *other = best;
+  if (best < 0) return CARL_SIM_UNDECIDED;
+  return carl_sim_compare(mean_of(cfg, res, r, t, 0, cfg->nscen, c), half_of(cfg, res, r, t, 0, cfg->nscen, c), bm,
+                          half_of(cfg, res, best, t, 0, cfg->nscen, c));
+}
+
+static const char *verdict_name(int v) {
+  return v == CARL_SIM_WIN ? "win" : v == CARL_SIM_LOSS ? "loss" : v == CARL_SIM_OVERLAP ? "overlap" : "undecided";
 }
 
 /* Step time per router on topology t (docs/cost-model.md "Step time"): the MoE layers' time and its
@@ -117,19 +189,17 @@ static void md_steptime(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_
                "comm | migration (amortised) |\n");
   sb_printf(b, "|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int r = 0; r < cfg->nrouter; r++) {
-    double step = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_STEP_MS);
     double moe = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MOE_MS);
     double cmax = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MS);
     double cmean = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MEAN_MS);
-    double mig = mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MIGRATE_MS);
     sb_printf(b, "| %s |", cfg->routers[r].label);
-    md_num(b, step, "%.4f");
-    md_num(b, moe, "%.4f");
-    md_num(b, cmax, "%.4f");
-    md_num(b, cmean, "%.4f");
+    md_stat(b, cfg, res, r, t, 0, cfg->nscen, CARL_SIM_STEP_MS, 1, 1, "%.4f");
+    md_stat(b, cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MOE_MS, 1, 1, "%.4f");
+    md_stat(b, cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MS, 1, 1, "%.4f");
+    md_stat(b, cfg, res, r, t, 0, cfg->nscen, CARL_SIM_COMPUTE_MEAN_MS, 1, 1, "%.4f");
     md_num(b, cmax - cmean, "%.4f");
     md_num(b, moe - cmax, "%.4f");
-    md_num(b, mig, "%.4f");
+    md_stat(b, cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MIGRATE_MS, 1, 1, "%.4f");
     sb_printf(b, "\n");
   }
   sb_printf(b, "\n");
@@ -138,25 +208,35 @@ static void md_steptime(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_
 static void md_tables(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res) {
   for (int t = 0; t < cfg->ntopo; t++) {
     const carl_topo_t *tp = &cfg->topos[t];
-    sb_printf(b, "### %s (%d nodes x %d devices), mean over %d scenario(s) x %d seed(s), steps %lld..%lld\n\n", tp->name,
-              tp->nodes, tp->devices_per_node, cfg->nscen, cfg->nseed, (long long)cfg->summary_from,
+    sb_printf(b, "### %s (%d nodes x %d devices), mean over %d scenario(s) x %d seed(s)%s, steps %lld..%lld\n\n",
+              tp->name, tp->nodes, tp->devices_per_node, cfg->nscen, cfg->nseed,
+              cfg->nseed > 1 ? " ± 95% interval over seeds (t, n-1 dof)" : "", (long long)cfg->summary_from,
               (long long)cfg->steps - 1);
+    const int ci = cfg->nseed > 1;
     sb_printf(b, "| router | inter MB/step | intra MB/step | a2a ms/step | +migration ms | skew E | skew dev | skew node "
-                 "| drop %% | retained | Jaccard | task KL |\n");
-    sb_printf(b, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+                 "| drop %% | retained | Jaccard | task KL |");
+    if (ci) sb_printf(b, " vs best other on %s |", cfg->step_time ? "step ms" : "a2a ms");
+    sb_printf(b, "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|%s\n", ci ? "---|" : "");
     for (int r = 0; r < cfg->nrouter; r++) {
+      const int n = cfg->nscen;
       sb_printf(b, "| %s |", cfg->routers[r].label);
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_BYTES_INTER) / 1e6, "%.3f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_BYTES_INTRA) / 1e6, "%.3f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_A2A_MS), "%.4f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_MIGRATE_MS), "%.4f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_SKEW_EXPERT), "%.3f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_SKEW_DEVICE), "%.3f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_SKEW_NODE), "%.3f");
-      md_num(b, 100 * mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_DROP_RATE), "%.2f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_RETAINED), "%.4f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_JACCARD), "%.4f");
-      md_num(b, mean_of(cfg, res, r, t, 0, cfg->nscen, CARL_SIM_TASK_KL), "%.4f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_BYTES_INTER, 1, 1e6, "%.3f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_BYTES_INTRA, 1, 1e6, "%.3f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_A2A_MS, 1, 1, "%.4f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_MIGRATE_MS, 1, 1, "%.4f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_SKEW_EXPERT, 1, 1, "%.3f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_SKEW_DEVICE, 1, 1, "%.3f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_SKEW_NODE, 1, 1, "%.3f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_DROP_RATE, 100, 1, "%.2f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_RETAINED, 1, 1, "%.4f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_JACCARD, 1, 1, "%.4f");
+      md_stat(b, cfg, res, r, t, 0, n, CARL_SIM_TASK_KL, 1, 1, "%.4f");
+      if (ci) {
+        int other;
+        int v = versus_best(cfg, res, r, t, &other);
+        sb_printf(b, " %s%s%s |", verdict_name(v), other >= 0 ? (v == CARL_SIM_OVERLAP ? " with " : " vs ") : "",
+                  other >= 0 ? cfg->routers[other].label : "");
+      }
       sb_printf(b, "\n");
     }
     sb_printf(b, "\n");
@@ -176,14 +256,15 @@ static void md_per_scenario(sbuf_t *b, const carl_sim_config_t *cfg, const carl_
   for (int t = 0; t < cfg->ntopo; t++)
     for (size_t q = 0; q < sizeof tabs / sizeof tabs[0]; q++) {
       if (tabs[q].col == CARL_SIM_STEP_MS && !cfg->step_time) continue;
-      sb_printf(b, "#### %s: %s, per scenario (mean over seeds)\n\n| router |", cfg->topos[t].name, tabs[q].title);
+      sb_printf(b, "#### %s: %s, per scenario (mean over seeds%s)\n\n| router |", cfg->topos[t].name, tabs[q].title,
+                cfg->nseed > 1 ? " ± 95% interval" : "");
       for (int s = 0; s < cfg->nscen; s++) sb_printf(b, " %s |", cfg->scens[s].label);
       sb_printf(b, "\n|---|");
       for (int s = 0; s < cfg->nscen; s++) sb_printf(b, "---:|");
       sb_printf(b, "\n");
       for (int r = 0; r < cfg->nrouter; r++) {
         sb_printf(b, "| %s |", cfg->routers[r].label);
-        for (int s = 0; s < cfg->nscen; s++) md_num(b, mean_of(cfg, res, r, t, s, s + 1, tabs[q].col), tabs[q].fmt);
+        for (int s = 0; s < cfg->nscen; s++) md_stat(b, cfg, res, r, t, s, s + 1, tabs[q].col, 1, 1, tabs[q].fmt);
         sb_printf(b, "\n");
       }
       sb_printf(b, "\n");
@@ -264,6 +345,34 @@ static void gp_data(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_resu
 static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir,
                                  const char *work);
 
+/* summary_ci.csv: per router, topology and scenario ("all": the mean over scenarios) the number of
+ * seeds, then each column's mean and the half-width of its 95% interval over seeds (nan with one
+ * seed), then on the "all" rows the figure routers are ranked on and the verdict against the best
+ * other router on it (carl_sim_compare). */
+static void summary_ci_csv(sbuf_t *b, const carl_sim_config_t *cfg, const carl_sim_result_t *res) {
+  sb_printf(b, "router,topology,scenario,seeds");
+  for (int c = 0; c < CARL_SIM_NCOL; c++) sb_printf(b, ",%s,%s_ci95", carl_sim_col_names[c], carl_sim_col_names[c]);
+  sb_printf(b, ",ranked_on,best_other,verdict\n");
+  for (int t = 0; t < cfg->ntopo; t++)
+    for (int r = 0; r < cfg->nrouter; r++)
+      for (int s = -1; s < cfg->nscen; s++) {
+        const int s0 = s < 0 ? 0 : s, s1 = s < 0 ? cfg->nscen : s + 1;
+        sb_printf(b, "%s,%s,%s,%d", cfg->routers[r].label, cfg->topos[t].name, s < 0 ? "all" : cfg->scens[s].label,
+                  cfg->nseed);
+        for (int c = 0; c < CARL_SIM_NCOL; c++) {
+          csv_val(b, mean_of(cfg, res, r, t, s0, s1, c));
+          csv_val(b, half_of(cfg, res, r, t, s0, s1, c));
+        }
+        if (s < 0) {
+          int other;
+          int v = versus_best(cfg, res, r, t, &other);
+          sb_printf(b, ",%s,%s,%s\n", carl_sim_col_names[rank_col(cfg)], other >= 0 ? cfg->routers[other].label : "",
+                    verdict_name(v));
+        } else
+          sb_printf(b, ",,,\n");
+      }
+}
+
 /* The end of a set of reports written into the work directory `work` inside dir: moved in together
  * on success, removed on failure (its errors then name dir). */
 static carl_status reports_done(carl_status st, const char *work, const char *dir) {
@@ -281,7 +390,7 @@ carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_
   return reports_done(write_reports(cfg, res, dir, work), work, dir);
 }
 
-/* steps.csv, summary.csv, summary.md, plots.dat and plots.gp into work (plots.gp names dir). */
+/* steps.csv, summary.csv, summary_ci.csv, summary.md, plots.dat and plots.gp into work (plots.gp names dir). */
 static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir,
                                  const char *work) {
   sbuf_t b = {0};
@@ -306,6 +415,8 @@ static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_re
     sb_printf(&b, "\n");
   }
   CARL_TRY(sb_write(&b, work, "summary.csv"));
+  summary_ci_csv(&b, cfg, res);
+  CARL_TRY(sb_write(&b, work, "summary_ci.csv"));
   if (cfg->tokens_per_device > 0)
     sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens per device x %d layer(s), E = %d, d = %d, %s plan\n\n",
               cfg->name, (long long)cfg->steps, (long long)cfg->tokens_per_device, cfg->layers, cfg->E, cfg->d,

@@ -17,6 +17,7 @@
 #endif
 
 #include "carl/array.h"
+#include "carl/place.h"
 #include "carl/sim.h"
 #include "carl/step.h"
 
@@ -82,6 +83,24 @@ static carl_status trace_load(const char *dir, int layers, int E, trace_t *tr) {
   return CARL_OK;
 }
 
+/* The start of a router with replicas: R physical experts placed by algo on uniform statistics
+ * (every expert equally loaded, from every node alike), as carl train does with train.replicas;
+ * its refreshes keep these slots. */
+static carl_status replicated_start(const carl_topo_t *t, int E, int R, carl_place_algo algo, carl_placement_t *pl) {
+  const int N = t->nodes;
+  double *u = malloc(sizeof(double) * (size_t)E * (size_t)(1 + N + E));
+  if (!u) return carl_fail(CARL_ERR_NOMEM, "sim: out of memory");
+  for (int64_t i = 0; i < (int64_t)E * (1 + N + E); i++) u[i] = 1.0;
+  carl_place_input_t in = {.E = E, .N = N, .load = u, .traffic = u + E, .coact = u + E + (int64_t)N * E};
+  carl_place_opts_t po;
+  carl_place_opts_default(&po);
+  po.algo = algo;
+  po.replicas = R;
+  carl_status st = carl_place_compute(t, &in, &po, pl);
+  free(u);
+  return st == CARL_OK ? CARL_OK : carl_errctx(st, "initial placement with replicas = %d", R);
+}
+
 carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int si, int seedi, carl_sim_run_t *out) {
   memset(out, 0, sizeof *out);
   out->router = ri;
@@ -100,6 +119,8 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   carl_router_t **rt = calloc((size_t)L, sizeof *rt);
   carl_gate_t *gate = calloc((size_t)L, sizeof *gate);
   carl_step_t *stp = NULL;
+  carl_placement_t start;
+  int have_start = 0;
   carl_workload_t wl;
   memset(&wl, 0, sizeof wl);
   trace_t tr;
@@ -166,6 +187,12 @@ carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int ri, int ti, int 
   so.refresh_every = rc->refresh_every;
   so.stats_decay = cfg->place_ema;
   so.expert_bytes = cfg->expert_bytes;
+  if (rc->place_algo >= 0) so.place_opts.algo = (carl_place_algo)rc->place_algo;
+  if (rc->replicas > 0) {
+    if ((st = replicated_start(topo, E, rc->replicas, so.place_opts.algo, &start)) != CARL_OK) goto done;
+    have_start = 1;
+    so.place = &start;
+  }
   if ((st = carl_step_create(&so, &stp)) != CARL_OK) goto done;
   const int C = cfg->work.clusters;
   cluster = malloc((size_t)T * sizeof(int32_t));
@@ -307,6 +334,7 @@ done:
     if (gate) carl_gate_free(&gate[l]);
   }
   carl_step_free(stp);
+  if (have_start) carl_placement_free(&start);
   free(rt);
   free(gate);
   carl_workload_free(&wl);
