@@ -20,7 +20,7 @@ CC=${CC:-clang} scripts/build.sh build-fuzz -DCARL_FUZZ=ON -DCARL_WERROR=OFF -DC
   -DCARL_WITH_MPI=OFF >/dev/null
 mkdir -p build-fuzz/logs build-fuzz/crashes
 failed=0
-printf '%-10s %8s %12s %9s %6s %7s  %s\n' harness seconds executions exec/s cov ft result
+printf '%-13s %8s %12s %9s %6s %7s  %s\n' harness seconds executions exec/s cov ft result
 for n in "${names[@]}"; do
   bin=build-fuzz/fuzz_$n
   [ -x "$bin" ] || { echo "no harness $bin" >&2; exit 2; }
@@ -41,6 +41,6 @@ for n in "${names[@]}"; do
     result="CRASH (exit $rc): $(grep -o 'Test unit written to .*' "$log" | head -1)"
     failed=1
   fi
-  printf '%-10s %8s %12s %9s %6s %7s  %s\n' "$n" "$secs" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$result"
+  printf '%-13s %8s %12s %9s %6s %7s  %s\n' "$n" "$secs" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$result"
 done
 exit $failed

@@ -360,7 +360,8 @@ static void test_topo_flops(void **s) {
       {"{\"peak_TFLOPS\":989.4}", "flops.efficiency: missing"},
       {"{\"peak_TFLOPS\":989.4,\"efficiency\":0}", "flops.efficiency must be in (0, 1], got 0"},
       {"{\"peak_TFLOPS\":989.4,\"efficiency\":1.5}", "flops.efficiency must be in (0, 1], got 1.5"},
-      {"{\"peak_TFLOPS\":-1,\"efficiency\":0.5}", "flops.peak_TFLOPS must be > 0"},
+      {"{\"peak_TFLOPS\":-1,\"efficiency\":0.5}", "flops.peak_TFLOPS must be in [1e-06, 1e+09], got -1"},
+      {"{\"peak_TFLOPS\":1e308,\"efficiency\":0.5}", "flops.peak_TFLOPS must be in [1e-06, 1e+09], got 1e+308"},
       {"{\"peak_tflops\":1,\"efficiency\":0.5}", "unknown key \"peak_tflops\""},
       {"3", "flops"},
   };

@@ -24,17 +24,27 @@ static void sim_usage(FILE *f) {
           "                 depend on it\n"
           "  --no-plots     do not run gnuplot\n"
           "  --replot       run nothing: rewrite DIR/plots.gp for the config and redraw from DIR/steps.csv\n"
-          "  --quiet        no progress bar, no table on stdout\n");
+          "  --quiet        no progress bar, no table on stdout\n"
+          "  --force        run a grid of more than %d runs (refused without it: the reports are\n"
+          "                 written only once every run has ended)\n", CARL_SIM_MAX_RUNS);
 }
 
 typedef struct {
   double t0;
-  int tty;
+  int tty;   /* a progress bar on a terminal */
+  int lines; /* else (not quiet): a line per tenth of the grid */
+  int last;  /* tenths reported */
 } progress_t;
 
 static void progress(void *ctx, int done, int total) {
   progress_t *p = ctx;
-  if (!p->tty) return;
+  if (!p->tty) {
+    if (p->lines && total > 0 && (long)done * 10 / total > p->last) {
+      p->last = (int)((long)done * 10 / total);
+      fprintf(stderr, "carl sim: %d/%d runs done, %.0f s elapsed\n", done, total, carl_now() - p->t0);
+    }
+    return;
+  }
   const int width = 40;
   int fill = (int)((long)done * width / total);
   double el = carl_now() - p->t0, eta = done ? el * (total - done) / done : 0;
@@ -62,7 +72,7 @@ static int run_gnuplot(const char *outdir, int quiet) {
 
 int carl_cmd_sim(int argc, char **argv) {
   const char *config = NULL, *out = NULL;
-  int threads = 0, plots = 1, quiet = 0, replot = 0;
+  int threads = 0, plots = 1, quiet = 0, replot = 0, force = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -86,6 +96,8 @@ int carl_cmd_sim(int argc, char **argv) {
       replot = 1;
     } else if (!strcmp(a, "--quiet")) {
       quiet = 1;
+    } else if (!strcmp(a, "--force")) {
+      force = 1;
     } else {
       fprintf(stderr, "carl sim: unknown or incomplete option '%s'\n\n", a);
       sim_usage(stderr);
@@ -109,11 +121,18 @@ int carl_cmd_sim(int argc, char **argv) {
     if (st != CARL_OK) return carl_cli_error("sim", st);
     return run_gnuplot(outdir, quiet) ? 0 : 1;
   }
-  int nrun = cfg.nrouter * cfg.ntopo * cfg.nscen * cfg.nseed;
-  if (!quiet)
-    fprintf(stderr, "carl sim: %s: %d routers x %d topologies x %d scenarios x %d seeds = %d runs of %lld steps -> %s\n",
+  long long nrun = (long long)cfg.nrouter * cfg.ntopo * cfg.nscen * cfg.nseed;
+  if (nrun > CARL_SIM_MAX_RUNS && !force) {
+    fprintf(stderr, "carl sim: %s: %d routers x %d topologies x %d scenarios x %d seeds = %lld runs, more than %d: "
+            "refused (the reports are written only when every run has ended); split the grid or give --force\n",
+            config ? config : "default study", cfg.nrouter, cfg.ntopo, cfg.nscen, cfg.nseed, nrun, CARL_SIM_MAX_RUNS);
+    carl_sim_config_free(&cfg);
+    return 1;
+  }
+  if (!quiet || nrun > CARL_SIM_MAX_RUNS)
+    fprintf(stderr, "carl sim: %s: %d routers x %d topologies x %d scenarios x %d seeds = %lld runs of %lld steps -> %s\n",
             cfg.name, cfg.nrouter, cfg.ntopo, cfg.nscen, cfg.nseed, nrun, (long long)cfg.steps, outdir);
-  progress_t pr = {carl_now(), !quiet && isatty(2)};
+  progress_t pr = {carl_now(), !quiet && isatty(2), !quiet || nrun > CARL_SIM_MAX_RUNS, 0};
   carl_sim_result_t res;
   st = carl_sim_run(&cfg, progress, &pr, &res);
   if (st != CARL_OK) {

@@ -40,6 +40,10 @@
 
 #include "carl/topo.h"
 
+/* Largest value of a statistics file's element (load, traffic, co-activation counts): sums and
+ * byte counts over the largest allowed shapes stay finite. */
+#define CARL_PLACE_COUNT_MAX 1e15
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -170,6 +170,10 @@ typedef struct {
 /* Parse and check everything (types, names, router options, topologies, trace shapes) before any
  * work: errors name the field ("routers[2].opts.k: must be a number"). base_dir resolves relative
  * paths (may be NULL). */
+/* Longest study name ("name"): A-Z a-z 0-9 . _ -, not starting with '.'. */
+#define CARL_SIM_NAME_MAX 64
+/* Most runs (routers x topologies x scenarios x seeds) carl sim starts without --force. */
+#define CARL_SIM_MAX_RUNS 10000
 carl_status carl_sim_config_parse(const char *json, size_t len, const char *base_dir, carl_sim_config_t *cfg);
 carl_status carl_sim_config_load(const char *path, carl_sim_config_t *cfg);
 /* The default study of `carl sim` with no arguments (runs in well under a minute on 2 cores). */

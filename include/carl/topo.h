@@ -40,6 +40,13 @@ extern "C" {
 /* Link classes, ordered from cheapest to dearest. */
 typedef enum { CARL_LINK_SELF = 0, CARL_LINK_INTRA = 1, CARL_LINK_RACK = 2, CARL_LINK_INTER = 3 } carl_link_class;
 #define CARL_NLINK 4
+/* Valid ranges of a topology file's numbers (larger or smaller ones would give inf/0 costs):
+ * GBps in [1e-6, 1e6], latency_us in [0, 1e9], flops.peak_TFLOPS in [1e-6, 1e9]. */
+#define CARL_TOPO_GBPS_MIN 1e-6
+#define CARL_TOPO_GBPS_MAX 1e6
+#define CARL_TOPO_LATENCY_MAX_US 1e9
+#define CARL_TOPO_TFLOPS_MIN 1e-6
+#define CARL_TOPO_TFLOPS_MAX 1e9
 
 typedef struct {
   double GBps;       /* bandwidth per device, 1e9 bytes/s; 0 for an absent class */

@@ -64,6 +64,47 @@ static int json_depth_at(const char *text, size_t pos) {
   return depth;
 }
 
+/* Offset of the first byte of text[0, len) that is not well-formed UTF-8 (RFC 3629: no overlongs,
+ * no surrogates, at most U+10FFFF), a raw NUL, or the start of a \u0000 escape; len when none is.
+ * *why gets what is wrong. Names end up in JSON reports, CSV and Markdown: they must stay text. */
+static size_t json_text_bad(const char *text, size_t len, const char **why) {
+  const unsigned char *u = (const unsigned char *)text;
+  size_t i = 0;
+  while (i < len) {
+    unsigned c = u[i];
+    if (c == 0) {
+      *why = "a NUL byte";
+      return i;
+    }
+    if (c == '\\') {
+      if (i + 5 < len && u[i + 1] == 'u' && !memcmp(text + i + 2, "0000", 4)) {
+        *why = "a \\u0000 (NUL) escape: strings may not contain NUL";
+        return i;
+      }
+      i += 2; /* the escaped character (a backslash pair must not start a new escape) */
+      continue;
+    }
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    int n = c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
+    unsigned lo = 0x80, hi = 0xBF; /* range of the second byte */
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+    int ok = n > 0 && i + (size_t)n < len && u[i + 1] >= lo && u[i + 1] <= hi;
+    for (int k = 2; ok && k <= n; k++) ok = u[i + k] >= 0x80 && u[i + k] <= 0xBF;
+    if (!ok) {
+      *why = "bytes that are not UTF-8 (JSON text must be UTF-8)";
+      return i;
+    }
+    i += (size_t)n + 1;
+  }
+  return len;
+}
+
 carl_status carl_json_parse(const char *text, size_t len, const char *what, cJSON **out) {
   *out = NULL;
   if (!text) return carl_fail(CARL_ERR_INVALID, "%s: no JSON text", what && *what ? what : "JSON");
@@ -88,6 +129,12 @@ carl_status carl_json_parse(const char *text, size_t len, const char *what, cJSO
   if (pos < len && text[pos] != '\0') {
     cJSON_Delete(doc);
     return json_syntax_error(text, len, pos, what, "unexpected text after the JSON value");
+  }
+  const char *why = NULL;
+  size_t bad = json_text_bad(text, pos, &why);
+  if (bad < pos) {
+    cJSON_Delete(doc);
+    return json_syntax_error(text, len, bad, what, why);
   }
   *out = doc;
   return CARL_OK;
@@ -223,6 +270,15 @@ static carl_status json_as_int(const cJSON *it, const char *name, int lo, int hi
   return CARL_OK;
 }
 
+/* v with the fewest digits (up to 17) that read back as v: 1e-06, not 9.9999999999999995e-07. */
+static const char *json_num_text(double v, char *buf, size_t cap) {
+  for (int p = 1; p <= 17; p++) {
+    snprintf(buf, cap, "%.*g", p, v);
+    if (strtod(buf, NULL) == v) break;
+  }
+  return buf;
+}
+
 static carl_status json_as_num(const cJSON *it, const char *name, double lo, double hi, int strict_pos, double *out) {
   if (!cJSON_IsNumber(it)) return json_wrong_type(name, "a number", it);
   double v = it->valuedouble;
@@ -230,9 +286,13 @@ static carl_status json_as_num(const cJSON *it, const char *name, double lo, dou
   if (strict_pos) {
     if (!(v > 0)) return carl_fail(CARL_ERR_INVALID, "%s must be > 0, got %.17g", name, v);
   } else if (v < lo || v > hi) {
-    if (isinf(hi)) return carl_fail(CARL_ERR_INVALID, "%s must be >= %.17g, got %.17g", name, lo, v);
-    if (isinf(lo)) return carl_fail(CARL_ERR_INVALID, "%s must be <= %.17g, got %.17g", name, hi, v);
-    return carl_fail(CARL_ERR_INVALID, "%s must be in [%.17g, %.17g], got %.17g", name, lo, hi, v);
+    char a[32], b[32], g[32];
+    json_num_text(lo, a, sizeof a);
+    json_num_text(hi, b, sizeof b);
+    json_num_text(v, g, sizeof g);
+    if (isinf(hi)) return carl_fail(CARL_ERR_INVALID, "%s must be >= %s, got %s", name, a, g);
+    if (isinf(lo)) return carl_fail(CARL_ERR_INVALID, "%s must be <= %s, got %s", name, b, g);
+    return carl_fail(CARL_ERR_INVALID, "%s must be in [%s, %s], got %s", name, a, b, g);
   }
   *out = v;
   return CARL_OK;

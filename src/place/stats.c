@@ -179,6 +179,9 @@ static carl_status arr_copy(const carl_array_t *a, const char *path, double *dst
     double v = arr_get(a, i);
     if (!isfinite(v)) return carl_fail(CARL_ERR_NUMERIC, "%s: element %lld is %g (counts must be finite)", path, (long long)i, v);
     if (v < 0) return carl_fail(CARL_ERR_INVALID, "%s: element %lld is %g (counts must be >= 0)", path, (long long)i, v);
+    if (v > CARL_PLACE_COUNT_MAX)
+      return carl_fail(CARL_ERR_INVALID, "%s: element %lld is %g (counts must be in [0, %g])", path, (long long)i, v,
+                       CARL_PLACE_COUNT_MAX);
     dst[i] = v;
   }
   return CARL_OK;

@@ -334,7 +334,13 @@ static carl_status parse_obj(const cJSON *root, const char *base_dir, carl_sim_c
   CARL_TRY(check_keys(root, "", top));
   const cJSON *nm = cJSON_GetObjectItemCaseSensitive(root, "name");
   if (nm && !cJSON_IsString(nm)) return carl_fail(CARL_ERR_INVALID, "name: must be a string");
-  c->name = dupstr(nm ? nm->valuestring : "study");
+  const char *name = nm ? nm->valuestring : "study";
+  /* the default output folder is results/<name>: a plain file name that cannot leave it */
+  size_t nl = strlen(name);
+  if (nl == 0 || nl > CARL_SIM_NAME_MAX || name[0] == '.' || strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != nl)
+    return carl_fail(CARL_ERR_INVALID, "name: '%.80s' must be 1 to %d characters of A-Z a-z 0-9 . _ - not starting with '.' "
+                     "(it names the folder results/<name>)", name, CARL_SIM_NAME_MAX);
+  c->name = dupstr(name);
   CARL_TRY(get_int(root, "", "steps", 1, 1e9, &c->steps));
   CARL_TRY(get_int(root, "", "tokens", 1, 1 << 26, &c->tokens));
   CARL_TRY(get_int(root, "", "tokens_per_device", 1, 1 << 26, &c->tokens_per_device));

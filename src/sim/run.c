@@ -5,6 +5,7 @@
  * its cost) -> metrics -> carl_step_observe (router update from the global loads, placement
  * statistics) -> dz += task gradient (KL to the teacher) -> W -= lr x^T dz. carl_step_end
  * recomputes the placement every refresh_every steps and the migration is charged to that step. */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -353,7 +354,10 @@ void carl_sim_result_free(carl_sim_result_t *res) {
 carl_status carl_sim_run(const carl_sim_config_t *cfg, carl_sim_progress_fn progress, void *ctx,
                          carl_sim_result_t *res) {
   memset(res, 0, sizeof *res);
-  const int n = cfg->nrouter * cfg->ntopo * cfg->nscen * cfg->nseed;
+  const int64_t n64 = (int64_t)cfg->nrouter * cfg->ntopo * cfg->nscen * cfg->nseed;
+  if (n64 > INT_MAX)
+    return carl_fail(CARL_ERR_INVALID, "sim: a grid of %lld runs is more than %d", (long long)n64, INT_MAX);
+  const int n = (int)n64;
   res->runs = calloc((size_t)n, sizeof *res->runs);
   if (!res->runs) return carl_fail(CARL_ERR_NOMEM, "sim: out of memory");
   res->nrun = n;

@@ -60,8 +60,8 @@ static carl_status topo_link_obj(const cJSON *links, const char *key, int requir
   if (!o) return CARL_OK;
   static const char *const keys[] = {"GBps", "latency_us"};
   CARL_TRY(carl_json_check_keys(o, ctx, keys, 2));
-  CARL_TRY(carl_json_get_pos(o, ctx, "GBps", &l->GBps));
-  CARL_TRY(carl_json_get_num(o, ctx, "latency_us", 0, INFINITY, &l->latency_us));
+  CARL_TRY(carl_json_get_num(o, ctx, "GBps", CARL_TOPO_GBPS_MIN, CARL_TOPO_GBPS_MAX, &l->GBps));
+  CARL_TRY(carl_json_get_num(o, ctx, "latency_us", 0, CARL_TOPO_LATENCY_MAX_US, &l->latency_us));
   return CARL_OK;
 }
 
@@ -77,7 +77,7 @@ static carl_status topo_flops(const cJSON *doc, carl_topo_t *t) {
   if (strlen(dev) >= sizeof t->device)
     return carl_fail(CARL_ERR_INVALID, "flops.device must be shorter than %zu characters", sizeof t->device);
   snprintf(t->device, sizeof t->device, "%s", dev);
-  CARL_TRY(carl_json_get_pos(o, "flops", "peak_TFLOPS", &t->peak_TFLOPS));
+  CARL_TRY(carl_json_get_num(o, "flops", "peak_TFLOPS", CARL_TOPO_TFLOPS_MIN, CARL_TOPO_TFLOPS_MAX, &t->peak_TFLOPS));
   double eff;
   CARL_TRY(carl_json_get_num(o, "flops", "efficiency", -INFINITY, INFINITY, &eff));
   if (!(eff > 0) || eff > 1) return carl_fail(CARL_ERR_INVALID, "flops.efficiency must be in (0, 1], got %g", eff);
