@@ -110,7 +110,7 @@ class Cost(Structure):
 
 class Plan(Structure):
     _cname_ = "carl_plan_t"
-    _fields_ = [("D", c_int), ("E", c_int), ("k", c_int), ("S", c_int), ("T", c_int64), ("mode", c_int),
+    _fields_ = [("D", c_int), ("E", c_int), ("k", c_int), ("S", c_int), ("dpn", c_int), ("T", c_int64), ("mode", c_int),
                 ("device", c_int), ("has_rows", c_int), ("hop", POINTER(c_int64)), ("copies", c_int64),
                 ("n_send", c_int64), ("send_off", POINTER(c_int64)), ("send_tok", POINTER(c_int32)),
                 ("n_fwd", c_int64), ("fwd_off", POINTER(c_int64)), ("fwd_parent", POINTER(c_int64)),
