@@ -313,6 +313,25 @@ static carl_exec_t *carl__sharded(const carl_model_t *m) {
   return ex && carl_exec_size(ex) > 1 && !m->has_replicas ? ex : NULL;
 }
 
+/* Rebuild the step after a change of its options (mode, executor, refresh), every layer keeping
+ * its current placement (nothing moves); the statistics gathered so far are dropped. */
+static carl_status carl__step_rebuild(carl_model_t *m) {
+  const int L = m->cfg.n_layers;
+  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
+  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  carl_status st = CARL_OK;
+  for (int l = 0; l < L && st == CARL_OK; l++) {
+    const carl_placement_t *p = carl_step_placement(m->dstep, l);
+    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
+  }
+  if (st == CARL_OK) st = carl__step_build(m, &keep[0]);
+  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
+  if (st == CARL_OK) carl__note_replicas(m);
+  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
+  free(keep);
+  return st;
+}
+
 /* Replicas of one expert: their gradients are summed (slot order) and every replica gets the
  * sum, so that AdamW keeps them bitwise equal. */
 static void carl__sync_replicas(carl_model_t *m) {
@@ -506,21 +525,9 @@ carl_router_t *carl_model_router(carl_model_t *m, int layer) {
 
 carl_status carl_model_set_dispatch(carl_model_t *m, carl_plan_mode mode) {
   if (mode != CARL_PLAN_FLAT && mode != CARL_PLAN_HIER) return carl_fail(CARL_ERR_INVALID, "dispatch mode %d", (int)mode);
-  const int L = m->cfg.n_layers;
-  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
-  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
-  carl_status st = CARL_OK;
-  for (int l = 0; l < L && st == CARL_OK; l++) {
-    const carl_placement_t *p = carl_step_placement(m->dstep, l);
-    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
-  }
   const carl_plan_mode before = m->mode;
   m->mode = mode;
-  if (st == CARL_OK) st = carl__step_build(m, &keep[0]);
-  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
-  if (st == CARL_OK) carl__note_replicas(m);
-  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
-  free(keep);
+  carl_status st = carl__step_rebuild(m);
   if (st != CARL_OK) m->mode = before;
   return st;
 }
@@ -532,21 +539,9 @@ carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex) {
                      "device)", carl_exec_name(ex), np, m->topo->devices);
   if (np > m->P)
     return carl_fail(CARL_ERR_INVALID, "executor '%s': %d processes for %d expert slots", carl_exec_name(ex), np, m->P);
-  const int L = m->cfg.n_layers;
-  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
-  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
-  carl_status st = CARL_OK;
-  for (int l = 0; l < L && st == CARL_OK; l++) {
-    const carl_placement_t *p = carl_step_placement(m->dstep, l);
-    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
-  }
   carl_exec_t *before = m->exec_user;
   m->exec_user = ex;
-  if (st == CARL_OK) st = carl__step_build(m, &keep[0]);
-  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
-  if (st == CARL_OK) carl__note_replicas(m);
-  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
-  free(keep);
+  carl_status st = carl__step_rebuild(m);
   if (st != CARL_OK) m->exec_user = before;
   return st;
 }
@@ -601,25 +596,14 @@ carl_status carl_model_set_refresh(carl_model_t *m, int64_t every, const carl_pl
   if (every < 0) return carl_fail(CARL_ERR_INVALID, "refresh every %lld steps: must be >= 0", (long long)every);
   if (!(stats_decay >= 0 && stats_decay < 1))
     return carl_fail(CARL_ERR_INVALID, "refresh: statistics decay %g is outside [0, 1)", stats_decay);
-  const int L = m->cfg.n_layers;
-  /* the step is rebuilt with the same placements (nothing moves) */
-  carl_placement_t *keep = calloc((size_t)L, sizeof *keep);
-  if (!keep) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
-  carl_status st = CARL_OK;
-  for (int l = 0; l < L && st == CARL_OK; l++) {
-    const carl_placement_t *p = carl_step_placement(m->dstep, l);
-    st = carl_placement_from_table(&keep[l], p->E, p->D, p->slots, p->slot_expert);
-  }
-  if (st == CARL_OK) {
-    m->refresh_every = every;
-    if (po) m->place_opts = *po;
-    m->stats_decay = stats_decay;
-    st = carl__step_build(m, &keep[0]);
-  }
-  for (int l = 1; l < L && st == CARL_OK; l++) st = carl_step_set_placement(m->dstep, l, &keep[l]);
-  for (int l = 0; l < L; l++) carl_placement_free(&keep[l]);
-  free(keep);
-  carl__note_replicas(m);
+  const int64_t every0 = m->refresh_every;
+  const carl_place_opts_t po0 = m->place_opts;
+  const double decay0 = m->stats_decay;
+  m->refresh_every = every;
+  if (po) m->place_opts = *po;
+  m->stats_decay = stats_decay;
+  carl_status st = carl__step_rebuild(m);
+  if (st != CARL_OK) m->refresh_every = every0, m->place_opts = po0, m->stats_decay = decay0;
   return st;
 }
 
