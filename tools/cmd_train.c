@@ -42,7 +42,7 @@ static void train_usage(FILE *f, const char *router) {
           "                       statistics; expert weights and AdamW moments move with their experts\n"
           "                       (0: static placement) [config's train.refresh_every]\n"
           "  --place ALGO         placement algorithm of the refresh and of the initial replicas:\n"
-          "                       contiguous, roundrobin, eplb, traffic, coactivation [config's train.place]\n"
+          "                       contiguous, roundrobin, eplb, eplb-nodup, traffic, coactivation [config's train.place]\n"
           "  --replicas N         physical experts in all (>= experts, a multiple of the devices; needs a\n"
           "                       topology) [config's train.replicas, 0: ceil(E / D) per device]\n"
           "  --dispatch MODE      flat (one copy per destination device) or hier (one per destination node,\n"
