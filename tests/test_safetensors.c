@@ -168,6 +168,9 @@ static void test_corrupt(void **s) {
   expect_parse_error("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                      "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, CARL_ERR_PARSE, "twice");
   expect_parse_error("{\"__metadata__\":{\"a\":1}}", 0, CARL_ERR_PARSE, "not a string");
+  /* two metadata objects (the second used to overflow the first one's table) */
+  expect_parse_error("{\"__metadata__\":{\"a\":\"1\"},\"__metadata__\":{\"a\":\"1\",\"b\":\"2\"}}", 0, CARL_ERR_PARSE,
+                     "__metadata__ appears twice");
   expect_parse_error("{\"x\":3}", 0, CARL_ERR_PARSE, "not an object");
   /* every single-byte truncation of the python fixture is refused, none crashes */
   char *fx;

@@ -155,6 +155,7 @@ static carl_status carl__st_parse_header(carl_st_file_t *f, const cJSON *root, c
     const char *name = it->string;
     if (!strcmp(name, "__metadata__")) {
       if (!cJSON_IsObject(it)) return carl_fail(CARL_ERR_PARSE, "__metadata__ must be an object of strings");
+      if (f->meta) return carl_fail(CARL_ERR_PARSE, "__metadata__ appears twice");
       int nm = cJSON_GetArraySize(it);
       f->meta = calloc(2 * (size_t)nm + 1, sizeof *f->meta);
       if (!f->meta) return carl_fail(CARL_ERR_NOMEM, "out of memory");
