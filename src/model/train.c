@@ -362,13 +362,14 @@ typedef struct {
   char run_id[32]; /* of the run that writes the checkpoints: only its own are pruned */
 } carl__run_state_t;
 
-static carl_status carl__write_tensors(const char *path, carl_model_t *m, const float *base, const char *prefix,
+/* f: the model in the one-process layout (carl_model_full) */
+static carl_status carl__write_tensors(const char *path, const carl_model_full_t *f, const float *base, const char *prefix,
                                        const char *const *meta, const int64_t *adam_t) {
-  int n = carl_model_ntensors(m);
+  int n = f->ntensors;
   carl_st_tensor_t *t = calloc((size_t)n + 1, sizeof *t);
   if (!t) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
   for (int i = 0; i < n; i++) {
-    const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+    const carl_tensor_info_t *ti = &f->tensors[i];
     snprintf(t[i].name, sizeof t[i].name, "%s%s", prefix, ti->name);
     t[i].dtype = CARL_F32;
     t[i].ndim = ti->ndim;
@@ -390,14 +391,14 @@ static carl_status carl__write_tensors(const char *path, carl_model_t *m, const 
 }
 
 /* Write both moment sets into one file: m.<name> then v.<name>, then adam_t. */
-static carl_status carl__write_optimizer(const char *path, carl_model_t *m) {
-  int n = carl_model_ntensors(m);
+static carl_status carl__write_optimizer(const char *path, carl_model_t *m, const carl_model_full_t *f) {
+  int n = f->ntensors;
   carl_st_tensor_t *t = calloc(2 * (size_t)n + 1, sizeof *t);
   if (!t) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
-  const float *mm = carl_model_adam_m(m), *vv = carl_model_adam_v(m);
+  const float *mm = f->adam_m, *vv = f->adam_v;
   for (int pass = 0; pass < 2; pass++)
     for (int i = 0; i < n; i++) {
-      const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+      const carl_tensor_info_t *ti = &f->tensors[i];
       carl_st_tensor_t *x = &t[pass * n + i];
       snprintf(x->name, sizeof x->name, "%s%s", pass ? "v." : "m.", ti->name);
       x->dtype = CARL_F32;
@@ -560,8 +561,9 @@ static carl_status carl__ckpt_error(carl_status st, const char *tmp, const char 
   return carl_errctx(st, "checkpoint at step %" PRId64, step);
 }
 
-static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m, int64_t step,
-                                   const carl__run_state_t *rs, char *saved, size_t saved_cap) {
+static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m,
+                                   const carl_model_full_t *full, int64_t step, const carl__run_state_t *rs, char *saved,
+                                   size_t saved_cap) {
   char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 160];
   snprintf(name, sizeof name, "ckpt_%08" PRId64, step);
   snprintf(dir, sizeof dir, "%s/%s", out_dir, name);
@@ -575,10 +577,10 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
   snprintf(step_text, sizeof step_text, "%" PRId64, step);
   const char *meta[] = {"format", "pt", "producer", "carl-moe", "step", step_text, "config", cfg_text, NULL};
   snprintf(f, sizeof f, "%s/model.safetensors", tmp);
-  st = carl__write_tensors(f, m, carl_model_params(m), "", meta, NULL);
+  st = carl__write_tensors(f, full, full->params, "", meta, NULL);
   if (!st) {
     snprintf(f, sizeof f, "%s/optimizer.safetensors", tmp);
-    st = carl__write_optimizer(f, m);
+    st = carl__write_optimizer(f, m, full);
   }
   int has_router = carl__router_has_state(m);
   for (int l = 0; !st && has_router && l < cfg->model.n_layers; l++) {
@@ -1564,8 +1566,11 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     }
     if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
       st = carl__csv_sync(&csv);
-      if (!st) st = carl_model_gather_experts(m); /* every rank's expert slots, for rank 0 to save */
-      if (!st && rank == 0) st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      carl_model_full_t full = {0};
+      if (!st) st = carl_model_full(m, &full); /* every rank's expert slots, for rank 0 to save */
+      if (!st && rank == 0)
+        st = carl__ckpt_save(o->out_dir, &cfg, m, &full, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      carl_model_full_free(&full);
       if (st) {
         carl__stopped(st, done, res->last_ckpt);
         break;
