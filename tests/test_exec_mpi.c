@@ -9,11 +9,12 @@
  *   collectives allreduce (doubles), allreduce_f (floats) and allgather against closed forms;
  *   migrate    every rank's tensors equal the local executor's migration, for tensors of every
  *              slot and for tensors of the rank's own slots only (its block of the local result);
- *   model      under the executor each rank stores only its own expert slots: the slot count is
- *              the placement's slots per device, the parameter count is the non-expert count plus
- *              1/ranks of the expert count (both from the config by hand), the slots hold the
- *              one-process model's initial values, and carl_model_full gives rank 0 the
- *              one-process model bit for bit.
+ *   model      each rank stores only its own expert slots, whether made whole and then given the
+ *              executor or made by carl_model_create_ep (never whole), on a placement that
+ *              reverses the experts: the slot count is the placement's slots per device, the
+ *              parameter count is the non-expert count plus 1/ranks of the expert count (both
+ *              from the config by hand), the slots hold the one-process model's initial values,
+ *              and carl_model_full gives rank 0 the one-process model bit for bit.
  * Built without MPI: create reports CARL_ERR_UNSUPPORTED, and that is all this test checks. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -262,7 +263,6 @@ static void test_migrate_own(void **s) {
 }
 
 static void test_model_own_slots(void **s) {
-  (void)s;
   if (!EX) skip();
   const int D = carl_exec_size(EX), r = carl_exec_rank(EX);
   if (D < 2 || E_ % D) skip();
@@ -271,12 +271,25 @@ static void test_model_own_slots(void **s) {
   c.vocab = 64, c.max_seq = 8, c.d_model = 8, c.n_layers = 2, c.n_heads = 2, c.d_ff = 12, c.n_experts = E_;
   carl_topo_t t;
   topo_of(D, &t);
+  int32_t tab[E_]; /* slot g holds expert E - 1 - g: every expert moves to another rank */
+  for (int g = 0; g < E_; g++) tab[g] = E_ - 1 - g;
+  carl_placement_t rev;
+  assert_int_equal(carl_placement_from_table(&rev, E_, D, E_ / D, tab), CARL_OK);
   carl_model_t *one, *ep;
   assert_int_equal(carl_model_create(&c, &one), CARL_OK);
-  assert_int_equal(carl_model_create(&c, &ep), CARL_OK);
-  assert_int_equal(carl_model_set_topology(one, &t, NULL), CARL_OK);
-  assert_int_equal(carl_model_set_topology(ep, &t, NULL), CARL_OK);
-  assert_int_equal(carl_model_set_executor(ep, EX), CARL_OK);
+  assert_int_equal(carl_model_set_topology(one, &t, &rev), CARL_OK);
+  if (*(const int *)*s) { /* made whole, then the executor */
+    assert_int_equal(carl_model_create(&c, &ep), CARL_OK);
+    assert_int_equal(carl_model_set_topology(ep, &t, &rev), CARL_OK);
+    assert_int_equal(carl_model_set_executor(ep, EX), CARL_OK);
+  } else { /* own slots from the start; nothing runs before the executor */
+    assert_int_equal(carl_model_create_ep(&c, D, r, &ep), CARL_OK);
+    assert_int_equal(carl_model_set_topology(ep, &t, &rev), CARL_OK);
+    int32_t tok[4] = {1, 2, 3, 4};
+    assert_int_equal(carl_model_forward(ep, tok, NULL, 1, 4, NULL), CARL_ERR_STATE);
+    assert_int_equal(carl_model_set_executor(ep, EX), CARL_OK);
+  }
+  carl_placement_free(&rev);
   const carl_placement_t *pl = carl_model_placement(ep, 0);
   int64_t first;
   int count;
@@ -319,6 +332,8 @@ static void test_model_own_slots(void **s) {
   carl_model_free(ep);
 }
 
+static int WHOLE_FIRST = 1, OWN_FROM_START = 0;
+
 int main(void) {
   carl_status st = carl_exec_mpi_create(&EX);
   if (st == CARL_ERR_UNSUPPORTED) {
@@ -332,7 +347,8 @@ int main(void) {
       cmocka_unit_test(test_collectives),
       cmocka_unit_test(test_migrate),
       cmocka_unit_test(test_migrate_own),
-      cmocka_unit_test(test_model_own_slots),
+      cmocka_unit_test_prestate_setup_teardown(test_model_own_slots, NULL, NULL, &WHOLE_FIRST),
+      cmocka_unit_test_prestate_setup_teardown(test_model_own_slots, NULL, NULL, &OWN_FROM_START),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   carl_exec_free(EX);

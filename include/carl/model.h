@@ -123,6 +123,13 @@ typedef struct {
 typedef struct carl_model carl_model_t;
 
 carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out);
+/* The model of rank `rank` of `ranks` of an expert-parallel run (docs/mpi.md): it stores only the
+ * rank's own expert slots (slot g of n_slots, g in [rank S, rank S + S), S = n_slots / ranks),
+ * initialised to exactly the values carl_model_create gives them (the init is keyed by expert),
+ * and the non-expert tensors whole; the placement set before the executor takes every slot's
+ * initial values from its new expert. It runs only under a multi-process executor of that split
+ * (carl_model_set_executor); no replicated experts (n_slots must equal n_experts). */
+carl_status carl_model_create_ep(const carl_model_config_t *cfg, int ranks, int rank, carl_model_t **out);
 void carl_model_free(carl_model_t *m);
 const carl_model_config_t *carl_model_config(const carl_model_t *m);
 

@@ -43,6 +43,9 @@ struct carl_model {
   int nlocal;               /* all P, or rank r's own S = P / ranks (carl__shard_storage) */
   carl_tensor_info_t *tensors_full; /* the one-process layout once the storage is sharded, else NULL */
   int64_t nparams_full;
+  int64_t *init_key;        /* [ntensors] Philox counter of each tensor's first initial value */
+  float *init_scale;        /* [ntensors] its standard deviation */
+  int fresh;                /* 1 while the parameters are the initial ones (nothing wrote them) */
   carl_topo_t topo1;        /* one device: the topology when none is set */
   const carl_topo_t *topo;  /* &topo1 or the caller's (borrowed) */
   int user_topo;            /* 1: the caller's topology (dispatch is priced) */
@@ -215,15 +218,38 @@ static carl_status carl__check_placement(const carl_model_t *m, const carl_topo_
   return CARL_OK;
 }
 
+/* Initial values of expert `e` in one slot of expert tensor i: [numel / P] floats. */
+static void carl__init_expert(const carl_model_t *m, int i, int e, float *dst) {
+  const carl_tensor_info_t *tf = m->tensors_full ? &m->tensors_full[i] : &m->tensors[i];
+  const int64_t per = tf->numel / m->P, key = m->init_key[i] + (int64_t)e * per;
+  const float s = m->init_scale[i];
+  if (e < 0) {
+    memset(dst, 0, sizeof(float) * (size_t)per);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (per >= CARL_OMP_MIN_WORK)
+  for (int64_t j = 0; j < per; j++) dst[j] = s * carl_rng_normal(m->cfg.seed, CARL_STREAM_INIT, (uint64_t)(key + j));
+}
+
 /* Move layer l's expert tensors from layout `from` to layout `to` (both D x S = P slots): every
  * slot of `to` takes the weights and moments of its expert's first slot in `from`; empty slots
  * are zero. Replicas hold bitwise the same values, so any replica would do. */
 static carl_status carl__relayout(carl_model_t *m, int l, const carl_placement_t *from, const carl_placement_t *to) {
   const int P = m->P;
   if (from->D == to->D && !memcmp(from->slot_expert, to->slot_expert, sizeof(int32_t) * (size_t)P)) return CARL_OK;
+  if (m->nlocal < P && m->fresh) { /* own slots only, still the initial values: each slot takes its new expert's */
+    const int idx[2] = {m->li[l].w13, m->li[l].w2};
+    for (int i = 0; i < 2; i++) {
+      const int64_t per = m->tensors[idx[i]].numel / m->nlocal;
+      for (int g = 0; g < m->nlocal; g++)
+        carl__init_expert(m, idx[i], to->slot_expert[m->slot0 + g], m->params + m->tensors[idx[i]].offset + g * per);
+    }
+    return CARL_OK; /* the moments are still zero */
+  }
   if (m->nlocal < P)
-    return carl_fail(CARL_ERR_STATE, "model: the expert slots are stored per rank (expert parallel, %d of %d here): a "
-                     "new placement or layout is set before the executor, or moved by a refresh", m->nlocal, P);
+    return carl_fail(CARL_ERR_STATE, "model: the expert slots are stored per rank (expert parallel, %d of %d here): the "
+                     "layout of layer %d can change only by a placement refresh once the parameters are written", m->nlocal,
+                     P, l);
   int32_t *first = malloc(sizeof(int32_t) * (size_t)m->cfg.n_experts);
   if (!first) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
   for (int e = 0; e < m->cfg.n_experts; e++) first[e] = -1;
@@ -338,10 +364,10 @@ static void carl__own_block(const carl_model_t *m, const carl_tensor_info_t *t, 
  * smaller buffers, and the one-process table is kept for carl_model_full. Only without replicas
  * (P = E: no placement can hold an expert twice): replicated experts are updated by every rank.
  * On failure nothing changes. */
-static carl_status carl__shard_storage(carl_model_t *m, int np, int r) {
+static carl_tensor_info_t *carl__local_table(const carl_model_t *m, int np, int64_t *nparams) {
   const int S = m->P / np;
   carl_tensor_info_t *tab = malloc(sizeof *tab * (size_t)m->ntensors);
-  if (!tab) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  if (!tab) return NULL;
   int64_t n = 0;
   for (int i = 0; i < m->ntensors; i++) {
     tab[i] = m->tensors[i];
@@ -352,6 +378,15 @@ static carl_status carl__shard_storage(carl_model_t *m, int np, int r) {
     tab[i].offset = n;
     n += tab[i].numel;
   }
+  *nparams = n;
+  return tab;
+}
+
+static carl_status carl__shard_storage(carl_model_t *m, int np, int r) {
+  const int S = m->P / np;
+  int64_t n = 0;
+  carl_tensor_info_t *tab = carl__local_table(m, np, &n);
+  if (!tab) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
   float *arr[4] = {malloc(sizeof(float) * (size_t)n), malloc(sizeof(float) * (size_t)n), malloc(sizeof(float) * (size_t)n),
                    malloc(sizeof(float) * (size_t)n)};
   if (!arr[0] || !arr[1] || !arr[2] || !arr[3]) {
@@ -418,7 +453,8 @@ static void carl__sync_replicas(carl_model_t *m) {
   }
 }
 
-carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out) {
+/* np > 1: rank r of np stores only its own expert slots from the start (carl_model_create_ep). */
+static carl_status carl__create(const carl_model_config_t *cfg, int np, int r, carl_model_t **out) {
   if (!out) return carl_fail(CARL_ERR_INVALID, "carl_model_create: out is NULL");
   *out = NULL;
   CARL_TRY(carl_model_config_check(cfg));
@@ -456,6 +492,26 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
 #undef NAME
   }
   m->final_norm = carl__add(m, cap, "final_norm", 1, d, 0, 0, 0);
+  m->init_key = malloc(sizeof(int64_t) * (size_t)m->ntensors);
+  m->init_scale = malloc(sizeof(float) * (size_t)m->ntensors);
+  if (!m->init_key || !m->init_scale) {
+    carl_model_free(m);
+    return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  }
+  if (np > 1) { /* expert parallel: the one-process table is kept, the storage holds own slots */
+    int64_t n = 0;
+    carl_tensor_info_t *tab = carl__local_table(m, np, &n);
+    if (!tab) {
+      carl_model_free(m);
+      return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+    }
+    m->tensors_full = m->tensors;
+    m->nparams_full = m->nparams;
+    m->tensors = tab;
+    m->nparams = n;
+    m->slot0 = (int64_t)r * (P / np);
+    m->nlocal = P / np;
+  }
   size_t bytes = sizeof(float) * (size_t)m->nparams;
   m->params = malloc(bytes);
   m->grads = calloc((size_t)m->nparams, sizeof(float));
@@ -473,21 +529,29 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   const float resid = 1.0f / sqrtf(2.0f * (float)L);
   int64_t key = 0; /* offset of the tensor in the model with one slot per expert */
   for (int i = 0; i < m->ntensors; i++) {
-    const carl_tensor_info_t *t = &m->tensors[i];
+    const carl_tensor_info_t *t = &m->tensors[i], *tf = m->tensors_full ? &m->tensors_full[i] : t;
     float *p = m->params + t->offset;
-    const int64_t n = t->ndim == 3 ? t->numel / P * E : t->numel; /* expert tensors: the first E slots */
+    const int64_t n = t->ndim == 3 ? tf->numel / P * E : t->numel; /* expert tensors: the first E slots */
     float s = c->init_std;
     const char *dot = strrchr(t->name, '.');
     if (dot && (!strcmp(dot, ".wo") || !strcmp(dot, ".w2") || !strcmp(dot, ".shared_w2"))) s *= resid;
+    m->init_key[i] = key;
+    m->init_scale[i] = s;
     if (t->ndim == 1) {
       for (int64_t j = 0; j < n; j++) p[j] = 1.0f;
+    } else if (t->ndim == 3) { /* the stored slots g: expert g, or empty (g >= E) */
+      const int64_t per = tf->numel / P;
+      for (int g = 0; g < m->nlocal; g++) {
+        const int64_t gg = m->slot0 + g;
+        carl__init_expert(m, i, gg < E ? (int)gg : -1, p + g * per);
+      }
     } else {
 #pragma omp parallel for schedule(static) if (n >= CARL_OMP_MIN_WORK)
       for (int64_t j = 0; j < n; j++) p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(key + j));
-      memset(p + n, 0, sizeof(float) * (size_t)(t->numel - n));
     }
     key += n;
   }
+  m->fresh = 1;
   /* one router per layer (each owns its state); "k" = top_k unless the options set it */
   const char *keys[CARL_MODEL_MAX_ROUTER_OPTS + 1];
   double vals[CARL_MODEL_MAX_ROUTER_OPTS + 1];
@@ -539,6 +603,23 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   return CARL_OK;
 }
 
+carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out) { return carl__create(cfg, 1, 0, out); }
+
+carl_status carl_model_create_ep(const carl_model_config_t *cfg, int ranks, int rank, carl_model_t **out) {
+  if (!out) return carl_fail(CARL_ERR_INVALID, "carl_model_create_ep: out is NULL");
+  *out = NULL;
+  CARL_TRY(carl_model_config_check(cfg));
+  const int P = cfg->n_slots ? cfg->n_slots : cfg->n_experts;
+  if (ranks < 1 || rank < 0 || rank >= ranks)
+    return carl_fail(CARL_ERR_INVALID, "expert-parallel model: rank %d of %d ranks", rank, ranks);
+  if (P != cfg->n_experts)
+    return carl_fail(CARL_ERR_INVALID, "expert-parallel model: %d slots for %d experts (replicated experts are stored on "
+                     "every rank: carl_model_create)", P, cfg->n_experts);
+  if (P % ranks)
+    return carl_fail(CARL_ERR_INVALID, "expert-parallel model: %d expert slots do not split evenly over %d ranks", P, ranks);
+  return carl__create(cfg, ranks, rank, out);
+}
+
 static void carl__free_acts(carl_model_t *m) {
   for (int l = 0; m->la && l < m->cfg.n_layers; l++) {
     carl__layer_act_t *a = &m->la[l];
@@ -560,7 +641,8 @@ void carl_model_free(carl_model_t *m) {
   for (int l = 0; m->routers && l < m->cfg.n_layers; l++) carl_router_free(m->routers[l]);
   carl_step_free(m->dstep);
   carl_exec_free(m->exec);
-  free(m->routers); free(m->la); free(m->li); free(m->tensors); free(m->tensors_full);
+  free(m->routers); free(m->la); free(m->li); free(m->tensors); free(m->tensors_full); free(m->init_key);
+  free(m->init_scale);
   free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v); free(m->first_slot);
   free(m);
 }
@@ -576,10 +658,19 @@ int carl_model_find_tensor(const carl_model_t *m, const char *name) {
   return -1;
 }
 int64_t carl_model_nparams(const carl_model_t *m) { return m->nparams; }
-float *carl_model_params(carl_model_t *m) { return m->params; }
+float *carl_model_params(carl_model_t *m) {
+  m->fresh = 0; /* the caller may write them */
+  return m->params;
+}
 float *carl_model_grads(carl_model_t *m) { return m->grads; }
-float *carl_model_adam_m(carl_model_t *m) { return m->adam_m; }
-float *carl_model_adam_v(carl_model_t *m) { return m->adam_v; }
+float *carl_model_adam_m(carl_model_t *m) {
+  m->fresh = 0; /* the caller may write them */
+  return m->adam_m;
+}
+float *carl_model_adam_v(carl_model_t *m) {
+  m->fresh = 0; /* the caller may write them */
+  return m->adam_v;
+}
 int64_t *carl_model_adam_t(carl_model_t *m) { return &m->adam_t; }
 void carl_model_set_step(carl_model_t *m, int64_t step) { m->step = step; }
 carl_router_t *carl_model_router(carl_model_t *m, int layer) {
@@ -734,6 +825,10 @@ carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int
   const carl_model_config_t *c = &m->cfg;
   m->can_backward = 0;
   if (!tokens) return carl_fail(CARL_ERR_INVALID, "tokens: NULL");
+  if (m->nlocal < m->P && carl_exec_size(carl_step_exec(m->dstep)) != m->P / m->nlocal)
+    return carl_fail(CARL_ERR_STATE, "model: this process stores expert slots %lld..%lld of %d only: it runs under an "
+                     "executor of %d processes (carl_model_set_executor)", (long long)m->slot0,
+                     (long long)(m->slot0 + m->nlocal - 1), m->P, m->P / m->nlocal);
   if (B < 1 || S < 1 || S > c->max_seq)
     return carl_fail(CARL_ERR_SHAPE, "tokens: shape [%d, %d], need B >= 1 and 1 <= S <= max_seq = %d", B, S, c->max_seq);
   const int64_t T = (int64_t)B * S;
@@ -1004,6 +1099,7 @@ carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, 
   if (!(opt->beta1 >= 0 && opt->beta1 < 1 && opt->beta2 >= 0 && opt->beta2 < 1 && opt->eps > 0 && opt->weight_decay >= 0))
     return carl_fail(CARL_ERR_INVALID, "AdamW: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
   m->adam_t++;
+  m->fresh = 0;
   carl_exec_t *ex = carl__sharded(m);
   for (int i = 0; i < m->ntensors; i++) {
     const carl_tensor_info_t *t = &m->tensors[i];

@@ -888,6 +888,29 @@ static carl_status carl__read_st_checked(const char *path, const carl__ckpt_info
   return CARL_OK;
 }
 
+/* Tensor `name` of the file into dst: all of it, or (a model storing some expert slots only,
+ * carl_model_create_ep) the rows [first, first + ti->shape[0]) of the file's [P, ...] tensor. */
+static carl_status carl__get_tensor(carl_st_file_t *sf, carl_model_t *m, const char *name, const carl_tensor_info_t *ti,
+                                    float *dst) {
+  int64_t first;
+  int count;
+  carl_model_expert_slots(m, &first, &count);
+  const carl_model_config_t *c = carl_model_config(m);
+  const int P = c->n_slots ? c->n_slots : c->n_experts;
+  if (ti->ndim != 3 || count == P) {
+    CARL_TRY(carl_st_get_f32(sf, name, ti->ndim, ti->shape, dst));
+    return carl__check_finite(name, dst, ti->ndim, ti->shape);
+  }
+  const int64_t shape[3] = {P, ti->shape[1], ti->shape[2]}, per = ti->shape[1] * ti->shape[2];
+  float *all = malloc(sizeof(float) * (size_t)(P * per));
+  if (!all) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", name);
+  carl_status st = carl_st_get_f32(sf, name, 3, shape, all);
+  if (!st) st = carl__check_finite(name, all, 3, shape);
+  if (!st) memcpy(dst, all + first * per, sizeof(float) * (size_t)ti->numel);
+  free(all);
+  return st;
+}
+
 static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_optimizer, const carl__ckpt_info_t *info) {
   char f[CARL_PATH_MAX + 128];
   carl_st_file_t sf;
@@ -897,9 +920,7 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
   int n = carl_model_ntensors(m);
   for (int i = 0; i < n && !st; i++) {
     const carl_tensor_info_t *ti = carl_model_tensor(m, i);
-    float *dst = carl_model_params(m) + ti->offset;
-    st = carl_st_get_f32(&sf, ti->name, ti->ndim, ti->shape, dst);
-    if (!st) st = carl__check_finite(ti->name, dst, ti->ndim, ti->shape);
+    st = carl__get_tensor(&sf, m, ti->name, ti, carl_model_params(m) + ti->offset);
   }
   carl_st_free(&sf);
   if (st != CARL_OK) return carl_errctx(st, "%s", f);
@@ -912,8 +933,7 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
       const carl_tensor_info_t *ti = carl_model_tensor(m, i);
       float *dst = (pass ? carl_model_adam_v(m) : carl_model_adam_m(m)) + ti->offset;
       snprintf(name, sizeof name, "%s%s", pass ? "v." : "m.", ti->name);
-      st = carl_st_get_f32(&sf, name, ti->ndim, ti->shape, dst);
-      if (!st) st = carl__check_finite(name, dst, ti->ndim, ti->shape);
+      st = carl__get_tensor(&sf, m, name, ti, dst);
     }
   if (!st) st = carl_st_get(&sf, "adam_t", CARL_I64, 1, (int64_t[]){1}, carl_model_adam_t(m));
   carl_st_free(&sf);
@@ -1329,6 +1349,14 @@ static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config
   return carl_model_set_refresh(m, c->refresh_every, &po, 0.9);
 }
 
+/* Expert parallel without replicated experts: each rank's model stores its own expert slots only
+ * (carl_model_create_ep); otherwise the whole model. */
+static carl_status carl__create_model(const carl_train_config_t *c, carl_exec_t *mex, carl_model_t **m) {
+  const int np = mex ? carl_exec_size(mex) : 1, P = c->model.n_slots ? c->model.n_slots : c->model.n_experts;
+  if (np > 1 && P == c->model.n_experts && P % np == 0) return carl_model_create_ep(&c->model, np, carl_exec_rank(mex), m);
+  return carl_model_create(&c->model, m);
+}
+
 carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_opts_t *o, carl_train_result_t *res) {
   memset(res, 0, sizeof *res);
   if (!o || !o->out_dir || !o->out_dir[0]) return carl_fail(CARL_ERR_INVALID, "train: no output directory given");
@@ -1411,11 +1439,13 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     if (!st && ck.steps != cfg.steps)
       snprintf(steps_note, sizeof steps_note, "train: resuming with steps = %lld (the checkpoint's run had %lld): the "
                "learning-rate schedule changes", (long long)cfg.steps, (long long)ck.steps);
-    if (!st) st = carl_model_create(&cfg.model, &m);
+    if (!st) st = carl__create_model(&cfg, mex, &m);
     if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
     if (!st) st = carl__verify_ckpt_files(ckdir, info);
-    if (!st) st = carl__load_params(ckdir, m, 1, info);
+    /* the checkpoint's placements first, then its tensors, which are in those placements' layout
+     * (an expert-parallel rank reads its own slots of them) */
     if (!st) st = carl__load_placements(ckdir, m, 1);
+    if (!st) st = carl__load_params(ckdir, m, 1, info);
     if (!st) st = carl__load_routers(ckdir, m, info);
     free(info);
     if (!st && cfg.refresh_every > 0) {
@@ -1430,7 +1460,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     if (!st && !rs.run_id[0]) carl__new_run_id(rs.run_id, sizeof rs.run_id);
   } else if (!st) {
     carl__new_run_id(rs.run_id, sizeof rs.run_id);
-    st = carl_model_create(&cfg.model, &m);
+    st = carl__create_model(&cfg, mex, &m);
     if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
   }
   if (!st && mex) st = carl_model_set_executor(m, mex);
