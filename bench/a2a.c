@@ -11,8 +11,10 @@
  *     of node 1, half the round trip, median of the repetitions: the latency of the executor's
  *     count exchanges (ctl_latency_us);
  *   - copies: the exchange the all-to-all makes, every device sending s bytes to each device of the
- *     other node at once (MPI_Alltoallv, nothing inside the node), at s = 16 .. 512 KiB, median of
- *     the repetitions of the max over ranks; a least-squares line t = M alpha + M s / B (M = peers
+ *     other node at once (MPI_Alltoallv, nothing inside the node), at s = 64 .. 512 KiB (the
+ *     workload's per-pair sizes), median over the iterations of the max over ranks (each
+ *     iteration runs these exchanges and then every router once, so that calibration and
+ *     measurement meet the same load); a least-squares line t = M alpha + M s / B (M = peers
  *     per device) gives the inter-node latency per message alpha and the bandwidth per device B
  *     under that load; the same inside the nodes (every device to each other device of its node)
  *     for the intra class;

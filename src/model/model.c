@@ -333,10 +333,13 @@ static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *pla
 }
 
 /* Expert-parallel storage (docs/mpi.md): with several processes and no replicated expert, rank r
- * keeps only its own expert slots (physical slots r S .. r S + S - 1, the block r of every expert
- * tensor [P, n]) up to date: their gradients are not all-reduced (they are non-zero on r only),
- * AdamW updates them on r only, and carl_model_gather_experts brings every rank's blocks together
- * for a checkpoint. Returns the layer of expert tensor i, else -1. */
+ * keeps only its own expert slots (physical slots r S .. r S + S - 1) up to date: their gradients
+ * are not all-reduced (they are non-zero on r only) and AdamW updates them on r only. Without
+ * replicas (n_slots = E) rank r stores only those slots (nlocal = S, carl__shard_storage or
+ * carl_model_create_ep) and carl_model_full gathers a copy of the whole model on rank 0 for a
+ * checkpoint; with every slot stored, block r of each expert tensor [P, n] is rank r's and
+ * carl_model_gather_experts brings the blocks together. Returns the layer of expert tensor i,
+ * else -1. */
 static int carl__expert_layer(const carl_model_t *m, int i) {
   for (int l = 0; l < m->cfg.n_layers; l++)
     if (i == m->li[l].w13 || i == m->li[l].w2) return l;
