@@ -7,7 +7,8 @@
  * one local index and inside the node over the node communicator (MPI_Comm_split_type, or the
  * topology's split where the shared-memory split is not the topology's node), the second hop
  * (each forwarder to its node's destination devices) over the node communicator. Every MPI
- * call goes through CARL_MPI, which turns a failure into a carl_status naming the call. */
+ * call goes through CARL_MPI (dist/mpi_internal.h), which turns a failure into a carl_status naming
+ * the call. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,19 +18,15 @@
 #ifdef CARL_WITH_MPI
 #include <mpi.h>
 
-static carl_status carl__mpi_fail(int rc, const char *call) {
+#include "dist/mpi_internal.h"
+
+carl_status carl__mpi_fail(int rc, const char *call) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) len = 0;
   msg[len] = '\0';
   return carl_fail(CARL_ERR_IO, "MPI: %s failed: %s", call, len ? msg : "unknown error");
 }
-
-#define CARL_MPI(call)                                           \
-  do {                                                           \
-    int carl__rc = (call);                                       \
-    if (carl__rc != MPI_SUCCESS) return carl__mpi_fail(carl__rc, #call); \
-  } while (0)
 
 static int carl__mpi_we_initialised;
 
