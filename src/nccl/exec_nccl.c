@@ -10,8 +10,8 @@
  * mpi executor hands MPI_Alltoallv). The copies are sent from and received into their copy
  * indices of xc / yc (no packing: a pair's copies are contiguous). Before each hop the copy
  * counts are exchanged over MPI_COMM_WORLD (MPI_Alltoall) and checked against the plan
- * (carl__hop_check): ranks holding different plans get an error, never a hang in NCCL on
- * mismatched sizes. The work on one GPU (gathering the copies from x, repeating a forwarder's
+ * (carl__hop_check), and one MPI_Allreduce tells every rank whether any check failed: ranks
+ * holding different plans all get an error, none is left in NCCL on mismatched sizes. The work on one GPU (gathering the copies from x, repeating a forwarder's
  * copies, folding forwarded copies into their parents, each token's sum) is the cuda executor's
  * (cuda/exec_internal.h), so the float sums run in the local executor's order.
  * Hierarchical plans (DeepEP style): the plan's first hop already goes to the same local index on
@@ -104,7 +104,12 @@ static carl_status nccl_hop(carl_exec_t *ex, const carl_plan_t *p, const int64_t
   carl__hop_peers(p, o, base, combine, r, s->peer, D, s->hop);
   for (int b = 0; b < D; b++) s->scount[b] = (int)s->hop[b].send_n;
   CARL_MPI(MPI_Alltoall(s->scount, 1, MPI_INT, s->ccount, 1, MPI_INT, MPI_COMM_WORLD));
-  CARL_TRY(carl__hop_check("nccl executor", r, s->peer, D, s->ccount, s->hop));
+  /* every rank learns whether any rank's check failed: none goes into NCCL alone */
+  carl_status chk = carl__hop_check("nccl executor", r, s->peer, D, s->ccount, s->hop);
+  int ok = chk == CARL_OK;
+  CARL_MPI(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  CARL_TRY(chk);
+  if (!ok) return carl_fail(CARL_ERR_STATE, "nccl executor: another rank's plan differs from rank %d's (copy counts)", r);
   carl_status st = CARL_OK;
   CARL_NCCL(s->comm, ncclGroupStart());
   for (int b = 0; b < D; b++) {
