@@ -18,7 +18,8 @@
  *   collectives     allreduce (host doubles), allreduce_f (device floats), allgather (device
  *                   bytes) against closed forms;
  *   migrate         device tensors equal the local executor's migration;
- *   errors          a plan for another device count, a plan of one device only: refused by name.
+ *   errors          a plan for another device count, a plan of one device only: refused by name;
+ *   NVLS            NCCL_NVLS_ENABLE is "0" in the environment once the executor exists.
  * Without a CUDA device the program prints why and exits 77 (skipped). A build without the nccl
  * executor checks only that create says so ("not supported by this build") and exits 77. */
 #include <setjmp.h>
@@ -310,6 +311,14 @@ static void test_errors(void **st) {
   carl_placement_free(&pl);
 }
 
+/* NVLink multicast: the executor wrote NCCL_NVLS_ENABLE=0 before making its communicator */
+static void test_nvls_off(void **st) {
+  (void)st;
+  const char *v = getenv("NCCL_NVLS_ENABLE");
+  assert_non_null(v);
+  assert_string_equal(v, "0");
+}
+
 int main(void) {
   const char *env = getenv("CARL_TEST_SEED");
   SEED = env ? strtoull(env, NULL, 10) : ((uint64_t)time(NULL) * 2654435761u) ^ (uint64_t)getpid();
@@ -358,6 +367,7 @@ int main(void) {
       cmocka_unit_test(test_collectives),
       cmocka_unit_test(test_migrate),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_nvls_off),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   carl_exec_free(EX);
