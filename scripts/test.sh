@@ -17,8 +17,9 @@ else
 fi
 scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DCARL_SANITIZE=ON -DCARL_WITH_CUDA=OFF
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j 2)
-# the libFuzzer harnesses (fuzz/fuzz_*.c) must build with clang and survive a short run each
-# (scripts/fuzz.sh SECONDS; CARL_FUZZ_SECONDS, default 5)
+# the libFuzzer harnesses (fuzz/fuzz_*.c) must build with clang and survive a short reproducible
+# run each: CARL_FUZZ_RUNS inputs (default 20000) from seed 1 and the committed seeds, so a failure
+# here is the same on every machine (longer, open-ended runs: scripts/fuzz.sh SECONDS)
 fz=$(mktemp -d)
 if ! command -v "${CC_FUZZ:-clang}" >/dev/null; then
   echo "test.sh: SKIPPED the fuzz harnesses: clang is not installed (Debian clang, libclang-rt-14-dev)"
@@ -26,6 +27,6 @@ elif ! printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { retu
      ! "${CC_FUZZ:-clang}" -fsanitize=fuzzer "$fz/t.c" -o "$fz/t" 2>/dev/null; then
   echo "test.sh: SKIPPED the fuzz harnesses: clang has no libFuzzer (Debian libclang-rt-14-dev)"
 else
-  CC="${CC_FUZZ:-clang}" scripts/fuzz.sh "${CARL_FUZZ_SECONDS:-5}"
+  CC="${CC_FUZZ:-clang}" CARL_FUZZ_RUNS="${CARL_FUZZ_RUNS:-20000}" scripts/fuzz.sh
 fi
 rm -rf "$fz"

@@ -10,6 +10,10 @@
 #include "carl/sim.h"
 #include "cli.h"
 
+/* Grids of more than this many runs write their reports as they go: at each tenth of the grid the
+ * reports of the runs finished so far replace the previous ones in the output directory. */
+#define INTERIM_MIN_RUNS 100
+
 static void sim_usage(FILE *f) {
   fprintf(f,
           "usage: carl sim [--config FILE] [--out DIR] [--threads N] [--no-plots] [--replot] [--quiet]\n\n"
@@ -25,8 +29,10 @@ static void sim_usage(FILE *f) {
           "  --no-plots     do not run gnuplot\n"
           "  --replot       run nothing: rewrite DIR/plots.gp for the config and redraw from DIR/steps.csv\n"
           "  --quiet        no progress bar, no table on stdout\n"
-          "  --force        run a grid of more than %d runs (refused without it: the reports are\n"
-          "                 written only once every run has ended)\n", CARL_SIM_MAX_RUNS);
+          "  --force        run a grid of more than %d runs (refused without it, as a likely mistake)\n"
+          "A grid of more than %d runs rewrites its reports in DIR at each tenth of the grid, over the\n"
+          "runs finished so far (summary.md then says \"partial: N of M runs\").\n", CARL_SIM_MAX_RUNS,
+          INTERIM_MIN_RUNS);
 }
 
 typedef struct {
@@ -34,17 +40,46 @@ typedef struct {
   int tty;   /* a progress bar on a terminal */
   int lines; /* else (not quiet): a line per tenth of the grid */
   int last;  /* tenths reported */
+  /* interim reports (grids of more than INTERIM_MIN_RUNS runs) */
+  const carl_sim_config_t *cfg;
+  const carl_sim_result_t *res;
+  const char *outdir;
+  unsigned char *finished; /* [total] 1 once reported */
+  int nfinished;           /* runs in the interim reports on disk */
+  int write_failed;
 } progress_t;
 
-static void progress(void *ctx, int done, int total) {
+/* The reports of the finished runs (in grid order) into the output directory. */
+static void interim_reports(progress_t *p, int done) {
+  carl_sim_result_t part = {0, malloc((size_t)done * sizeof *part.runs)};
+  if (!part.runs) return;
+  for (int i = 0; i < p->res->nrun; i++)
+    if (p->finished[i]) part.runs[part.nrun++] = p->res->runs[i];
+  if (carl_sim_write_reports(p->cfg, &part, p->outdir) == CARL_OK)
+    p->nfinished = part.nrun;
+  else if (!p->write_failed) {
+    p->write_failed = 1;
+    fprintf(stderr, "carl sim: warning: the interim reports could not be written (%s); the run goes on\n",
+            carl_errmsg());
+  }
+  free(part.runs);
+}
+
+static void progress(void *ctx, int done, int total, int run) {
   progress_t *p = ctx;
+  int tenth = total > 0 ? (int)((long)done * 10 / total) : 0;
+  if (p->finished) {
+    p->finished[run] = 1;
+    if (tenth > p->last && done < total) interim_reports(p, done);
+  }
   if (!p->tty) {
-    if (p->lines && total > 0 && (long)done * 10 / total > p->last) {
-      p->last = (int)((long)done * 10 / total);
-      fprintf(stderr, "carl sim: %d/%d runs done, %.0f s elapsed\n", done, total, carl_now() - p->t0);
-    }
+    if (p->lines && tenth > p->last)
+      fprintf(stderr, "carl sim: %d/%d runs done, %.0f s elapsed%s\n", done, total, carl_now() - p->t0,
+              p->finished && done < total && p->nfinished == done ? ", reports of those written" : "");
+    p->last = tenth > p->last ? tenth : p->last;
     return;
   }
+  p->last = tenth > p->last ? tenth : p->last;
   const int width = 40;
   int fill = (int)((long)done * width / total);
   double el = carl_now() - p->t0, eta = done ? el * (total - done) / done : 0;
@@ -124,7 +159,7 @@ int carl_cmd_sim(int argc, char **argv) {
   long long nrun = (long long)cfg.nrouter * cfg.ntopo * cfg.nscen * cfg.nseed;
   if (nrun > CARL_SIM_MAX_RUNS && !force) {
     fprintf(stderr, "carl sim: %s: %d routers x %d topologies x %d scenarios x %d seeds = %lld runs, more than %d: "
-            "refused (the reports are written only when every run has ended); split the grid or give --force\n",
+            "refused; split the grid or give --force\n",
             config ? config : "default study", cfg.nrouter, cfg.ntopo, cfg.nscen, cfg.nseed, nrun, CARL_SIM_MAX_RUNS);
     carl_sim_config_free(&cfg);
     return 1;
@@ -132,12 +167,24 @@ int carl_cmd_sim(int argc, char **argv) {
   if (!quiet || nrun > CARL_SIM_MAX_RUNS)
     fprintf(stderr, "carl sim: %s: %d routers x %d topologies x %d scenarios x %d seeds = %lld runs of %lld steps -> %s\n",
             cfg.name, cfg.nrouter, cfg.ntopo, cfg.nscen, cfg.nseed, nrun, (long long)cfg.steps, outdir);
-  progress_t pr = {carl_now(), !quiet && isatty(2), !quiet || nrun > CARL_SIM_MAX_RUNS, 0};
-  carl_sim_result_t res;
+  carl_sim_result_t res = {0};
+  progress_t pr = {carl_now(), !quiet && isatty(2), !quiet || nrun > CARL_SIM_MAX_RUNS, 0, &cfg, &res, outdir, NULL, 0, 0};
+  if (nrun > INTERIM_MIN_RUNS && !(pr.finished = calloc((size_t)nrun, 1))) {
+    carl_sim_config_free(&cfg);
+    return carl_cli_error("sim", carl_fail(CARL_ERR_NOMEM, "sim: out of memory"));
+  }
+  if (pr.finished && !quiet)
+    fprintf(stderr, "carl sim: the reports are rewritten in %s at each tenth of the grid, over the runs done so far\n",
+            outdir);
   st = carl_sim_run(&cfg, progress, &pr, &res);
+  free(pr.finished);
   if (st != CARL_OK) {
     carl_sim_config_free(&cfg);
-    return carl_cli_error("sim", st);
+    int rc = carl_cli_error("sim", st);
+    if (pr.nfinished > 0)
+      fprintf(stderr, "carl sim: the reports of the %d runs finished before the error are in %s (summary.md says "
+              "partial)\n", pr.nfinished, outdir);
+    return rc;
   }
   st = carl_sim_write_reports(&cfg, &res, outdir);
   if (st != CARL_OK) {

@@ -219,8 +219,10 @@ typedef struct {
   carl_sim_run_t *runs; /* [nrun] in grid order: router, topology, scenario, seed (seed fastest) */
 } carl_sim_result_t;
 
-/* Progress callback: called from one thread at a time after each finished run. */
-typedef void (*carl_sim_progress_fn)(void *ctx, int done, int total);
+/* Progress callback: called from one thread at a time after each finished run; run is that run's
+ * index in res->runs, complete when the call is made (runs not yet reported may be in progress in
+ * other threads: read only the reported ones). */
+typedef void (*carl_sim_progress_fn)(void *ctx, int done, int total, int run);
 
 /* One grid cell (router r, topology t, scenario s, seed index i). */
 carl_status carl_sim_run_cell(const carl_sim_config_t *cfg, int r, int t, int s, int i, carl_sim_run_t *out);
@@ -244,7 +246,8 @@ int carl_sim_compare(double m1, double h1, double m2, double h2);
 /* ---- reports --------------------------------------------------------------------------------- */
 /* Writes dir/steps.csv, dir/summary.csv, dir/summary.md, dir/plots.dat (first seed, gnuplot blocks)
  * and dir/plots.gp (gnuplot script that writes the PNG plots when run with `gnuplot dir/plots.gp`).
- * Creates dir if needed. */
+ * Creates dir if needed. res may hold a part of the grid (the runs finished so far, in grid order):
+ * the figures are then over those runs and summary.md says "partial: N of M runs". */
 carl_status carl_sim_write_reports(const carl_sim_config_t *cfg, const carl_sim_result_t *res, const char *dir);
 /* Rewrite dir/plots.dat and dir/plots.gp from an existing dir/steps.csv of this config (to redraw). */
 carl_status carl_sim_replot(const carl_sim_config_t *cfg, const char *dir);

@@ -7,7 +7,8 @@
  * one local index and inside the node over the node communicator (MPI_Comm_split_type, or the
  * topology's split where the shared-memory split is not the topology's node), the second hop
  * (each forwarder to its node's destination devices) over the node communicator. Every MPI
- * call goes through CARL_MPI, which turns a failure into a carl_status naming the call. */
+ * call goes through CARL_MPI (dist/mpi_internal.h), which turns a failure into a carl_status naming
+ * the call. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,19 +18,15 @@
 #ifdef CARL_WITH_MPI
 #include <mpi.h>
 
-static carl_status carl__mpi_fail(int rc, const char *call) {
+#include "dist/mpi_internal.h"
+
+carl_status carl__mpi_fail(int rc, const char *call) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) len = 0;
   msg[len] = '\0';
   return carl_fail(CARL_ERR_IO, "MPI: %s failed: %s", call, len ? msg : "unknown error");
 }
-
-#define CARL_MPI(call)                                           \
-  do {                                                           \
-    int carl__rc = (call);                                       \
-    if (carl__rc != MPI_SUCCESS) return carl__mpi_fail(carl__rc, #call); \
-  } while (0)
 
 static int carl__mpi_we_initialised;
 
@@ -41,6 +38,7 @@ typedef struct {
   size_t sbuf_cap;                        /* floats */
   double *wire;                           /* [size] bytes sent to each rank (dispatch + combine) */
   int64_t *spos;                          /* [size] first copy in sbuf of each peer's pair */
+  carl__hop_t *hop;                       /* [size] the schedule of the hop in progress */
   int *peer_world;                        /* [size] world rank of each MPI_COMM_WORLD rank: identity */
   /* hierarchical mode (mpi_nodes): made on the first hierarchical plan */
   int dpn;                                /* devices per node the communicators are for; 0: none */
@@ -150,34 +148,27 @@ static carl_status mpi_reach(const carl_plan_t *p, const int64_t *o, int r, int 
   return CARL_OK;
 }
 
-/* One hop over comm, whose ranks are the world ranks peer[0 .. n-1] (this rank among them).
- * Dispatch: I send my copies to b (o[r D + b] .., packed in sbuf from copy spos[b]) and receive
- * those of a (o[a D + r] ..) at buf + (base + o[a D + r]) d. Combine, the mirror: I send back the
- * copies I received from a (packed from spos[a]) and receive mine at buf + (base + o[r D + a]) d.
- * The copy counts are exchanged first (MPI_Alltoall) and checked against the plan: a mismatch
- * means the ranks hold different plans. The self pair is left to the caller. */
+/* One hop over comm, whose ranks are the world ranks peer[0 .. n-1] (this rank among them), by
+ * the shared per-peer schedule (carl__hop_peers, src/exec/hop.c). Dispatch: I send my copies to
+ * b (packed in sbuf from copy spos[b]) and receive those of a at their copy indices in buf.
+ * Combine, the mirror: I send back the copies I received from a (packed from spos[a]) and
+ * receive mine at their copy indices. The copy counts are exchanged first (MPI_Alltoall) and
+ * checked against the plan (carl__hop_check): a mismatch means the ranks hold different plans.
+ * The self pair is left to the caller. */
 static carl_status mpi_hop(carl_exec_t *ex, const carl_plan_t *p, MPI_Comm comm, const int *peer, int n, const int64_t *o,
                            int64_t base, int combine, float *buf, int d) {
   mpi_state_t *s = ST(ex);
-  const int D = p->D, r = ex->rank;
-  for (int i = 0; i < n; i++) {
-    const int b = peer[i];
-    s->scount[i] = (int)(combine ? o[b * D + r + 1] - o[b * D + r] : o[r * D + b + 1] - o[r * D + b]);
-  }
+  const int r = ex->rank;
+  carl__hop_peers(p, o, base, combine, r, peer, n, s->hop);
+  for (int i = 0; i < n; i++) s->scount[i] = (int)s->hop[i].send_n;
   CARL_MPI(MPI_Alltoall(s->scount, 1, MPI_INT, s->ccount, 1, MPI_INT, comm));
-  for (int i = 0; i < n; i++) {
-    const int a = peer[i];
-    const int64_t want = combine ? o[r * D + a + 1] - o[r * D + a] : o[a * D + r + 1] - o[a * D + r];
-    if (s->ccount[i] != want)
-      return carl_fail(CARL_ERR_STATE, "mpi executor: rank %d announces %d copies to rank %d, whose plan expects %lld "
-                       "(the ranks' plans differ)", a, s->ccount[i], r, (long long)want);
-  }
+  CARL_TRY(carl__hop_check("mpi executor", r, peer, n, s->ccount, s->hop));
   for (int i = 0; i < n; i++) {
     const int b = peer[i], self = b == r;
-    s->scount[i] = self ? 0 : s->scount[i] * d;
+    s->scount[i] = self ? 0 : (int)(s->hop[i].send_n * d);
     s->sdispl[i] = (int)(s->spos[b] * d);
-    s->rcount[i] = self ? 0 : s->ccount[i] * d;
-    s->rdispl[i] = (int)((base + (combine ? o[r * D + b] : o[b * D + r])) * d);
+    s->rcount[i] = self ? 0 : (int)(s->hop[i].recv_n * d);
+    s->rdispl[i] = (int)(s->hop[i].recv_at * d);
     s->wire[b] += (double)s->scount[i] * sizeof(float);
   }
   CARL_MPI(MPI_Alltoallv(s->sbuf, s->scount, s->sdispl, MPI_FLOAT, buf, s->rcount, s->rdispl, MPI_FLOAT, comm));
@@ -379,7 +370,7 @@ static void mpi_free(carl_exec_t *ex) {
   int finalized = 1;
   if (s->dpn && MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) MPI_Comm_free(&s->node), MPI_Comm_free(&s->inter);
   free(s->scount), free(s->sdispl), free(s->rcount), free(s->rdispl), free(s->ccount), free(s->sbuf), free(s->wire);
-  free(s->spos), free(s->peer_world), free(s->peer_node), free(s->peer_inter);
+  free(s->spos), free(s->hop), free(s->peer_world), free(s->peer_node), free(s->peer_inter);
   free(s);
   ex->state = NULL;
 }
@@ -417,9 +408,9 @@ carl_status carl_exec_mpi_create(carl_exec_t **out) {
     const size_t z = (size_t)size;
     s->scount = calloc(z, sizeof(int)), s->sdispl = calloc(z, sizeof(int)), s->rcount = calloc(z, sizeof(int));
     s->rdispl = calloc(z, sizeof(int)), s->ccount = calloc(z, sizeof(int)), s->wire = calloc(z, sizeof(double));
-    s->spos = calloc(z, sizeof(int64_t)), s->peer_world = calloc(z, sizeof(int));
+    s->spos = calloc(z, sizeof(int64_t)), s->peer_world = calloc(z, sizeof(int)), s->hop = calloc(z, sizeof(carl__hop_t));
     s->peer_node = calloc(z, sizeof(int)), s->peer_inter = calloc(z, sizeof(int));
-    if (!s->scount || !s->sdispl || !s->rcount || !s->rdispl || !s->ccount || !s->wire || !s->spos || !s->peer_world ||
+    if (!s->scount || !s->sdispl || !s->rcount || !s->rdispl || !s->ccount || !s->wire || !s->spos || !s->hop || !s->peer_world ||
         !s->peer_node || !s->peer_inter)
       st = carl_fail(CARL_ERR_NOMEM, "mpi executor: out of memory");
     for (int i = 0; st == CARL_OK && i < size; i++) s->peer_world[i] = i;

@@ -425,6 +425,10 @@ static carl_status write_reports(const carl_sim_config_t *cfg, const carl_sim_re
     sb_printf(&b, "## Study `%s`: %lld steps x %lld tokens x %d layer(s), E = %d, d = %d, %s plan\n\n", cfg->name,
               (long long)cfg->steps, (long long)cfg->tokens, cfg->layers, cfg->E, cfg->d,
               cfg->plan_mode == CARL_PLAN_HIER ? "hierarchical" : "flat");
+  const long long grid = (long long)cfg->nrouter * cfg->ntopo * cfg->nscen * cfg->nseed;
+  if (res->nrun < grid)
+    sb_printf(&b, "**partial: %d of %lld runs** finished when this was written; the figures are over those runs.\n\n",
+              res->nrun, grid);
   md_tables(&b, cfg, res);
   md_per_scenario(&b, cfg, res);
   CARL_TRY(sb_write(&b, work, "summary.md"));

@@ -385,7 +385,7 @@ carl_status carl_sim_run(const carl_sim_config_t *cfg, carl_sim_progress_fn prog
         snprintf(errbuf, sizeof errbuf, "%s", carl_errmsg());
       }
       done++;
-      if (progress && first_err == CARL_OK) progress(ctx, done, n);
+      if (progress && first_err == CARL_OK) progress(ctx, done, n, i);
     }
   }
   openblas_set_num_threads(blas_threads);

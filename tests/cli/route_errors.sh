@@ -34,6 +34,10 @@ os.makedirs(d + "/tr")
 for s in range(3): np.save(d + "/tr/logits_%05d.npy" % s, z)
 PY
 fail=0
+# the table of docs/errors.md between its route-errors markers is these cases' commands and messages
+# (TMP for the temporary directory, FIX for tests/fixtures/npy); scripts/errors_doc.sh rewrites it
+rows="$tmp/rows.md"
+: > "$rows"
 # expect "<substring>" args...: exit code 1..127 and stderr containing the substring
 expect() {
   local want=$1; shift
@@ -46,6 +50,8 @@ expect() {
     echo "FAIL: carl route $*"; echo "  wanted: $want"; echo "  got:    $err"; fail=1; return
   fi
   echo "ok: $want"
+  local cmd="carl route $*"
+  printf '| `%s` | %s |\n' "${cmd//$tmp/TMP}" "${err//$tmp/TMP}" | sed "s#$fx/#FIX/#" >> "$rows"
 }
 expect "no/such.npy"        --logits "$tmp/no/such.npy" --topology $topo
 expect "f64.npy"            --logits "$tmp/f64.npy" --topology $topo
@@ -77,4 +83,12 @@ expect "E = 16 experts are not divisible over 6 devices" --logits "$tmp/e16.npy"
 # carl: M above the 2 nodes is refused at the first route, also while the warm start runs
 expect "M: 3 nodes per token exceeds the 2 nodes" --logits "$tmp/ok.npy" --topology $topo --router carl --M 3
 expect "step 0: M: 3 nodes per token exceeds the 2 nodes" --trace "$tmp/tr" --steps 3 --topology $topo --router carl --M 3 --W 1
+if [ -n "${CARL_ERRORS_DOC_ROWS:-}" ]; then
+  cp "$rows" "$CARL_ERRORS_DOC_ROWS"
+elif ! diff <(sed -n '/<!-- route-errors:begin -->/,/<!-- route-errors:end -->/p' docs/errors.md | grep '^| `carl') \
+     "$rows" > "$tmp/doc.diff"; then
+  echo "FAIL: the table of docs/errors.md differs from the messages (run scripts/errors_doc.sh):"
+  cat "$tmp/doc.diff"
+  fail=1
+fi
 exit $fail

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # carl sim states the grid size up front, reports progress on a non-terminal stderr, and refuses a
-# grid of more than 10000 runs (CARL_SIM_MAX_RUNS) without --force, before writing anything.
+# grid of more than 10000 runs (CARL_SIM_MAX_RUNS) without --force, before writing anything; a grid
+# of more than 100 runs writes the reports of the runs finished so far at each tenth of the grid,
+# so a run killed midway leaves them (checked against the summary rows of the whole grid).
 # Usage: bash sim_grid.sh <path-to-carl-binary>
 set -uo pipefail
 carl=$1
@@ -29,4 +31,32 @@ head -1 "$tmp/err" | grep -qF "2 routers x 1 topologies x 1 scenarios x 1 seeds 
   { cat "$tmp/err"; fail "small grid: no grid line first"; }
 grep -qF "carl sim: 2/2 runs done" "$tmp/err" || { cat "$tmp/err"; fail "small grid: no progress line"; }
 echo "ok   small grid: $(grep -c 'runs done' "$tmp/err") progress line(s)"
+# 1 router x 120 seeds, one run at a time: killed after the first interim reports, the output
+# directory holds the reports of N runs (N a multiple of 12, one tenth), each row equal to the same
+# run's row of the whole grid run to its end
+seeds=$(seq -s, 1 120)
+printf '{"steps":40,"tokens":512,"experts":16,"routers":["carl"],"topologies":[%s],"scenarios":["zipf"],"seeds":[%s]}' \
+  "$topo" "$seeds" > "$tmp/mid.json"
+"$carl" sim --config "$tmp/mid.json" --out "$tmp/out_mid" --no-plots --threads 1 > /dev/null 2> "$tmp/err_mid" &
+pid=$!
+for _ in $(seq 600); do
+  [ -f "$tmp/out_mid/summary.md" ] && break
+  kill -0 $pid 2>/dev/null || break
+  sleep 0.1
+done
+kill -9 $pid 2>/dev/null
+wait $pid 2>/dev/null
+[ -f "$tmp/out_mid/summary.md" ] || { cat "$tmp/err_mid"; fail "interim: no summary.md after the first tenth"; }
+part=$(grep -o 'partial: [0-9]* of 120 runs' "$tmp/out_mid/summary.md") ||
+  fail "interim: summary.md does not say partial: $(head -5 "$tmp/out_mid/summary.md")"
+n=$(awk '{print $2}' <<<"$part")
+[ $((n % 12)) -eq 0 ] && [ "$n" -gt 0 ] && [ "$n" -lt 120 ] || fail "interim: $n runs (want a multiple of 12 in 12..108)"
+rows=$(($(wc -l < "$tmp/out_mid/summary.csv") - 1))
+[ "$rows" -eq "$n" ] || fail "interim: summary.csv has $rows rows, summary.md says $n"
+"$carl" sim --config "$tmp/mid.json" --out "$tmp/out_full" --no-plots --quiet > /dev/null || fail "whole grid failed"
+tail -n +2 "$tmp/out_mid/summary.csv" | while IFS= read -r line; do
+  grep -qxF -- "$line" "$tmp/out_full/summary.csv" || { echo "FAIL: interim row not in the whole grid: $line"; exit 1; }
+done || exit 1
+grep -q partial "$tmp/out_full/summary.md" && fail "whole grid: summary.md says partial"
+echo "ok   killed midway: the reports of $n of 120 runs were there, each row equal to the whole grid's"
 echo "all sim grid cases passed"
