@@ -101,8 +101,8 @@ int main(int argc, char **argv) {
   float *x = randn(T * d, 1, 1.0f), *dy = randn(T * d, 2, 1.0f), *y = calloc((size_t)(T * d), sizeof(float)),
         *dx = calloc((size_t)(T * d), sizeof(float));
   carl__moe_w_t W = {randn((int64_t)E * d, 3, 0.02f), randn((int64_t)E * 2 * f * d, 4, 0.02f),
-                     randn((int64_t)E * d * f, 5, 0.02f), NULL, NULL};
-  carl__moe_w_t G = {calloc((size_t)E * d, 4), calloc((size_t)E * 2 * f * d, 4), calloc((size_t)E * d * f, 4), NULL, NULL};
+                     randn((int64_t)E * d * f, 5, 0.02f), NULL, NULL, 0};
+  carl__moe_w_t G = {calloc((size_t)E * d, 4), calloc((size_t)E * 2 * f * d, 4), calloc((size_t)E * d * f, 4), NULL, NULL, 0};
   carl__moe_act_t A = {0};
   /* dense peer buffers */
   const int64_t R = T * k;

@@ -144,7 +144,7 @@ static void executor(void **st) {
   float *w = malloc(sizeof(float) * D * 2 * numel), *wg = malloc(sizeof(float) * D * 2 * numel);
   for (int64_t i = 0; i < D * 2 * numel; i++) w[i] = sm_normal(&s);
   float *dw = dev_copy(w, sizeof(float) * D * 2 * numel);
-  carl_exec_tensor_t th = {w, numel}, tg = {dw, numel};
+  carl_exec_tensor_t th = {.base = w, .numel = numel}, tg = {.base = dw, .numel = numel};
   assert_int_equal(carl_exec_migrate(lx, &pl, &mig, &th, 1), CARL_OK);
   assert_int_equal(carl_exec_migrate(gx, &pl, &mig, &tg, 1), CARL_OK);
   assert_int_equal(carl_cuda_download(G, wg, dw, sizeof(float) * D * 2 * numel), CARL_OK);

@@ -7,7 +7,14 @@
  *              independent count from the decisions: 4d x (copies a -> b + copies b -> a), the
  *              copies of the flat scheme, or of the hierarchical one (hier_copies);
  *   collectives allreduce (doubles), allreduce_f (floats) and allgather against closed forms;
- *   migrate    every rank's tensors equal the local executor's migration.
+ *   migrate    every rank's tensors equal the local executor's migration, for tensors of every
+ *              slot and for tensors of the rank's own slots only (its block of the local result);
+ *   model      each rank stores only its own expert slots, whether made whole and then given the
+ *              executor or made by carl_model_create_ep (never whole), on a placement that
+ *              reverses the experts: the slot count is the placement's slots per device, the
+ *              parameter count is the non-expert count plus 1/ranks of the expert count (both
+ *              from the config by hand), the slots hold the one-process model's initial values,
+ *              and carl_model_full gives rank 0 the one-process model bit for bit.
  * Built without MPI: create reports CARL_ERR_UNSUPPORTED, and that is all this test checks. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +26,7 @@
 
 #include "carl/core.h"
 #include "carl/exec.h"
+#include "carl/model.h"
 #include "carl/place.h"
 #include "carl/plan.h"
 
@@ -205,7 +213,7 @@ static void test_migrate(void **s) {
   const int64_t n = 3;
   float *a = malloc(sizeof(float) * (size_t)(D * S * n)), *b = malloc(sizeof(float) * (size_t)(D * S * n));
   for (int64_t i = 0; i < D * S * n; i++) a[i] = b[i] = (float)i;
-  carl_exec_tensor_t ta = {a, n}, tb = {b, n};
+  carl_exec_tensor_t ta = {.base = a, .numel = n}, tb = {.base = b, .numel = n};
   carl_exec_t *loc;
   assert_int_equal(carl_exec_local_create(&loc), CARL_OK);
   assert_int_equal(carl_exec_migrate(EX, &old, &m, &ta, 1), CARL_OK);
@@ -221,6 +229,111 @@ static void test_migrate(void **s) {
   carl_placement_free(&old);
 }
 
+/* The same moves on tensors of the rank's own slots only: block r of the local executor's result */
+static void test_migrate_own(void **s) {
+  (void)s;
+  if (!EX) skip();
+  const int D = carl_exec_size(EX), r = carl_exec_rank(EX);
+  if (D < 2) skip();
+  carl_placement_t old;
+  assert_int_equal(carl_placement_contiguous(&old, E_, D), CARL_OK);
+  const int S = old.slots;
+  /* expert 0 to device D-1 slot 1 and expert E-1 to device 0 slot 0 (a swap across ranks), expert
+   * 1 (device 0 slot 1) stays on device 0 but moves to slot 1 from slot 1: a self move */
+  carl_move_t mv[3] = {{0, 0, D - 1, 1, 0}, {E_ - 1, D - 1, 0, 0, 0}, {1, 0, 0, 1, 0}};
+  carl_migration_t m = {0};
+  m.n_moves = 3;
+  m.moves = mv;
+  const int64_t n = 3;
+  float *full = malloc(sizeof(float) * (size_t)(D * S * n)), *own = malloc(sizeof(float) * (size_t)(S * n));
+  for (int64_t i = 0; i < D * S * n; i++) full[i] = (float)i;
+  for (int64_t i = 0; i < S * n; i++) own[i] = full[(int64_t)r * S * n + i];
+  carl_exec_tensor_t tf = {.base = full, .numel = n}, to = {.base = own, .numel = n, .first_slot = (int64_t)r * S, .nslots = S};
+  carl_exec_t *loc;
+  assert_int_equal(carl_exec_local_create(&loc), CARL_OK);
+  assert_int_equal(carl_exec_migrate(loc, &old, &m, &tf, 1), CARL_OK);
+  assert_int_equal(carl_exec_migrate(EX, &old, &m, &to, 1), CARL_OK);
+  for (int64_t i = 0; i < S * n; i++) assert_float_equal(own[i], full[(int64_t)r * S * n + i], 0);
+  /* a block that is not this rank's is refused */
+  to.first_slot = (int64_t)((r + 1) % D) * S;
+  assert_int_equal(carl_exec_migrate(EX, &old, &m, &to, 1), CARL_ERR_INVALID);
+  carl_exec_free(loc);
+  free(full), free(own);
+  carl_placement_free(&old);
+}
+
+static void test_model_own_slots(void **s) {
+  if (!EX) skip();
+  const int D = carl_exec_size(EX), r = carl_exec_rank(EX);
+  if (D < 2 || E_ % D) skip();
+  carl_model_config_t c;
+  carl_model_config_default(&c);
+  c.vocab = 64, c.max_seq = 8, c.d_model = 8, c.n_layers = 2, c.n_heads = 2, c.d_ff = 12, c.n_experts = E_;
+  carl_topo_t t;
+  topo_of(D, &t);
+  int32_t tab[E_]; /* slot g holds expert E - 1 - g: every expert moves to another rank */
+  for (int g = 0; g < E_; g++) tab[g] = E_ - 1 - g;
+  carl_placement_t rev;
+  assert_int_equal(carl_placement_from_table(&rev, E_, D, E_ / D, tab), CARL_OK);
+  carl_model_t *one, *ep;
+  assert_int_equal(carl_model_create(&c, &one), CARL_OK);
+  assert_int_equal(carl_model_set_topology(one, &t, &rev), CARL_OK);
+  if (*(const int *)*s) { /* made whole, then the executor */
+    assert_int_equal(carl_model_create(&c, &ep), CARL_OK);
+    assert_int_equal(carl_model_set_topology(ep, &t, &rev), CARL_OK);
+    assert_int_equal(carl_model_set_executor(ep, EX), CARL_OK);
+  } else { /* own slots from the start; nothing runs before the executor */
+    assert_int_equal(carl_model_create_ep(&c, D, r, &ep), CARL_OK);
+    assert_int_equal(carl_model_set_topology(ep, &t, &rev), CARL_OK);
+    int32_t tok[4] = {1, 2, 3, 4};
+    assert_int_equal(carl_model_forward(ep, tok, NULL, 1, 4, NULL), CARL_ERR_STATE);
+    assert_int_equal(carl_model_set_executor(ep, EX), CARL_OK);
+  }
+  carl_placement_free(&rev);
+  const carl_placement_t *pl = carl_model_placement(ep, 0);
+  int64_t first;
+  int count;
+  carl_model_expert_slots(ep, &first, &count);
+  assert_int_equal(count, pl->slots);
+  assert_int_equal(first, (int64_t)r * pl->slots);
+  carl_model_expert_slots(one, &first, &count);
+  assert_int_equal(count, E_);
+  /* by hand: per layer attn_norm d, wqkv 3d^2, wo d^2, moe_norm d, router E d; tok_emb V d,
+   * pos_emb S_max d, final_norm d; expert tensors w13 + w2 = 3 f d per slot and layer */
+  const int64_t d = c.d_model, f = c.d_ff, L = c.n_layers;
+  const int64_t non_expert = c.vocab * d + c.max_seq * d + d + L * (d + 3 * d * d + d * d + d + E_ * d);
+  const int64_t expert = L * 3 * f * d * E_;
+  assert_int_equal(carl_model_nparams(one), non_expert + expert);
+  assert_int_equal(carl_model_nparams(ep), non_expert + expert / D);
+  /* the own slots hold the one-process model's values (the same init, the same placement) */
+  for (int i = 0; i < carl_model_ntensors(ep); i++) {
+    const carl_tensor_info_t *a = carl_model_tensor(ep, i), *b = carl_model_tensor(one, i);
+    assert_string_equal(a->name, b->name);
+    const int expert_t = a->ndim == 3;
+    assert_int_equal(a->shape[0], expert_t ? b->shape[0] / D : b->shape[0]);
+    const float *pa = carl_model_params(ep) + a->offset, *pb = carl_model_params(one) + b->offset + (expert_t ? a->numel * r : 0);
+    assert_memory_equal(pa, pb, sizeof(float) * (size_t)a->numel);
+  }
+  /* the whole model on rank 0, as the one-process one */
+  carl_model_full_t full;
+  assert_int_equal(carl_model_full(ep, &full), CARL_OK);
+  if (r == 0) {
+    assert_int_equal(full.ntensors, carl_model_ntensors(one));
+    assert_int_equal(full.nparams, carl_model_nparams(one));
+    assert_memory_equal(full.params, carl_model_params(one), sizeof(float) * (size_t)full.nparams);
+  } else {
+    assert_int_equal(full.ntensors, 0);
+  }
+  carl_model_full_free(&full);
+  /* the split is the model's from now on; gathering into it has no room */
+  assert_int_equal(carl_model_set_executor(ep, NULL), CARL_ERR_STATE);
+  assert_int_equal(carl_model_gather_experts(ep), CARL_ERR_STATE);
+  carl_model_free(one);
+  carl_model_free(ep);
+}
+
+static int WHOLE_FIRST = 1, OWN_FROM_START = 0;
+
 int main(void) {
   carl_status st = carl_exec_mpi_create(&EX);
   if (st == CARL_ERR_UNSUPPORTED) {
@@ -233,6 +346,9 @@ int main(void) {
       cmocka_unit_test(test_dispatch_combine_bytes_hier),
       cmocka_unit_test(test_collectives),
       cmocka_unit_test(test_migrate),
+      cmocka_unit_test(test_migrate_own),
+      cmocka_unit_test_prestate_setup_teardown(test_model_own_slots, NULL, NULL, &WHOLE_FIRST),
+      cmocka_unit_test_prestate_setup_teardown(test_model_own_slots, NULL, NULL, &OWN_FROM_START),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   carl_exec_free(EX);

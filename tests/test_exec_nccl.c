@@ -258,7 +258,7 @@ static void test_migrate(void **st) {
   float *w = malloc(sizeof(float) * (size_t)n), *wg = malloc(sizeof(float) * (size_t)n);
   for (int64_t i = 0; i < n; i++) w[i] = sm_normal(&s);
   float *dw = dev_copy(w, sizeof(float) * (size_t)n);
-  carl_exec_tensor_t th = {w, numel}, tg = {dw, numel};
+  carl_exec_tensor_t th = {.base = w, .numel = numel}, tg = {.base = dw, .numel = numel};
   carl_exec_t *loc;
   assert_int_equal(carl_exec_local_create(&loc), CARL_OK);
   assert_int_equal(carl_exec_migrate(loc, &old, &mig, &th, 1), CARL_OK);

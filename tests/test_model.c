@@ -147,7 +147,7 @@ static void moe_case(int T, int d, int f, int E, int k, int fs, double cf, int r
   for (int i = 0; i < E * d * f; i++) w2[i] = 0.3f * carl_rng_normal(5, CARL_STREAM_DATA, idx++);
   for (int i = 0; i < 2 * fs * d; i++) s13[i] = 0.3f * carl_rng_normal(5, CARL_STREAM_DATA, idx++);
   for (int i = 0; i < d * fs; i++) s2[i] = 0.3f * carl_rng_normal(5, CARL_STREAM_DATA, idx++);
-  carl__moe_w_t W = {Wr, w13, w2, fs ? s13 : NULL, fs ? s2 : NULL};
+  carl__moe_w_t W = {Wr, w13, w2, fs ? s13 : NULL, fs ? s2 : NULL, 0};
   carl__moe_act_t A = {0};
   carl_route_in_t in = {.T = T, .E = E};
   assert_int_equal(carl__moe_forward(&L, &W, &A, &in, x, y), CARL_OK);

@@ -129,6 +129,56 @@ static void test_hand_hier(void **s) {
   carl_placement_free(&p);
 }
 
+/* The mpi executor's time (carl_plan_time_mpi) on the hand case, small-message latencies 1 us
+ * intra and 2 us inter:
+ * - flat: every device's count exchange reaches 1 intra + 2 inter peers: 1 + 2 x 2 = 5 us per
+ *   phase; the copies as carl_plan_cost, 23.06625 us per phase (device 0); total 2 x (5 +
+ *   23.06625) = 56.1325 us, of which counts 10 us and data 46.1325 us (= a2a_s above).
+ * - flat, self copies at 1e-4 GB/s (1e5 bytes/s): device 1's self copy of t2 (1000 bytes) takes
+ *   10 ms; device 1 sends 1000 intra (1 peer) + that: 6.25e-9 + 3e-6 + 0.01 = 0.01000300625 s,
+ *   the slowest; total 2 x (5e-6 + 0.01000300625) = 0.0200160125 s.
+ * - hierarchical: counts over the inter-node communicator (1 peer, 2 us) and twice over the node
+ *   communicator (1 peer, 1 us): 4 us per phase. Inter-node hop: device 0 sends 2000 bytes to 2 in
+ *   one message, 40e-9 + 10e-6 = 10.04 us (device 2 receives the same). The node hops: device 0
+ *   sends 1000 to 1 and receives 1000 from 1 (3.00625 us), device 2 forwards 1000 to 3 and
+ *   receives 1000 from 3 (3.00625 us): 3.00625 us. Total 2 x (4 + 10.04 + 3.00625) = 34.0925 us. */
+static void test_hand_mpi_time(void **s) {
+  (void)s;
+  carl_topo_t t;
+  topo_2x2(&t);
+  carl_placement_t p;
+  assert_int_equal(carl_placement_contiguous(&p, 4, 4), CARL_OK);
+  carl_plan_t flat = {0}, hier = {0};
+  assert_int_equal(carl_plan_build(&t, &p, hand_ex, hand_src, 4, 2, CARL_PLAN_FLAT, -1, CARL_PLAN_COUNTS, &flat), CARL_OK);
+  assert_int_equal(carl_plan_build(&t, &p, hand_ex, hand_src, 4, 2, CARL_PLAN_HIER, -1, CARL_PLAN_COUNTS, &hier), CARL_OK);
+  carl_mpi_cost_opts_t o = {{0}, 0};
+  o.ctl_latency_us[CARL_LINK_INTRA] = 1;
+  o.ctl_latency_us[CARL_LINK_INTER] = 2;
+  carl_mpi_time_t m;
+  assert_int_equal(carl_plan_time_mpi(&t, &flat, 1000, &o, &m), CARL_OK);
+  assert_true(NEAR(m.counts_s, 10e-6));
+  assert_true(NEAR(m.data_s, 46.1325e-6));
+  assert_true(NEAR(m.total_s, 56.1325e-6));
+  o.self_GBps = 1e-4;
+  assert_int_equal(carl_plan_time_mpi(&t, &flat, 1000, &o, &m), CARL_OK);
+  assert_true(NEAR(m.total_s, 0.0200160125));
+  o.self_GBps = 0;
+  assert_int_equal(carl_plan_time_mpi(&t, &hier, 1000, &o, &m), CARL_OK);
+  assert_true(NEAR(m.counts_s, 8e-6));
+  assert_true(NEAR(m.data_s, 2 * (10.04e-6 + 3.00625e-6)));
+  assert_true(NEAR(m.total_s, 34.0925e-6));
+  /* bad input */
+  o.ctl_latency_us[CARL_LINK_INTER] = -1;
+  assert_int_equal(carl_plan_time_mpi(&t, &flat, 1000, &o, &m), CARL_ERR_INVALID);
+  o.ctl_latency_us[CARL_LINK_INTER] = 2, o.self_GBps = NAN;
+  assert_int_equal(carl_plan_time_mpi(&t, &flat, 1000, &o, &m), CARL_ERR_INVALID);
+  o.self_GBps = 0;
+  assert_int_equal(carl_plan_time_mpi(&t, &flat, 0, &o, &m), CARL_ERR_INVALID);
+  carl_plan_free(&flat);
+  carl_plan_free(&hier);
+  carl_placement_free(&p);
+}
+
 static void test_replicas(void **s) {
   (void)s;
   carl_topo_t t;
@@ -400,7 +450,7 @@ static void test_errors(void **s) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_hand_flat),  cmocka_unit_test(test_hand_hier),          cmocka_unit_test(test_replicas),
+      cmocka_unit_test(test_hand_flat),  cmocka_unit_test(test_hand_hier),          cmocka_unit_test(test_hand_mpi_time),          cmocka_unit_test(test_replicas),
       cmocka_unit_test(test_self_free),  cmocka_unit_test(test_random_fast_vs_ref), cmocka_unit_test(test_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -24,7 +24,9 @@
  *   migrate        for each move of m, copy the slot of the move's expert on its source device in
  *                  placement `old` into slot (dst, slot) of every registered tensor, all moves
  *                  reading the tensors as they were before the call. A tensor is [D * S, numel]
- *                  floats in slot order (device-major).
+ *                  floats in slot order (device-major), or (nslots > 0, mpi executor) the block of
+ *                  rank r's own slots only, [S, numel]: the move's source rank sends the slot, its
+ *                  destination rank receives it, the other ranks take no part.
  * Processes (the mpi executor): one process (rank) is one device of the topology: rank r = device r.
  *                  Every rank holds the same global plan (routing is replicated: the router logits
  *                  are all-gathered first, so every rank takes the same decision) but only its own
@@ -89,8 +91,12 @@ void carl_exec_mpi_abort(int code);
 void carl_exec_mpi_finalize(void);
 
 typedef struct {
-  float *base;   /* [D * S, numel] */
-  int64_t numel; /* floats per slot */
+  float *base;        /* [D * S, numel] (nslots 0), or [nslots, numel]: slots first_slot.. only */
+  int64_t numel;      /* floats per slot */
+  int64_t first_slot; /* with nslots > 0: the physical slot of base's first row */
+  int64_t nslots;     /* 0: every slot of the placement is stored here; > 0: only the slots
+                         [first_slot, first_slot + nslots) (expert-parallel storage: one rank's
+                         own slots, the block of device first_slot / S; mpi executor only) */
 } carl_exec_tensor_t;
 
 carl_status carl_exec_migrate(carl_exec_t *ex, const carl_placement_t *old, const carl_migration_t *m,

@@ -123,6 +123,13 @@ typedef struct {
 typedef struct carl_model carl_model_t;
 
 carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out);
+/* The model of rank `rank` of `ranks` of an expert-parallel run (docs/mpi.md): it stores only the
+ * rank's own expert slots (slot g of n_slots, g in [rank S, rank S + S), S = n_slots / ranks),
+ * initialised to exactly the values carl_model_create gives them (the init is keyed by expert),
+ * and the non-expert tensors whole; the placement set before the executor takes every slot's
+ * initial values from its new expert. It runs only under a multi-process executor of that split
+ * (carl_model_set_executor); no replicated experts (n_slots must equal n_experts). */
+carl_status carl_model_create_ep(const carl_model_config_t *cfg, int ranks, int rank, carl_model_t **out);
 void carl_model_free(carl_model_t *m);
 const carl_model_config_t *carl_model_config(const carl_model_t *m);
 
@@ -145,6 +152,9 @@ int64_t *carl_model_adam_t(carl_model_t *m);
 carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place);
 /* Run the MoE layers through ex (borrowed, must outlive the model's use of it; NULL: the model's
  * own local executor) with the current placements (statistics gathered so far are dropped).
+ * Several processes and no replicated experts: from here on each rank stores only its own expert
+ * slots (carl_model_expert_slots), so set topology, placements and checkpoint contents before;
+ * the model then keeps that executor's rank split (another split is refused).
  * With a process-crossing executor (carl_exec_size > 1, one process per device of the topology)
  * every process calls forward/backward with its own sequences: the MoE layers route every
  * process's tokens the same way on all of them, run the experts of the process's slots only, the
@@ -201,11 +211,35 @@ carl_status carl_model_router_update(carl_model_t *m);
 /* Global L2 norm of the gradients (fixed-order sum in double); scales them to max_norm when the
  * norm is larger (max_norm <= 0: no clipping). Returns the norm before clipping. */
 float carl_model_clip_grad(carl_model_t *m, float max_norm);
-/* Expert-parallel runs keep each expert slot up to date on its own rank only (docs/mpi.md; without
- * replicated experts the other ranks do not even update it); this all-gathers every rank's slots of the parameters and AdamW moments
- * so that every rank holds the whole model (before a checkpoint; every rank must call it).
- * Nothing to do in one process. */
+/* Expert-parallel runs keep each expert slot up to date on its own rank only (docs/mpi.md). With
+ * replicated experts (n_slots > n_experts) every rank stores every slot, and this all-gathers every
+ * rank's slots of the parameters and AdamW moments so that every rank holds the whole model
+ * (every rank must call it). Nothing to do in one process. Without replicas a rank stores only its
+ * own slots (carl_model_expert_slots) and there is nothing to gather into: an error; use
+ * carl_model_full. */
 carl_status carl_model_gather_experts(carl_model_t *m);
+
+/* The expert slots this process stores: [*first, *first + *count) of the model's n_slots. All of
+ * them in one process and with replicated experts; under a multi-process executor without
+ * replicas (carl_model_set_executor) rank r stores only its own S = n_slots / ranks, first = r S:
+ * the expert tensors of carl_model_tensor() are then [S, ...] and carl_model_nparams() counts the
+ * non-expert parameters and those S slots. */
+void carl_model_expert_slots(const carl_model_t *m, int64_t *first, int *count);
+
+/* The whole model in the one-process layout (tensors as in a one-process run, expert tensors
+ * [n_slots, ...]), for a checkpoint. Every rank must call it (all-gathers of the expert slots);
+ * rank 0 gets the data, the other ranks an empty result (ntensors 0) when the slots are stored per
+ * rank. In one process and with replicas the arrays are the model's own (after
+ * carl_model_gather_experts); otherwise a copy that carl_model_full_free releases. */
+typedef struct {
+  int ntensors;
+  const carl_tensor_info_t *tensors; /* [ntensors], offsets into the arrays below */
+  int64_t nparams;
+  const float *params, *adam_m, *adam_v; /* [nparams] each */
+  float *owned;                          /* storage of the copy (NULL: views of the model) */
+} carl_model_full_t;
+carl_status carl_model_full(carl_model_t *m, carl_model_full_t *out);
+void carl_model_full_free(carl_model_full_t *f);
 /* One AdamW step on every tensor; weight decay only on tensors with decay == 1. */
 carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, float lr);
 

@@ -125,6 +125,34 @@ void carl_plan_free(carl_plan_t *plan);
  * another device count. */
 carl_status carl_plan_cost(const carl_topo_t *t, const carl_plan_t *plan, size_t token_bytes, carl_cost_t *c);
 
+/* The wall time of one dispatch + combine of the plan through the mpi executor (carl/exec.h,
+ * docs/cost-model.md "The mpi executor's time"): carl_plan_cost's terms plus what the executor
+ * adds around the copies. Per phase (dispatch, then combine, its mirror):
+ *   counts  each exchange first sends the copy counts to every peer of its communicator
+ *           (MPI_Alltoall, one int each, empty pairs included): per device the sum over those
+ *           peers of ctl_latency_us of the pair's class; the max over devices. Flat: one exchange
+ *           over all ranks. Hierarchical: three (inter-node communicator: the devices of the same
+ *           local index; node communicator: twice).
+ *   data    per device max(send, recv) of sum over classes of bytes / GBps + messages x latency
+ *           (one message per peer with copies), self copies at self_GBps (0: free); the max over
+ *           devices. Hierarchical: the inter-node hop and the node's hops are exchanges one after
+ *           the other, each its own max over devices (the direct and forwarded node copies priced
+ *           as one exchange).
+ * total = 2 (counts + data). Errors: as carl_plan_cost, a negative latency or rate. */
+typedef struct {
+  double ctl_latency_us[CARL_NLINK]; /* one small message per link class (8-byte ping-pong) */
+  double self_GBps;                 /* memcpy rate of a self copy, 1e9 bytes/s; 0: free */
+} carl_mpi_cost_opts_t;
+
+typedef struct {
+  double counts_s; /* the count exchanges, both phases */
+  double data_s;   /* the copies, both phases */
+  double total_s;  /* counts_s + data_s */
+} carl_mpi_time_t;
+
+carl_status carl_plan_time_mpi(const carl_topo_t *t, const carl_plan_t *plan, size_t token_bytes,
+                               const carl_mpi_cost_opts_t *o, carl_mpi_time_t *out);
+
 /* The cost of a decision in one call: carl_plan_build (counts, all devices) + carl_plan_cost.
  * On error c is unchanged. */
 carl_status carl_plan_cost_decision(const carl_topo_t *t, const carl_placement_t *p, const int32_t *experts,

@@ -312,8 +312,10 @@ static carl_status mpi_allgather(carl_exec_t *ex, void *all, size_t bytes_each) 
 }
 
 /* Each move: the source rank sends its slot of the expert to the destination rank, which writes
- * it into (dst, slot). Parameters are replicated on every rank in this version (docs/mpi.md), so
- * the other ranks apply the move from their own copy, reading the tensors as before the call. */
+ * it into (dst, slot). A tensor of every slot (nslots 0: replicated storage) is updated on the
+ * other ranks from their own copy, reading the tensors as before the call; a tensor of the rank's
+ * own slots only (nslots = S, expert-parallel storage, docs/mpi.md) takes part in the moves from
+ * or to its rank only: a slot that stays on its rank is a copy from the block as it was before. */
 static carl_status mpi_migrate(carl_exec_t *ex, const carl_placement_t *old, const carl_migration_t *m,
                                const carl_exec_tensor_t *tensors, int n) {
   mpi_state_t *s = ST(ex);
@@ -322,7 +324,10 @@ static carl_status mpi_migrate(carl_exec_t *ex, const carl_placement_t *old, con
     return carl_fail(CARL_ERR_INVALID, "mpi executor: placement on %d devices, the run has %d ranks", old->D, ex->size);
   for (int i = 0; i < n; i++) {
     const carl_exec_tensor_t *tt = &tensors[i];
-    const size_t slot = sizeof(float) * (size_t)tt->numel, bytes = slot * (size_t)old->D * (size_t)S;
+    const int own = tt->nslots > 0;               /* rows are this rank's slots r S .. r S + S - 1 */
+    const int64_t row0 = own ? (int64_t)r * S : 0; /* slot of the first row of base */
+    const size_t slot = sizeof(float) * (size_t)tt->numel,
+                 bytes = slot * (own ? (size_t)S : (size_t)old->D * (size_t)S);
     if ((size_t)tt->numel > INT32_MAX) return carl_fail(CARL_ERR_INVALID, "mpi executor: slot of %lld floats", (long long)tt->numel);
     float *before = malloc(bytes);
     if (!before) return carl_fail(CARL_ERR_NOMEM, "mpi executor: out of memory for migration (%zu bytes)", bytes);
@@ -336,15 +341,17 @@ static carl_status mpi_migrate(carl_exec_t *ex, const carl_placement_t *old, con
         st = carl_fail(CARL_ERR_INVALID, "migrate: expert %d is not on device %d in the old placement", mv->expert, mv->src);
         break;
       }
-      const float *from = before + ((int64_t)mv->src * S + j) * tt->numel;
-      float *to = tt->base + ((int64_t)mv->dst * S + mv->slot) * tt->numel;
+      if (own && r != mv->src && r != mv->dst) continue; /* neither end: nothing of it is stored here */
+      /* pointers computed only for slots this rank stores (own: the rows of device r) */
+      const float *from = r == mv->src || !own ? before + ((int64_t)mv->src * S + j - row0) * tt->numel : NULL;
+      float *to = r == mv->dst || !own ? tt->base + ((int64_t)mv->dst * S + mv->slot - row0) * tt->numel : NULL;
       const int tag = (int)(q % 32768);
       int rc = MPI_SUCCESS;
       if (mv->src == mv->dst || (r != mv->src && r != mv->dst)) {
         memcpy(to, from, slot);
       } else if (r == mv->src) {
         rc = MPI_Send(from, (int)tt->numel, MPI_FLOAT, mv->dst, tag, s->comm);
-        if (rc == MPI_SUCCESS) memcpy(to, from, slot); /* the replica of the destination slot */
+        if (rc == MPI_SUCCESS && !own) memcpy(to, from, slot); /* the replica of the destination slot */
       } else {
         rc = MPI_Recv(to, (int)tt->numel, MPI_FLOAT, mv->src, tag, s->comm, MPI_STATUS_IGNORE);
       }

@@ -77,6 +77,14 @@ carl_status carl_exec_migrate(carl_exec_t *ex, const carl_placement_t *old, cons
   for (int i = 0; i < n; i++)
     if (ex->ops->moves_data && (!tensors[i].base || tensors[i].numel < 1))
       return carl_fail(CARL_ERR_INVALID, "migrate: tensor %d is empty", i);
+  for (int i = 0; i < n; i++) {
+    const carl_exec_tensor_t *t = &tensors[i];
+    if (t->nslots < 0 || (t->nslots > 0 && (ex->size < 2 || t->nslots != old->slots ||
+                                           t->first_slot != (int64_t)ex->rank * old->slots)))
+      return carl_fail(CARL_ERR_INVALID, "migrate: tensor %d holds slots %lld..%lld; a tensor of some slots only must be "
+                       "the %d slots of this process's device %d under a multi-process executor", i,
+                       (long long)t->first_slot, (long long)(t->first_slot + t->nslots - 1), old->slots, ex->rank);
+  }
   for (int64_t i = 0; i < m->n_moves; i++) {
     const carl_move_t *mv = &m->moves[i];
     if (mv->src < 0 || mv->src >= old->D || mv->dst < 0 || mv->dst >= old->D || mv->slot < 0 ||

@@ -39,6 +39,13 @@ struct carl_model {
   int64_t adam_t;
   carl_router_t **routers;
   int P;                    /* physical expert slots of every layer (D x slots per device) */
+  int64_t slot0;            /* the expert slots stored here: [slot0, slot0 + nlocal) of P; */
+  int nlocal;               /* all P, or rank r's own S = P / ranks (carl__shard_storage) */
+  carl_tensor_info_t *tensors_full; /* the one-process layout once the storage is sharded, else NULL */
+  int64_t nparams_full;
+  int64_t *init_key;        /* [ntensors] Philox counter of each tensor's first initial value */
+  float *init_scale;        /* [ntensors] its standard deviation */
+  int fresh;                /* 1 while the parameters are the initial ones (nothing wrote them) */
   carl_topo_t topo1;        /* one device: the topology when none is set */
   const carl_topo_t *topo;  /* &topo1 or the caller's (borrowed) */
   int user_topo;            /* 1: the caller's topology (dispatch is priced) */
@@ -180,6 +187,7 @@ static void carl__moe_w(carl_model_t *m, int l, int grads, carl__moe_w_t *w) {
   w->w2 = get(m, x->w2);
   w->sw13 = get(m, x->sw13);
   w->sw2 = get(m, x->sw2);
+  w->slot0 = m->slot0;
 }
 
 /* ---- expert slots and the step ------------------------------------------------------------ */
@@ -193,7 +201,8 @@ static int carl__slot_tensors(carl_model_t *m, int l, carl_exec_tensor_t *t) {
   for (int b = 0; b < 3; b++)
     for (int i = 0; i < 2; i++) {
       const carl_tensor_info_t *ti = &m->tensors[idx[i]];
-      t[n++] = (carl_exec_tensor_t){bases[b] + ti->offset, ti->numel / m->P};
+      t[n++] = (carl_exec_tensor_t){bases[b] + ti->offset, ti->numel / m->nlocal, m->slot0,
+                                    m->nlocal < m->P ? m->nlocal : 0};
     }
   return n;
 }
@@ -209,12 +218,38 @@ static carl_status carl__check_placement(const carl_model_t *m, const carl_topo_
   return CARL_OK;
 }
 
+/* Initial values of expert `e` in one slot of expert tensor i: [numel / P] floats. */
+static void carl__init_expert(const carl_model_t *m, int i, int e, float *dst) {
+  const carl_tensor_info_t *tf = m->tensors_full ? &m->tensors_full[i] : &m->tensors[i];
+  const int64_t per = tf->numel / m->P, key = m->init_key[i] + (int64_t)e * per;
+  const float s = m->init_scale[i];
+  if (e < 0) {
+    memset(dst, 0, sizeof(float) * (size_t)per);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (per >= CARL_OMP_MIN_WORK)
+  for (int64_t j = 0; j < per; j++) dst[j] = s * carl_rng_normal(m->cfg.seed, CARL_STREAM_INIT, (uint64_t)(key + j));
+}
+
 /* Move layer l's expert tensors from layout `from` to layout `to` (both D x S = P slots): every
  * slot of `to` takes the weights and moments of its expert's first slot in `from`; empty slots
  * are zero. Replicas hold bitwise the same values, so any replica would do. */
 static carl_status carl__relayout(carl_model_t *m, int l, const carl_placement_t *from, const carl_placement_t *to) {
   const int P = m->P;
   if (from->D == to->D && !memcmp(from->slot_expert, to->slot_expert, sizeof(int32_t) * (size_t)P)) return CARL_OK;
+  if (m->nlocal < P && m->fresh) { /* own slots only, still the initial values: each slot takes its new expert's */
+    const int idx[2] = {m->li[l].w13, m->li[l].w2};
+    for (int i = 0; i < 2; i++) {
+      const int64_t per = m->tensors[idx[i]].numel / m->nlocal;
+      for (int g = 0; g < m->nlocal; g++)
+        carl__init_expert(m, idx[i], to->slot_expert[m->slot0 + g], m->params + m->tensors[idx[i]].offset + g * per);
+    }
+    return CARL_OK; /* the moments are still zero */
+  }
+  if (m->nlocal < P)
+    return carl_fail(CARL_ERR_STATE, "model: the expert slots are stored per rank (expert parallel, %d of %d here): the "
+                     "layout of layer %d can change only by a placement refresh once the parameters are written", m->nlocal,
+                     P, l);
   int32_t *first = malloc(sizeof(int32_t) * (size_t)m->cfg.n_experts);
   if (!first) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
   for (int e = 0; e < m->cfg.n_experts; e++) first[e] = -1;
@@ -298,10 +333,13 @@ static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *pla
 }
 
 /* Expert-parallel storage (docs/mpi.md): with several processes and no replicated expert, rank r
- * keeps only its own expert slots (physical slots r S .. r S + S - 1, the block r of every expert
- * tensor [P, n]) up to date: their gradients are not all-reduced (they are non-zero on r only),
- * AdamW updates them on r only, and carl_model_gather_experts brings every rank's blocks together
- * for a checkpoint. Returns the layer of expert tensor i, else -1. */
+ * keeps only its own expert slots (physical slots r S .. r S + S - 1) up to date: their gradients
+ * are not all-reduced (they are non-zero on r only) and AdamW updates them on r only. Without
+ * replicas (n_slots = E) rank r stores only those slots (nlocal = S, carl__shard_storage or
+ * carl_model_create_ep) and carl_model_full gathers a copy of the whole model on rank 0 for a
+ * checkpoint; with every slot stored, block r of each expert tensor [P, n] is rank r's and
+ * carl_model_gather_experts brings the blocks together. Returns the layer of expert tensor i,
+ * else -1. */
 static int carl__expert_layer(const carl_model_t *m, int i) {
   for (int l = 0; l < m->cfg.n_layers; l++)
     if (i == m->li[l].w13 || i == m->li[l].w2) return l;
@@ -311,6 +349,68 @@ static int carl__expert_layer(const carl_model_t *m, int i) {
 static carl_exec_t *carl__sharded(const carl_model_t *m) {
   carl_exec_t *ex = m->dstep ? carl_step_exec(m->dstep) : NULL;
   return ex && carl_exec_size(ex) > 1 && !m->has_replicas ? ex : NULL;
+}
+
+/* Rank r's own slots of expert tensor t (of np ranks), as (offset, floats) in the storage: all of
+ * it when only the own slots are stored, else its block r. */
+static void carl__own_block(const carl_model_t *m, const carl_tensor_info_t *t, int np, int r, int64_t *o, int64_t *n) {
+  if (m->nlocal < m->P) {
+    *o = t->offset, *n = t->numel;
+  } else {
+    *n = t->numel / np, *o = t->offset + *n * r;
+  }
+}
+
+/* Expert-parallel storage: from here on rank r stores only its own expert slots, r S .. r S + S - 1
+ * (S = P / np) of every expert tensor and of its gradients and moments; the non-expert tensors
+ * stay whole. The tensor table then gives the expert tensors as [S, ...] at their offsets in the
+ * smaller buffers, and the one-process table is kept for carl_model_full. Only without replicas
+ * (P = E: no placement can hold an expert twice): replicated experts are updated by every rank.
+ * On failure nothing changes. */
+static carl_tensor_info_t *carl__local_table(const carl_model_t *m, int np, int64_t *nparams) {
+  const int S = m->P / np;
+  carl_tensor_info_t *tab = malloc(sizeof *tab * (size_t)m->ntensors);
+  if (!tab) return NULL;
+  int64_t n = 0;
+  for (int i = 0; i < m->ntensors; i++) {
+    tab[i] = m->tensors[i];
+    if (carl__expert_layer(m, i) >= 0) {
+      tab[i].shape[0] = S;
+      tab[i].numel = m->tensors[i].numel / m->P * S;
+    }
+    tab[i].offset = n;
+    n += tab[i].numel;
+  }
+  *nparams = n;
+  return tab;
+}
+
+static carl_status carl__shard_storage(carl_model_t *m, int np, int r) {
+  const int S = m->P / np;
+  int64_t n = 0;
+  carl_tensor_info_t *tab = carl__local_table(m, np, &n);
+  if (!tab) return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  float *arr[4] = {malloc(sizeof(float) * (size_t)n), malloc(sizeof(float) * (size_t)n), malloc(sizeof(float) * (size_t)n),
+                   malloc(sizeof(float) * (size_t)n)};
+  if (!arr[0] || !arr[1] || !arr[2] || !arr[3]) {
+    for (int a = 0; a < 4; a++) free(arr[a]);
+    free(tab);
+    return carl_fail(CARL_ERR_NOMEM, "model: cannot allocate the %lld parameters of rank %d", (long long)n, r);
+  }
+  float *old[4] = {m->params, m->grads, m->adam_m, m->adam_v};
+  for (int i = 0; i < m->ntensors; i++) {
+    const int64_t from = m->tensors[i].offset + (carl__expert_layer(m, i) >= 0 ? tab[i].numel * r : 0);
+    for (int a = 0; a < 4; a++) memcpy(arr[a] + tab[i].offset, old[a] + from, sizeof(float) * (size_t)tab[i].numel);
+  }
+  for (int a = 0; a < 4; a++) free(old[a]);
+  m->params = arr[0], m->grads = arr[1], m->adam_m = arr[2], m->adam_v = arr[3];
+  m->tensors_full = m->tensors;
+  m->nparams_full = m->nparams;
+  m->tensors = tab;
+  m->nparams = n;
+  m->slot0 = (int64_t)r * S;
+  m->nlocal = S;
+  return CARL_OK;
 }
 
 /* Rebuild the step after a change of its options (mode, executor, refresh), every layer keeping
@@ -356,7 +456,8 @@ static void carl__sync_replicas(carl_model_t *m) {
   }
 }
 
-carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out) {
+/* np > 1: rank r of np stores only its own expert slots from the start (carl_model_create_ep). */
+static carl_status carl__create(const carl_model_config_t *cfg, int np, int r, carl_model_t **out) {
   if (!out) return carl_fail(CARL_ERR_INVALID, "carl_model_create: out is NULL");
   *out = NULL;
   CARL_TRY(carl_model_config_check(cfg));
@@ -366,6 +467,7 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   const carl_model_config_t *c = &m->cfg;
   const int L = c->n_layers, d = c->d_model, f = c->d_ff, E = c->n_experts, fs = c->d_shared;
   const int P = m->P = c->n_slots ? c->n_slots : E;
+  m->nlocal = P;
   int cap = 3 + 9 * L;
   m->tensors = calloc((size_t)cap, sizeof *m->tensors);
   m->li = calloc((size_t)L, sizeof *m->li);
@@ -393,6 +495,26 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
 #undef NAME
   }
   m->final_norm = carl__add(m, cap, "final_norm", 1, d, 0, 0, 0);
+  m->init_key = malloc(sizeof(int64_t) * (size_t)m->ntensors);
+  m->init_scale = malloc(sizeof(float) * (size_t)m->ntensors);
+  if (!m->init_key || !m->init_scale) {
+    carl_model_free(m);
+    return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+  }
+  if (np > 1) { /* expert parallel: the one-process table is kept, the storage holds own slots */
+    int64_t n = 0;
+    carl_tensor_info_t *tab = carl__local_table(m, np, &n);
+    if (!tab) {
+      carl_model_free(m);
+      return carl_fail(CARL_ERR_NOMEM, "model: out of memory");
+    }
+    m->tensors_full = m->tensors;
+    m->nparams_full = m->nparams;
+    m->tensors = tab;
+    m->nparams = n;
+    m->slot0 = (int64_t)r * (P / np);
+    m->nlocal = P / np;
+  }
   size_t bytes = sizeof(float) * (size_t)m->nparams;
   m->params = malloc(bytes);
   m->grads = calloc((size_t)m->nparams, sizeof(float));
@@ -410,21 +532,29 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   const float resid = 1.0f / sqrtf(2.0f * (float)L);
   int64_t key = 0; /* offset of the tensor in the model with one slot per expert */
   for (int i = 0; i < m->ntensors; i++) {
-    const carl_tensor_info_t *t = &m->tensors[i];
+    const carl_tensor_info_t *t = &m->tensors[i], *tf = m->tensors_full ? &m->tensors_full[i] : t;
     float *p = m->params + t->offset;
-    const int64_t n = t->ndim == 3 ? t->numel / P * E : t->numel; /* expert tensors: the first E slots */
+    const int64_t n = t->ndim == 3 ? tf->numel / P * E : t->numel; /* expert tensors: the first E slots */
     float s = c->init_std;
     const char *dot = strrchr(t->name, '.');
     if (dot && (!strcmp(dot, ".wo") || !strcmp(dot, ".w2") || !strcmp(dot, ".shared_w2"))) s *= resid;
+    m->init_key[i] = key;
+    m->init_scale[i] = s;
     if (t->ndim == 1) {
       for (int64_t j = 0; j < n; j++) p[j] = 1.0f;
+    } else if (t->ndim == 3) { /* the stored slots g: expert g, or empty (g >= E) */
+      const int64_t per = tf->numel / P;
+      for (int g = 0; g < m->nlocal; g++) {
+        const int64_t gg = m->slot0 + g;
+        carl__init_expert(m, i, gg < E ? (int)gg : -1, p + g * per);
+      }
     } else {
 #pragma omp parallel for schedule(static) if (n >= CARL_OMP_MIN_WORK)
       for (int64_t j = 0; j < n; j++) p[j] = s * carl_rng_normal(c->seed, CARL_STREAM_INIT, (uint64_t)(key + j));
-      memset(p + n, 0, sizeof(float) * (size_t)(t->numel - n));
     }
     key += n;
   }
+  m->fresh = 1;
   /* one router per layer (each owns its state); "k" = top_k unless the options set it */
   const char *keys[CARL_MODEL_MAX_ROUTER_OPTS + 1];
   double vals[CARL_MODEL_MAX_ROUTER_OPTS + 1];
@@ -476,6 +606,23 @@ carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out
   return CARL_OK;
 }
 
+carl_status carl_model_create(const carl_model_config_t *cfg, carl_model_t **out) { return carl__create(cfg, 1, 0, out); }
+
+carl_status carl_model_create_ep(const carl_model_config_t *cfg, int ranks, int rank, carl_model_t **out) {
+  if (!out) return carl_fail(CARL_ERR_INVALID, "carl_model_create_ep: out is NULL");
+  *out = NULL;
+  CARL_TRY(carl_model_config_check(cfg));
+  const int P = cfg->n_slots ? cfg->n_slots : cfg->n_experts;
+  if (ranks < 1 || rank < 0 || rank >= ranks)
+    return carl_fail(CARL_ERR_INVALID, "expert-parallel model: rank %d of %d ranks", rank, ranks);
+  if (P != cfg->n_experts)
+    return carl_fail(CARL_ERR_INVALID, "expert-parallel model: %d slots for %d experts (replicated experts are stored on "
+                     "every rank: carl_model_create)", P, cfg->n_experts);
+  if (P % ranks)
+    return carl_fail(CARL_ERR_INVALID, "expert-parallel model: %d expert slots do not split evenly over %d ranks", P, ranks);
+  return carl__create(cfg, ranks, rank, out);
+}
+
 static void carl__free_acts(carl_model_t *m) {
   for (int l = 0; m->la && l < m->cfg.n_layers; l++) {
     carl__layer_act_t *a = &m->la[l];
@@ -497,7 +644,8 @@ void carl_model_free(carl_model_t *m) {
   for (int l = 0; m->routers && l < m->cfg.n_layers; l++) carl_router_free(m->routers[l]);
   carl_step_free(m->dstep);
   carl_exec_free(m->exec);
-  free(m->routers); free(m->la); free(m->li); free(m->tensors);
+  free(m->routers); free(m->la); free(m->li); free(m->tensors); free(m->tensors_full); free(m->init_key);
+  free(m->init_scale);
   free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v); free(m->first_slot);
   free(m);
 }
@@ -513,10 +661,19 @@ int carl_model_find_tensor(const carl_model_t *m, const char *name) {
   return -1;
 }
 int64_t carl_model_nparams(const carl_model_t *m) { return m->nparams; }
-float *carl_model_params(carl_model_t *m) { return m->params; }
+float *carl_model_params(carl_model_t *m) {
+  m->fresh = 0; /* the caller may write them */
+  return m->params;
+}
 float *carl_model_grads(carl_model_t *m) { return m->grads; }
-float *carl_model_adam_m(carl_model_t *m) { return m->adam_m; }
-float *carl_model_adam_v(carl_model_t *m) { return m->adam_v; }
+float *carl_model_adam_m(carl_model_t *m) {
+  m->fresh = 0; /* the caller may write them */
+  return m->adam_m;
+}
+float *carl_model_adam_v(carl_model_t *m) {
+  m->fresh = 0; /* the caller may write them */
+  return m->adam_v;
+}
 int64_t *carl_model_adam_t(carl_model_t *m) { return &m->adam_t; }
 void carl_model_set_step(carl_model_t *m, int64_t step) { m->step = step; }
 carl_router_t *carl_model_router(carl_model_t *m, int layer) {
@@ -539,11 +696,27 @@ carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex) {
                      "device)", carl_exec_name(ex), np, m->topo->devices);
   if (np > m->P)
     return carl_fail(CARL_ERR_INVALID, "executor '%s': %d processes for %d expert slots", carl_exec_name(ex), np, m->P);
+  if (m->nlocal < m->P && (np != m->P / m->nlocal || carl_exec_rank(ex) != m->slot0 / m->nlocal))
+    return carl_fail(CARL_ERR_STATE, "executor '%s': the expert slots are stored per rank for %d ranks (slots %lld..%lld "
+                     "here); a model keeps that split", ex ? carl_exec_name(ex) : "local", m->P / m->nlocal,
+                     (long long)m->slot0, (long long)(m->slot0 + m->nlocal - 1));
   carl_exec_t *before = m->exec_user;
   m->exec_user = ex;
   carl_status st = carl__step_rebuild(m);
-  if (st != CARL_OK) m->exec_user = before;
-  return st;
+  if (st != CARL_OK) {
+    m->exec_user = before;
+    return st;
+  }
+  /* expert parallel without replicas: keep only this rank's slots */
+  if (np > 1 && m->nlocal == m->P && m->P == m->cfg.n_experts && !m->has_replicas) {
+    CARL_TRY(carl__shard_storage(m, np, carl_exec_rank(ex)));
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+      carl_exec_tensor_t t[6];
+      const int n = carl__slot_tensors(m, l, t);
+      CARL_TRY(carl_step_set_tensors(m->dstep, l, t, n));
+    }
+  }
+  return CARL_OK;
 }
 
 carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place) {
@@ -655,6 +828,10 @@ carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int
   const carl_model_config_t *c = &m->cfg;
   m->can_backward = 0;
   if (!tokens) return carl_fail(CARL_ERR_INVALID, "tokens: NULL");
+  if (m->nlocal < m->P && carl_exec_size(carl_step_exec(m->dstep)) != m->P / m->nlocal)
+    return carl_fail(CARL_ERR_STATE, "model: this process stores expert slots %lld..%lld of %d only: it runs under an "
+                     "executor of %d processes (carl_model_set_executor)", (long long)m->slot0,
+                     (long long)(m->slot0 + m->nlocal - 1), m->P, m->P / m->nlocal);
   if (B < 1 || S < 1 || S > c->max_seq)
     return carl_fail(CARL_ERR_SHAPE, "tokens: shape [%d, %d], need B >= 1 and 1 <= S <= max_seq = %d", B, S, c->max_seq);
   const int64_t T = (int64_t)B * S;
@@ -785,6 +962,9 @@ carl_status carl_model_gather_experts(carl_model_t *m) {
    * only the owner's came from the start state by the owner's own migrations), so always gather */
   carl_exec_t *ex = m->dstep ? carl_step_exec(m->dstep) : NULL;
   if (!ex || carl_exec_size(ex) < 2) return CARL_OK;
+  if (m->nlocal < m->P)
+    return carl_fail(CARL_ERR_STATE, "gather of the expert slots: this rank stores its own %d of %d only "
+                     "(carl_model_full gathers a copy)", m->nlocal, m->P);
   const int np = carl_exec_size(ex);
   float *arr[3] = {m->params, m->adam_m, m->adam_v};
   for (int i = 0; i < m->ntensors; i++) {
@@ -797,6 +977,62 @@ carl_status carl_model_gather_experts(carl_model_t *m) {
   return CARL_OK;
 }
 
+carl_status carl_model_full(carl_model_t *m, carl_model_full_t *out) {
+  memset(out, 0, sizeof *out);
+  if (m->nlocal == m->P) { /* every slot stored here: gather the owners' slots in place, then views */
+    CARL_TRY(carl_model_gather_experts(m));
+    *out = (carl_model_full_t){m->ntensors, m->tensors, m->nparams, m->params, m->adam_m, m->adam_v, NULL};
+    return CARL_OK;
+  }
+  carl_exec_t *ex = carl_step_exec(m->dstep);
+  const int r = carl_exec_rank(ex);
+  int64_t big = 0; /* the largest expert tensor, for the other ranks' scratch */
+  for (int i = 0; i < m->ntensors; i++)
+    if (carl__expert_layer(m, i) >= 0 && m->tensors_full[i].numel > big) big = m->tensors_full[i].numel;
+  const size_t nf = r == 0 ? 3 * (size_t)m->nparams_full : (size_t)big;
+  float *buf = malloc(sizeof(float) * (nf ? nf : 1));
+  /* every rank goes on to the all-gathers or none does (the others would wait in them) */
+  double bad = buf ? 0 : 1;
+  carl_status st = carl_exec_allreduce(ex, &bad, 1);
+  if (st == CARL_OK && bad > 0)
+    st = buf ? carl_fail(CARL_ERR_NOMEM, "model: another rank is out of memory for the full model")
+             : carl_fail(CARL_ERR_NOMEM, "model: out of memory for the full model (%zu floats)", nf);
+  const float *arr[3] = {m->params, m->adam_m, m->adam_v};
+  for (int a = 0; a < 3 && st == CARL_OK; a++)
+    for (int i = 0; i < m->ntensors && st == CARL_OK; i++) {
+      const carl_tensor_info_t *t = &m->tensors[i], *tf = &m->tensors_full[i];
+      float *dst = r == 0 ? buf + (size_t)a * (size_t)m->nparams_full + tf->offset : NULL;
+      if (carl__expert_layer(m, i) < 0) {
+        if (dst) memcpy(dst, arr[a] + t->offset, sizeof(float) * (size_t)t->numel);
+        continue;
+      }
+      float *all = dst ? dst : buf; /* [P, ...]: block r is this rank's */
+      memcpy(all + t->numel * r, arr[a] + t->offset, sizeof(float) * (size_t)t->numel);
+      st = carl_errctx(carl_exec_allgather(ex, all, sizeof(float) * (size_t)t->numel), "gather of the expert slots");
+    }
+  if (st != CARL_OK) {
+    free(buf);
+    return st;
+  }
+  if (r != 0) { /* the checkpoint is rank 0's: the others hold no copy */
+    free(buf);
+    return CARL_OK;
+  }
+  const size_t F = (size_t)m->nparams_full;
+  *out = (carl_model_full_t){m->ntensors, m->tensors_full, m->nparams_full, buf, buf + F, buf + 2 * F, buf};
+  return CARL_OK;
+}
+
+void carl_model_full_free(carl_model_full_t *f) {
+  if (!f) return;
+  free(f->owned);
+  memset(f, 0, sizeof *f);
+}
+
+void carl_model_expert_slots(const carl_model_t *m, int64_t *first, int *count) {
+  *first = m->slot0;
+  *count = m->nlocal;
+}
 
 carl_status carl_model_router_update(carl_model_t *m) {
   if (!m->cap_T) return carl_fail(CARL_ERR_STATE, "router update: no forward before it");
@@ -819,8 +1055,11 @@ static double carl__grad_sumsq(const carl_model_t *m) {
       const carl_tensor_info_t *t = &m->tensors[i];
       if (carl__expert_layer(m, i) < 0)
         s += carl_sumsq(m->grads + t->offset, t->numel);
-      else
-        own[r] += carl_sumsq(m->grads + t->offset + t->numel / np * r, t->numel / np);
+      else {
+        int64_t o, n;
+        carl__own_block(m, t, np, r, &o, &n);
+        own[r] += carl_sumsq(m->grads + o, n);
+      }
     }
     const int ok = carl_exec_allreduce(ex, own, np) == CARL_OK; /* one contribution per entry: exact */
     for (int a = 0; a < np; a++) s += own[a];
@@ -863,12 +1102,13 @@ carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, 
   if (!(opt->beta1 >= 0 && opt->beta1 < 1 && opt->beta2 >= 0 && opt->beta2 < 1 && opt->eps > 0 && opt->weight_decay >= 0))
     return carl_fail(CARL_ERR_INVALID, "AdamW: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
   m->adam_t++;
+  m->fresh = 0;
   carl_exec_t *ex = carl__sharded(m);
   for (int i = 0; i < m->ntensors; i++) {
     const carl_tensor_info_t *t = &m->tensors[i];
     int64_t o = t->offset, n = t->numel;
     if (ex && carl__expert_layer(m, i) >= 0) /* my expert slots only */
-      n = t->numel / carl_exec_size(ex), o += n * carl_exec_rank(ex);
+      carl__own_block(m, t, carl_exec_size(ex), carl_exec_rank(ex), &o, &n);
     carl_adamw_update(m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, n, opt, lr, m->adam_t, t->decay);
   }
   return CARL_OK;

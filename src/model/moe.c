@@ -158,14 +158,14 @@ carl_status carl__moe_forward(const carl__moe_t *L, const carl__moe_w_t *W, carl
   if (!job) return carl_fail(CARL_ERR_NOMEM, "MoE layer: out of memory");
   for (int64_t g = g0; g < g1; g++) {
     const int64_t q0 = p->recv_off[g], n = p->recv_off[g + 1] - q0;
-    job[g - g0] = (carl_gemm_t){0, 1, n, 2 * f, d, 1.0f, A->xg + q0 * d, d, W->w13 + g * 2 * f * d, d, 0.0f,
+    job[g - g0] = (carl_gemm_t){0, 1, n, 2 * f, d, 1.0f, A->xg + q0 * d, d, W->w13 + (g - W->slot0) * 2 * f * d, d, 0.0f,
                                 A->h + q0 * 2 * f, 2 * f};
   }
   carl_sgemm_batch((int)P, job);
   carl_swiglu_fwd(A->a + r0 * f, A->h + r0 * 2 * f, r1 - r0, f);
   for (int64_t g = g0; g < g1; g++) {
     const int64_t q0 = p->recv_off[g], n = p->recv_off[g + 1] - q0;
-    job[g - g0] = (carl_gemm_t){0, 1, n, d, f, 1.0f, A->a + q0 * f, f, W->w2 + g * d * f, f, 0.0f, A->ye + q0 * d, d};
+    job[g - g0] = (carl_gemm_t){0, 1, n, d, f, 1.0f, A->a + q0 * f, f, W->w2 + (g - W->slot0) * d * f, f, 0.0f, A->ye + q0 * d, d};
   }
   carl_sgemm_batch((int)P, job);
   free(job);
@@ -218,9 +218,9 @@ carl_status carl__moe_backward(const carl__moe_t *L, const carl__moe_w_t *W, con
   for (int64_t g = g0; g < g1; g++) {
     const int64_t q0 = p->recv_off[g], n = p->recv_off[g + 1] - q0;
     if (!n) continue; /* a slot without rows gets no gradient (K = 0 would still scale by beta) */
-    const float *w2 = W->w2 + g * d * f;
+    const float *w2 = W->w2 + (g - W->slot0) * d * f;
     job[nj++] = (carl_gemm_t){0, 0, n, f, d, 1.0f, A->dye + q0 * d, d, w2, f, 0.0f, A->da + q0 * f, f};
-    job[nj++] = (carl_gemm_t){1, 0, d, f, (int)n, 1.0f, A->dye + q0 * d, d, A->a + q0 * f, f, 1.0f, G->w2 + g * d * f, f};
+    job[nj++] = (carl_gemm_t){1, 0, d, f, (int)n, 1.0f, A->dye + q0 * d, d, A->a + q0 * f, f, 1.0f, G->w2 + (g - G->slot0) * d * f, f};
   }
   carl_sgemm_batch(nj, job);
   carl_swiglu_bwd(A->dh + r0 * 2 * f, A->da + r0 * f, A->h + r0 * 2 * f, r1 - r0, f);
@@ -228,9 +228,9 @@ carl_status carl__moe_backward(const carl__moe_t *L, const carl__moe_w_t *W, con
   for (int64_t g = g0; g < g1; g++) {
     const int64_t q0 = p->recv_off[g], n = p->recv_off[g + 1] - q0;
     if (!n) continue;
-    const float *w13 = W->w13 + g * 2 * f * d;
+    const float *w13 = W->w13 + (g - W->slot0) * 2 * f * d;
     job[nj++] = (carl_gemm_t){1, 0, 2 * f, d, (int)n, 1.0f, A->dh + q0 * 2 * f, 2 * f, A->xg + q0 * d, d, 1.0f,
-                              G->w13 + g * 2 * f * d, d};
+                              G->w13 + (g - G->slot0) * 2 * f * d, d};
     /* dX overwrites dY, which the previous pass was the last to read */
     job[nj++] = (carl_gemm_t){0, 0, n, d, 2 * f, 1.0f, A->dh + q0 * 2 * f, 2 * f, w13, d, 0.0f, A->dye + q0 * d, d};
   }

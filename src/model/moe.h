@@ -40,10 +40,13 @@ typedef struct {
 /* Weights (or their gradients, same shapes). */
 typedef struct {
   float *router; /* [E, d] */
-  float *w13;    /* [P, 2f, d] per physical slot g = device * S + slot (P = D * S) */
-  float *w2;     /* [P, d, f] */
+  float *w13;    /* [P, 2f, d] per physical slot g = device * S + slot (P = D * S), or the
+                    process's own slots only: row g - slot0 is slot g */
+  float *w2;     /* [P, d, f] (or own slots, as w13) */
   float *sw13;   /* [2fs, d] or NULL */
   float *sw2;    /* [d, fs] or NULL */
+  int64_t slot0; /* physical slot of the first row of w13 and w2: 0, or r S when only rank r's
+                    own slots are stored (expert-parallel storage) */
 } carl__moe_w_t;
 
 /* Activations of one forward, kept for backward (owned; grown as needed). */

@@ -362,13 +362,14 @@ typedef struct {
   char run_id[32]; /* of the run that writes the checkpoints: only its own are pruned */
 } carl__run_state_t;
 
-static carl_status carl__write_tensors(const char *path, carl_model_t *m, const float *base, const char *prefix,
+/* f: the model in the one-process layout (carl_model_full) */
+static carl_status carl__write_tensors(const char *path, const carl_model_full_t *f, const float *base, const char *prefix,
                                        const char *const *meta, const int64_t *adam_t) {
-  int n = carl_model_ntensors(m);
+  int n = f->ntensors;
   carl_st_tensor_t *t = calloc((size_t)n + 1, sizeof *t);
   if (!t) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
   for (int i = 0; i < n; i++) {
-    const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+    const carl_tensor_info_t *ti = &f->tensors[i];
     snprintf(t[i].name, sizeof t[i].name, "%s%s", prefix, ti->name);
     t[i].dtype = CARL_F32;
     t[i].ndim = ti->ndim;
@@ -390,14 +391,14 @@ static carl_status carl__write_tensors(const char *path, carl_model_t *m, const 
 }
 
 /* Write both moment sets into one file: m.<name> then v.<name>, then adam_t. */
-static carl_status carl__write_optimizer(const char *path, carl_model_t *m) {
-  int n = carl_model_ntensors(m);
+static carl_status carl__write_optimizer(const char *path, carl_model_t *m, const carl_model_full_t *f) {
+  int n = f->ntensors;
   carl_st_tensor_t *t = calloc(2 * (size_t)n + 1, sizeof *t);
   if (!t) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", path);
-  const float *mm = carl_model_adam_m(m), *vv = carl_model_adam_v(m);
+  const float *mm = f->adam_m, *vv = f->adam_v;
   for (int pass = 0; pass < 2; pass++)
     for (int i = 0; i < n; i++) {
-      const carl_tensor_info_t *ti = carl_model_tensor(m, i);
+      const carl_tensor_info_t *ti = &f->tensors[i];
       carl_st_tensor_t *x = &t[pass * n + i];
       snprintf(x->name, sizeof x->name, "%s%s", pass ? "v." : "m.", ti->name);
       x->dtype = CARL_F32;
@@ -560,8 +561,9 @@ static carl_status carl__ckpt_error(carl_status st, const char *tmp, const char 
   return carl_errctx(st, "checkpoint at step %" PRId64, step);
 }
 
-static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m, int64_t step,
-                                   const carl__run_state_t *rs, char *saved, size_t saved_cap) {
+static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_t *cfg, carl_model_t *m,
+                                   const carl_model_full_t *full, int64_t step, const carl__run_state_t *rs, char *saved,
+                                   size_t saved_cap) {
   char name[64], dir[CARL_PATH_MAX + 64], tmp[CARL_PATH_MAX + 80], f[CARL_PATH_MAX + 160];
   snprintf(name, sizeof name, "ckpt_%08" PRId64, step);
   snprintf(dir, sizeof dir, "%s/%s", out_dir, name);
@@ -575,10 +577,10 @@ static carl_status carl__ckpt_save(const char *out_dir, const carl_train_config_
   snprintf(step_text, sizeof step_text, "%" PRId64, step);
   const char *meta[] = {"format", "pt", "producer", "carl-moe", "step", step_text, "config", cfg_text, NULL};
   snprintf(f, sizeof f, "%s/model.safetensors", tmp);
-  st = carl__write_tensors(f, m, carl_model_params(m), "", meta, NULL);
+  st = carl__write_tensors(f, full, full->params, "", meta, NULL);
   if (!st) {
     snprintf(f, sizeof f, "%s/optimizer.safetensors", tmp);
-    st = carl__write_optimizer(f, m);
+    st = carl__write_optimizer(f, m, full);
   }
   int has_router = carl__router_has_state(m);
   for (int l = 0; !st && has_router && l < cfg->model.n_layers; l++) {
@@ -886,6 +888,29 @@ static carl_status carl__read_st_checked(const char *path, const carl__ckpt_info
   return CARL_OK;
 }
 
+/* Tensor `name` of the file into dst: all of it, or (a model storing some expert slots only,
+ * carl_model_create_ep) the rows [first, first + ti->shape[0]) of the file's [P, ...] tensor. */
+static carl_status carl__get_tensor(carl_st_file_t *sf, carl_model_t *m, const char *name, const carl_tensor_info_t *ti,
+                                    float *dst) {
+  int64_t first;
+  int count;
+  carl_model_expert_slots(m, &first, &count);
+  const carl_model_config_t *c = carl_model_config(m);
+  const int P = c->n_slots ? c->n_slots : c->n_experts;
+  if (ti->ndim != 3 || count == P) {
+    CARL_TRY(carl_st_get_f32(sf, name, ti->ndim, ti->shape, dst));
+    return carl__check_finite(name, dst, ti->ndim, ti->shape);
+  }
+  const int64_t shape[3] = {P, ti->shape[1], ti->shape[2]}, per = ti->shape[1] * ti->shape[2];
+  float *all = malloc(sizeof(float) * (size_t)(P * per));
+  if (!all) return carl_fail(CARL_ERR_NOMEM, "%s: out of memory", name);
+  carl_status st = carl_st_get_f32(sf, name, 3, shape, all);
+  if (!st) st = carl__check_finite(name, all, 3, shape);
+  if (!st) memcpy(dst, all + first * per, sizeof(float) * (size_t)ti->numel);
+  free(all);
+  return st;
+}
+
 static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_optimizer, const carl__ckpt_info_t *info) {
   char f[CARL_PATH_MAX + 128];
   carl_st_file_t sf;
@@ -895,9 +920,7 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
   int n = carl_model_ntensors(m);
   for (int i = 0; i < n && !st; i++) {
     const carl_tensor_info_t *ti = carl_model_tensor(m, i);
-    float *dst = carl_model_params(m) + ti->offset;
-    st = carl_st_get_f32(&sf, ti->name, ti->ndim, ti->shape, dst);
-    if (!st) st = carl__check_finite(ti->name, dst, ti->ndim, ti->shape);
+    st = carl__get_tensor(&sf, m, ti->name, ti, carl_model_params(m) + ti->offset);
   }
   carl_st_free(&sf);
   if (st != CARL_OK) return carl_errctx(st, "%s", f);
@@ -910,8 +933,7 @@ static carl_status carl__load_params(const char *dir, carl_model_t *m, int with_
       const carl_tensor_info_t *ti = carl_model_tensor(m, i);
       float *dst = (pass ? carl_model_adam_v(m) : carl_model_adam_m(m)) + ti->offset;
       snprintf(name, sizeof name, "%s%s", pass ? "v." : "m.", ti->name);
-      st = carl_st_get_f32(&sf, name, ti->ndim, ti->shape, dst);
-      if (!st) st = carl__check_finite(name, dst, ti->ndim, ti->shape);
+      st = carl__get_tensor(&sf, m, name, ti, dst);
     }
   if (!st) st = carl_st_get(&sf, "adam_t", CARL_I64, 1, (int64_t[]){1}, carl_model_adam_t(m));
   carl_st_free(&sf);
@@ -1327,6 +1349,14 @@ static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config
   return carl_model_set_refresh(m, c->refresh_every, &po, 0.9);
 }
 
+/* Expert parallel without replicated experts: each rank's model stores its own expert slots only
+ * (carl_model_create_ep); otherwise the whole model. */
+static carl_status carl__create_model(const carl_train_config_t *c, carl_exec_t *mex, carl_model_t **m) {
+  const int np = mex ? carl_exec_size(mex) : 1, P = c->model.n_slots ? c->model.n_slots : c->model.n_experts;
+  if (np > 1 && P == c->model.n_experts && P % np == 0) return carl_model_create_ep(&c->model, np, carl_exec_rank(mex), m);
+  return carl_model_create(&c->model, m);
+}
+
 carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_opts_t *o, carl_train_result_t *res) {
   memset(res, 0, sizeof *res);
   if (!o || !o->out_dir || !o->out_dir[0]) return carl_fail(CARL_ERR_INVALID, "train: no output directory given");
@@ -1409,11 +1439,13 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     if (!st && ck.steps != cfg.steps)
       snprintf(steps_note, sizeof steps_note, "train: resuming with steps = %lld (the checkpoint's run had %lld): the "
                "learning-rate schedule changes", (long long)cfg.steps, (long long)ck.steps);
-    if (!st) st = carl_model_create(&cfg.model, &m);
+    if (!st) st = carl__create_model(&cfg, mex, &m);
     if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
     if (!st) st = carl__verify_ckpt_files(ckdir, info);
-    if (!st) st = carl__load_params(ckdir, m, 1, info);
+    /* the checkpoint's placements first, then its tensors, which are in those placements' layout
+     * (an expert-parallel rank reads its own slots of them) */
     if (!st) st = carl__load_placements(ckdir, m, 1);
+    if (!st) st = carl__load_params(ckdir, m, 1, info);
     if (!st) st = carl__load_routers(ckdir, m, info);
     free(info);
     if (!st && cfg.refresh_every > 0) {
@@ -1428,7 +1460,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     if (!st && !rs.run_id[0]) carl__new_run_id(rs.run_id, sizeof rs.run_id);
   } else if (!st) {
     carl__new_run_id(rs.run_id, sizeof rs.run_id);
-    st = carl_model_create(&cfg.model, &m);
+    st = carl__create_model(&cfg, mex, &m);
     if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
   }
   if (!st && mex) st = carl_model_set_executor(m, mex);
@@ -1564,8 +1596,11 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     }
     if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
       st = carl__csv_sync(&csv);
-      if (!st) st = carl_model_gather_experts(m); /* every rank's expert slots, for rank 0 to save */
-      if (!st && rank == 0) st = carl__ckpt_save(o->out_dir, &cfg, m, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      carl_model_full_t full = {0};
+      if (!st) st = carl_model_full(m, &full); /* every rank's expert slots, for rank 0 to save */
+      if (!st && rank == 0)
+        st = carl__ckpt_save(o->out_dir, &cfg, m, &full, done, &rs, res->last_ckpt, sizeof res->last_ckpt);
+      carl_model_full_free(&full);
       if (st) {
         carl__stopped(st, done, res->last_ckpt);
         break;

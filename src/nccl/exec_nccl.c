@@ -208,6 +208,10 @@ static carl_status nccl_migrate(carl_exec_t *ex, const carl_placement_t *old, co
   const int S = old->slots, r = ex->rank;
   if (old->D != ex->size)
     return carl_fail(CARL_ERR_INVALID, "nccl executor: placement on %d devices, the run has %d ranks", old->D, ex->size);
+  for (int i = 0; i < n; i++)
+    if (tensors[i].nslots > 0)
+      return carl_fail(CARL_ERR_UNSUPPORTED, "nccl executor: migrate of tensor %d holding only this rank's slots (the mpi "
+                       "executor's expert-parallel storage); the nccl executor moves tensors of every slot", i);
   int *src_slot = malloc(sizeof(int) * (size_t)(m->n_moves > 0 ? m->n_moves : 1));
   if (!src_slot) return carl_fail(CARL_ERR_NOMEM, "nccl executor: out of memory for %lld moves", (long long)m->n_moves);
   for (int64_t q = 0; q < m->n_moves; q++) {

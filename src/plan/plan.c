@@ -8,6 +8,7 @@
  *      not depend on the thread count).
  *   2. finish: bytes, messages, phase times and the traffic matrix from cnt, O(D^2).
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -680,5 +681,73 @@ carl_status carl_plan_cost(const carl_topo_t *t, const carl_plan_t *plan, size_t
                      t->devices);
   if (token_bytes == 0) return carl_fail(CARL_ERR_INVALID, "token_bytes must be > 0");
   plan_finish(t, plan->hop, token_bytes, plan->copies, c);
+  return CARL_OK;
+}
+
+/* ---- the mpi executor's time (carl/plan.h, docs/cost-model.md) ---------------------------------- */
+
+/* Max over devices of max(send, recv) of the hops a -> b with `take(a, b)`: bytes / GBps + one
+ * latency per peer with copies per class, self copies at self_GBps. */
+static double plan_exchange_s(const carl_topo_t *t, const int64_t *cnt, double tb, double self_GBps, int hier, int inter) {
+  const int D = t->devices;
+  double worst = 0;
+  for (int a = 0; a < D; a++) {
+    double send = 0, recv = 0;
+    for (int b = 0; b < D; b++) {
+      const int cls = carl_topo_link(t, a, b);
+      if (hier && (inter != (cls == CARL_LINK_INTER || cls == CARL_LINK_RACK))) continue;
+      const int64_t out = cnt[(size_t)a * D + b], in = cnt[(size_t)b * D + a];
+      if (cls == CARL_LINK_SELF) {
+        if (self_GBps > 0) send += (double)out * tb / (self_GBps * 1e9), recv += (double)in * tb / (self_GBps * 1e9);
+        continue;
+      }
+      const double B = t->link[cls].GBps * 1e9, al = t->link[cls].latency_us * 1e-6;
+      if (B <= 0) continue;
+      send += (double)out * tb / B + (out > 0 ? al : 0);
+      recv += (double)in * tb / B + (in > 0 ? al : 0);
+    }
+    const double ph = send > recv ? send : recv;
+    if (ph > worst) worst = ph;
+  }
+  return worst;
+}
+
+carl_status carl_plan_time_mpi(const carl_topo_t *t, const carl_plan_t *plan, size_t token_bytes,
+                               const carl_mpi_cost_opts_t *o, carl_mpi_time_t *out) {
+  CARL_ASSERT(t && plan && o && out);
+  if (!plan->hop) return carl_fail(CARL_ERR_STATE, "plan: not built");
+  if (plan->D != t->devices)
+    return carl_fail(CARL_ERR_INVALID, "plan is for %d devices but the topology has %d", plan->D, t->devices);
+  if (token_bytes == 0) return carl_fail(CARL_ERR_INVALID, "token_bytes must be > 0");
+  for (int c = 0; c < CARL_NLINK; c++)
+    if (!(o->ctl_latency_us[c] >= 0 && isfinite(o->ctl_latency_us[c])))
+      return carl_fail(CARL_ERR_INVALID, "mpi time: small-message latency of class %d is %g us, must be >= 0", c,
+                       o->ctl_latency_us[c]);
+  if (!(o->self_GBps >= 0 && isfinite(o->self_GBps)))
+    return carl_fail(CARL_ERR_INVALID, "mpi time: self copy rate %g GB/s, must be >= 0", o->self_GBps);
+  const int D = t->devices, P = t->devices_per_node;
+  const int hier = plan->mode == CARL_PLAN_HIER;
+  /* count exchanges of one phase: max over devices of the latencies of its communicators' peers */
+  double counts = 0;
+  for (int a = 0; a < D; a++) {
+    double s = 0;
+    for (int b = 0; b < D; b++) {
+      if (b == a) continue;
+      const int cls = carl_topo_link(t, a, b);
+      if (!hier)
+        s += o->ctl_latency_us[cls];
+      else if (cls == CARL_LINK_INTRA)
+        s += 2 * o->ctl_latency_us[cls]; /* the node communicator, twice */
+      else if (b % P == a % P)
+        s += o->ctl_latency_us[cls]; /* the inter-node communicator: same local index */
+    }
+    if (s * 1e-6 > counts) counts = s * 1e-6;
+  }
+  const double tb = (double)token_bytes;
+  double data = hier ? plan_exchange_s(t, plan->hop, tb, o->self_GBps, 1, 1) + plan_exchange_s(t, plan->hop, tb, o->self_GBps, 1, 0)
+                     : plan_exchange_s(t, plan->hop, tb, o->self_GBps, 0, 0);
+  out->counts_s = 2 * counts;
+  out->data_s = 2 * data;
+  out->total_s = out->counts_s + out->data_s;
   return CARL_OK;
 }
