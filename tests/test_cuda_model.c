@@ -100,10 +100,13 @@ static void side_by_side(carl_model_t *cm, carl_model_t *gm, int B, int S, int s
       carl_model_zero_grad(m);
       assert_int_equal(carl_model_backward(m), CARL_OK);
       assert_int_equal(carl_model_router_update(m), CARL_OK);
-      if (step == 0 && w == 1) { /* gradients before clipping */
-        assert_int_equal(carl_model_sync_host(gm), CARL_OK);
-        compare_arrays(gm, cm, carl_model_grads, 1e-4, "gradient");
-      }
+    }
+    if (step == 0) { /* gradients before clipping */
+      assert_int_equal(carl_model_sync_host(gm), CARL_OK);
+      compare_arrays(gm, cm, carl_model_grads, 1e-4, "gradient");
+    }
+    for (int w = 0; w < 2; w++) {
+      carl_model_t *m = ms[w];
       gn[w] = carl_model_clip_grad(m, 1.0f);
       const float lr = carl_lr_cosine(step, 2, steps, 3e-3f, 3e-4f);
       assert_int_equal(carl_model_adamw_step(m, &opt, lr), CARL_OK);
