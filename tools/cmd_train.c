@@ -14,7 +14,7 @@
 static void train_usage(FILE *f, const char *router) {
   fprintf(f,
           "usage: carl train [--config FILE] [options]\n\n"
-          "Train a Mixture-of-Experts transformer on the CPU on the prepared text corpus\n"
+          "Train a Mixture-of-Experts transformer on the CPU (or a GPU: --device cuda) on the prepared text corpus\n"
           "(run scripts/prepare_data.sh first). Writes OUT/metrics.csv and checkpoints OUT/ckpt_<step>/\n"
           "(model.safetensors, optimizer.safetensors, router state, state.json; OUT/latest names the newest).\n\n"
           "options (default in brackets):\n"
@@ -49,6 +49,8 @@ static void train_usage(FILE *f, const char *router) {
           "                       forwarded inside it) [config's train.dispatch, flat]\n"
           "  --expert-parallel N  run as one of N MPI ranks, one per device of the topology (N = its devices):\n"
           "                       mpirun -np N carl train ... --expert-parallel N; rank 0 writes OUT [off]\n"
+          "  --device DEV         cpu, or cuda / cuda:N: the whole model on GPU N in float32 (the routing\n"
+          "                       decisions stay on the host, docs/gpu.md) [cpu]\n"
           "  --quiet              no progress lines, only the summary [off]\n"
           "  -h, --help           this help\n\n"
           "routers:");
@@ -89,7 +91,7 @@ static int parse_i64(const char *opt, const char *v, long long lo, long long *ou
 }
 
 int carl_cmd_train(int argc, char **argv) {
-  const char *dispatch = NULL;
+  const char *dispatch = NULL, *device = NULL;
   const char *config = DEFAULT_CONFIG, *router = NULL, *topology = NULL, *out = NULL, *trace = NULL, *place = NULL;
   const char *ropt_k[CARL_MODEL_MAX_ROUTER_OPTS];
   double ropt_v[CARL_MODEL_MAX_ROUTER_OPTS];
@@ -123,6 +125,7 @@ int carl_cmd_train(int argc, char **argv) {
     else if (!strcmp(a, "--topology")) topology = v;
     else if (!strcmp(a, "--out")) out = v;
     else if (!strcmp(a, "--dump-trace")) trace = v;
+    else if (!strcmp(a, "--device")) device = v;
     else if (!strcmp(a, "--router-opt")) {
       const char *eq = strchr(v, '=');
       char *end;
@@ -223,10 +226,10 @@ int carl_cmd_train(int argc, char **argv) {
   const char *env_rank = getenv("OMPI_COMM_WORLD_RANK");
   if (!quiet && (!expert_parallel || !env_rank || !strcmp(env_rank, "0"))) {
     printf("carl train: %s, router %s, %d layers x %d experts (top-%d), d %d, batch %d x %d tokens, %lld steps, "
-           "topology %s -> %s%s\n",
+           "topology %s, device %s -> %s%s\n",
            cfg.name, cfg.model.router, cfg.model.n_layers, cfg.model.n_experts, cfg.model.top_k, cfg.model.d_model,
-           cfg.batch, cfg.seq_len, (long long)cfg.steps, cfg.topology[0] ? cfg.topology : "none", out,
-           resume ? " (resuming)" : "");
+           cfg.batch, cfg.seq_len, (long long)cfg.steps, cfg.topology[0] ? cfg.topology : "none", device ? device : "cpu",
+           out, resume ? " (resuming)" : "");
     fflush(stdout);
   }
   if (resume && overwrite) {
@@ -235,7 +238,7 @@ int carl_cmd_train(int argc, char **argv) {
   }
   carl_train_opts_t o = {.out_dir = out, .resume = resume, .overwrite = overwrite, .dump_trace = trace, .dump_every = dump_every,
                          .stop_after = stop_after, .progress = quiet ? NULL : progress,
-                         .expert_parallel = (int)expert_parallel};
+                         .expert_parallel = (int)expert_parallel, .device = device};
   carl_train_result_t res;
   st = carl_train_run(&cfg, &o, &res);
   if (st) {

@@ -243,6 +243,26 @@ void carl_model_full_free(carl_model_full_t *f);
 /* One AdamW step on every tensor; weight decay only on tensors with decay == 1. */
 carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, float lr);
 
+/* ---- the GPU (docs/gpu.md, "Training on the GPU") ------------------------------------------- */
+typedef struct carl_cuda carl_cuda_t; /* carl/cuda.h */
+/* Device bytes for training with batches of up to B x S tokens: parameters, gradients, both AdamW
+ * moments and the activations (worst-case routing: every token on k rows). */
+carl_status carl_model_device_bytes(const carl_model_t *m, int B, int S, size_t *bytes);
+/* Move the model to the GPU g (borrowed, must outlive the model) for batches of up to B x S tokens
+ * (fp32: parameters stay float32 master weights on the device). All memory is allocated here; when
+ * carl_model_device_bytes exceeds the device's free memory (cudaMemGetInfo) the error names both
+ * and nothing is allocated. Afterwards forward, backward, zero_grad, clip_grad, adamw_step and the
+ * refresh migrations run on the device; every MoE layer's router logits are copied to the host and
+ * routed by carl_step_route as on the CPU (one decision path), its gates, row lists and d(logits)
+ * copied back; router_update, layer_stats and end_step are unchanged. The host parameter and moment
+ * arrays go stale until carl_model_sync_host. One process only; set_topology, set_placement,
+ * import_layout and set_executor are refused afterwards (set_dispatch and set_refresh work). */
+carl_status carl_model_to_device(carl_model_t *m, carl_cuda_t *g, int B, int S);
+int carl_model_on_device(const carl_model_t *m);
+/* Copy parameters, gradients and AdamW moments from the device to the host arrays (before a
+ * checkpoint); nothing to do on the CPU. */
+carl_status carl_model_sync_host(carl_model_t *m);
+
 /* Routing of layer l in the last forward. Pointers into the model (valid until the next forward). */
 typedef struct {
   int64_t T;              /* tokens = B * S */

@@ -82,6 +82,11 @@ typedef struct {
  * step + 1 < last (last: the run's step count, or 0 for no limit), recompute and migrate. */
 carl_status carl_step_end(carl_step_t *s, int64_t step, int64_t last, carl_step_refresh_t *info);
 
+/* Run the step on another executor (borrowed, one process; e.g. the same data moved to a GPU):
+ * placements, plans and statistics are kept. The tensors of every layer are set again after it
+ * (carl_step_set_tensors) when the new executor holds them elsewhere. */
+carl_status carl_step_set_exec(carl_step_t *s, carl_exec_t *ex);
+
 /* Tensors of layer l moved with their experts at a refresh: each [D * S, numel] in slot order. */
 carl_status carl_step_set_tensors(carl_step_t *s, int layer, const carl_exec_tensor_t *t, int n);
 

@@ -140,6 +140,10 @@ typedef struct {
   int expert_parallel;     /* N > 0: this process is one of N MPI ranks, one per device of the
                               topology (the mpi executor, docs/mpi.md); rank 0 writes metrics,
                               checkpoints and the trace and calls progress. 0: one process */
+  const char *device;      /* NULL or "cpu": the CPU; "cuda" or "cuda:N": the whole model on GPU N in
+                              float32 (carl_model_to_device; one process; every step's routing
+                              decisions stay on the host, docs/gpu.md); the planned device memory is
+                              checked against the free memory before the first step */
 } carl_train_opts_t;
 
 typedef struct {

@@ -145,3 +145,55 @@ carl_status carl__cuda_gemm_bf16(carl_cuda_t *g, int mode, int n, const carl__bg
   (void)g, (void)mode, (void)n, (void)p, (void)dev_ptrs;
   return NO_CUDA();
 }
+
+/* the device half of the model (src/model/model_internal.h) */
+#include "model/model_internal.h"
+carl_status carl__mdev_bytes(const carl_model_t *m, int B, int S, size_t *bytes) {
+  (void)m, (void)B, (void)S;
+  *bytes = 0;
+  return NO_CUDA();
+}
+carl_status carl__mdev_create(carl_model_t *m, carl_cuda_t *g, int B, int S, carl__mdev_t **out) {
+  (void)m, (void)g, (void)B, (void)S;
+  *out = NULL;
+  return NO_CUDA();
+}
+void carl__mdev_free(carl__mdev_t *d) { (void)d; }
+carl_exec_t *carl__mdev_exec(carl__mdev_t *d) {
+  (void)d;
+  return NULL;
+}
+float *carl__mdev_array(carl__mdev_t *d, int which) {
+  (void)d, (void)which;
+  return NULL;
+}
+carl_status carl__mdev_forward(carl_model_t *m, const int32_t *tokens, const int32_t *targets, int B, int S,
+                               carl_model_loss_t *loss) {
+  (void)m, (void)tokens, (void)targets, (void)B, (void)S, (void)loss;
+  return NO_CUDA();
+}
+carl_status carl__mdev_backward(carl_model_t *m) {
+  (void)m;
+  return NO_CUDA();
+}
+carl_status carl__mdev_zero_grad(carl_model_t *m) {
+  (void)m;
+  return NO_CUDA();
+}
+carl_status carl__mdev_clip(carl_model_t *m, float max_norm, double *norm) {
+  (void)m, (void)max_norm;
+  *norm = 0;
+  return NO_CUDA();
+}
+carl_status carl__mdev_adamw(carl_model_t *m, const carl_adamw_cfg_t *opt, float lr) {
+  (void)m, (void)opt, (void)lr;
+  return NO_CUDA();
+}
+carl_status carl__mdev_download(carl_model_t *m) {
+  (void)m;
+  return NO_CUDA();
+}
+const float *carl__mdev_logits(const carl__mdev_t *d) {
+  (void)d;
+  return NULL;
+}

@@ -8,74 +8,8 @@
 
 #include "carl/exec.h"
 #include "carl/step.h"
+#include "model/model_internal.h"
 #include "model/moe.h"
-
-typedef struct {
-  int attn_norm, wqkv, wo, moe_norm, router, w13, w2, sw13, sw2; /* tensor indices, -1 absent */
-} carl__layer_idx_t;
-
-typedef struct {
-  float *h_in;  /* [T, d] residual stream entering the block */
-  float *n1;    /* [T, d] */
-  float *rstd1; /* [T] */
-  float *qkv;   /* [T, 3d] */
-  float *att;   /* [B, H, S, S] */
-  float *ao;    /* [T, d] attention output before wo */
-  float *h_mid; /* [T, d] after the attention residual */
-  float *n2;    /* [T, d] */
-  float *rstd2; /* [T] */
-  carl__moe_act_t moe;
-  carl_route_in_t in;
-} carl__layer_act_t;
-
-struct carl_model {
-  carl_model_config_t cfg;
-  int ntensors;
-  carl_tensor_info_t *tensors;
-  int tok_emb, pos_emb, final_norm;
-  carl__layer_idx_t *li;
-  int64_t nparams;
-  float *params, *grads, *adam_m, *adam_v;
-  int64_t adam_t;
-  carl_router_t **routers;
-  int P;                    /* physical expert slots of every layer (D x slots per device) */
-  int64_t slot0;            /* the expert slots stored here: [slot0, slot0 + nlocal) of P; */
-  int nlocal;               /* all P, or rank r's own S = P / ranks (carl__shard_storage) */
-  carl_tensor_info_t *tensors_full; /* the one-process layout once the storage is sharded, else NULL */
-  int64_t nparams_full;
-  int64_t *init_key;        /* [ntensors] Philox counter of each tensor's first initial value */
-  float *init_scale;        /* [ntensors] its standard deviation */
-  int fresh;                /* 1 while the parameters are the initial ones (nothing wrote them) */
-  carl_topo_t topo1;        /* one device: the topology when none is set */
-  const carl_topo_t *topo;  /* &topo1 or the caller's (borrowed) */
-  int user_topo;            /* 1: the caller's topology (dispatch is priced) */
-  carl_exec_t *exec;        /* local: this process runs every device */
-  carl_exec_t *exec_user;   /* borrowed (carl_model_set_executor), used instead of exec; NULL: none */
-  carl_step_t *dstep;       /* the decision path of every layer: route -> plan -> exec -> stats -> place */
-  int64_t refresh_every;
-  carl_plan_mode mode;      /* flat or hierarchical dispatch */
-  carl_place_opts_t place_opts;
-  double stats_decay;
-  int has_replicas;         /* some layer has an expert on several slots */
-  int32_t *first_slot;      /* [L, P] first slot of the same expert, -1 empty (carl__note_replicas) */
-  int64_t step;
-  /* activations of the last forward */
-  int B, S;
-  int64_t cap_T, cap_att;
-  int have_targets, can_backward;
-  int32_t *tokens, *targets; /* [T] copies */
-  carl__layer_act_t *la;
-  float *h_final; /* [T, d] */
-  float *nf;      /* [T, d] */
-  float *rstdf;   /* [T] */
-  float *logits;  /* [T, V] */
-  float *dlogits; /* [T, V] */
-  float *lse;     /* [T] */
-  float *dh, *dtmp, *dtmp2; /* [T, d] backward scratch */
-  float *dqkv;    /* [T, 3d] */
-  float *datt;    /* [B, H, S, S] attention backward scratch */
-  int64_t ntargets;
-};
 
 /* ---- config ------------------------------------------------------------------------------- */
 void carl_model_config_default(carl_model_config_t *c) {
@@ -196,6 +130,8 @@ static void carl__moe_w(carl_model_t *m, int l, int grads, carl__moe_w_t *w) {
 static int carl__slot_tensors(carl_model_t *m, int l, carl_exec_tensor_t *t) {
   const carl__layer_idx_t *x = &m->li[l];
   float *bases[3] = {m->params, m->adam_m, m->adam_v};
+  if (m->dev) /* on the GPU the step's executor moves the device copies */
+    for (int b = 0; b < 3; b++) bases[b] = carl__mdev_array(m->dev, b == 0 ? 0 : b + 1);
   const int idx[2] = {x->w13, x->w2};
   int n = 0;
   for (int b = 0; b < 3; b++)
@@ -316,7 +252,7 @@ static carl_status carl__step_build(carl_model_t *m, const carl_placement_t *pla
   o.routers = m->routers;
   o.place = place;
   o.token_bytes = sizeof(float) * (size_t)c->d_model;
-  o.exec = m->exec_user ? m->exec_user : m->exec;
+  o.exec = m->dev ? carl__mdev_exec(m->dev) : m->exec_user ? m->exec_user : m->exec;
   o.mode = m->mode;
   o.refresh_every = m->refresh_every;
   o.place_opts = m->place_opts;
@@ -640,6 +576,9 @@ static void carl__free_acts(carl_model_t *m) {
 
 void carl_model_free(carl_model_t *m) {
   if (!m) return;
+  carl_step_free(m->dstep); /* before the device half: it borrows the device executor */
+  m->dstep = NULL;
+  carl__mdev_free(m->dev);
   carl__free_acts(m);
   for (int l = 0; m->routers && l < m->cfg.n_layers; l++) carl_router_free(m->routers[l]);
   carl_step_free(m->dstep);
@@ -689,7 +628,14 @@ carl_status carl_model_set_dispatch(carl_model_t *m, carl_plan_mode mode) {
   return st;
 }
 
+/* Changes that move expert tensors in host memory, or another executor, once the model is on the GPU. */
+static carl_status carl__host_only(const carl_model_t *m, const char *what) {
+  if (m->dev) return carl_fail(CARL_ERR_STATE, "model: %s after carl_model_to_device (the model lives on the GPU)", what);
+  return CARL_OK;
+}
+
 carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex) {
+  CARL_TRY(carl__host_only(m, "set_executor"));
   const int np = ex ? carl_exec_size(ex) : 1;
   if (np > 1 && np != m->topo->devices)
     return carl_fail(CARL_ERR_INVALID, "executor '%s' runs %d processes, the topology has %d devices (one process per "
@@ -720,6 +666,7 @@ carl_status carl_model_set_executor(carl_model_t *m, carl_exec_t *ex) {
 }
 
 carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, const carl_placement_t *place) {
+  CARL_TRY(carl__host_only(m, "set_topology"));
   const carl_model_config_t *c = &m->cfg;
   if (place && !topo) return carl_fail(CARL_ERR_INVALID, "placement given without a topology");
   const carl_topo_t *t = topo ? topo : &m->topo1;
@@ -743,6 +690,7 @@ carl_status carl_model_set_topology(carl_model_t *m, const carl_topo_t *topo, co
 }
 
 carl_status carl_model_set_placement(carl_model_t *m, int layer, const carl_placement_t *place) {
+  CARL_TRY(carl__host_only(m, "set_placement"));
   if (layer < 0 || layer >= m->cfg.n_layers)
     return carl_fail(CARL_ERR_INVALID, "layer %d: outside 0..%d", layer, m->cfg.n_layers - 1);
   CARL_TRY(carl__check_placement(m, m->topo, place));
@@ -753,6 +701,7 @@ carl_status carl_model_set_placement(carl_model_t *m, int layer, const carl_plac
 }
 
 carl_status carl_model_import_layout(carl_model_t *m, int layer, const carl_placement_t *from) {
+  CARL_TRY(carl__host_only(m, "import_layout"));
   if (layer < 0 || layer >= m->cfg.n_layers)
     return carl_fail(CARL_ERR_INVALID, "layer %d: outside 0..%d", layer, m->cfg.n_layers - 1);
   if (from->E != m->cfg.n_experts || (int64_t)from->D * from->slots != m->P)
@@ -842,6 +791,7 @@ carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int
     if (targets && targets[i] >= V)
       return carl_fail(CARL_ERR_INVALID, "targets: entry %lld is %d, outside -1..%d", (long long)i, targets[i], V - 1);
   }
+  if (m->dev) return carl__mdev_forward(m, tokens, targets, B, S, loss);
   CARL_TRY(carl__reserve(m, B, S));
   m->B = B;
   m->S = S;
@@ -904,13 +854,20 @@ carl_status carl_model_forward(carl_model_t *m, const int32_t *tokens, const int
   return CARL_OK;
 }
 
-const float *carl_model_logits(const carl_model_t *m) { return m->logits; }
+const float *carl_model_logits(const carl_model_t *m) { return m->dev ? carl__mdev_logits(m->dev) : m->logits; }
 
-void carl_model_zero_grad(carl_model_t *m) { memset(m->grads, 0, sizeof(float) * (size_t)m->nparams); }
+void carl_model_zero_grad(carl_model_t *m) {
+  if (m->dev) {
+    (void)carl__mdev_zero_grad(m); /* a failure is kept and reported by the next backward */
+    return;
+  }
+  memset(m->grads, 0, sizeof(float) * (size_t)m->nparams);
+}
 
 /* ---- backward ------------------------------------------------------------------------------- */
 carl_status carl_model_backward(carl_model_t *m) {
   if (!m->can_backward) return carl_fail(CARL_ERR_STATE, "model backward: no forward with targets before it");
+  if (m->dev) return carl__mdev_backward(m);
   const carl_model_config_t *c = &m->cfg;
   const int B = m->B, S = m->S, d = c->d_model, V = c->vocab, H = c->n_heads;
   const int64_t T = (int64_t)B * S;
@@ -1087,6 +1044,10 @@ static double carl__grad_sumsq(const carl_model_t *m) {
 }
 
 float carl_model_clip_grad(carl_model_t *m, float max_norm) {
+  if (m->dev) {
+    double n = NAN;
+    return carl__mdev_clip(m, max_norm, &n) == CARL_OK ? (float)n : NAN;
+  }
   double norm = sqrt(carl__grad_sumsq(m));
   if (max_norm > 0 && norm > max_norm) {
     float s = (float)(max_norm / norm);
@@ -1103,6 +1064,7 @@ carl_status carl_model_adamw_step(carl_model_t *m, const carl_adamw_cfg_t *opt, 
     return carl_fail(CARL_ERR_INVALID, "AdamW: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
   m->adam_t++;
   m->fresh = 0;
+  if (m->dev) return carl__mdev_adamw(m, opt, lr);
   carl_exec_t *ex = carl__sharded(m);
   for (int i = 0; i < m->ntensors; i++) {
     const carl_tensor_info_t *t = &m->tensors[i];
@@ -1139,3 +1101,46 @@ carl_status carl_model_layer_stats(const carl_model_t *m, int layer, carl_moe_st
   }
   return CARL_OK;
 }
+
+/* ---- the GPU (the device half: src/cuda/model.cu) --------------------------------------------- */
+carl_status carl_model_device_bytes(const carl_model_t *m, int B, int S, size_t *bytes) {
+  return carl__mdev_bytes(m, B, S, bytes);
+}
+
+carl_status carl_model_to_device(carl_model_t *m, carl_cuda_t *g, int B, int S) {
+  if (!m || !g) return carl_fail(CARL_ERR_INVALID, "carl_model_to_device: NULL argument");
+  if (m->dev) return carl_fail(CARL_ERR_STATE, "model: already on the GPU");
+  if (m->exec_user && carl_exec_size(m->exec_user) > 1)
+    return carl_fail(CARL_ERR_UNSUPPORTED, "model on the GPU: one process only (the executor '%s' runs %d)",
+                     carl_exec_name(m->exec_user), carl_exec_size(m->exec_user));
+  if (B < 1 || S < 1 || S > m->cfg.max_seq)
+    return carl_fail(CARL_ERR_SHAPE, "model on the GPU: batches of [%d, %d], need B >= 1 and 1 <= S <= max_seq = %d", B, S,
+                     m->cfg.max_seq);
+  carl__mdev_t *d = NULL;
+  CARL_TRY(carl__mdev_create(m, g, B, S, &d));
+  m->dev = d;
+  /* the step keeps its placements and statistics; the device executor moves the device copies */
+  carl_status st = carl_step_set_exec(m->dstep, carl__mdev_exec(d));
+  for (int l = 0; l < m->cfg.n_layers && st == CARL_OK; l++) {
+    carl_exec_tensor_t t[6];
+    const int n = carl__slot_tensors(m, l, t);
+    st = carl_step_set_tensors(m->dstep, l, t, n);
+  }
+  if (st != CARL_OK) { /* back to the host executor and tensors */
+    m->dev = NULL;
+    (void)carl_step_set_exec(m->dstep, m->exec_user ? m->exec_user : m->exec);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+      carl_exec_tensor_t t[6];
+      const int n = carl__slot_tensors(m, l, t);
+      (void)carl_step_set_tensors(m->dstep, l, t, n);
+    }
+    carl__mdev_free(d);
+    return st;
+  }
+  carl__free_acts(m); /* host activations: the device forward keeps only what the decisions need */
+  return CARL_OK;
+}
+
+int carl_model_on_device(const carl_model_t *m) { return m && m->dev != NULL; }
+
+carl_status carl_model_sync_host(carl_model_t *m) { return m->dev ? carl__mdev_download(m) : CARL_OK; }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "carl/array.h"
+#include "carl/cuda.h"
 #include "carl/data.h"
 #include "carl/exec.h"
 #include "carl/fs.h"
@@ -1338,6 +1339,25 @@ static carl_status carl__initial_placement(const carl_train_config_t *c, const c
 }
 
 /* Topology, initial placement and refresh of the model (before its parameters are loaded). */
+/* --device: NULL / "cpu" (gpu = -1), "cuda" (0) or "cuda:N". */
+static carl_status carl__parse_device(const char *s, int *gpu) {
+  *gpu = -1;
+  if (!s || !strcmp(s, "cpu")) return CARL_OK;
+  if (!strcmp(s, "cuda")) {
+    *gpu = 0;
+    return CARL_OK;
+  }
+  if (!strncmp(s, "cuda:", 5) && s[5] >= '0' && s[5] <= '9') {
+    char *end = NULL;
+    const long v = strtol(s + 5, &end, 10);
+    if (*end == '\0' && v >= 0 && v < 1024) {
+      *gpu = (int)v;
+      return CARL_OK;
+    }
+  }
+  return carl_fail(CARL_ERR_INVALID, "--device '%s': must be cpu, cuda or cuda:N", s);
+}
+
 static carl_status carl__setup_dispatch(carl_model_t *m, const carl_train_config_t *c, const carl_topo_t *t,
                                         const carl_placement_t *pl) {
   if (t) CARL_TRY(carl_model_set_topology(m, t, pl));
@@ -1383,7 +1403,11 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   carl_status st;
   /* expert parallel: one MPI rank per device; rank 0 writes metrics, checkpoints and the trace */
   carl_exec_t *mex = NULL;
-  int rank = 0, nranks = 1;
+  carl_cuda_t *gpu = NULL;
+  int rank = 0, nranks = 1, gpu_index = -1;
+  CARL_TRY(carl__parse_device(o->device, &gpu_index));
+  if (gpu_index >= 0 && o->expert_parallel > 0)
+    return carl_fail(CARL_ERR_UNSUPPORTED, "--device %s runs in one process: not with --expert-parallel", o->device);
   res->ranks = 1;
   res->failed_together = 1;
   if (o->expert_parallel > 0) {
@@ -1464,6 +1488,9 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     if (!st) st = carl__setup_dispatch(m, &cfg, have_topo ? &topo : NULL, &pl);
   }
   if (!st && mex) st = carl_model_set_executor(m, mex);
+  /* the GPU: every array allocated now, after a check of the planned bytes against the free memory */
+  if (!st && gpu_index >= 0) st = carl_cuda_create(gpu_index, &gpu);
+  if (!st && gpu) st = carl_errctx(carl_model_to_device(m, gpu, B, S), "--device %s", o->device);
   if (mex && nranks > 1) {
     /* every rank has checked its input: all go on, or all stop here (no rank waits for another) */
     double bad = st != CARL_OK;
@@ -1596,6 +1623,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
     }
     if ((cfg.ckpt_every > 0 && done % cfg.ckpt_every == 0) || last) {
       st = carl__csv_sync(&csv);
+      if (!st) st = carl_model_sync_host(m);      /* the GPU's parameters and moments */
       carl_model_full_t full = {0};
       if (!st) st = carl_model_full(m, &full); /* every rank's expert slots, for rank 0 to save */
       if (!st && rank == 0)
@@ -1625,6 +1653,7 @@ carl_status carl_train_run(const carl_train_config_t *cfg_in, const carl_train_o
   free(x);
   free(y);
   carl_model_free(m);
+  carl_cuda_free(gpu);
   carl_exec_free(mex);
   carl_placement_free(&pl);
   carl_loader_free(&tl);

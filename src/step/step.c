@@ -105,6 +105,18 @@ fail:
   return st;
 }
 
+carl_status carl_step_set_exec(carl_step_t *s, carl_exec_t *ex) {
+  if (!s || !ex) return carl_fail(CARL_ERR_INVALID, "step: set_exec with a NULL argument");
+  if (carl_exec_size(ex) != carl_exec_size(s->exec))
+    return carl_fail(CARL_ERR_INVALID, "step: the executor '%s' runs %d processes, the step's '%s' %d", carl_exec_name(ex),
+                     carl_exec_size(ex), carl_exec_name(s->exec), carl_exec_size(s->exec));
+  if (s->own_exec) carl_exec_free(s->exec);
+  s->exec = ex;
+  s->own_exec = 0;
+  s->o.exec = ex;
+  return CARL_OK;
+}
+
 static carl_status step_layer_check(const carl_step_t *s, int layer) {
   if (layer < 0 || layer >= s->o.layers)
     return carl_fail(CARL_ERR_INVALID, "step: layer %d is outside 0..%d", layer, s->o.layers - 1);
