@@ -27,7 +27,7 @@ static double loss_named(const carl_route_out_t *o, const char *name) {
   return NAN;
 }
 
-/* comm = hier = adaptive = warm = 0 (alpha0 = 0): the router is topk, bitwise: experts, weights,
+/* comm = hier = adaptive = warm = queue = 0 (alpha0 = 0): the router is topk, bitwise: experts, weights,
  * losses and their gradient, with and without capacity. */
 static void test_all_off_is_topk(void **st) {
   (void)st;
@@ -41,7 +41,7 @@ static void test_all_off_is_topk(void **st) {
   const char *extra[] = {"aux=0.01", "capacity_factor=1 aux=0", "jitter=0.1 aux=0.02 z_loss=0.002"};
   for (int m = 0; m < 3; m++) {
     char oa[160], ob[64];
-    snprintf(oa, sizeof oa, "comm=0 hier=0 adaptive=0 warm=0 %s", extra[m]);
+    snprintf(oa, sizeof oa, "comm=0 hier=0 adaptive=0 warm=0 queue=0 %s", extra[m]);
     snprintf(ob, sizeof ob, "%s", extra[m]);
     carl_router_t *a, *b;
     assert_int_equal(tu_create("carl", oa, &a), CARL_OK);
@@ -97,6 +97,128 @@ static void test_comm_hand(void **st) {
   assert_float_equal(o.weights[3], .3 / .62, 1e-6);
   tu_out_free(&o);
   carl_router_free(r);
+}
+
+/* The queue term (straggler-aware utility), by hand. The set-up of test_comm_hand (2 nodes x 1
+ * device, experts {0,1} on device 0 and {2,3} on device 1, lambda_c = .1, s = [.25, .3, .32, .13],
+ * tokens on devices 0 and 1), eta_q = .1.
+ *   route 1 (q = 0): {1, 0} and {2, 1} as in test_comm_hand; rows per device [3, 1], mean 2;
+ *   update: q_0 = .1 (3/2 - 1) = .05, q_1 = .1 (1/2 - 1) = -.05 (mean 0: the centring is a no-op);
+ *   route 2: token on device 0: u = [.25 - .05, .3 - .05, .32 - .1 + .05, .13 - .1 + .05]
+ *            = [.20, .25, .27, .08] -> {2, 1} (expert 0 gives way to expert 2 across the nodes:
+ *            the queue of device 0 outweighs the copy cost), gates .32/.62, .3/.62;
+ *            token on device 1: u = [.10, .15, .37, .18] -> {2, 3}, gates .32/.45, .13/.45;
+ *            rows [1, 3];
+ *   update: q = [.05 + .1 (1/2 - 1), -.05 + .1 (3/2 - 1)] = [0, 0].
+ * With q_max = .01 the prices after route 1 are clipped to [.01, -.01]; token on device 0:
+ * u = [.24, .29, .23, .04] -> {1, 0}, no flip. A state saved with the prices loads them back; one
+ * of the three values written before the queue term loads with q = 0. */
+static void test_queue_hand(void **st) {
+  (void)st;
+  float z[8];
+  const float s[4] = {.25f, .3f, .32f, .13f};
+  for (int e = 0; e < 4; e++) z[e] = z[4 + e] = logf(s[e]);
+  int32_t src[2] = {0, 1};
+  carl_topo_t tp = topo(2, 1);
+  carl_router_t *r;
+  assert_int_equal(tu_create("carl", "hier=0 warm=0 adaptive=0 eta_q=0.1", &r), CARL_OK);
+  tu_out_t o;
+  tu_out_init(&o, 2, 4, 2, 0);
+  carl_route_in_t in = {.T = 2, .E = 4, .logits = z, .src = src, .topo = &tp};
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  int32_t want1[4] = {1, 0, 2, 1};
+  assert_memory_equal(o.experts, want1, sizeof want1);
+  assert_int_equal(carl_router_update(r, &in, &o.out), CARL_OK);
+  /* a copy of the state now (q = [.05, -.05]) for the load checks below */
+  char path[] = "/tmp/carl_queue_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  assert_int_equal(carl_router_save(r, path), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  int32_t want2[4] = {2, 1, 2, 3};
+  assert_memory_equal(o.experts, want2, sizeof want2);
+  assert_float_equal(o.weights[0], .32 / .62, 1e-6);
+  assert_float_equal(o.weights[1], .3 / .62, 1e-6);
+  assert_float_equal(o.weights[2], .32 / .45, 1e-6);
+  assert_float_equal(o.weights[3], .13 / .45, 1e-6);
+  assert_int_equal(carl_router_update(r, &in, &o.out), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK); /* q = [0, 0]: route 1 again */
+  assert_memory_equal(o.experts, want1, sizeof want1);
+  carl_router_free(r);
+  /* the saved prices load back: route 2's decisions */
+  assert_int_equal(tu_create("carl", "hier=0 warm=0 adaptive=0 eta_q=0.1", &r), CARL_OK);
+  assert_int_equal(carl_router_load(r, path), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  assert_memory_equal(o.experts, want2, sizeof want2);
+  carl_router_free(r);
+  /* a state of 3 values (alpha_E, alpha_G, steps: the format before the queue term): q = 0 */
+  const double old[3] = {0, 0, 1};
+  assert_int_equal(carl_route_state_save(path, "carl", CARL_STATE_F64, 3, old), CARL_OK);
+  assert_int_equal(tu_create("carl", "hier=0 warm=0 adaptive=0 eta_q=0.1", &r), CARL_OK);
+  assert_int_equal(carl_router_load(r, path), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  assert_memory_equal(o.experts, want1, sizeof want1);
+  carl_router_free(r);
+  unlink(path);
+  /* clipped prices: no flip */
+  assert_int_equal(tu_create("carl", "hier=0 warm=0 adaptive=0 eta_q=0.1 q_max=0.01", &r), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  assert_int_equal(carl_router_update(r, &in, &o.out), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  assert_memory_equal(o.experts, want1, sizeof want1);
+  carl_router_free(r);
+  /* queue = 0: the prices stay off */
+  assert_int_equal(tu_create("carl", "hier=0 warm=0 adaptive=0 eta_q=0.1 queue=0", &r), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  assert_int_equal(carl_router_update(r, &in, &o.out), CARL_OK);
+  assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+  assert_memory_equal(o.experts, want1, sizeof want1);
+  carl_router_free(r);
+  tu_out_free(&o);
+}
+
+/* Copy cost per (token, device) (dedup), by hand. 2 nodes x 2 devices, E = 8 (expert e on device
+ * e/2), k = 2, lambda_c = .1, token on device 0; c^ = 0 (device 0), .3125 (device 1), 1 (node 1),
+ * and .3125 from device 2 (the forwarder of device 0 on node 1) to device 3. hier = 0.
+ * Case A: s = [.05, .04, .40, .10, .18, .08, .08, .07].
+ *   dedup = 0: u = s - .1 c^ = [.05, .04, .36875, .06875, .08, -.02, -.02, -.03] -> {2, 4};
+ *   dedup = 1: first 2 (.36875); device 1 is then reached, u_3 = .10 > u_4 = .08 > u_0 = .05
+ *              -> {2, 3}, gates .4/.5, .1/.5.
+ * Case B: s = [.05, .04, .06, .02, .60, .03, .13, .07]; first pick 4 (u = .50) in every mode.
+ *   dedup = 1 (flat): u_6 = .13 - .1 = .03, u_5 = .03 (device 2 reached), u_0 = .05 -> {4, 0};
+ *   dedup = 2 (hierarchical): node 1 is reached, expert 6 costs the forward 2 -> 3 only:
+ *              u_6 = .13 - .03125 = .09875 > u_0 -> {4, 6}, gates .6/.73, .13/.73;
+ *   dedup = 0: u as in the first pick -> {4, 0}. */
+static void test_dedup_hand(void **st) {
+  (void)st;
+  const float sa[8] = {.05f, .04f, .40f, .10f, .18f, .08f, .08f, .07f};
+  const float sb[8] = {.05f, .04f, .06f, .02f, .60f, .03f, .13f, .07f};
+  const float *ss[2] = {sa, sb};
+  const int32_t want[2][3][2] = {{{2, 4}, {2, 3}, {2, 3}}, {{4, 0}, {4, 0}, {4, 6}}};
+  const double gates[2][3][2] = {{{.4 / .58, .18 / .58}, {.4 / .5, .1 / .5}, {.4 / .5, .1 / .5}},
+                                 {{.6 / .65, .05 / .65}, {.6 / .65, .05 / .65}, {.6 / .73, .13 / .73}}};
+  int32_t src[1] = {0};
+  carl_topo_t tp = topo(2, 2);
+  for (int c = 0; c < 2; c++)
+    for (int m = 0; m < 3; m++) {
+      float z[8];
+      for (int e = 0; e < 8; e++) z[e] = logf(ss[c][e]);
+      char opts[96];
+      snprintf(opts, sizeof opts, "hier=0 warm=0 adaptive=0 queue=0 dedup=%d", m);
+      carl_router_t *r;
+      assert_int_equal(tu_create("carl", opts, &r), CARL_OK);
+      tu_out_t o;
+      tu_out_init(&o, 1, 8, 2, 0);
+      carl_route_in_t in = {.T = 1, .E = 8, .logits = z, .src = src, .topo = &tp};
+      assert_int_equal(carl_router_route(r, &in, &o.out), CARL_OK);
+      assert_int_equal(o.experts[0], want[c][m][0]);
+      assert_int_equal(o.experts[1], want[c][m][1]);
+      assert_float_equal(o.weights[0], gates[c][m][0], 1e-6);
+      assert_float_equal(o.weights[1], gates[c][m][1], 1e-6);
+      tu_out_free(&o);
+      carl_router_free(r);
+    }
 }
 
 /* Hierarchical selection: 2 nodes x 2 devices, E = 8 (expert e on device e/2, node e/4), k = 2,
@@ -316,8 +438,9 @@ static void test_warm_start(void **st) {
   for (int t = 0; t < T; t++) src[t] = t % 4;
   carl_topo_t tp = topo(2, 2);
   carl_router_t *r, *reg, *rt;
-  assert_int_equal(tu_create("carl", "W=2 alpha_E0=0.01 alpha_G0=0.01", &r), CARL_OK);
-  assert_int_equal(tu_create("carl", "warm=0 alpha_E0=0.01 alpha_G0=0.01", &reg), CARL_OK);
+  /* queue = 0: the device prices would carry the warm steps' loads into step 2 (test_queue_hand) */
+  assert_int_equal(tu_create("carl", "W=2 alpha_E0=0.01 alpha_G0=0.01 queue=0", &r), CARL_OK);
+  assert_int_equal(tu_create("carl", "warm=0 alpha_E0=0.01 alpha_G0=0.01 queue=0", &reg), CARL_OK);
   assert_int_equal(tu_create("topk", "", &rt), CARL_OK);
   carl_route_in_t in = {.T = T, .E = E, .logits = z, .src = src, .topo = &tp};
   tu_out_t o, og, ot;
@@ -652,7 +775,8 @@ int main(void) {
       cmocka_unit_test(test_warm_start),          cmocka_unit_test(test_adaptive_controller),
       cmocka_unit_test(test_adaptive_router),     cmocka_unit_test(test_total_grad_fd),
       cmocka_unit_test(test_comm_cuts_internode), cmocka_unit_test(test_thread_independence),
-      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_errors),              cmocka_unit_test(test_queue_hand),
+      cmocka_unit_test(test_dedup_hand),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

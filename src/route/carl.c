@@ -11,10 +11,20 @@
  *   adaptive  L = alpha_E * L_E + alpha_G * L_G with each alpha following its level's skew
  *             r = max/mean load: alpha <- beta*alpha + (1-beta)*min(xi*(r-1), alpha_max)
  *             (off: the alphas stay at alpha_E0, alpha_G0);
- *   warm      for the first W steps select TopK of sinkhorn(exp(u)) (balanced), no L_E / L_G.
+ *   warm      for the first W steps select TopK of sinkhorn(exp(u)) (balanced), no L_E / L_G;
+ *   queue     straggler-aware term: u[t, e] -= q[dev(e)], q the dual price of the constraint "no
+ *             device computes longer than the mean": after each step q_b += eta_q * (L_b / mean L - 1)
+ *             (L_b the expert rows served on device b), centred to mean 0 and clipped to
+ *             [-q_max, q_max]; for a replicated expert the mean price of its replicas' devices;
+ *   dedup     the copy cost is charged per (token, destination device) as the dispatch plan counts
+ *             copies, not per expert: the k experts are chosen greedily, each at its marginal cost
+ *             (0 on a device the token already reaches; with dedup = 2 the hierarchical plan's
+ *             costs: the inter-node hop once per destination node, then c^ of the forward inside
+ *             it). Needs one replica per expert (else the per-expert cost above is used).
  * With hier = 1, M is checked against the topology at every route, the warm-start ones included.
  * With every component off (and alpha_E0 = alpha_G0 = 0) the router is exactly topk.
- * State: alpha_E, alpha_G and the step counter (advanced by update()); save/load keep them.
+ * State: alpha_E, alpha_G, the step counter (advanced by update()) and q [D]; save/load keep them
+ * (a state file without q, written before the queue term, loads with q = 0).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -30,6 +40,10 @@ typedef struct {
   double lambda_c, lambda_loc, sk_tol;
   carl_adaptive_t aE, aG;
   int64_t steps; /* update() calls so far */
+  int queue, dedup;
+  double eta_q, q_max;
+  int D;    /* devices of q (0 until the first update or load) */
+  double *q; /* [D] device prices of the queue term */
 } carl_state;
 
 static const carl_opt_t carl_opts[] = {
@@ -50,6 +64,10 @@ static const carl_opt_t carl_opts[] = {
     {"W", 100, "warm-start steps (update() calls)"},
     {"sk_tol", 1e-4, "Sinkhorn stopping tolerance on mean |d1 - d1_old|"},
     {"sk_iters", 1000, "Sinkhorn iteration cap"},
+    {"queue", 1, "1: straggler-aware utility u -= q[dev(e)], q the device prices of the compute queue"},
+    {"eta_q", 0.01, "step of the device prices: q_b += eta_q * (load_b / mean load - 1) after each step"},
+    {"q_max", 1, "bound on |q_b| (utility units)"},
+    {"dedup", 0, "copy cost per (token, device) as the plan counts it: 0 per expert, 1 flat plan, 2 hierarchical plan"},
 };
 
 static carl_status carl_init(carl_router_t *r) {
@@ -74,6 +92,10 @@ static carl_status carl_init(carl_router_t *r) {
   CARL_TRY(carl_router_opt_int(r, "W", 0, 1 << 30, &st->W));
   CARL_TRY(carl_router_opt_real(r, "sk_tol", 0, 1, &st->sk_tol));
   CARL_TRY(carl_router_opt_int(r, "sk_iters", 1, 1 << 24, &st->sk_iters));
+  CARL_TRY(carl_router_opt_int(r, "queue", 0, 1, &st->queue));
+  CARL_TRY(carl_router_opt_real(r, "eta_q", 0, 1e6, &st->eta_q));
+  CARL_TRY(carl_router_opt_real(r, "q_max", 0, 1e6, &st->q_max));
+  CARL_TRY(carl_router_opt_int(r, "dedup", 0, 2, &st->dedup));
   if (beta >= 1) return carl_fail(CARL_ERR_INVALID, "router 'carl': option beta = %g must be < 1", beta);
   CARL_TRY(carl_adaptive_init(&st->aE, a0E, beta, xi, amE));
   CARL_TRY(carl_adaptive_init(&st->aG, a0G, beta, xi, amG));
@@ -81,6 +103,8 @@ static carl_status carl_init(carl_router_t *r) {
 }
 
 static void carl_free(carl_router_t *r) {
+  carl_state *st = r->state;
+  if (st) free(st->q);
   free(r->state);
   r->state = NULL;
 }
@@ -102,13 +126,45 @@ static void topk_d(const double *v, const uint8_t *mask, int n, int k, int32_t *
   for (int j = m; j < k; j++) idx[j] = -1;
 }
 
+/* The queue price of each expert [E]: q of its device, the mean over its replicas' devices when it
+ * has several (NULL when the queue term is off or has no prices yet). */
+static carl_status carl_queue_prices(carl_router_t *r, const carl_route_in_t *in, const float **qe_out) {
+  const carl_state *st = r->state;
+  *qe_out = NULL;
+  const int E = in->E, D = carl_route_devices(in);
+  if (!st->queue || !st->q || st->D != D) return CARL_OK;
+  float *qe = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *qe);
+  if (!qe) return carl_fail(CARL_ERR_NOMEM, "carl: queue prices [%d]", E);
+  if (in->place) {
+    const carl_placement_t *p = in->place;
+    if (p->E != E || p->D != D)
+      return carl_fail(CARL_ERR_INVALID, "placement: %d experts on %d devices, the route has E = %d on %d devices", p->E,
+                       p->D, E, D);
+    int *n = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *n);
+    double *sum = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *sum);
+    if (!n || !sum) return carl_fail(CARL_ERR_NOMEM, "carl: queue prices [%d]", E);
+    memset(n, 0, (size_t)E * sizeof *n);
+    memset(sum, 0, (size_t)E * sizeof *sum);
+    for (int d = 0; d < D; d++)
+      for (int j = 0; j < p->slots; j++) {
+        int32_t e = p->slot_expert[d * p->slots + j];
+        if (e >= 0 && e < E) n[e]++, sum[e] += st->q[d];
+      }
+    for (int e = 0; e < E; e++) qe[e] = n[e] ? (float)(sum[e] / n[e]) : 0.0f;
+  } else {
+    for (int e = 0; e < E; e++) qe[e] = (float)st->q[(int64_t)e * D / E];
+  }
+  *qe_out = qe;
+  return CARL_OK;
+}
+
 /* Hierarchical selection with replicated experts (an expert may be on several nodes), where the
  * shared group-limited kernel, which gives each expert one group, does not apply. Node scores use
  * the cost to the expert's replica inside that node; the final TopK the nearest replica among the
  * kept nodes. s: scores [T, E]; sel: s plus the jitter noise (or s). Fills experts (descending s,
  * ties to the lower index), raw gate weights s and the capacity priority u. */
 static carl_status carl_select_replicated(const carl_state *st, const carl_route_in_t *in, const carl_route_common_t *c,
-                                          const carl__seed_topo_t *tp, const float *s, const float *sel, int M,
+                                          const carl__seed_topo_t *tp, const float *qe, const float *s, const float *sel, int M,
                                           int32_t *experts /* [T, k] */, float *weights /* [T, k] */,
                                           float *prio /* [T, k] */) {
   const int64_t T = in->T;
@@ -134,7 +190,7 @@ static carl_status carl_select_replicated(const carl_state *st, const carl_route
         int m = 0;
         for (int e = 0; e < E; e++) {
           if (!tp->local[(size_t)n * E + e]) continue;
-          float u = st_[e] - lam * cn[e];
+          float u = st_[e] - lam * cn[e] - (qe ? qe[e] : 0.0f);
           if (m == q && !(u > tv[q - 1])) continue;
           int p = m < q ? m++ : q - 1;
           while (p > 0 && tv[p - 1] < u) {
@@ -160,7 +216,8 @@ static carl_status carl_select_replicated(const carl_state *st, const carl_route
             if (cn[e] < uf[e]) uf[e] = cn[e];
           }
       }
-      for (int e = 0; e < E; e++) uf[e] = mask[e] ? (double)(st_[e] - lam * (float)uf[e]) : -INFINITY;
+      for (int e = 0; e < E; e++)
+        uf[e] = mask[e] ? (double)(st_[e] - lam * (float)uf[e] - (qe ? qe[e] : 0.0f)) : -INFINITY;
       int32_t *ex = experts + t * k;
       topk_d(uf, mask, E, k, ex);
       if (ex[k - 1] < 0) {
@@ -179,8 +236,136 @@ static carl_status carl_select_replicated(const carl_state *st, const carl_route
     carl__sort_by_score(ex, k, st_); /* by gate, ties to the lower index */
     for (int j = 0; j < k; j++) {
       weights[t * k + j] = st_[ex[j]];
-      prio[t * k + j] = sel[t * E + ex[j]] - lam * tp->cost[(size_t)tp->src[t] * E + ex[j]];
+      prio[t * k + j] = sel[t * E + ex[j]] - lam * tp->cost[(size_t)tp->src[t] * E + ex[j]] - (qe ? qe[ex[j]] : 0.0f);
     }
+  }
+  return CARL_OK;
+}
+
+/* Selection with the plan's marginal copy costs (dedup = 1 flat, 2 hierarchical), one replica per
+ * expert (dev [E] its device). Per token on device a, with B the devices and N the nodes it already
+ * reaches, the marginal cost of expert e on device b = dev(e), node n:
+ *   0 when b = a or b in B; flat: c^(a, b);
+ *   hierarchical: c^(a, b) when n = node(a), else [n not in N] c^(a, f) + [b != f] c^(f, b), f the
+ *   forwarder n P + (a mod P).
+ * The k experts are taken one at a time, each time the best u = sel - lambda_c * marginal - q
+ * (equal: the lower expert index); with hier = 1 only the M best nodes (node scores as in the
+ * per-expert selection: top max(1, k/M) of sel - lambda_c c^ - q) are open. Fills experts (by s,
+ * ties to the lower index), raw weights s and the capacity priority u at the time of the pick. */
+static carl_status carl_select_dedup(const carl_state *st, const carl_route_in_t *in, const carl_route_common_t *c,
+                                     const carl__seed_topo_t *tp, const int32_t *dev, const float *qe, const float *s,
+                                     const float *sel, int hier, int M, int32_t *experts /* [T, k] */,
+                                     float *weights /* [T, k] */, float *prio /* [T, k] */) {
+  const int64_t T = in->T;
+  const int E = in->E, k = c->k, D = tp->D, N = tp->N;
+  const int P = in->topo && in->topo->devices_per_node > 0 ? in->topo->devices_per_node : D;
+  const double lam = st->comm ? st->lambda_c : 0.0;
+  const int q = k / M > 0 ? k / M : 1;
+  double *cc = malloc((size_t)D * D * sizeof *cc); /* c^(a, b) */
+  if (!cc) return carl_fail(CARL_ERR_NOMEM, "carl: costs [%d, %d]", D, D);
+  for (int a = 0; a < D; a++)
+    for (int b = 0; b < D; b++) cc[(size_t)a * D + b] = in->topo ? carl_topo_cost(in->topo, a, b) : 0.0;
+  int64_t bad = -1;
+#pragma omp parallel
+  {
+    double *u0 = malloc((size_t)E * sizeof *u0);
+    double *ns = malloc((size_t)N * sizeof *ns);
+    double *tv = malloc((size_t)(q + 1) * sizeof *tv);
+    int32_t *nk = malloc((size_t)(M > 0 ? M : 1) * sizeof *nk);
+    uint8_t *inB = malloc((size_t)D), *inN = malloc((size_t)N), *open = malloc((size_t)N), *taken = malloc((size_t)E);
+    CARL_ASSERT(u0 && ns && tv && nk && inB && inN && open && taken);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+      const int a = tp->src[t], na = tp->node[t];
+      const float *st_ = sel + t * E;
+      for (int e = 0; e < E; e++) u0[e] = (double)st_[e] - (qe ? qe[e] : 0.0f);
+      if (hier) {
+        for (int n = 0; n < N; n++) { /* top-q of u0 - lambda_c c^ on node n */
+          int m = 0;
+          for (int e = 0; e < E; e++) {
+            if (dev[e] / P != n) continue;
+            double u = u0[e] - lam * cc[(size_t)a * D + dev[e]];
+            if (m == q && !(u > tv[q - 1])) continue;
+            int p = m < q ? m++ : q - 1;
+            while (p > 0 && tv[p - 1] < u) {
+              tv[p] = tv[p - 1];
+              p--;
+            }
+            tv[p] = u;
+          }
+          double sc = 0;
+          for (int j = 0; j < m; j++) sc += tv[j];
+          ns[n] = m ? sc + (n == na ? st->lambda_loc : 0) : -INFINITY;
+        }
+        topk_d(ns, NULL, N, M, nk);
+        memset(open, 0, (size_t)N);
+        for (int j = 0; j < M; j++)
+          if (nk[j] >= 0 && ns[nk[j]] != -INFINITY) open[nk[j]] = 1;
+      } else {
+        memset(open, 1, (size_t)N);
+      }
+      memset(inB, 0, (size_t)D);
+      memset(inN, 0, (size_t)N);
+      memset(taken, 0, (size_t)E);
+      inB[a] = 1; /* the token's own device: self copies cost nothing */
+      inN[na] = 1;
+      int32_t *ex = experts + t * k;
+      float *pr = prio + t * k;
+      for (int j = 0; j < k; j++) {
+        int best = -1;
+        double bv = -INFINITY;
+        for (int e = 0; e < E; e++) {
+          const int b = dev[e], n = b / P;
+          if (taken[e] || !open[n]) continue;
+          double mc = 0;
+          if (!inB[b]) {
+            if (st->dedup == 1 || n == na) {
+              mc = cc[(size_t)a * D + b];
+            } else {
+              const int f = n * P + a % P;
+              mc = (inN[n] ? 0.0 : cc[(size_t)a * D + f]) + (b != f ? cc[(size_t)f * D + b] : 0.0);
+            }
+          }
+          const double u = u0[e] - lam * mc;
+          if (best < 0 || u > bv) best = e, bv = u;
+        }
+        if (best < 0) {
+#pragma omp critical
+          if (bad < 0 || t < bad) bad = t;
+          for (; j < k; j++) ex[j] = -1;
+          break;
+        }
+        ex[j] = best;
+        pr[j] = (float)bv;
+        taken[best] = 1;
+        inB[dev[best]] = 1;
+        inN[dev[best] / P] = 1;
+      }
+    }
+    free(u0); free(ns); free(tv); free(nk); free(inB); free(inN); free(open); free(taken);
+  }
+  free(cc);
+  if (bad >= 0)
+    return carl_fail(CARL_ERR_INVALID, "carl: the M=%d best nodes of token %lld hold fewer than k=%d experts (raise M)", M,
+                     (long long)bad, k);
+  for (int64_t t = 0; t < T; t++) {
+    int32_t *ex = experts + t * k;
+    float *pr = prio + t * k;
+    const float *st_ = s + t * E;
+    /* sort the slots by gate, carrying each slot's priority with it */
+    for (int i = 1; i < k; i++) {
+      int32_t e = ex[i];
+      float p = pr[i];
+      int j = i;
+      while (j > 0 && (st_[ex[j - 1]] < st_[e] || (st_[ex[j - 1]] == st_[e] && ex[j - 1] > e))) {
+        ex[j] = ex[j - 1];
+        pr[j] = pr[j - 1];
+        j--;
+      }
+      ex[j] = e;
+      pr[j] = p;
+    }
+    for (int j = 0; j < k; j++) weights[t * k + j] = st_[ex[j]];
   }
   return CARL_OK;
 }
@@ -196,18 +381,36 @@ static int carl_multi_node(const carl__seed_topo_t *tp, int E) {
 }
 
 /* What carl_route does this step. */
-typedef enum { CARL_SEL_FLAT, CARL_SEL_NODES, CARL_SEL_REPLICATED, CARL_SEL_WARM } carl_sel_kind;
+typedef enum { CARL_SEL_FLAT, CARL_SEL_NODES, CARL_SEL_REPLICATED, CARL_SEL_WARM, CARL_SEL_DEDUP } carl_sel_kind;
+
+/* 1 when every expert has exactly one replica (contiguous placement without a placement). */
+static int carl_one_replica(carl_router_t *r, const carl_route_in_t *in) {
+  const carl_placement_t *p = in->place;
+  if (!p) return 1;
+  if (p->E != in->E) return 0;
+  int *n = carl_arena_alloc(&r->scratch, (size_t)in->E * sizeof *n);
+  if (!n) return 0;
+  memset(n, 0, (size_t)in->E * sizeof *n);
+  for (int i = 0; i < p->D * p->slots; i++) {
+    int32_t e = p->slot_expert[i];
+    if (e >= 0 && e < in->E && ++n[e] > 1) return 0;
+  }
+  return 1;
+}
 
 /* The shared part of route and describe: the topology helpers, the checks of M, the per-device
  * bias -lambda_c c^ and, for the flat and node-limited kinds, the fused kernel's descriptor. */
 static carl_status carl_prepare(carl_router_t *r, const carl_route_in_t *in, carl__seed_topo_t *tp, carl_select_t *sl,
-                                carl_sel_kind *kind, int *Mout) {
+                                carl_sel_kind *kind, int *Mout, const float **qe_out) {
   carl_state *st = r->state;
   carl_route_common_t c;
   carl_route_common(r, &c);
   const int E = in->E, k = c.k;
   const int warm = st->warm && st->steps < st->W;
   const int hier = st->hier && !warm;
+  const float *qe = NULL;
+  CARL_TRY(carl_queue_prices(r, in, &qe));
+  *qe_out = qe;
   CARL_TRY(carl__seed_topo(&r->scratch, in, st->comm || warm || hier, hier, tp));
   const int M = st->M ? st->M : (tp->N < k ? tp->N : k);
   *Mout = M;
@@ -239,10 +442,11 @@ static carl_status carl_prepare(carl_router_t *r, const carl_route_in_t *in, car
   /* the balancing losses of this step (after the warm start) read P from the kernel's statistics */
   const int balance = !warm && (st->aE.alpha > 0 || st->aG.alpha > 0);
   float *bias = NULL;
-  if (st->comm || warm) {
+  if (st->comm || warm || qe) {
     bias = carl_arena_alloc(&r->scratch, (size_t)tp->D * E * sizeof *bias);
     if (!bias) return carl_fail(CARL_ERR_NOMEM, "carl: bias [%d, %d]", tp->D, E);
-    for (int64_t i = 0; i < (int64_t)tp->D * E; i++) bias[i] = -lam * tp->cost[i];
+    for (int64_t i = 0; i < (int64_t)tp->D * E; i++)
+      bias[i] = (tp->cost ? -lam * tp->cost[i] : 0.0f) - (qe ? qe[i % E] : 0.0f);
   }
   memset(sl, 0, sizeof *sl);
   sl->bias = bias;
@@ -251,6 +455,8 @@ static carl_status carl_prepare(carl_router_t *r, const carl_route_in_t *in, car
   sl->by_src = 1;
   if (warm) {
     *kind = CARL_SEL_WARM;
+  } else if (st->dedup && carl_one_replica(r, in)) {
+    *kind = CARL_SEL_DEDUP;
   } else if (hier && !carl_multi_node(tp, E)) {
     /* node-limited selection by the shared kernel: groups = nodes, bonus lambda_loc on the own node */
     int G = 0;
@@ -292,11 +498,14 @@ static carl_status carl_describe(carl_router_t *r, const carl_route_in_t *in, ca
   carl__seed_topo_t tp;
   carl_sel_kind kind;
   int M;
-  CARL_TRY(carl_prepare(r, in, &tp, sel, &kind, &M));
+  const float *qe;
+  CARL_TRY(carl_prepare(r, in, &tp, sel, &kind, &M, &qe));
   if (kind == CARL_SEL_WARM)
     return carl_fail(CARL_ERR_UNSUPPORTED, "carl: the Sinkhorn warm start (first W steps) is not one fused selection");
   if (kind == CARL_SEL_REPLICATED)
     return carl_fail(CARL_ERR_UNSUPPORTED, "carl: experts replicated on several nodes are not one fused selection");
+  if (kind == CARL_SEL_DEDUP)
+    return carl_fail(CARL_ERR_UNSUPPORTED, "carl: the per-device copy cost (dedup) is a greedy selection, not one fused one");
   return CARL_OK;
 }
 
@@ -311,7 +520,8 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
   carl_select_t sl;
   carl_sel_kind kind;
   int M;
-  CARL_TRY(carl_prepare(r, in, &tp, &sl, &kind, &M));
+  const float *qe;
+  CARL_TRY(carl_prepare(r, in, &tp, &sl, &kind, &M, &qe));
   float *bias = (float *)sl.bias, *s = NULL, *u = NULL, *prio = NULL, *sel = NULL;
   carl_status rc = CARL_OK;
   int resort = 1;
@@ -339,7 +549,7 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
       carl_select_t sw = {.bias = bias, .nrows = tp.D, .bias_row = tp.src, .gate_order = 1};
       rc = carl_route_select(r, in, out, &sw);
     }
-  } else if (kind == CARL_SEL_REPLICATED) {
+  } else if (kind == CARL_SEL_REPLICATED || kind == CARL_SEL_DEDUP) {
     s = malloc((size_t)T * E * sizeof *s);
     prio = malloc((size_t)T * k * sizeof *prio);
     sel = c.jitter > 0 ? malloc((size_t)T * E * sizeof *sel) : s;
@@ -352,7 +562,16 @@ static carl_status carl_route(carl_router_t *r, const carl_route_in_t *in, carl_
           sel[t * E + e] = s[t * E + e] + (float)c.jitter * carl_rng_normal(in->seed, CARL_STREAM_JITTER,
                                                                               (jbase + (uint64_t)t) * (uint64_t)E + (uint64_t)e);
     }
-    if (rc == CARL_OK) rc = carl_select_replicated(st, in, &c, &tp, s, sel, M, out->experts, out->weights, prio);
+    if (rc == CARL_OK && kind == CARL_SEL_DEDUP) {
+      int32_t *dev = carl_arena_alloc(&r->scratch, (size_t)E * sizeof *dev);
+      int G = 0;
+      if (!dev) rc = carl_fail(CARL_ERR_NOMEM, "carl: devices [%d]", E);
+      if (rc == CARL_OK) rc = carl_route_expert_groups(in, 0, dev, &G);
+      if (rc == CARL_OK)
+        rc = carl_select_dedup(st, in, &c, &tp, dev, qe, s, sel, st->hier, M, out->experts, out->weights, prio);
+    } else if (rc == CARL_OK) {
+      rc = carl_select_replicated(st, in, &c, &tp, qe, s, sel, M, out->experts, out->weights, prio);
+    }
     if (rc == CARL_OK)
       rc = carl__seed_finish(T, k, E, carl_kern_capacity(c.cf, T, k, E), c.renorm, out->experts, out->weights, prio, out);
     resort = 0;
@@ -391,9 +610,60 @@ static carl_status carl_finish(carl_router_t *r, const carl_route_in_t *in, carl
   return CARL_OK;
 }
 
+/* The queue prices' size: D devices (allocated at the first update; a loaded state must match). */
+static carl_status carl_queue_size(carl_state *st, int D) {
+  if (st->D == D) return CARL_OK;
+  if (st->D != 0)
+    return carl_fail(CARL_ERR_STATE, "carl: queue prices are for %d devices but the route has %d", st->D, D);
+  st->q = calloc((size_t)D, sizeof *st->q);
+  if (!st->q) return carl_fail(CARL_ERR_NOMEM, "carl: queue prices [%d]", D);
+  st->D = D;
+  return CARL_OK;
+}
+
+/* q_b += eta_q (L_b / mean L - 1), centred, clipped; L from the expert loads [E] (replicas share). */
+static carl_status carl_queue_step(carl_state *st, const carl_route_in_t *in, const double *load, int E) {
+  const int D = carl_route_devices(in);
+  CARL_TRY(carl_queue_size(st, D));
+  double *dl = calloc((size_t)D, sizeof *dl);
+  if (!dl) return carl_fail(CARL_ERR_NOMEM, "carl: device loads [%d]", D);
+  int nd = 0;
+  carl_status rc = carl_load_groups(load, E, in->topo, in->place, 0, dl, &nd);
+  if (rc == CARL_OK && nd == D) {
+    double mean = 0;
+    for (int b = 0; b < D; b++) mean += dl[b];
+    mean /= D;
+    if (mean > 0) {
+      double qm = 0;
+      for (int b = 0; b < D; b++) {
+        st->q[b] += st->eta_q * (dl[b] / mean - 1.0);
+        qm += st->q[b];
+      }
+      qm /= D;
+      for (int b = 0; b < D; b++) {
+        double v = st->q[b] - qm;
+        st->q[b] = v > st->q_max ? st->q_max : v < -st->q_max ? -st->q_max : v;
+      }
+    }
+  }
+  free(dl);
+  return rc;
+}
+
 static carl_status carl_update(carl_router_t *r, const carl_route_in_t *in, const carl_route_out_t *out) {
   carl_state *st = r->state;
   const int E = in->E, k = (int)r->opt[CARL_OPT_K];
+  if (st->queue) {
+    double *load = malloc((size_t)E * sizeof *load);
+    if (!load) return carl_fail(CARL_ERR_NOMEM, "carl: loads");
+    if (out->global_load)
+      memcpy(load, out->global_load, (size_t)E * sizeof *load);
+    else
+      carl_load_experts(out->experts, in->T, k, E, load);
+    carl_status rc = carl_queue_step(st, in, load, E);
+    free(load);
+    CARL_TRY(rc);
+  }
   if (st->adaptive) {
     int D = in->topo ? in->topo->devices : 1;
     double *load = calloc((size_t)E + (size_t)D, sizeof *load);
@@ -418,21 +688,56 @@ static carl_status carl_update(carl_router_t *r, const carl_route_in_t *in, cons
 
 static carl_status carl_save(const carl_router_t *r, const char *path) {
   const carl_state *st = r->state;
-  double v[3] = {st->aE.alpha, st->aG.alpha, (double)st->steps};
-  return carl_route_state_save(path, "carl", CARL_STATE_F64, 3, v);
+  double *v = malloc((size_t)(3 + st->D) * sizeof *v);
+  if (!v) return carl_fail(CARL_ERR_NOMEM, "carl: state");
+  v[0] = st->aE.alpha, v[1] = st->aG.alpha, v[2] = (double)st->steps;
+  for (int b = 0; b < st->D; b++) v[3 + b] = st->q[b];
+  carl_status rc = carl_route_state_save(path, "carl", CARL_STATE_F64, 3 + st->D, v);
+  free(v);
+  return rc;
 }
 
 static carl_status carl_load(carl_router_t *r, const char *path) {
   carl_state *st = r->state;
-  double v[3];
-  CARL_TRY(carl_route_state_load(path, "carl", CARL_STATE_F64, 3, v, NULL, NULL));
+  void *a = NULL;
+  int64_t n = 0;
+  CARL_TRY(carl_route_state_load(path, "carl", CARL_STATE_F64, -1, NULL, &a, &n));
+  const double *v = a;
+  if (n < 3 || n > 3 + (1 << 20)) {
+    free(a);
+    return carl_fail(CARL_ERR_STATE, "%s: carl state holds %lld values (3, or 3 + devices)", path, (long long)n);
+  }
+  for (int64_t b = 3; b < n; b++)
+    if (!isfinite(v[b])) {
+      free(a);
+      return carl_fail(CARL_ERR_STATE, "%s: carl queue price %lld is not finite", path, (long long)(b - 3));
+    }
+  if (n > 3 && st->D != 0 && st->D != n - 3) {
+    free(a);
+    return carl_fail(CARL_ERR_STATE, "%s: carl queue prices are for %lld devices, this router has %d", path,
+                     (long long)(n - 3), st->D);
+  }
   if (!(v[0] >= 0) || !(v[1] >= 0) || !(v[2] >= 0) || !isfinite(v[0]) || !isfinite(v[1]) || v[2] != floor(v[2]) ||
-      v[2] > 9e15)
-    return carl_fail(CARL_ERR_STATE, "%s: carl state holds alpha_E=%g alpha_G=%g steps=%g (out of range)", path, v[0],
-                     v[1], v[2]);
+      v[2] > 9e15) {
+    carl_status rc = carl_fail(CARL_ERR_STATE, "%s: carl state holds alpha_E=%g alpha_G=%g steps=%g (out of range)",
+                               path, v[0], v[1], v[2]);
+    free(a);
+    return rc;
+  }
+  if (n > 3) {
+    carl_status rc = carl_queue_size(st, (int)(n - 3));
+    if (rc != CARL_OK) {
+      free(a);
+      return rc;
+    }
+    for (int b = 0; b < st->D; b++) st->q[b] = v[3 + b];
+  } else if (st->q) {
+    memset(st->q, 0, (size_t)st->D * sizeof *st->q);
+  }
   st->aE.alpha = v[0];
   st->aG.alpha = v[1];
   st->steps = (int64_t)v[2];
+  free(a);
   return CARL_OK;
 }
 
