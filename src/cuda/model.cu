@@ -295,18 +295,6 @@ extern "C" carl_status carl__mdev_create(carl_model_t *m, carl_cuda_t *g, int B,
 }
 
 /* ---- the MoE layer ---------------------------------------------------------------------------- */
-static void moe_desc(carl_model_t *m, int l, carl__moe_t *L) {
-  const carl_model_config_t *c = &m->cfg;
-  L->d = c->d_model;
-  L->f = c->d_ff;
-  L->E = c->n_experts;
-  L->k = c->top_k;
-  L->fs = c->d_shared;
-  L->router = m->routers[l];
-  L->step = m->dstep;
-  L->layer = l;
-}
-
 /* x [T, d] (device) -> y [T, d] (device, overwritten); see carl__moe_forward. */
 static carl_status moe_forward(carl_model_t *m, int l, const float *x, float *y) {
   carl__mdev_t *d = m->dev;
@@ -319,7 +307,7 @@ static carl_status moe_forward(carl_model_t *m, int l, const float *x, float *y)
   const int dm = c->d_model, f = c->d_ff, E = c->n_experts, k = c->top_k, fs = c->d_shared;
   const int64_t T = (int64_t)m->B * m->S;
   carl__moe_t Lm;
-  moe_desc(m, l, &Lm);
+  carl__moe_of(m, l, &Lm);
   CARL_TRY(carl__moe_reserve(&Lm, A, T));
   A->T = T;
   A->Tl = T;

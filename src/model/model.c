@@ -101,7 +101,7 @@ static int carl__add(carl_model_t *m, int cap, const char *name, int ndim, int64
 static float *P(carl_model_t *m, int i) { return i < 0 ? NULL : m->params + m->tensors[i].offset; }
 static float *G(carl_model_t *m, int i) { return i < 0 ? NULL : m->grads + m->tensors[i].offset; }
 
-static void carl__moe_of(const carl_model_t *m, int l, carl__moe_t *L) {
+void carl__moe_of(const carl_model_t *m, int l, carl__moe_t *L) {
   const carl_model_config_t *c = &m->cfg;
   L->d = c->d_model;
   L->f = c->d_ff;

@@ -75,6 +75,9 @@ struct carl_model {
 };
 
 
+/* The MoE layer descriptor of layer l (widths, router, step) for carl__moe_forward and the GPU model. */
+void carl__moe_of(const carl_model_t *m, int l, carl__moe_t *L);
+
 /* ---- the device half (src/cuda/model.cu; src/cuda/stub.c without CUDA) ------------------------ */
 /* Everything runs on the GPU except the decisions: each MoE layer's router logits come to the host
  * and go through carl_step_route as on the CPU; gates, row lists and d(logits) go back up. */
