@@ -168,7 +168,7 @@ static void test_eplb_readme(void **s) {
    * computed by hand from it: [121.5, 86.5, 125, 113, 147.5, 131.5, 156, 152] (max 156, mean
    * 1033/8), node loads 446 and 587 */
   carl_topo_t t = topo(2, 4);
-  carl_place_input_t in = {12, 2, w[0], NULL, NULL};
+  carl_place_input_t in = {12, 2, w[0], NULL, NULL, NULL};
   carl_place_opts_t o;
   carl_place_opts_default(&o);
   o.algo = CARL_PLACE_EPLB;
@@ -233,7 +233,7 @@ static void test_traffic_known(void **s) {
     A[(e % 2 ? 0 : 1) * 8 + e] = 10;
     w[e] = 10;
   }
-  carl_place_input_t in = {8, 2, w, A, NULL};
+  carl_place_input_t in = {8, 2, w, A, NULL, NULL};
   carl_place_opts_t o;
   carl_place_opts_default(&o);
   carl_placement_t p;
@@ -275,7 +275,7 @@ static void test_rack_eval(void **s) {
   double w[8], A[32] = {0};
   for (int e = 0; e < 8; e++) w[e] = 10;
   A[1] = A[2] = A[4] = 10;
-  carl_place_input_t in = {8, 4, w, A, NULL};
+  carl_place_input_t in = {8, 4, w, A, NULL, NULL};
   carl_placement_t p;
   assert_int_equal(carl_placement_contiguous(&p, 8, 8), CARL_OK);
   carl_place_eval_t ev;
@@ -312,7 +312,7 @@ static void test_coact_known(void **s) {
     C[e * 8 + (e + 1) % 8] += 1; /* a weak ring so that the graph is connected */
     C[((e + 1) % 8) * 8 + e] += 1;
   }
-  carl_place_input_t in = {8, 2, w, NULL, C};
+  carl_place_input_t in = {8, 2, w, NULL, C, NULL};
   carl_place_opts_t o;
   carl_place_opts_default(&o);
   o.algo = CARL_PLACE_COACTIVATION;
@@ -352,11 +352,11 @@ static void test_all_valid(void **s) {
     }
   for (int i = 0; i < E; i++)
     for (int j = 0; j < E; j++) C[i * E + j] = i == j ? 0 : floor(20 * carl_rng_uniform(3, 2, (uint64_t)(i * E + j)));
-  carl_place_input_t in = {E, 2, w, A, C};
+  carl_place_input_t in = {E, 2, w, A, C, NULL};
   const int reps[] = {0, 32, 48};
   for (int a = 0; a < CARL_PLACE_NALGO; a++)
     for (int r = 0; r < 3; r++) {
-      if (a <= CARL_PLACE_ROUNDROBIN && r > 0) continue;
+      if ((a <= CARL_PLACE_ROUNDROBIN || a == CARL_PLACE_SMARTMOE) && r > 0) continue; /* no replicas */
 #ifndef CARL_WITH_METIS
       if (a == CARL_PLACE_COACTIVATION) continue;
 #endif
@@ -497,7 +497,7 @@ static void test_bad_inputs(void **s) {
   (void)s;
   carl_topo_t t = topo(2, 2);
   double w[8] = {1, 2, 3, 4, 5, 6, 7, 8}, A[24] = {0}, C[64] = {0};
-  carl_place_input_t in = {8, 2, w, A, C};
+  carl_place_input_t in = {8, 2, w, A, C, NULL};
   carl_place_opts_t o;
   carl_placement_t p;
   carl_place_opts_default(&o);
@@ -573,12 +573,56 @@ static void test_bad_inputs(void **s) {
   assert_int_equal(carl_place_stats_init(&st, 1, 4, 2, 1.0), CARL_ERR_INVALID);
 }
 
+/* SmartMoE's greedy re-placement (ALGORITHMS.md section 4), by hand on 2 devices x 2 slots.
+ * (a) loads [5,4,1,2] from the contiguous start (dev0 {0,1}: 9, dev1 {2,3}: 3): order 0 1 3 2;
+ *     0 -> dev0 (tie, lower device; also its own) 5; 1 -> dev1 (0 < 5) 4; 3 -> dev1 (4 < 5) 6;
+ *     2 -> dev0 (dev1 full) 6. New max 6 < 9: taken, table [0,2 | 1,3].
+ * (b) loads [1,5,2,4] from the contiguous start (6 and 6): order 1 3 2 0; 1 -> dev0 5, 3 -> dev1 4,
+ *     2 -> dev1 6, 0 -> dev0 6; new max 6 is not below 6: the start is kept, [0,1 | 2,3].
+ * (c) the current device wins a tie: from dev0 {2,3}, dev1 {0,1} with loads [4,4,1,1] (2 and 8):
+ *     0 -> dev1 (tie 0 = 0, its own device) 4; 1 -> dev0 (0 < 4) 4; 2 -> dev0 (tie, its own) 5;
+ *     3 -> dev1 (4 < 5) 5; new max 5 < 8: [1,2 | 0,3] (without the rule it would be [0,2 | 1,3]). */
+static void test_smartmoe_hand(void **s) {
+  (void)s;
+  carl_topo_t t = topo(1, 2);
+  carl_place_opts_t o;
+  carl_place_opts_default(&o);
+  o.algo = CARL_PLACE_SMARTMOE;
+  const double wa[] = {5, 4, 1, 2}, wb[] = {1, 5, 2, 4}, wc[] = {4, 4, 1, 1};
+  const int32_t want_a[] = {0, 2, 1, 3}, want_b[] = {0, 1, 2, 3}, want_c[] = {1, 2, 0, 3};
+  carl_placement_t p;
+  carl_place_input_t in = {4, 1, wa, NULL, NULL, NULL};
+  assert_int_equal(carl_place_compute(&t, &in, &o, &p), CARL_OK);
+  for (int i = 0; i < 4; i++) assert_int_equal(p.slot_expert[i], want_a[i]);
+  carl_placement_free(&p);
+  in.load = wb;
+  assert_int_equal(carl_place_compute(&t, &in, &o, &p), CARL_OK);
+  for (int i = 0; i < 4; i++) assert_int_equal(p.slot_expert[i], want_b[i]);
+  carl_placement_free(&p);
+  const int32_t cur[] = {2, 3, 0, 1};
+  carl_placement_t prev;
+  assert_int_equal(carl_placement_from_table(&prev, 4, 2, 2, cur), CARL_OK);
+  in.load = wc;
+  in.prev = &prev;
+  assert_int_equal(carl_place_compute(&t, &in, &o, &p), CARL_OK);
+  for (int i = 0; i < 4; i++) assert_int_equal(p.slot_expert[i], want_c[i]);
+  carl_placement_free(&p);
+  /* no replicas, and a current placement of another shape is named */
+  o.replicas = 8;
+  assert_int_equal(carl_place_compute(&t, &in, &o, &p), CARL_ERR_INVALID);
+  o.replicas = 0;
+  carl_topo_t t4 = topo(1, 4);
+  assert_int_equal(carl_place_compute(&t4, &in, &o, &p), CARL_ERR_INVALID);
+  assert_non_null(strstr(carl_errmsg(), "smartmoe"));
+  carl_placement_free(&prev);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_stats_ema),     cmocka_unit_test(test_stats_merge),   cmocka_unit_test(test_stats_files),
       cmocka_unit_test(test_eplb_readme),   cmocka_unit_test(test_eplb_parts),    cmocka_unit_test(test_traffic_known),
       cmocka_unit_test(test_coact_known),   cmocka_unit_test(test_rack_eval),   cmocka_unit_test(test_all_valid),     cmocka_unit_test(test_migrate_hand),
-      cmocka_unit_test(test_migrate_brute), cmocka_unit_test(test_bad_inputs),
+      cmocka_unit_test(test_migrate_brute), cmocka_unit_test(test_bad_inputs),    cmocka_unit_test(test_smartmoe_hand),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

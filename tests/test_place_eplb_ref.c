@@ -130,7 +130,7 @@ static void test_eplb_parity(void **s) {
       assert_int_equal(carl_topo_make(&t, N, gpus / N, 160, 3, 50, 10), CARL_OK);
       const float *lf = (const float *)L.data;
       for (int e = 0; e < E; e++) w[e] = lf[e];
-      carl_place_input_t in = {E, N, w, NULL, NULL};
+      carl_place_input_t in = {E, N, w, NULL, NULL, NULL};
       carl_place_opts_t o;
       carl_place_opts_default(&o);
       o.replicas = R;

@@ -72,7 +72,7 @@ static void check_random(carl_place_algo algo) {
               for (int j = 0; j < E; j++) C[i * E + j] = i == j ? 0 : floor(10 * carl_rng_uniform(12, key, (uint64_t)(i * E + j)));
             for (int i = 0; i < E; i++)
               for (int j = 0; j < i; j++) C[i * E + j] = C[j * E + i];
-            carl_place_input_t in = {E, N, w, A, C};
+            carl_place_input_t in = {E, N, w, A, C, NULL};
             carl_place_opts_t o;
             carl_place_opts_default(&o);
             o.algo = algo;

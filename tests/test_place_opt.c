@@ -77,7 +77,7 @@ static void test_traffic_vs_exhaustive(void **s) {
     int cnt[D] = {0};
     double opt = INFINITY;
     search_traffic(A, w, dev, cnt, 0, &opt);
-    carl_place_input_t in = {E, N, w, A, NULL};
+    carl_place_input_t in = {E, N, w, A, NULL, NULL};
     carl_place_opts_t o;
     carl_place_opts_default(&o);
     o.algo = CARL_PLACE_TRAFFIC;
@@ -176,7 +176,7 @@ static void test_coact_vs_exhaustive(void **s) {
     double opt = -1;
     search_pairs(W, w, dev, 0, &opt);
     if (opt < 0) continue; /* no pairing meets the bound */
-    carl_place_input_t in = {E, N, w, NULL, C};
+    carl_place_input_t in = {E, N, w, NULL, C, NULL};
     carl_place_opts_t o;
     carl_place_opts_default(&o);
     o.algo = CARL_PLACE_COACTIVATION;

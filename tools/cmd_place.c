@@ -27,7 +27,8 @@ static void place_usage(FILE *f) {
           "  --topology T.json    cluster topology (configs/topologies/)\n"
           "  --out P.json         placement to write: {\"experts\":E,\"devices\":[[e,..],..]}\n"
           "options (default):\n"
-          "  --algo NAME          contiguous | roundrobin | eplb | eplb-nodup | traffic | coactivation (eplb)\n"
+          "  --algo NAME          contiguous | roundrobin | eplb | eplb-nodup | traffic | coactivation |\n"
+          "                       smartmoe (eplb)\n"
           "  --layer L            layer of the statistics to place (0)\n"
           "  --replicas R         physical experts in all, a multiple of the devices, >= E (0: ceil(E/D)*D)\n"
           "  --slots S            slots per device (0: replicas / devices)\n"
@@ -37,7 +38,8 @@ static void place_usage(FILE *f) {
           "                       the floor set by the hottest expert when that is higher (1.25)\n"
           "  --passes N           traffic, coactivation: local-search passes (8)\n"
           "  --seed N             coactivation: METIS seed (1)\n"
-          "  --from OLD.json      current placement: report the migration to the new one\n"
+          "  --from OLD.json      current placement: report the migration to the new one (smartmoe\n"
+          "                       starts from it; without it, from the contiguous placement)\n"
           "  --keep-labels        with --from: do not relabel devices inside a node to save moves\n"
           "  --token-bytes B      bytes of one token's hidden vector (%.0f)\n"
           "  --expert-bytes B     weight bytes of one expert (%.0f)\n"
@@ -176,13 +178,16 @@ int carl_cmd_place(int argc, char **argv) {
   if (!has_traffic) in.traffic = NULL;
   if (!has_coact) in.coact = NULL;
   in.N = topo.nodes;
+  if (from_path) {
+    if ((st = carl_placement_load(from_path, &topo, in.E, &old))) goto fail;
+    have_old = 1;
+    in.prev = &old;
+  }
   double t0 = carl_now();
   if ((st = carl_place_compute(&topo, &in, &o, &pl))) goto fail;
   double ms = (carl_now() - t0) * 1e3;
   if ((st = carl_place_evaluate(&topo, &in, &pl, token_bytes, &ev))) goto fail;
   if (from_path) {
-    if ((st = carl_placement_load(from_path, &topo, in.E, &old))) goto fail;
-    have_old = 1;
     if ((st = carl_place_evaluate(&topo, &in, &old, token_bytes, &ev_old))) goto fail;
     if ((st = carl_place_migrate(&topo, &old, &pl, relabel, expert_bytes + state_bytes, &mig))) goto fail;
   }

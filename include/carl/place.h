@@ -1,5 +1,6 @@
 /* carl/place.h: routing statistics for placement, placement algorithms (contiguous, roundrobin,
- * DeepSeek EPLB exactly and without duplicates on a GPU, traffic-aware, co-activation/METIS) and
+ * DeepSeek EPLB exactly and without duplicates on a GPU, traffic-aware, co-activation/METIS,
+ * SmartMoE's greedy re-placement) and
  * migration plans (ALGORITHMS.md section 4).
  *
  * Usage:
@@ -86,10 +87,12 @@ typedef enum {
                                 where it puts an expert twice on a GPU, the second copy's slot is empty */
   CARL_PLACE_TRAFFIC = 3,    /* minimise expected inter-node copies under a load bound, replicas */
   CARL_PLACE_COACTIVATION = 4, /* METIS k-way partition of the co-activation graph, replicas */
-  CARL_PLACE_EPLB_NODUP = 5  /* "eplb-nodup": EPLB that never puts an expert twice on a GPU; the same as
+  CARL_PLACE_EPLB_NODUP = 5, /* "eplb-nodup": EPLB that never puts an expert twice on a GPU; the same as
                                 eplb wherever eplb has no such duplicate */
+  CARL_PLACE_SMARTMOE = 6    /* SmartMoE's greedy re-placement from the current placement (prev), no
+                                replicas; kept unchanged unless the largest device load drops */
 } carl_place_algo;
-#define CARL_PLACE_NALGO 6
+#define CARL_PLACE_NALGO 7
 
 const char *carl_place_algo_name(carl_place_algo a); /* "contiguous", ... */
 carl_status carl_place_algo_parse(const char *name, carl_place_algo *out);
@@ -101,6 +104,7 @@ typedef struct {
   const double *load;    /* [E] load per expert (>= 0) */
   const double *traffic; /* [N, E] pairs from source node n to expert e; NULL when unknown */
   const double *coact;   /* [E, E] co-activation counts; NULL when unknown */
+  const carl_placement_t *prev; /* the current placement (smartmoe); NULL: contiguous */
 } carl_place_input_t;
 
 carl_status carl_place_stats_layer(const carl_place_stats_t *s, int layer, carl_place_input_t *in);

@@ -127,7 +127,8 @@ class PlaceStats(Structure):
 
 class PlaceInput(Structure):
     _cname_ = "carl_place_input_t"
-    _fields_ = [("E", c_int), ("N", c_int), ("load", c_void_p), ("traffic", c_void_p), ("coact", c_void_p)]
+    _fields_ = [("E", c_int), ("N", c_int), ("load", c_void_p), ("traffic", c_void_p), ("coact", c_void_p),
+                ("prev", c_void_p)]
 
 
 class PlaceOpts(Structure):

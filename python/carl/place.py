@@ -141,7 +141,8 @@ def place(stats, topology, algo="eplb", layer=0, replicas=0, slots=0, groups=0, 
 
     stats: a PlaceStats, a directory (load.npy, traffic.npy, coact.npy), a dict {"load": [E] or
     [L, E], "traffic": [N, E] or [L, N, E], "coact": [E, E] or [L, E, E]} of float64 arrays, or a
-    float64 load vector. algo: contiguous, roundrobin, eplb, eplb-nodup, traffic, coactivation.
+    float64 load vector. algo: contiguous, roundrobin, eplb, eplb-nodup, traffic, coactivation,
+    smartmoe.
     replicas: physical experts in all (0: ceil(E / D) * D); slots per device (0: replicas / D)."""
     topo = as_topology(topology)
     cin, keep = _input(stats, topo, layer)

@@ -27,6 +27,7 @@ static const algo_entry registry[CARL_PLACE_NALGO] = {
     [CARL_PLACE_TRAFFIC] = {"traffic", carl__place_traffic, 1, NEED_TRAFFIC, 1},
     [CARL_PLACE_COACTIVATION] = {"coactivation", carl__place_coact, 1, NEED_COACT, 1},
     [CARL_PLACE_EPLB_NODUP] = {"eplb-nodup", carl__place_eplb_nodup, 1, 0, 0},
+    [CARL_PLACE_SMARTMOE] = {"smartmoe", carl__place_smartmoe, 0, 0, 0},
 };
 
 const char *carl_place_algo_name(carl_place_algo a) {

@@ -2,7 +2,8 @@
  *
  * Layering (calls go one way only):
  *   place.c (registry, option checks, dispatch) -> the algorithms -> place_util.c
- *   algorithms: baseline.c (contiguous, roundrobin), eplb.c (eplb, eplb-nodup), traffic.c, coact.c.
+ *   algorithms: baseline.c (contiguous, roundrobin), eplb.c (eplb, eplb-nodup), traffic.c, coact.c,
+ *   smartmoe.c.
  * No algorithm calls another algorithm's code; place_util.c calls none of them. */
 #ifndef CARL_PLACE_INTERNAL_H
 #define CARL_PLACE_INTERNAL_H
@@ -40,6 +41,8 @@ carl_status carl__place_eplb_nodup(const carl_topo_t *t, const carl_place_input_
                                    int S, int32_t *table);
 carl_status carl__place_traffic(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o, int S,
                                 int32_t *table);
+carl_status carl__place_smartmoe(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o,
+                                 int S, int32_t *table);
 carl_status carl__place_coact(const carl_topo_t *t, const carl_place_input_t *in, const carl_place_opts_t *o, int S,
                               int32_t *table);
 

@@ -134,6 +134,7 @@ carl_status carl_place_stats_layer(const carl_place_stats_t *s, int layer, carl_
   in->load = s->load + (size_t)layer * s->E;
   in->traffic = s->traffic + (size_t)layer * s->N * s->E;
   in->coact = s->coact + (size_t)layer * s->E * s->E;
+  in->prev = NULL;
   return CARL_OK;
 }
 

@@ -171,6 +171,7 @@ carl_status carl_step_end(carl_step_t *s, int64_t step, int64_t last, carl_step_
       step_layer_t *L = &s->layer[l];
       carl_place_input_t in;
       CARL_TRY(carl_place_stats_layer(&s->stats, l, &in));
+      in.prev = &L->place;
       carl_place_opts_t o = s->o.place_opts;
       o.slots = L->place.slots;
       o.replicas = 0;
